@@ -1,0 +1,141 @@
+import type { Channel, Listener, Transports } from "../transports/transport.ts";
+import type { Guest } from "../vm/guest.ts";
+import type { Clock } from "./clock.ts";
+import { describeError } from "./errors.ts";
+import { StreamReader } from "./format/reader.ts";
+import { loadStream } from "./incoming.ts";
+
+/** States of the incoming side. */
+export const INCOMING_STATES = ["none", "listening", "active", "completed", "failed", "cancelled"] as const;
+
+/** One of {@link INCOMING_STATES}. */
+export type IncomingStatus = typeof INCOMING_STATES[number];
+
+/** What GET /migrations/incoming answers. */
+export interface IncomingInfo {
+  status: IncomingStatus;
+  uri?: string;
+  address?: string;
+  bytes_received: number;
+  total_time?: number;
+  error_desc?: string;
+  pages?: { zero: number; normal: number };
+}
+
+/** Everything an incoming migration depends on. */
+export interface IncomingDeps {
+  readonly guest: Guest;
+  readonly transports: Transports;
+  readonly clock: Clock;
+  /** Start the guest after a successful load (false = QEMU's -S). */
+  readonly autostart: boolean;
+  /** Every state transition. */
+  onStateChange(from: IncomingStatus, to: IncomingStatus, error?: string): void;
+}
+
+/**
+ * The destination of one migration (QEMU's -incoming): binds the URI, accepts one
+ * peer, loads its stream into the stopped guest, and starts the guest only when
+ * the whole stream was valid. A failed load leaves the guest in `inmigrate`, where
+ * it cannot be started, and the engine can arm a new incoming migration.
+ */
+export class IncomingMigration {
+  #state: IncomingStatus = "none";
+  #error: string | undefined;
+  #listener: Listener | null = null;
+  #channel: Channel | null = null;
+  #address: string | undefined;
+  #received = 0;
+  #startedAt: number | undefined;
+  #endedAt: number | undefined;
+  #pages: { zero: number; normal: number } | undefined;
+  readonly #deps: IncomingDeps;
+  /** Resolves when the incoming migration reached a final state. */
+  done: Promise<void> = Promise.resolve();
+
+  constructor(readonly uri: string, deps: IncomingDeps) {
+    this.#deps = deps;
+  }
+
+  /** Current state. */
+  get state(): IncomingStatus {
+    return this.#state;
+  }
+
+  /** True while listening or loading. */
+  get isActive(): boolean {
+    return this.#state === "listening" || this.#state === "active";
+  }
+
+  /** Binds the URI and starts waiting for the peer; resolves with the real address. */
+  async listen(): Promise<string> {
+    const { guest } = this.#deps;
+    this.#listener = await this.#deps.transports.listen(this.uri);
+    this.#address = this.#listener.address;
+    if (guest.runState === "running") guest.stop("inmigrate");
+    else guest.setRunState("inmigrate");
+    this.#transition("listening");
+    this.done = this.#run();
+    return this.#address;
+  }
+
+  /** Abandons the incoming migration (closing the listener or connection). */
+  cancel(): boolean {
+    if (!this.isActive) return false;
+    this.#listener?.close();
+    this.#channel?.close();
+    this.#transition("cancelled");
+    return true;
+  }
+
+  /** A snapshot for GET /migrations/incoming. */
+  info(): IncomingInfo {
+    const info: IncomingInfo = { status: this.#state, uri: this.uri, bytes_received: this.#received };
+    if (this.#address) info.address = this.#address;
+    if (this.#startedAt !== undefined) {
+      info.total_time = Math.round((this.#endedAt ?? this.#deps.clock.now()) - this.#startedAt);
+    }
+    if (this.#error !== undefined) info.error_desc = this.#error;
+    if (this.#pages) info.pages = { ...this.#pages };
+    return info;
+  }
+
+  #transition(to: IncomingStatus, error?: string): void {
+    const from = this.#state;
+    if (from === to) return;
+    this.#state = to;
+    if (error !== undefined) this.#error = error;
+    if (to === "completed" || to === "failed" || to === "cancelled") {
+      this.#endedAt = this.#deps.clock.now();
+    }
+    this.#deps.onStateChange(from, to, error);
+  }
+
+  async #run(): Promise<void> {
+    const { guest, clock } = this.#deps;
+    try {
+      this.#channel = await this.#listener!.accept();
+      this.#listener!.close();
+      if (this.#state !== "listening") {
+        this.#channel.close();
+        return;
+      }
+      this.#startedAt = clock.now();
+      this.#transition("active");
+      const reader = new StreamReader(this.#channel);
+      const result = await loadStream(reader, guest, (n) => (this.#received = n));
+      this.#received = reader.received;
+      this.#pages = { zero: result.zeroPages, normal: result.normalPages };
+      this.#channel.close();
+      if ((this.#state as IncomingStatus) !== "active") return;
+      if (this.#deps.autostart) guest.start();
+      else guest.stop("paused");
+      this.#transition("completed");
+    } catch (e) {
+      this.#listener?.close();
+      this.#channel?.close();
+      if (this.#state === "cancelled") return;
+      this.#transition("failed", describeError(e));
+    }
+  }
+}

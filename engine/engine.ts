@@ -1,0 +1,288 @@
+import type { Transports } from "../transports/transport.ts";
+import type { Guest, RunState } from "../vm/guest.ts";
+import { type Clock, systemClock } from "./clock.ts";
+import { type IncomingInfo, IncomingMigration, type IncomingStatus } from "./destination.ts";
+import { EngineError } from "./errors.ts";
+import { Migration, type MigrationInfo, type MigrationStatus } from "./migration.ts";
+import { Notifier } from "./notifier.ts";
+import {
+  type Capabilities,
+  DEFAULT_CAPABILITIES,
+  DEFAULT_PARAMETERS,
+  type Parameters,
+  UNSUPPORTED_CAPABILITIES,
+  validateParameters,
+} from "./params.ts";
+
+/** Events the engine publishes (the SSE stream's source). */
+export type EngineEvent =
+  | {
+    type: "state";
+    from: MigrationStatus;
+    to: MigrationStatus;
+    time: number;
+    error?: string;
+  }
+  | { type: "pass"; pass: number; dirty_pages: number; time: number }
+  | { type: "progress"; info: MigrationInfo; time: number }
+  | {
+    type: "incoming";
+    from: IncomingStatus;
+    to: IncomingStatus;
+    time: number;
+    error?: string;
+    info: IncomingInfo;
+  }
+  | { type: "runstate"; from: RunState; to: RunState; time: number };
+
+/** A reason that forbids migration right now (QEMU's migrate_add_blocker). */
+export interface Blocker {
+  readonly id: string;
+  readonly reason: string;
+}
+
+/** Options of POST /migrations. */
+export interface MigrateOptions {
+  blk?: boolean;
+  inc?: boolean;
+  detach?: boolean;
+}
+
+/** What the engine is built from. */
+export interface EngineDeps {
+  readonly guest: Guest;
+  readonly transports: Transports;
+  readonly clock?: Clock;
+  /** Start the guest after an incoming migration (default true). */
+  readonly autostart?: boolean;
+}
+
+/**
+ * The migration controller (QEMU's migration.c): capabilities, parameters,
+ * blockers, at most one outgoing and one incoming migration, and the events that
+ * describe them. It never touches sockets or HTTP.
+ */
+export class Engine {
+  /** Every state change, pass and progress report. */
+  readonly events = new Notifier<EngineEvent>();
+  readonly #guest: Guest;
+  readonly #transports: Transports;
+  readonly #clock: Clock;
+  readonly #autostart: boolean;
+  #params: Parameters = { ...DEFAULT_PARAMETERS };
+  #caps: Capabilities = { ...DEFAULT_CAPABILITIES };
+  #blockers = new Map<string, Blocker>();
+  #nextBlocker = 1;
+  #migration: Migration | null = null;
+  #incoming: IncomingMigration | null = null;
+  readonly #unsubscribeGuest: () => void;
+
+  constructor(deps: EngineDeps) {
+    this.#guest = deps.guest;
+    this.#transports = deps.transports;
+    this.#clock = deps.clock ?? systemClock;
+    this.#autostart = deps.autostart ?? true;
+    this.#unsubscribeGuest = this.#guest.onRunStateChange((from, to) =>
+      this.events.emit({ type: "runstate", from, to, time: Date.now() })
+    );
+  }
+
+  /** The guest this engine migrates. */
+  get guest(): Guest {
+    return this.#guest;
+  }
+
+  /** Current parameters (a copy). */
+  get parameters(): Parameters {
+    return { ...this.#params };
+  }
+
+  /** Applies a parameter patch; a running migration sees it at its next window. */
+  setParameters(patch: Partial<Parameters>): Parameters {
+    validateParameters(patch);
+    this.#params = { ...this.#params, ...patch };
+    return this.parameters;
+  }
+
+  /** Current capabilities (a copy). */
+  get capabilities(): Capabilities {
+    return { ...this.#caps };
+  }
+
+  /** Changes capabilities; refused while a migration is active or for ones ferry cannot honour. */
+  setCapabilities(patch: Partial<Capabilities>): Capabilities {
+    if (this.#migration?.isActive) {
+      throw new EngineError("migration-active", "Cannot change capabilities while a migration is active");
+    }
+    for (const [key, value] of Object.entries(patch) as [keyof Capabilities, boolean][]) {
+      const why = UNSUPPORTED_CAPABILITIES[key];
+      if (value && why) {
+        throw new EngineError("capability-unsupported", `Cannot enable capability "${key}": ${why}`, {
+          capability: key,
+        });
+      }
+    }
+    this.#caps = { ...this.#caps, ...patch };
+    return this.capabilities;
+  }
+
+  /** Current blockers. */
+  get blockers(): Blocker[] {
+    return [...this.#blockers.values()];
+  }
+
+  /** Adds a migration blocker with a reason; returns it with its id. */
+  addBlocker(reason: string): Blocker {
+    const blocker = { id: String(this.#nextBlocker++), reason };
+    this.#blockers.set(blocker.id, blocker);
+    return blocker;
+  }
+
+  /** Removes a blocker; throws `blocker-not-found` for an unknown id. */
+  removeBlocker(id: string): Blocker {
+    const blocker = this.#blockers.get(id);
+    if (!blocker) throw new EngineError("blocker-not-found", `No migration blocker with id "${id}"`);
+    this.#blockers.delete(id);
+    return blocker;
+  }
+
+  /**
+   * Starts an outgoing migration to `uri` (QEMU's migrate). Throws `migration-active`,
+   * `migration-blocked` (with the reasons) or a TransportError for a bad URI; a
+   * failure to connect is reported through the migration's `failed` state.
+   */
+  migrate(uri: string, opts: MigrateOptions = {}): MigrationInfo {
+    if (this.#migration?.isActive) {
+      throw new EngineError("migration-active", "A migration is already in progress");
+    }
+    if (this.#incoming?.isActive) {
+      throw new EngineError("incoming-active", "This ferry is waiting for an incoming migration");
+    }
+    if (this.#blockers.size > 0) {
+      const reasons = this.blockers.map((b) => b.reason);
+      throw new EngineError("migration-blocked", `Migration is blocked: ${reasons.join("; ")}`, {
+        reasons,
+      });
+    }
+    if (opts.blk || opts.inc) {
+      throw new EngineError(
+        "capability-unsupported",
+        "Block migration (blk/inc) is not implemented yet: this guest has no disk to copy",
+        { capability: opts.blk ? "blk" : "inc" },
+      );
+    }
+    const state = this.#guest.runState;
+    if (state === "inmigrate" || state === "finish-migrate") {
+      throw new EngineError("guest-incomplete", `Cannot migrate a guest in state "${state}"`);
+    }
+    this.#transports.validate(uri);
+    this.#migration = new Migration(uri, {
+      guest: this.#guest,
+      transports: this.#transports,
+      clock: this.#clock,
+      params: () => this.#params,
+      hooks: {
+        onStateChange: (from, to, error) =>
+          this.events.emit({ type: "state", from, to, time: Date.now(), ...(error ? { error } : {}) }),
+        onPass: (pass, dirty) => this.events.emit({ type: "pass", pass, dirty_pages: dirty, time: Date.now() }),
+        onProgress: () => this.events.emit({ type: "progress", info: this.current(), time: Date.now() }),
+      },
+    });
+    return this.#migration.info();
+  }
+
+  /** The current (or last) migration's info; `status: "none"` before any. */
+  current(): MigrationInfo {
+    return this.#migration?.info() ?? { status: "none" };
+  }
+
+  /** The current Migration object, if any (for tests awaiting `done`). */
+  get migration(): Migration | null {
+    return this.#migration;
+  }
+
+  /** Cancels the active migration; `cancelled` is false when nothing was active. */
+  cancel(): { cancelled: boolean; info: MigrationInfo } {
+    const cancelled = this.#migration?.cancel() ?? false;
+    return { cancelled, info: this.current() };
+  }
+
+  /**
+   * Arms an incoming migration on `uri` (QEMU's migrate-incoming): the guest goes to
+   * `inmigrate` and the stream, when it comes, replaces its RAM and device state.
+   */
+  async listenIncoming(uri: string): Promise<IncomingInfo> {
+    if (this.#incoming?.isActive) {
+      throw new EngineError("incoming-active", "An incoming migration is already armed");
+    }
+    if (this.#migration?.isActive) {
+      throw new EngineError("migration-active", "Cannot receive while an outgoing migration is active");
+    }
+    const state = this.#guest.runState;
+    if (state === "running" || state === "finish-migrate") {
+      throw new EngineError(
+        "guest-running",
+        `Cannot arm an incoming migration while the guest is "${state}": stop it first (POST /vm/stop)`,
+      );
+    }
+    this.#transports.validate(uri);
+    const incoming = new IncomingMigration(uri, {
+      guest: this.#guest,
+      transports: this.#transports,
+      clock: this.#clock,
+      autostart: this.#autostart,
+      onStateChange: (from, to, error) =>
+        this.events.emit({
+          type: "incoming",
+          from,
+          to,
+          time: Date.now(),
+          ...(error ? { error } : {}),
+          info: incoming.info(),
+        }),
+    });
+    await incoming.listen();
+    this.#incoming = incoming;
+    return incoming.info();
+  }
+
+  /** The incoming side's info; `status: "none"` when never armed. */
+  incomingInfo(): IncomingInfo {
+    return this.#incoming?.info() ?? { status: "none", bytes_received: 0 };
+  }
+
+  /** The current IncomingMigration, if any (for tests awaiting `done`). */
+  get incoming(): IncomingMigration | null {
+    return this.#incoming;
+  }
+
+  /** Starts the guest (QEMU's cont); refused while it waits for or holds a partial stream. */
+  startGuest(): void {
+    const state = this.#guest.runState;
+    if (state === "inmigrate") {
+      throw new EngineError(
+        "guest-incomplete",
+        "Cannot start the guest: it is waiting for an incoming migration or holds a partial one",
+      );
+    }
+    if (state === "finish-migrate") {
+      throw new EngineError("migration-active", "Cannot start the guest during migration switchover");
+    }
+    if (state !== "running") this.#guest.start();
+  }
+
+  /** Stops the guest (QEMU's stop). */
+  stopGuest(): void {
+    const state = this.#guest.runState;
+    if (state === "running") this.#guest.stop("paused");
+  }
+
+  /** Cancels everything and waits for it to wind down. */
+  async close(): Promise<void> {
+    this.#migration?.cancel();
+    this.#incoming?.cancel();
+    await this.#migration?.done;
+    await this.#incoming?.done;
+    this.#unsubscribeGuest();
+  }
+}

@@ -1,0 +1,44 @@
+/** "QEVM": the first four bytes of every savevm stream. */
+export const QEVM_MAGIC = 0x5145564d;
+/** The savevm stream version ferry writes and accepts. */
+export const QEVM_VERSION = 3;
+
+/** Section type bytes of the savevm v3 stream. */
+export const Section = {
+  EOF: 0x00,
+  START: 0x01,
+  PART: 0x02,
+  END: 0x03,
+  FULL: 0x04,
+  SUBSECTION: 0x05,
+  VMDESCRIPTION: 0x06,
+  CONFIGURATION: 0x07,
+  COMMAND: 0x08,
+  FOOTER: 0x7e,
+} as const;
+
+/** Flag bits in the low bits of a RAM record's be64 `offset | flags`. */
+export const RamFlag = {
+  ZERO: 0x02,
+  MEM_SIZE: 0x04,
+  PAGE: 0x08,
+  EOS: 0x10,
+  CONTINUE: 0x20,
+  XBZRLE: 0x40,
+} as const;
+
+/** Mask of the flag bits inside a RAM record header (page-offset bits). */
+export const RAM_FLAG_MASK = 0xfff;
+
+/** Version of the `ram` live section (QEMU's ram_save handlers). */
+export const RAM_SECTION_VERSION = 4;
+/** Version of ferry's `vcpu` device section. */
+export const VCPU_SECTION_VERSION = 1;
+/** The machine type named in the configuration section. */
+export const MACHINE_TYPE = "ferry-pc";
+
+/** Section id strings ferry knows. */
+export const SectionName = {
+  RAM: "ram",
+  VCPU: "vcpu",
+} as const;

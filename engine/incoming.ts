@@ -1,0 +1,198 @@
+import type { Guest } from "../vm/guest.ts";
+import {
+  MACHINE_TYPE,
+  QEVM_MAGIC,
+  QEVM_VERSION,
+  RAM_SECTION_VERSION,
+  Section,
+  SectionName,
+  VCPU_SECTION_VERSION,
+} from "./format/constants.ts";
+import { StreamError, type StreamReader } from "./format/reader.ts";
+import { RamLoader } from "./sections/ram.ts";
+import { loadVcpu } from "./sections/vcpu.ts";
+
+/** Largest vmdescription JSON accepted (QEMU's own are far smaller). */
+export const MAX_VMDESC_BYTES = 1 << 20;
+
+/** What a successful load found. */
+export interface LoadResult {
+  /** Bytes read from the stream. */
+  readonly bytes: number;
+  /** ZERO pages applied. */
+  readonly zeroPages: number;
+  /** Full pages applied. */
+  readonly normalPages: number;
+  /** The vmdescription JSON, if the stream carried one. */
+  readonly description: unknown;
+}
+
+interface OpenSection {
+  readonly name: string;
+  ended: boolean;
+}
+
+/**
+ * Loads a savevm v3 stream into a stopped guest (QEMU's qemu_loadvm_state),
+ * validating every field: magic, version, section types, ids, names, versions and
+ * footers, and (through the section loaders) every RAM record. The first problem
+ * throws a StreamError naming it and its byte offset. Memory outside the guest's
+ * RAM blocks is never written.
+ */
+export async function loadStream(r: StreamReader, guest: Guest, onBytes?: (n: number) => void): Promise<LoadResult> {
+  for (const block of guest.blocks) block.syncDirty(new Uint32Array(block.dirty.length));
+  const ram = new RamLoader(guest.blocks);
+  await r.need(8);
+  const magic = r.be32();
+  if (magic !== QEVM_MAGIC) {
+    throw new StreamError(0, `bad magic 0x${hex8(magic)}, expected 0x${hex8(QEVM_MAGIC)} ("QEVM")`);
+  }
+  const version = r.be32();
+  if (version !== QEVM_VERSION) {
+    throw new StreamError(4, `unsupported stream version ${version}, expected ${QEVM_VERSION}`);
+  }
+  const sections = new Map<number, OpenSection>();
+  let vcpuLoaded = false;
+  let sawSection = false;
+  for (;;) {
+    onBytes?.(r.received);
+    await r.need(1);
+    const at = r.offset;
+    const type = r.u8();
+    switch (type) {
+      case Section.CONFIGURATION: {
+        if (sawSection) throw new StreamError(at, "configuration section after other sections");
+        await r.need(4);
+        const len = r.be32();
+        if (len > 255) throw new StreamError(at, `machine type name of ${len} bytes (at most 255)`);
+        await r.need(len);
+        const machine = new TextDecoder().decode(r.take(len));
+        if (machine !== MACHINE_TYPE) {
+          throw new StreamError(at, `machine type "${machine}" does not match this guest's "${MACHINE_TYPE}"`);
+        }
+        sawSection = true;
+        break;
+      }
+      case Section.START:
+      case Section.FULL: {
+        sawSection = true;
+        await r.need(5);
+        const id = r.be32();
+        const name = await r.str8();
+        await r.need(8);
+        const instance = r.be32();
+        const ver = r.be32();
+        if (sections.has(id)) throw new StreamError(at, `section id ${id} used twice`);
+        if (instance !== 0) throw new StreamError(at, `section "${name}" has instance ${instance}, expected 0`);
+        if (type === Section.START) {
+          if (name !== SectionName.RAM) throw new StreamError(at, `unknown live section "${name}"`);
+          if (ver !== RAM_SECTION_VERSION) {
+            throw new StreamError(at, `section "ram" version ${ver}, expected ${RAM_SECTION_VERSION}`);
+          }
+          if ([...sections.values()].some((s) => s.name === name)) {
+            throw new StreamError(at, `section "${name}" started twice`);
+          }
+          sections.set(id, { name, ended: false });
+          await ram.load(r, true);
+        } else {
+          if (name !== SectionName.VCPU) throw new StreamError(at, `unknown device section "${name}"`);
+          if (ver !== VCPU_SECTION_VERSION) {
+            throw new StreamError(at, `section "vcpu" version ${ver}, expected ${VCPU_SECTION_VERSION}`);
+          }
+          if (vcpuLoaded) throw new StreamError(at, `section "vcpu" sent twice`);
+          sections.set(id, { name, ended: true });
+          await loadVcpu(r, guest);
+          vcpuLoaded = true;
+        }
+        await footer(r, id);
+        break;
+      }
+      case Section.PART:
+      case Section.END: {
+        await r.need(4);
+        const id = r.be32();
+        const section = sections.get(id);
+        if (!section) throw new StreamError(at, `section id ${id} was never started`);
+        if (section.ended) throw new StreamError(at, `section id ${id} ("${section.name}") already ended`);
+        if (type === Section.END) section.ended = true;
+        await ram.load(r, false);
+        await footer(r, id);
+        break;
+      }
+      case Section.EOF: {
+        for (const [id, s] of sections) {
+          if (!s.ended) throw new StreamError(at, `stream ended while section ${id} ("${s.name}") was still open`);
+        }
+        if (!ram.sizesSeen) throw new StreamError(at, `stream ended without a "ram" section`);
+        if (!vcpuLoaded) throw new StreamError(at, `stream ended without the "vcpu" device section`);
+        const description = await readDescription(r);
+        onBytes?.(r.received);
+        return {
+          bytes: r.offset,
+          zeroPages: ram.stats.zeroPages,
+          normalPages: ram.stats.normalPages,
+          description,
+        };
+      }
+      default:
+        throw new StreamError(at, `unknown section type 0x${type.toString(16)}`);
+    }
+  }
+}
+
+async function footer(r: StreamReader, id: number): Promise<void> {
+  await r.need(5);
+  const at = r.offset;
+  const mark = r.u8();
+  if (mark !== Section.FOOTER) {
+    throw new StreamError(at, `expected section footer 0x7e for section ${id}, found 0x${mark.toString(16)}`);
+  }
+  const got = r.be32();
+  if (got !== id) throw new StreamError(at, `section footer names section ${got}, expected ${id}`);
+}
+
+/** Reads the optional vmdescription after EOF; a stream may also just end. */
+async function readDescription(r: StreamReader): Promise<unknown> {
+  if (await r.atEnd()) return undefined;
+  const at = r.offset;
+  await r.need(5);
+  const type = r.u8();
+  if (type !== Section.VMDESCRIPTION) {
+    throw new StreamError(at, `expected vmdescription (0x06) after EOF, found 0x${type.toString(16)}`);
+  }
+  const len = r.be32();
+  if (len > MAX_VMDESC_BYTES) throw new StreamError(at, `vmdescription of ${len} bytes is too large`);
+  const chunks: Uint8Array[] = [];
+  let left = len;
+  while (left > 0) {
+    const n = Math.min(left, 1 << 16);
+    await r.need(n);
+    chunks.push(r.take(n).slice());
+    left -= n;
+  }
+  const text = new TextDecoder().decode(concat(chunks, len));
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new StreamError(at, "vmdescription is not valid JSON", { cause: e });
+  }
+  if (typeof json !== "object" || json === null || (json as { page_size?: unknown }).page_size !== 4096) {
+    throw new StreamError(at, "vmdescription does not describe 4096-byte pages");
+  }
+  return json;
+}
+
+function concat(chunks: Uint8Array[], len: number): Uint8Array {
+  const out = new Uint8Array(len);
+  let off = 0;
+  for (const c of chunks) {
+    out.set(c, off);
+    off += c.length;
+  }
+  return out;
+}
+
+function hex8(n: number): string {
+  return n.toString(16).padStart(8, "0");
+}

@@ -1,0 +1,247 @@
+import type { Channel, Transports } from "../transports/transport.ts";
+import type { Guest } from "../vm/guest.ts";
+import { PAGE_SIZE } from "../vm/ram.ts";
+import type { Clock } from "./clock.ts";
+import { describeError } from "./errors.ts";
+import { StreamWriter } from "./format/writer.ts";
+import { runPrecopy, writeSetup } from "./outgoing.ts";
+import type { Parameters } from "./params.ts";
+import type { WindowStats } from "./rate_limiter.ts";
+import { RamSaver } from "./sections/ram.ts";
+
+/** Outgoing migration states, QEMU's names (its ERROR is reported as "failed"). */
+export const MIGRATION_STATES = [
+  "none",
+  "setup",
+  "active",
+  "cancelling",
+  "cancelled",
+  "completed",
+  "failed",
+] as const;
+
+/** One of {@link MIGRATION_STATES}. */
+export type MigrationStatus = typeof MIGRATION_STATES[number];
+
+/** States after which nothing more happens. */
+export const FINAL_STATES: ReadonlySet<MigrationStatus> = new Set(["cancelled", "completed", "failed"]);
+
+const TRANSITIONS: Record<MigrationStatus, readonly MigrationStatus[]> = {
+  none: ["setup"],
+  setup: ["active", "cancelling", "failed"],
+  active: ["completed", "cancelling", "failed"],
+  // A stream that was already complete when the cancel came stays completed:
+  // the guest now lives on the destination.
+  cancelling: ["cancelled", "failed", "completed"],
+  cancelled: [],
+  completed: [],
+  failed: [],
+};
+
+/** True when the state machine allows `from → to`. */
+export function canTransition(from: MigrationStatus, to: MigrationStatus): boolean {
+  return TRANSITIONS[from].includes(to);
+}
+
+/** RAM progress, QEMU's query-migrate `ram` fields. */
+export interface RamInfo {
+  transferred: number;
+  remaining: number;
+  total: number;
+  duplicate: number;
+  skipped: number;
+  normal: number;
+  normal_bytes: number;
+  dirty_pages_rate: number;
+  mbps: number;
+  dirty_sync_count: number;
+  pages_per_second: number;
+  page_size: number;
+}
+
+/** What GET /migrations/current answers (QEMU's query-migrate). */
+export interface MigrationInfo {
+  status: MigrationStatus;
+  uri?: string;
+  total_time?: number;
+  setup_time?: number;
+  expected_downtime?: number;
+  downtime?: number;
+  error_desc?: string;
+  ram?: RamInfo;
+}
+
+/** Callbacks a Migration reports through (the engine wires them to its notifier). */
+export interface MigrationHooks {
+  /** Every state transition, after it happened. */
+  onStateChange(from: MigrationStatus, to: MigrationStatus, error?: string): void;
+  /** Every dirty-log sync. */
+  onPass(pass: number, dirtyPages: number): void;
+  /** After every 100 ms window. */
+  onProgress(): void;
+}
+
+/** Everything a Migration depends on. */
+export interface MigrationDeps {
+  readonly guest: Guest;
+  readonly transports: Transports;
+  readonly clock: Clock;
+  readonly params: () => Readonly<Parameters>;
+  readonly hooks: MigrationHooks;
+}
+
+/**
+ * One outgoing migration: opens the channel, runs the pre-copy loop, and owns the
+ * state machine `setup → active → completed | failed | cancelling → cancelled`.
+ * Whatever happens, a guest that was running before is running again unless the
+ * migration completed.
+ */
+export class Migration {
+  #state: MigrationStatus = "none";
+  #error: string | undefined;
+  readonly #deps: MigrationDeps;
+  readonly #abort = new AbortController();
+  #channel: Channel | null = null;
+  #ram: RamSaver | null = null;
+  #writer: StreamWriter | null = null;
+  readonly #startedAt: number;
+  #setupTime: number | undefined;
+  #endedAt: number | undefined;
+  #downtime: number | undefined;
+  #expectedDowntime: number | undefined;
+  #mbps = 0;
+  #pagesPerSecond = 0;
+  #lastPages = 0;
+  readonly done: Promise<void>;
+
+  constructor(readonly uri: string, deps: MigrationDeps) {
+    this.#deps = deps;
+    this.#startedAt = deps.clock.now();
+    this.#transition("setup");
+    this.done = this.#run();
+  }
+
+  /** Current state. */
+  get state(): MigrationStatus {
+    return this.#state;
+  }
+
+  /** True until the migration reached a final state. */
+  get isActive(): boolean {
+    return !FINAL_STATES.has(this.#state);
+  }
+
+  /**
+   * Asks the migration to stop. Takes effect at once: the channel is closed, so a
+   * write blocked on a peer that stopped reading fails now. Returns false when
+   * there was nothing to cancel.
+   */
+  cancel(): boolean {
+    if (this.#state !== "setup" && this.#state !== "active") return false;
+    this.#transition("cancelling");
+    this.#abort.abort(new Error("migration cancelled"));
+    this.#channel?.close();
+    return true;
+  }
+
+  /** A snapshot for query-migrate. */
+  info(): MigrationInfo {
+    const now = this.#endedAt ?? this.#deps.clock.now();
+    const info: MigrationInfo = {
+      status: this.#state,
+      uri: this.uri,
+      total_time: Math.round(now - this.#startedAt),
+    };
+    if (this.#setupTime !== undefined) info.setup_time = Math.round(this.#setupTime);
+    if (this.#state === "active" && this.#expectedDowntime !== undefined) {
+      info.expected_downtime = Number.isFinite(this.#expectedDowntime) ? Math.round(this.#expectedDowntime) : -1;
+    }
+    if (this.#downtime !== undefined) info.downtime = Math.round(this.#downtime * 1000) / 1000;
+    if (this.#error !== undefined) info.error_desc = this.#error;
+    const ram = this.#ram;
+    if (ram) {
+      const elapsed = Math.max(1, now - this.#startedAt);
+      info.ram = {
+        transferred: ram.stats.transferred,
+        remaining: this.#state === "completed" ? 0 : ram.remainingBytes,
+        total: ram.totalBytes,
+        duplicate: ram.stats.duplicate,
+        skipped: 0,
+        normal: ram.stats.normal,
+        normal_bytes: ram.stats.normal * PAGE_SIZE,
+        dirty_pages_rate: ram.stats.dirtyPagesRate,
+        mbps: FINAL_STATES.has(this.#state)
+          ? round3(((this.#writer?.bytes ?? 0) * 8) / elapsed / 1000)
+          : round3(this.#mbps),
+        dirty_sync_count: ram.stats.dirtySyncCount,
+        pages_per_second: Math.round(this.#pagesPerSecond),
+        page_size: PAGE_SIZE,
+      };
+    }
+    return info;
+  }
+
+  #transition(to: MigrationStatus, error?: string): void {
+    const from = this.#state;
+    if (from === to) return;
+    if (!canTransition(from, to)) throw new Error(`bad migration transition ${from} → ${to}`);
+    this.#state = to;
+    if (error !== undefined) this.#error = error;
+    if (FINAL_STATES.has(to)) this.#endedAt = this.#deps.clock.now();
+    this.#deps.hooks.onStateChange(from, to, error);
+  }
+
+  async #run(): Promise<void> {
+    const { guest, transports, clock } = this.#deps;
+    const wasRunning = guest.runState === "running";
+    try {
+      this.#channel = await transports.connect(this.uri, this.#abort.signal);
+      if (this.#abort.signal.aborted) this.#channel.close();
+      this.#abort.signal.throwIfAborted();
+      const writer = new StreamWriter(this.#channel);
+      this.#writer = writer;
+      this.#ram = new RamSaver(guest.blocks, clock.now);
+      const ctx = {
+        guest,
+        writer,
+        ram: this.#ram,
+        clock,
+        params: this.#deps.params,
+        signal: this.#abort.signal,
+        progress: {
+          active: () => {
+            this.#setupTime = clock.now() - this.#startedAt;
+            this.#transition("active");
+          },
+          window: (w: WindowStats, expected: number) => {
+            this.#mbps = (w.bandwidth * 8) / 1000;
+            const pages = this.#ram!.stats.normal + this.#ram!.stats.duplicate;
+            this.#pagesPerSecond = ((pages - this.#lastPages) * 1000) / w.ms;
+            this.#lastPages = pages;
+            this.#expectedDowntime = expected;
+            this.#deps.hooks.onProgress();
+          },
+          pass: (count: number, dirty: number) => this.#deps.hooks.onPass(count, dirty),
+          stopped: () => {},
+        },
+      };
+      await writeSetup(ctx);
+      this.#abort.signal.throwIfAborted();
+      const result = await runPrecopy(ctx);
+      this.#downtime = result.downtime;
+      this.#channel.close();
+      this.#transition("completed");
+    } catch (e) {
+      this.#channel?.close();
+      // The guest may have been stopped for the final pass; the loop restarts it,
+      // but make sure a running guest is running after any failure.
+      if (wasRunning && guest.runState !== "running") guest.start();
+      if (this.#state === "cancelling") this.#transition("cancelled");
+      else this.#transition("failed", describeError(e));
+    }
+  }
+}
+
+function round3(n: number): number {
+  return Math.round(n * 1000) / 1000;
+}
