@@ -45,7 +45,9 @@ export interface Transports {
 
 /** Why a transport could not be opened; `code` is the API error code. */
 export class TransportError extends Error {
+  /** Always "TransportError", so logs and `instanceof`-free checks can tell it apart. */
   override readonly name = "TransportError";
+  /** `code` is the API error code, `message` a sentence for people, `options.cause` the OS error. */
   constructor(
     readonly code:
       | "bad-uri"

@@ -107,7 +107,7 @@ export class RamBlock {
   /** Writes one byte of every page so the host has faulted all of RAM in (like -mem-prealloc). */
   prefault(): void {
     const bytes = this.bytes;
-    for (let off = 0; off < this.length; off += PAGE_SIZE) bytes[off] = bytes[off];
+    for (let off = 0; off < this.length; off += PAGE_SIZE) bytes[off] |= 0;
   }
 }
 

@@ -1,0 +1,136 @@
+import { parseArgs } from "node:util";
+import { parseSize, PAGE_SIZE } from "./vm/ram.ts";
+import { parseWorkload, type WorkloadSpec } from "./vm/workload.ts";
+import { FILL_MODES, type FillMode, isFillMode } from "./vm/fill.ts";
+
+/** A bad command line; main prints the message on one line and exits 2. */
+export class CliError extends Error {
+  override readonly name = "CliError";
+}
+
+/** Everything main.ts needs from the command line. */
+export interface Config {
+  hostname: string;
+  port: number;
+  ramSize: number;
+  workload: WorkloadSpec;
+  fill: FillMode;
+  incoming: string | undefined;
+  autostart: boolean;
+  paused: boolean;
+  allowExec: boolean;
+  prefault: boolean;
+  token: string | undefined;
+  help: boolean;
+}
+
+/** The --help text: every flag, its default, and an example. */
+export const HELP = `ferry — live migration of a running guest between two ferry services
+
+Usage: deno task start [flags]
+
+Flags:
+  --listen HOST:PORT    API address (default 127.0.0.1:8080; port 0 picks a free port;
+                        a non-loopback host needs --token)
+  --ram SIZE            guest RAM, e.g. 256M, 1G (default 256M; K/M/G/T are binary units)
+  --workload SPEC       what the guest's vCPU does (default idle):
+                          idle
+                          ab[:rate=SIZE][,range=SIZE]    QEMU's a-b test guest
+                          random[:rate=50M][,hot=10%:90%][,bytes=8]
+                        rate = bytes of pages dirtied per second (0 = as fast as possible)
+  --fill MODE           prepare RAM before start: zero, random or pattern (default zero)
+  --incoming URI        start as a destination waiting on URI (tcp:HOST:PORT, unix:PATH)
+  --no-autostart        a destination stays paused after loading (QEMU's -S)
+  --paused              a source guest starts paused instead of running
+  --no-prefault         do not fault guest RAM in at start (default: prefault, like -mem-prealloc)
+  --allow-exec          allow exec: migration URIs (they run shell commands)
+  --token TOKEN         require "Authorization: Bearer TOKEN" on every request
+                        (also read from FERRY_TOKEN)
+  -h, --help            show this help
+
+Example:
+  deno task start --listen 127.0.0.1:0 --ram 512M --workload random:rate=20M --fill random
+`;
+
+const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1", "[::1]"]);
+
+/** True for hosts that only this machine can reach. */
+export function isLoopback(host: string): boolean {
+  return LOOPBACK.has(host) || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+function parseListen(text: string): { hostname: string; port: number } {
+  const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(text);
+  if (!m) throw new CliError(`Invalid --listen "${text}": expected HOST:PORT, e.g. 127.0.0.1:8080`);
+  const port = Number(m[2]);
+  if (port > 65535) throw new CliError(`Invalid --listen "${text}": port ${port} is above 65535`);
+  const hostname = m[1].startsWith("[") ? m[1].slice(1, -1) : m[1];
+  return { hostname, port };
+}
+
+/** Parses ferry's flags; throws CliError with a one-line message for anything wrong. */
+export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): Config {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        listen: { type: "string", default: "127.0.0.1:8080" },
+        ram: { type: "string", default: "256M" },
+        workload: { type: "string", default: "idle" },
+        fill: { type: "string", default: "zero" },
+        incoming: { type: "string" },
+        "no-autostart": { type: "boolean", default: false },
+        paused: { type: "boolean", default: false },
+        "no-prefault": { type: "boolean", default: false },
+        "allow-exec": { type: "boolean", default: false },
+        token: { type: "string" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    }));
+  } catch (e) {
+    throw new CliError(`${(e as Error).message.split("\n")[0]} (see --help)`);
+  }
+  const { hostname, port } = parseListen(values.listen);
+  let ramSize: number;
+  try {
+    ramSize = parseSize(values.ram);
+  } catch (e) {
+    throw new CliError(`Invalid --ram: ${(e as Error).message}`);
+  }
+  if (ramSize < PAGE_SIZE || ramSize % PAGE_SIZE !== 0) {
+    throw new CliError(`Invalid --ram "${values.ram}": must be a positive multiple of ${PAGE_SIZE} bytes`);
+  }
+  if (ramSize > 64 * 2 ** 30) throw new CliError(`Invalid --ram "${values.ram}": at most 64G`);
+  let workload: WorkloadSpec;
+  try {
+    workload = parseWorkload(values.workload);
+  } catch (e) {
+    throw new CliError(`Invalid --workload: ${(e as Error).message}`);
+  }
+  if (!isFillMode(values.fill)) {
+    throw new CliError(`Invalid --fill "${values.fill}": expected one of ${FILL_MODES.join(", ")}`);
+  }
+  const token = values.token ?? (env.FERRY_TOKEN || undefined);
+  if (!isLoopback(hostname) && !token && !values.help) {
+    throw new CliError(
+      `Refusing to listen on non-loopback address ${hostname} without a token: pass --token or set FERRY_TOKEN`,
+    );
+  }
+  return {
+    hostname,
+    port,
+    ramSize,
+    workload,
+    fill: values.fill,
+    incoming: values.incoming,
+    autostart: !values["no-autostart"],
+    paused: values.paused,
+    allowExec: values["allow-exec"],
+    prefault: !values["no-prefault"],
+    token,
+    help: values.help,
+  };
+}

@@ -1,0 +1,81 @@
+import { bearerAuth } from "hono/bearer-auth";
+import { Hono } from "hono";
+import { CliError, HELP, parseFlags } from "./cli.ts";
+import { Engine } from "./engine/engine.ts";
+import { createApp } from "./routes/app.ts";
+import { createTransports } from "./transports/mod.ts";
+import { Vm } from "./vm/vm.ts";
+import { loadDashboard } from "./web/dashboard.ts";
+
+/** CLI flags → guest + engine + API → Deno.serve. Nothing else lives here. */
+async function main(): Promise<number> {
+  let config;
+  try {
+    config = parseFlags(Deno.args, { FERRY_TOKEN: Deno.env.get("FERRY_TOKEN") });
+  } catch (e) {
+    if (e instanceof CliError) {
+      console.error(`ferry: ${e.message}`);
+      return 2;
+    }
+    throw e;
+  }
+  if (config.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const vm = await Vm.create({
+    ramSize: config.ramSize,
+    workload: config.workload,
+    fill: config.fill,
+    prefault: config.prefault,
+  });
+  const transports = createTransports({ allowExec: config.allowExec });
+  const engine = new Engine({ guest: vm, transports, autostart: config.autostart });
+  const api = createApp({ engine, vm, dashboard: await loadDashboard() });
+  const app = new Hono();
+  if (config.token) app.use("*", bearerAuth({ token: config.token }));
+  app.route("/", api);
+
+  if (config.incoming) {
+    try {
+      const info = await engine.listenIncoming(config.incoming);
+      console.log(`ferry: waiting for an incoming migration on ${info.address}`);
+    } catch (e) {
+      console.error(`ferry: cannot listen for --incoming ${config.incoming}: ${(e as Error).message}`);
+      await vm.close();
+      return 1;
+    }
+  } else if (!config.paused) {
+    vm.start();
+  }
+
+  const shutdown = new AbortController();
+  let server: Deno.HttpServer<Deno.NetAddr>;
+  try {
+    server = Deno.serve({
+      hostname: config.hostname,
+      port: config.port,
+      signal: shutdown.signal,
+      onListen: ({ hostname, port }) => {
+        const host = hostname.includes(":") ? `[${hostname}]` : hostname;
+        console.log(`ferry: API on http://${host}:${port} (guest ${config.ramSize} bytes, ${vm.info().workload})`);
+      },
+    }, app.fetch);
+  } catch (e) {
+    console.error(`ferry: cannot listen on ${config.hostname}:${config.port}: ${(e as Error).message}`);
+    await engine.close();
+    await vm.close();
+    return 1;
+  }
+  const stop = () => shutdown.abort();
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+  await server.finished;
+  Deno.removeSignalListener("SIGINT", stop);
+  Deno.removeSignalListener("SIGTERM", stop);
+  await engine.close();
+  await vm.close();
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main());

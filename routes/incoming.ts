@@ -1,0 +1,33 @@
+import { createRoute } from "@hono/zod-openapi";
+import type { Engine } from "../engine/engine.ts";
+import { newRouter } from "./router.ts";
+import { errorResponses, IncomingInfoSchema, IncomingRequestSchema, jsonBody, jsonResponse } from "./schemas.ts";
+
+const arm = createRoute({
+  method: "post",
+  path: "/migrations/incoming",
+  summary: "Wait for an incoming migration on a URI (QEMU migrate-incoming)",
+  request: jsonBody(IncomingRequestSchema),
+  responses: {
+    202: jsonResponse(IncomingInfoSchema, "Listening; address has the real port"),
+    ...errorResponses(400, 403, 409),
+  },
+});
+
+const query = createRoute({
+  method: "get",
+  path: "/migrations/incoming",
+  summary: "State of the incoming side",
+  responses: { 200: jsonResponse(IncomingInfoSchema, "Incoming info; status none when never armed") },
+});
+
+/** POST|GET /migrations/incoming. */
+export function incomingRoutes(deps: { engine: Engine }) {
+  const { engine } = deps;
+  return newRouter()
+    .openapi(arm, async (c) => {
+      const info = await engine.listenIncoming(c.req.valid("json").uri);
+      return c.json(info, 202);
+    })
+    .openapi(query, (c) => c.json(engine.incomingInfo(), 200));
+}

@@ -1,0 +1,48 @@
+import { createRoute } from "@hono/zod-openapi";
+import type { Engine } from "../engine/engine.ts";
+import { newRouter } from "./router.ts";
+import { errorResponses, jsonBody, jsonResponse, MigrateRequestSchema, MigrationInfoSchema } from "./schemas.ts";
+
+const migrate = createRoute({
+  method: "post",
+  path: "/migrations",
+  summary: "Start an outgoing migration (QEMU migrate)",
+  request: jsonBody(MigrateRequestSchema),
+  responses: {
+    202: jsonResponse(MigrationInfoSchema, "Migration started"),
+    ...errorResponses(400, 403, 409),
+  },
+});
+
+const current = createRoute({
+  method: "get",
+  path: "/migrations/current",
+  summary: "The current or last migration (QEMU query-migrate)",
+  responses: { 200: jsonResponse(MigrationInfoSchema, "Migration info; status none before any") },
+});
+
+const cancel = createRoute({
+  method: "delete",
+  path: "/migrations/current",
+  summary: "Cancel the active migration (QEMU migrate_cancel)",
+  responses: {
+    202: jsonResponse(MigrationInfoSchema, "Cancelling"),
+    200: jsonResponse(MigrationInfoSchema, "Nothing was active: no-op"),
+  },
+});
+
+/** POST /migrations, GET|DELETE /migrations/current. */
+export function migrationRoutes(deps: { engine: Engine }) {
+  const { engine } = deps;
+  return newRouter()
+    .openapi(migrate, (c) => {
+      const body = c.req.valid("json");
+      const info = engine.migrate(body.uri, body);
+      return c.json(info, 202);
+    })
+    .openapi(current, (c) => c.json(engine.current(), 200))
+    .openapi(cancel, (c) => {
+      const { cancelled, info } = engine.cancel();
+      return cancelled ? c.json(info, 202) : c.json(info, 200);
+    });
+}

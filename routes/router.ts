@@ -1,0 +1,86 @@
+import { OpenAPIHono } from "@hono/zod-openapi";
+import type { Context } from "hono";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
+import { EngineError, type EngineErrorCode } from "../engine/errors.ts";
+import { TransportError } from "../transports/transport.ts";
+
+/** HTTP status for each engine error code. */
+export const ENGINE_STATUS: Record<EngineErrorCode, ContentfulStatusCode> = {
+  "migration-active": 409,
+  "migration-blocked": 409,
+  "capability-unsupported": 400,
+  "capability-conflict": 409,
+  "invalid-parameter": 400,
+  "incoming-active": 409,
+  "not-incoming": 409,
+  "guest-incomplete": 409,
+  "guest-running": 409,
+  "blocker-not-found": 404,
+};
+
+/** HTTP status for each transport error code. */
+export const TRANSPORT_STATUS: Record<TransportError["code"], ContentfulStatusCode> = {
+  "bad-uri": 400,
+  "unknown-protocol": 400,
+  "transport-unavailable": 400,
+  "exec-disabled": 403,
+  "bad-fd": 400,
+  "connect-failed": 502,
+  "listen-failed": 409,
+};
+
+/** The JSON body of an error answer. */
+export interface ErrorBody {
+  error: { code: string; message: string; field?: string; reasons?: string[] };
+}
+
+/** Builds the error body and status for a thrown engine or transport error; null for others. */
+export function domainError(e: unknown): { status: ContentfulStatusCode; body: ErrorBody } | null {
+  if (e instanceof EngineError) {
+    const body: ErrorBody = { error: { code: e.code, message: e.message } };
+    const reasons = e.details?.reasons;
+    if (Array.isArray(reasons)) body.error.reasons = reasons.map(String);
+    const field = e.details?.field ?? e.details?.capability;
+    if (typeof field === "string") body.error.field = field;
+    return { status: ENGINE_STATUS[e.code], body };
+  }
+  if (e instanceof TransportError) {
+    return { status: TRANSPORT_STATUS[e.code], body: { error: { code: e.code, message: e.message, field: "uri" } } };
+  }
+  return null;
+}
+
+interface ZodIssueLike {
+  path: PropertyKey[];
+  message: string;
+  code?: string;
+  keys?: string[];
+}
+
+/** Turns a zod failure into a 400 answer naming the first bad field. */
+export function validationError(c: Context, issues: readonly ZodIssueLike[]): Response {
+  const issue = issues[0];
+  let field = issue?.path.map(String).join(".") ?? "";
+  if (issue?.code === "unrecognized_keys" && issue.keys?.length) field = issue.keys.join(",");
+  const message = issue
+    ? field
+      ? `Invalid field "${field}": ${issue.message}`
+      : `Invalid request body: ${issue.message}`
+    : "Invalid request";
+  const body: ErrorBody = { error: { code: "invalid-request", message } };
+  if (field) body.error.field = field;
+  return c.json(body, 400);
+}
+
+/**
+ * A new route group. Request validation failures answer 400 with the JSON error
+ * shape naming the field, the same way in every group.
+ */
+export function newRouter(): OpenAPIHono {
+  return new OpenAPIHono({
+    defaultHook: (result, c) => {
+      if (!result.success) return validationError(c, result.error.issues);
+      return undefined;
+    },
+  });
+}

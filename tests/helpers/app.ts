@@ -1,0 +1,47 @@
+import { Engine } from "../../engine/engine.ts";
+import { createApp } from "../../routes/app.ts";
+import type { VmInspector } from "../../routes/vm.ts";
+import { MemoryTransports } from "../../transports/memory.ts";
+import { PAGE_SIZE } from "../../vm/ram.ts";
+import { ramDigest, TestGuest } from "./test_guest.ts";
+
+/** An in-process API over a TestGuest and memory transports, for route tests via app.request. */
+export function testApp(opts: { ram?: number; transports?: MemoryTransports } = {}) {
+  const guest = new TestGuest([["pc.ram", opts.ram ?? 1 << 20]]);
+  const transports = opts.transports ?? new MemoryTransports();
+  const engine = new Engine({ guest, transports });
+  const vm: VmInspector = {
+    info: () => ({
+      run_state: guest.runState,
+      ram_size: guest.blocks[0].length,
+      page_size: PAGE_SIZE,
+      workload: "idle",
+      throttle: guest.throttle,
+      ops: 0,
+    }),
+    digest: async () => ({
+      blocks: guest.blocks.map((b) => ({ name: b.name, length: b.length, sha256: "" })),
+      sha256: await ramDigest(guest),
+    }),
+  };
+  const app = createApp({ engine, vm, keepAliveMs: 50 });
+  return { app, engine, guest, transports };
+}
+
+/** Sends a JSON request to an in-process app and returns status and parsed body. */
+export async function call(
+  app: { request: (path: string, init?: RequestInit) => Response | Promise<Response> },
+  method: string,
+  path: string,
+  body?: unknown,
+  // deno-lint-ignore no-explicit-any
+): Promise<{ status: number; body: any }> {
+  const init: RequestInit = { method };
+  if (body !== undefined) {
+    init.body = typeof body === "string" ? body : JSON.stringify(body);
+    init.headers = { "content-type": "application/json" };
+  }
+  const res = await app.request(path, init);
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : undefined };
+}

@@ -1,0 +1,91 @@
+import assert from "node:assert/strict";
+import { createTransports } from "../../transports/mod.ts";
+import { assertTransportError, pattern, readAll, writeAllAndFinish } from "./_helpers.ts";
+
+Deno.test("createTransports() dispatches tcp: URIs to the TCP transport", async () => {
+  const transports = createTransports();
+  using listener = await transports.listen("tcp:127.0.0.1:0");
+  assert.match(listener.address, /^tcp:127\.0\.0\.1:[1-9]\d*$/);
+  const [client, server] = await Promise.all([
+    transports.connect(listener.address),
+    listener.accept(),
+  ]);
+  using _s = server;
+  const data = pattern(1 << 20);
+  const [got] = await Promise.all([readAll(server), writeAllAndFinish(client, data)]);
+  assert.deepEqual(got, data);
+});
+
+Deno.test("createTransports() dispatches unix: URIs to the unix transport", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "ferry-mod-" });
+  try {
+    const transports = createTransports();
+    const uri = `unix:${dir}/m.sock`;
+    using listener = await transports.listen(uri);
+    assert.equal(listener.address, uri);
+    const [client, server] = await Promise.all([transports.connect(uri), listener.accept()]);
+    using _s = server;
+    const [got] = await Promise.all([readAll(server), writeAllAndFinish(client, pattern(5000))]);
+    assert.deepEqual(got, pattern(5000));
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("createTransports() refuses exec: with exec-disabled unless allowExec", async () => {
+  const transports = createTransports({ allowExec: false });
+  await assertTransportError(() => transports.connect("exec:cat"), "exec-disabled", "--allow-exec");
+  await assertTransportError(() => transports.listen("exec:cat"), "exec-disabled");
+  await assertTransportError(() => transports.validate("exec:cat"), "exec-disabled");
+  await assertTransportError(() => createTransports().validate("exec:cat"), "exec-disabled");
+});
+
+Deno.test("createTransports({ allowExec: true }) reports exec: as not implemented yet", async () => {
+  const transports = createTransports({ allowExec: true });
+  await assertTransportError(
+    () => transports.connect("exec:cat"),
+    "transport-unavailable",
+    "exec: transport is not implemented yet",
+  );
+  await assertTransportError(() => transports.validate("exec:cat"), "transport-unavailable");
+});
+
+Deno.test("createTransports() reports fd: and file: as not implemented yet", async () => {
+  const transports = createTransports({ allowExec: true });
+  for (const uri of ["fd:3", "file:/tmp/ferry.img", "file:/tmp/ferry.img,offset=4096"]) {
+    const scheme = uri.slice(0, uri.indexOf(":") + 1);
+    await assertTransportError(
+      () => transports.connect(uri),
+      "transport-unavailable",
+      `${scheme} transport is not implemented yet`,
+    );
+    await assertTransportError(() => transports.listen(uri), "transport-unavailable");
+    await assertTransportError(() => transports.validate(uri), "transport-unavailable");
+  }
+});
+
+Deno.test("createTransports() passes parseUri errors through (bad-uri, unknown-protocol)", async () => {
+  const transports = createTransports();
+  await assertTransportError(() => transports.connect("tcp:127.0.0.1"), "bad-uri");
+  await assertTransportError(() => transports.listen("file:relative.img"), "bad-uri", "absolute");
+  await assertTransportError(() => transports.connect("rdma:1.2.3.4:1"), "unknown-protocol");
+  await assertTransportError(() => transports.validate("nonsense"), "unknown-protocol");
+});
+
+Deno.test("createTransports().validate() accepts tcp: and unix: without opening anything", () => {
+  const transports = createTransports();
+  transports.validate("tcp:127.0.0.1:1");
+  transports.validate("tcp:[::1]:4444");
+  transports.validate("unix:/nonexistent/dir/x.sock");
+});
+
+Deno.test("createTransports() connect() failures keep the connect-failed code", async () => {
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = probe.addr.port;
+  probe.close();
+  await assertTransportError(
+    () => createTransports().connect(`tcp:127.0.0.1:${port}`),
+    "connect-failed",
+    "connection refused",
+  );
+});
