@@ -1,5 +1,5 @@
 import { parseArgs } from "node:util";
-import { parseSize, PAGE_SIZE } from "./vm/ram.ts";
+import { PAGE_SIZE, parseSize } from "./vm/ram.ts";
 import { parseWorkload, type WorkloadSpec } from "./vm/workload.ts";
 import { FILL_MODES, type FillMode, isFillMode } from "./vm/fill.ts";
 
@@ -101,7 +101,9 @@ export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): 
     throw new CliError(`Invalid --ram: ${(e as Error).message}`);
   }
   if (ramSize < PAGE_SIZE || ramSize % PAGE_SIZE !== 0) {
-    throw new CliError(`Invalid --ram "${values.ram}": must be a positive multiple of ${PAGE_SIZE} bytes`);
+    throw new CliError(
+      `Invalid --ram "${values.ram}": must be a positive multiple of ${PAGE_SIZE} bytes`,
+    );
   }
   if (ramSize > 64 * 2 ** 30) throw new CliError(`Invalid --ram "${values.ram}": at most 64G`);
   let workload: WorkloadSpec;

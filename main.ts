@@ -41,7 +41,9 @@ async function main(): Promise<number> {
       const info = await engine.listenIncoming(config.incoming);
       console.log(`ferry: waiting for an incoming migration on ${info.address}`);
     } catch (e) {
-      console.error(`ferry: cannot listen for --incoming ${config.incoming}: ${(e as Error).message}`);
+      console.error(
+        `ferry: cannot listen for --incoming ${config.incoming}: ${(e as Error).message}`,
+      );
       await vm.close();
       return 1;
     }
@@ -58,11 +60,15 @@ async function main(): Promise<number> {
       signal: shutdown.signal,
       onListen: ({ hostname, port }) => {
         const host = hostname.includes(":") ? `[${hostname}]` : hostname;
-        console.log(`ferry: API on http://${host}:${port} (guest ${config.ramSize} bytes, ${vm.info().workload})`);
+        console.log(
+          `ferry: API on http://${host}:${port} (guest ${config.ramSize} bytes, ${vm.info().workload})`,
+        );
       },
     }, app.fetch);
   } catch (e) {
-    console.error(`ferry: cannot listen on ${config.hostname}:${config.port}: ${(e as Error).message}`);
+    console.error(
+      `ferry: cannot listen on ${config.hostname}:${config.port}: ${(e as Error).message}`,
+    );
     await engine.close();
     await vm.close();
     return 1;

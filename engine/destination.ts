@@ -6,7 +6,14 @@ import { StreamReader } from "./format/reader.ts";
 import { loadStream } from "./incoming.ts";
 
 /** States of the incoming side. */
-export const INCOMING_STATES = ["none", "listening", "active", "completed", "failed", "cancelled"] as const;
+export const INCOMING_STATES = [
+  "none",
+  "listening",
+  "active",
+  "completed",
+  "failed",
+  "cancelled",
+] as const;
 
 /** One of {@link INCOMING_STATES}. */
 export type IncomingStatus = typeof INCOMING_STATES[number];
@@ -90,7 +97,11 @@ export class IncomingMigration {
 
   /** A snapshot for GET /migrations/incoming. */
   info(): IncomingInfo {
-    const info: IncomingInfo = { status: this.#state, uri: this.uri, bytes_received: this.#received };
+    const info: IncomingInfo = {
+      status: this.#state,
+      uri: this.uri,
+      bytes_received: this.#received,
+    };
     if (this.#address) info.address = this.#address;
     if (this.#startedAt !== undefined) {
       info.total_time = Math.round((this.#endedAt ?? this.#deps.clock.now()) - this.#startedAt);

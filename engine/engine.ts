@@ -112,14 +112,21 @@ export class Engine {
   /** Changes capabilities; refused while a migration is active or for ones ferry cannot honour. */
   setCapabilities(patch: Partial<Capabilities>): Capabilities {
     if (this.#migration?.isActive) {
-      throw new EngineError("migration-active", "Cannot change capabilities while a migration is active");
+      throw new EngineError(
+        "migration-active",
+        "Cannot change capabilities while a migration is active",
+      );
     }
     for (const [key, value] of Object.entries(patch) as [keyof Capabilities, boolean][]) {
       const why = UNSUPPORTED_CAPABILITIES[key];
       if (value && why) {
-        throw new EngineError("capability-unsupported", `Cannot enable capability "${key}": ${why}`, {
-          capability: key,
-        });
+        throw new EngineError(
+          "capability-unsupported",
+          `Cannot enable capability "${key}": ${why}`,
+          {
+            capability: key,
+          },
+        );
       }
     }
     this.#caps = { ...this.#caps, ...patch };
@@ -141,7 +148,9 @@ export class Engine {
   /** Removes a blocker; throws `blocker-not-found` for an unknown id. */
   removeBlocker(id: string): Blocker {
     const blocker = this.#blockers.get(id);
-    if (!blocker) throw new EngineError("blocker-not-found", `No migration blocker with id "${id}"`);
+    if (!blocker) {
+      throw new EngineError("blocker-not-found", `No migration blocker with id "${id}"`);
+    }
     this.#blockers.delete(id);
     return blocker;
   }
@@ -183,9 +192,17 @@ export class Engine {
       params: () => this.#params,
       hooks: {
         onStateChange: (from, to, error) =>
-          this.events.emit({ type: "state", from, to, time: Date.now(), ...(error ? { error } : {}) }),
-        onPass: (pass, dirty) => this.events.emit({ type: "pass", pass, dirty_pages: dirty, time: Date.now() }),
-        onProgress: () => this.events.emit({ type: "progress", info: this.current(), time: Date.now() }),
+          this.events.emit({
+            type: "state",
+            from,
+            to,
+            time: Date.now(),
+            ...(error ? { error } : {}),
+          }),
+        onPass: (pass, dirty) =>
+          this.events.emit({ type: "pass", pass, dirty_pages: dirty, time: Date.now() }),
+        onProgress: () =>
+          this.events.emit({ type: "progress", info: this.current(), time: Date.now() }),
       },
     });
     return this.#migration.info();
@@ -216,7 +233,10 @@ export class Engine {
       throw new EngineError("incoming-active", "An incoming migration is already armed");
     }
     if (this.#migration?.isActive) {
-      throw new EngineError("migration-active", "Cannot receive while an outgoing migration is active");
+      throw new EngineError(
+        "migration-active",
+        "Cannot receive while an outgoing migration is active",
+      );
     }
     const state = this.#guest.runState;
     if (state === "running" || state === "finish-migrate") {
@@ -266,7 +286,10 @@ export class Engine {
       );
     }
     if (state === "finish-migrate") {
-      throw new EngineError("migration-active", "Cannot start the guest during migration switchover");
+      throw new EngineError(
+        "migration-active",
+        "Cannot start the guest during migration switchover",
+      );
     }
     if (state !== "running") this.#guest.start();
   }

@@ -39,7 +39,11 @@ interface OpenSection {
  * throws a StreamError naming it and its byte offset. Memory outside the guest's
  * RAM blocks is never written.
  */
-export async function loadStream(r: StreamReader, guest: Guest, onBytes?: (n: number) => void): Promise<LoadResult> {
+export async function loadStream(
+  r: StreamReader,
+  guest: Guest,
+  onBytes?: (n: number) => void,
+): Promise<LoadResult> {
   for (const block of guest.blocks) block.syncDirty(new Uint32Array(block.dirty.length));
   const ram = new RamLoader(guest.blocks);
   await r.need(8);
@@ -68,7 +72,10 @@ export async function loadStream(r: StreamReader, guest: Guest, onBytes?: (n: nu
         await r.need(len);
         const machine = new TextDecoder().decode(r.take(len));
         if (machine !== MACHINE_TYPE) {
-          throw new StreamError(at, `machine type "${machine}" does not match this guest's "${MACHINE_TYPE}"`);
+          throw new StreamError(
+            at,
+            `machine type "${machine}" does not match this guest's "${MACHINE_TYPE}"`,
+          );
         }
         sawSection = true;
         break;
@@ -83,11 +90,16 @@ export async function loadStream(r: StreamReader, guest: Guest, onBytes?: (n: nu
         const instance = r.be32();
         const ver = r.be32();
         if (sections.has(id)) throw new StreamError(at, `section id ${id} used twice`);
-        if (instance !== 0) throw new StreamError(at, `section "${name}" has instance ${instance}, expected 0`);
+        if (instance !== 0) {
+          throw new StreamError(at, `section "${name}" has instance ${instance}, expected 0`);
+        }
         if (type === Section.START) {
           if (name !== SectionName.RAM) throw new StreamError(at, `unknown live section "${name}"`);
           if (ver !== RAM_SECTION_VERSION) {
-            throw new StreamError(at, `section "ram" version ${ver}, expected ${RAM_SECTION_VERSION}`);
+            throw new StreamError(
+              at,
+              `section "ram" version ${ver}, expected ${RAM_SECTION_VERSION}`,
+            );
           }
           if ([...sections.values()].some((s) => s.name === name)) {
             throw new StreamError(at, `section "${name}" started twice`);
@@ -95,9 +107,14 @@ export async function loadStream(r: StreamReader, guest: Guest, onBytes?: (n: nu
           sections.set(id, { name, ended: false });
           await ram.load(r, true);
         } else {
-          if (name !== SectionName.VCPU) throw new StreamError(at, `unknown device section "${name}"`);
+          if (name !== SectionName.VCPU) {
+            throw new StreamError(at, `unknown device section "${name}"`);
+          }
           if (ver !== VCPU_SECTION_VERSION) {
-            throw new StreamError(at, `section "vcpu" version ${ver}, expected ${VCPU_SECTION_VERSION}`);
+            throw new StreamError(
+              at,
+              `section "vcpu" version ${ver}, expected ${VCPU_SECTION_VERSION}`,
+            );
           }
           if (vcpuLoaded) throw new StreamError(at, `section "vcpu" sent twice`);
           sections.set(id, { name, ended: true });
@@ -113,7 +130,9 @@ export async function loadStream(r: StreamReader, guest: Guest, onBytes?: (n: nu
         const id = r.be32();
         const section = sections.get(id);
         if (!section) throw new StreamError(at, `section id ${id} was never started`);
-        if (section.ended) throw new StreamError(at, `section id ${id} ("${section.name}") already ended`);
+        if (section.ended) {
+          throw new StreamError(at, `section id ${id} ("${section.name}") already ended`);
+        }
         if (type === Section.END) section.ended = true;
         await ram.load(r, false);
         await footer(r, id);
@@ -121,10 +140,17 @@ export async function loadStream(r: StreamReader, guest: Guest, onBytes?: (n: nu
       }
       case Section.EOF: {
         for (const [id, s] of sections) {
-          if (!s.ended) throw new StreamError(at, `stream ended while section ${id} ("${s.name}") was still open`);
+          if (!s.ended) {
+            throw new StreamError(
+              at,
+              `stream ended while section ${id} ("${s.name}") was still open`,
+            );
+          }
         }
         if (!ram.sizesSeen) throw new StreamError(at, `stream ended without a "ram" section`);
-        if (!vcpuLoaded) throw new StreamError(at, `stream ended without the "vcpu" device section`);
+        if (!vcpuLoaded) {
+          throw new StreamError(at, `stream ended without the "vcpu" device section`);
+        }
         const description = await readDescription(r);
         onBytes?.(r.received);
         return {
@@ -145,7 +171,10 @@ async function footer(r: StreamReader, id: number): Promise<void> {
   const at = r.offset;
   const mark = r.u8();
   if (mark !== Section.FOOTER) {
-    throw new StreamError(at, `expected section footer 0x7e for section ${id}, found 0x${mark.toString(16)}`);
+    throw new StreamError(
+      at,
+      `expected section footer 0x7e for section ${id}, found 0x${mark.toString(16)}`,
+    );
   }
   const got = r.be32();
   if (got !== id) throw new StreamError(at, `section footer names section ${got}, expected ${id}`);
@@ -158,10 +187,15 @@ async function readDescription(r: StreamReader): Promise<unknown> {
   await r.need(5);
   const type = r.u8();
   if (type !== Section.VMDESCRIPTION) {
-    throw new StreamError(at, `expected vmdescription (0x06) after EOF, found 0x${type.toString(16)}`);
+    throw new StreamError(
+      at,
+      `expected vmdescription (0x06) after EOF, found 0x${type.toString(16)}`,
+    );
   }
   const len = r.be32();
-  if (len > MAX_VMDESC_BYTES) throw new StreamError(at, `vmdescription of ${len} bytes is too large`);
+  if (len > MAX_VMDESC_BYTES) {
+    throw new StreamError(at, `vmdescription of ${len} bytes is too large`);
+  }
   const chunks: Uint8Array[] = [];
   let left = len;
   while (left > 0) {
@@ -177,7 +211,10 @@ async function readDescription(r: StreamReader): Promise<unknown> {
   } catch (e) {
     throw new StreamError(at, "vmdescription is not valid JSON", { cause: e });
   }
-  if (typeof json !== "object" || json === null || (json as { page_size?: unknown }).page_size !== 4096) {
+  if (
+    typeof json !== "object" || json === null ||
+    (json as { page_size?: unknown }).page_size !== 4096
+  ) {
     throw new StreamError(at, "vmdescription does not describe 4096-byte pages");
   }
   return json;

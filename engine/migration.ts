@@ -24,7 +24,11 @@ export const MIGRATION_STATES = [
 export type MigrationStatus = typeof MIGRATION_STATES[number];
 
 /** States after which nothing more happens. */
-export const FINAL_STATES: ReadonlySet<MigrationStatus> = new Set(["cancelled", "completed", "failed"]);
+export const FINAL_STATES: ReadonlySet<MigrationStatus> = new Set([
+  "cancelled",
+  "completed",
+  "failed",
+]);
 
 const TRANSITIONS: Record<MigrationStatus, readonly MigrationStatus[]> = {
   none: ["setup"],
@@ -154,7 +158,9 @@ export class Migration {
     };
     if (this.#setupTime !== undefined) info.setup_time = Math.round(this.#setupTime);
     if (this.#state === "active" && this.#expectedDowntime !== undefined) {
-      info.expected_downtime = Number.isFinite(this.#expectedDowntime) ? Math.round(this.#expectedDowntime) : -1;
+      info.expected_downtime = Number.isFinite(this.#expectedDowntime)
+        ? Math.round(this.#expectedDowntime)
+        : -1;
     }
     if (this.#downtime !== undefined) info.downtime = Math.round(this.#downtime * 1000) / 1000;
     if (this.#error !== undefined) info.error_desc = this.#error;

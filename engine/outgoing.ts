@@ -1,6 +1,12 @@
 import type { Guest, RunState } from "../vm/guest.ts";
 import type { Clock } from "./clock.ts";
-import { MACHINE_TYPE, RAM_SECTION_VERSION, Section, SectionName, VCPU_SECTION_VERSION } from "./format/constants.ts";
+import {
+  MACHINE_TYPE,
+  RAM_SECTION_VERSION,
+  Section,
+  SectionName,
+  VCPU_SECTION_VERSION,
+} from "./format/constants.ts";
 import type { StreamWriter } from "./format/writer.ts";
 import { PAGE_SIZE } from "../vm/ram.ts";
 import type { Parameters } from "./params.ts";

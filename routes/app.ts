@@ -41,21 +41,38 @@ export function createApp(deps: AppDeps) {
     info: {
       title: "ferry",
       version: VERSION,
-      description: "Live migration of a guest between ferry services (QEMU's migration controller as REST + SSE)",
+      description:
+        "Live migration of a guest between ferry services (QEMU's migration controller as REST + SSE)",
     },
   });
-  app.get("/", (c) =>
-    deps.dashboard
-      ? c.html(deps.dashboard)
-      : c.json({ name: "ferry", version: VERSION, api: "/openapi.json", events: "/migrations/events" }));
-  app.notFound((c) => c.json<ErrorBody>({ error: { code: "not-found", message: `No route ${c.req.method} ${c.req.path}` } }, 404));
+  app.get(
+    "/",
+    (c) =>
+      deps.dashboard ? c.html(deps.dashboard) : c.json({
+        name: "ferry",
+        version: VERSION,
+        api: "/openapi.json",
+        events: "/migrations/events",
+      }),
+  );
+  app.notFound((c) =>
+    c.json<ErrorBody>({
+      error: { code: "not-found", message: `No route ${c.req.method} ${c.req.path}` },
+    }, 404)
+  );
   app.onError((err, c) => {
     const mapped = domainError(err);
     if (mapped) return c.json(mapped.body, mapped.status);
     if (err instanceof HTTPException) {
-      const code = ({ 400: "bad-request", 401: "unauthorized", 404: "not-found" } as Record<number, string>)[err.status] ??
-        `http-${err.status}`;
-      return c.json<ErrorBody>({ error: { code, message: err.message || "Request failed" } }, err.status);
+      const code =
+        ({ 400: "bad-request", 401: "unauthorized", 404: "not-found" } as Record<number, string>)[
+          err.status
+        ] ??
+          `http-${err.status}`;
+      return c.json<ErrorBody>(
+        { error: { code, message: err.message || "Request failed" } },
+        err.status,
+      );
     }
     console.error("ferry: unexpected error:", err);
     return c.json<ErrorBody>({ error: { code: "internal", message: "Internal error" } }, 500);

@@ -1,7 +1,14 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Engine } from "../engine/engine.ts";
 import { newRouter } from "./router.ts";
-import { BlockerIdParam, BlockerRequestSchema, BlockerSchema, errorResponses, jsonBody, jsonResponse } from "./schemas.ts";
+import {
+  BlockerIdParam,
+  BlockerRequestSchema,
+  BlockerSchema,
+  errorResponses,
+  jsonBody,
+  jsonResponse,
+} from "./schemas.ts";
 
 const list = createRoute({
   method: "get",

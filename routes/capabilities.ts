@@ -1,7 +1,13 @@
 import { createRoute } from "@hono/zod-openapi";
 import type { Engine } from "../engine/engine.ts";
 import { newRouter } from "./router.ts";
-import { CapabilitiesPatchSchema, CapabilitiesSchema, errorResponses, jsonBody, jsonResponse } from "./schemas.ts";
+import {
+  CapabilitiesPatchSchema,
+  CapabilitiesSchema,
+  errorResponses,
+  jsonBody,
+  jsonResponse,
+} from "./schemas.ts";
 
 const get = createRoute({
   method: "get",

@@ -1,7 +1,13 @@
 import { createRoute } from "@hono/zod-openapi";
 import type { Engine } from "../engine/engine.ts";
 import { newRouter } from "./router.ts";
-import { errorResponses, IncomingInfoSchema, IncomingRequestSchema, jsonBody, jsonResponse } from "./schemas.ts";
+import {
+  errorResponses,
+  IncomingInfoSchema,
+  IncomingRequestSchema,
+  jsonBody,
+  jsonResponse,
+} from "./schemas.ts";
 
 const arm = createRoute({
   method: "post",
@@ -18,7 +24,9 @@ const query = createRoute({
   method: "get",
   path: "/migrations/incoming",
   summary: "State of the incoming side",
-  responses: { 200: jsonResponse(IncomingInfoSchema, "Incoming info; status none when never armed") },
+  responses: {
+    200: jsonResponse(IncomingInfoSchema, "Incoming info; status none when never armed"),
+  },
 });
 
 /** POST|GET /migrations/incoming. */

@@ -45,7 +45,10 @@ export function domainError(e: unknown): { status: ContentfulStatusCode; body: E
     return { status: ENGINE_STATUS[e.code], body };
   }
   if (e instanceof TransportError) {
-    return { status: TRANSPORT_STATUS[e.code], body: { error: { code: e.code, message: e.message, field: "uri" } } };
+    return {
+      status: TRANSPORT_STATUS[e.code],
+      body: { error: { code: e.code, message: e.message, field: "uri" } },
+    };
   }
   return null;
 }

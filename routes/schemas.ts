@@ -19,9 +19,15 @@ export const MigrateRequestSchema = z.object({
     description: "Destination: tcp:HOST:PORT, unix:PATH, exec:CMD, fd:N or file:PATH[,offset=N]",
     example: "tcp:127.0.0.1:4444",
   }),
-  blk: z.boolean().optional().openapi({ description: "Also copy the guest's disk (block migration)" }),
-  inc: z.boolean().optional().openapi({ description: "Copy only disk blocks changed since a shared base" }),
-  detach: z.boolean().optional().openapi({ description: "Accepted for QEMU compatibility; ferry always answers at once" }),
+  blk: z.boolean().optional().openapi({
+    description: "Also copy the guest's disk (block migration)",
+  }),
+  inc: z.boolean().optional().openapi({
+    description: "Copy only disk blocks changed since a shared base",
+  }),
+  detach: z.boolean().optional().openapi({
+    description: "Accepted for QEMU compatibility; ferry always answers at once",
+  }),
 }).strict().openapi("MigrateRequest");
 
 /** POST /migrations/incoming body. */
@@ -60,7 +66,9 @@ export const MigrationInfoSchema = z.object({
 export const IncomingInfoSchema = z.object({
   status: z.enum(INCOMING_STATES),
   uri: z.string().optional(),
-  address: z.string().optional().openapi({ description: "Where the peer should connect (real port)" }),
+  address: z.string().optional().openapi({
+    description: "Where the peer should connect (real port)",
+  }),
   bytes_received: z.number(),
   total_time: z.number().optional(),
   error_desc: z.string().optional(),
@@ -77,9 +85,12 @@ export const CapabilitiesSchema = z.object({
 }).openapi("Capabilities");
 
 /** PUT /migrations/capabilities body. */
-export const CapabilitiesPatchSchema = CapabilitiesSchema.partial().strict().openapi("CapabilitiesPatch", {
-  example: { xbzrle: false },
-});
+export const CapabilitiesPatchSchema = CapabilitiesSchema.partial().strict().openapi(
+  "CapabilitiesPatch",
+  {
+    example: { xbzrle: false },
+  },
+);
 
 /** Parameters (GET answer). */
 export const ParametersSchema = z.object({
@@ -97,7 +108,9 @@ export const ParametersPatchSchema = z.object({
   xbzrle_cache_size: z.number().int().min(4096).max(Number.MAX_SAFE_INTEGER).optional(),
   cpu_throttle_initial: z.number().int().min(1).max(99).optional(),
   cpu_throttle_increment: z.number().int().min(1).max(99).optional(),
-}).strict().openapi("ParametersPatch", { example: { max_bandwidth: 1073741824, downtime_limit: 300 } });
+}).strict().openapi("ParametersPatch", {
+  example: { max_bandwidth: 1073741824, downtime_limit: 300 },
+});
 
 /** One migration blocker. */
 export const BlockerSchema = z.object({ id: z.string(), reason: z.string() }).openapi("Blocker");
@@ -131,9 +144,20 @@ export const BlockerIdParam = z.object({
 
 /** The JSON error responses a route may give, for createRoute. */
 export function errorResponses(...statuses: (400 | 403 | 404 | 409 | 502)[]) {
-  const descriptions = { 400: "Invalid request", 403: "Forbidden", 404: "Not found", 409: "Conflict", 502: "Peer failed" };
+  const descriptions = {
+    400: "Invalid request",
+    403: "Forbidden",
+    404: "Not found",
+    409: "Conflict",
+    502: "Peer failed",
+  };
   return Object.fromEntries(
-    statuses.map((s) => [s, { description: descriptions[s], content: { "application/json": { schema: ErrorSchema } } }]),
+    statuses.map((
+      s,
+    ) => [s, {
+      description: descriptions[s],
+      content: { "application/json": { schema: ErrorSchema } },
+    }]),
   );
 }
 

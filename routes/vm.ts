@@ -16,7 +16,11 @@ export interface VmInspector {
     readonly ops: number;
   };
   digest(): Promise<{
-    readonly blocks: readonly { readonly name: string; readonly length: number; readonly sha256: string }[];
+    readonly blocks: readonly {
+      readonly name: string;
+      readonly length: number;
+      readonly sha256: string;
+    }[];
     readonly sha256: string;
   }>;
 }
@@ -25,7 +29,9 @@ const info = createRoute({
   method: "get",
   path: "/vm",
   summary: "Guest status (QEMU query-status)",
-  responses: { 200: jsonResponse(VmInfoSchema, "Run state, RAM size, workload, throttle, op count") },
+  responses: {
+    200: jsonResponse(VmInfoSchema, "Run state, RAM size, workload, throttle, op count"),
+  },
 });
 
 const start = createRoute({
@@ -46,7 +52,9 @@ const digest = createRoute({
   method: "get",
   path: "/vm/ram/digest",
   summary: "SHA-256 of every RAM block and overall; compare two stopped guests",
-  responses: { 200: jsonResponse(DigestSchema, "Digests (of a running guest they change as it runs)") },
+  responses: {
+    200: jsonResponse(DigestSchema, "Digests (of a running guest they change as it runs)"),
+  },
 });
 
 /** Largest read of guest RAM in one GET /vm/ram request. */
@@ -64,7 +72,10 @@ const ram = createRoute({
   summary: "Read guest RAM bytes (for inspection and tests); at most 16 MiB per request",
   request: { query: RamQuery },
   responses: {
-    200: { description: "The bytes", content: { "application/octet-stream": { schema: z.string() } } },
+    200: {
+      description: "The bytes",
+      content: { "application/octet-stream": { schema: z.string() } },
+    },
     ...errorResponses(400, 404),
   },
 });
@@ -89,7 +100,9 @@ export function vmRoutes(deps: { engine: Engine; vm: VmInspector }) {
       if (!block) throw new HTTPException(404, { message: `No RAM block "${name}"` });
       if (q.offset + q.length > block.length) {
         throw new HTTPException(400, {
-          message: `Range 0x${q.offset.toString(16)}+0x${q.length.toString(16)} lies beyond block "${name}"`,
+          message: `Range 0x${q.offset.toString(16)}+0x${
+            q.length.toString(16)
+          } lies beyond block "${name}"`,
         });
       }
       const bytes = block.bytes.slice(q.offset, q.offset + q.length);

@@ -60,7 +60,9 @@ export class StreamReader {
       if (this.#eof) {
         throw new StreamError(
           this.offset,
-          `stream truncated: needed ${n} bytes, only ${this.end - this.pos} arrived before end of stream`,
+          `stream truncated: needed ${n} bytes, only ${
+            this.end - this.pos
+          } arrived before end of stream`,
         );
       }
       const got = await this.channel.read(this.buf.subarray(this.end));

@@ -42,7 +42,9 @@ export class StreamWriter {
   /** Makes sure at least `n` bytes fit in the current buffer, flushing if needed. */
   async room(n: number): Promise<void> {
     if (this.buf.length - this.pos < n) await this.flush();
-    if (this.buf.length - this.pos < n) throw new RangeError(`record of ${n} bytes exceeds writer buffer`);
+    if (this.buf.length - this.pos < n) {
+      throw new RangeError(`record of ${n} bytes exceeds writer buffer`);
+    }
   }
 
   /** Appends one byte. Caller guarantees room. */

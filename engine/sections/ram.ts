@@ -2,7 +2,7 @@ import { isZeroPage, PAGE_SHIFT, PAGE_SIZE, popcount32, type RamBlock } from "..
 import { fullBitmap } from "../../vm/ram.ts";
 import { RAM_FLAG_MASK, RamFlag } from "../format/constants.ts";
 import type { StreamWriter } from "../format/writer.ts";
-import { type StreamReader, StreamError } from "../format/reader.ts";
+import { StreamError, type StreamReader } from "../format/reader.ts";
 
 /** Largest RAM record: header, block name, page. */
 const MAX_RECORD = 8 + 1 + 255 + PAGE_SIZE;
@@ -84,13 +84,17 @@ export class RamSaver {
    */
   sync(): number {
     let added = 0;
-    for (let i = 0; i < this.#blocks.length; i++) added += this.#blocks[i].syncDirty(this.#bitmaps[i]);
+    for (let i = 0; i < this.#blocks.length; i++) {
+      added += this.#blocks[i].syncDirty(this.#bitmaps[i]);
+    }
     this.#dirty += added;
     this.#periodDirty += added;
     this.stats.dirtySyncCount++;
     const now = this.#now();
     if (now - this.#periodStart >= 1000) {
-      this.stats.dirtyPagesRate = Math.round((this.#periodDirty * 1000) / (now - this.#periodStart));
+      this.stats.dirtyPagesRate = Math.round(
+        (this.#periodDirty * 1000) / (now - this.#periodStart),
+      );
       this.#periodStart = now;
       this.#periodDirty = 0;
     }
@@ -292,7 +296,9 @@ export class RamLoader {
       if (!this.#sizesSeen) throw new StreamError(at, "RAM page before the RAM block list");
       let block: RamBlock;
       if (flags & RamFlag.CONTINUE) {
-        if (!this.#last) throw new StreamError(at, "RAM record says CONTINUE but no block was named before it");
+        if (!this.#last) {
+          throw new StreamError(at, "RAM record says CONTINUE but no block was named before it");
+        }
         block = this.#last;
       } else {
         if (r.avail < 1) await r.need(1);
@@ -307,9 +313,9 @@ export class RamLoader {
       if (addr + PAGE_SIZE > block.length) {
         throw new StreamError(
           at,
-          `Cannot load RAM page: offset 0x${addr.toString(16)} beyond block "${block.name}" (length 0x${
-            block.length.toString(16)
-          })`,
+          `Cannot load RAM page: offset 0x${
+            addr.toString(16)
+          } beyond block "${block.name}" (length 0x${block.length.toString(16)})`,
         );
       }
       const page = addr / PAGE_SIZE;
@@ -317,7 +323,10 @@ export class RamLoader {
         if (r.avail < 1) await r.need(1);
         const fill = r.u8();
         if (fill !== 0) {
-          throw new StreamError(at, `ZERO page record with fill byte 0x${fill.toString(16)} (must be 0)`);
+          throw new StreamError(
+            at,
+            `ZERO page record with fill byte 0x${fill.toString(16)} (must be 0)`,
+          );
         }
         if (block.isTouched(page)) block.bytes.fill(0, addr, addr + PAGE_SIZE);
         this.stats.zeroPages++;
@@ -335,7 +344,9 @@ export class RamLoader {
     if (total !== local) {
       throw new StreamError(
         at,
-        `RAM size mismatch: stream has 0x${total.toString(16)} bytes, this guest 0x${local.toString(16)}`,
+        `RAM size mismatch: stream has 0x${total.toString(16)} bytes, this guest 0x${
+          local.toString(16)
+        }`,
       );
     }
     let left = total;

@@ -29,7 +29,9 @@ export async function loadVcpu(r: StreamReader, guest: Guest): Promise<void> {
   try {
     guest.loadDeviceState(bytes);
   } catch (e) {
-    throw new StreamError(at, `bad vcpu device state: ${e instanceof Error ? e.message : e}`, { cause: e });
+    throw new StreamError(at, `bad vcpu device state: ${e instanceof Error ? e.message : e}`, {
+      cause: e,
+    });
   }
 }
 

@@ -33,7 +33,10 @@ export class FerryProcess implements AsyncDisposable {
         await ferry[Symbol.asyncDispose]();
         throw new Error(`ferry did not start: ${ferry.output()}`);
       }
-      const status = await Promise.race([child.status, new Promise((r) => setTimeout(() => r(null), 20))]);
+      const status = await Promise.race([
+        child.status,
+        new Promise((r) => setTimeout(() => r(null), 20)),
+      ]);
       if (status) throw new Error(`ferry exited early: ${ferry.output()} ${await ferry.#stderr}`);
     }
     return ferry;
@@ -86,7 +89,9 @@ export class FerryProcess implements AsyncDisposable {
     for (;;) {
       const { body } = await this.api("GET", path);
       if (done(body)) return body;
-      if (Date.now() > deadline) throw new Error(`timed out waiting on ${path}: ${JSON.stringify(body)}`);
+      if (Date.now() > deadline) {
+        throw new Error(`timed out waiting on ${path}: ${JSON.stringify(body)}`);
+      }
       await new Promise((r) => setTimeout(r, 25));
     }
   }

@@ -35,7 +35,7 @@ export class TestGuest implements Guest {
   setRunState(state: RunState): void {
     const from = this.#state;
     this.#state = state;
-    if (from !== state) for (const l of this.#listeners) l(from, state);
+    if (from !== state) { for (const l of this.#listeners) l(from, state); }
   }
 
   setThrottle(percent: number): void {
