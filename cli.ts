@@ -73,7 +73,8 @@ export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): 
   let values;
   try {
     ({ values } = parseArgs({
-      args,
+      // `deno task start -- --flag` passes the "--" through.
+      args: args[0] === "--" ? args.slice(1) : args,
       strict: true,
       allowPositionals: false,
       options: {

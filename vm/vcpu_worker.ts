@@ -31,8 +31,12 @@ const RANDOM_SLICE_OPS = 256;
 const MAX_BACKLOG_MS = 20;
 /** Longest single sleep before the pacing is recomputed (a command still wakes it at once). */
 const MAX_SLEEP_MS = 100;
-/** Throttle sleep is taken once this much is owed, to keep sleeps above timer granularity. */
-const MIN_THROTTLE_SLEEP_MS = 1;
+/**
+ * Shortest sleep (ms): throttle sleep is taken once this much is owed, and a paced
+ * workload sleeps at least this long and then catches up in a burst, so the worker
+ * wakes ~1000 times a second rather than once per op.
+ */
+const MIN_SLEEP_MS = 1;
 /** 2^-32, to scale a 32-bit random number into [0, 1). */
 const INV_2_32 = 1 / 4294967296;
 
@@ -201,7 +205,7 @@ function loop(program: Program): void {
     if (program.opsPerMs > 0) {
       if (due < start - MAX_BACKLOG_MS) due = start - MAX_BACKLOG_MS;
       if (start < due) {
-        sleep(ctl, cmd, Math.min(due - start, MAX_SLEEP_MS));
+        sleep(ctl, cmd, Math.min(Math.max(due - start, MIN_SLEEP_MS), MAX_SLEEP_MS));
         continue;
       }
       count = Math.min(count, Math.floor((start - due) * program.opsPerMs) + 1);
@@ -216,7 +220,7 @@ function loop(program: Program): void {
     }
     const end = performance.now();
     debt += (end - start) * throttle / (100 - throttle);
-    if (debt >= MIN_THROTTLE_SLEEP_MS) {
+    if (debt >= MIN_SLEEP_MS) {
       sleep(ctl, cmd, debt);
       debt = Math.max(-MAX_BACKLOG_MS, debt - (performance.now() - end));
     }

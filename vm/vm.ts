@@ -18,6 +18,7 @@ import {
   type WorkloadSpec,
 } from "./workload.ts";
 
+/** Re-exported so users of the guest import its error type from here. */
 export { VmError } from "./error.ts";
 
 /** Name of the main RAM block, as in QEMU's pc machine. */

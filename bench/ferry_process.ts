@@ -18,7 +18,7 @@ export class FerryProcess implements AsyncDisposable {
 
   /** Starts `main.ts` with `args` and resolves once its API answers. */
   static async start(args: string[], env: Record<string, string> = {}): Promise<FerryProcess> {
-    const main = new URL("../../main.ts", import.meta.url).pathname;
+    const main = new URL("../main.ts", import.meta.url).pathname;
     const child = new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", main, "--listen", "127.0.0.1:0", ...args],
       stdin: "null",

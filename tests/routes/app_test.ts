@@ -1,0 +1,232 @@
+import assert from "node:assert/strict";
+import { z } from "@hono/zod-openapi";
+import { createApp, VERSION } from "../../routes/app.ts";
+import * as schemas from "../../routes/schemas.ts";
+import { call, testApp } from "../helpers/app.ts";
+
+/** Every path of the contract (DESIGN §3) and the methods it must document. */
+const CONTRACT: Record<string, string[]> = {
+  "/migrations": ["post"],
+  "/migrations/current": ["get", "delete"],
+  "/migrations/incoming": ["get", "post"],
+  "/migrations/capabilities": ["get", "put"],
+  "/migrations/parameters": ["get", "patch"],
+  "/migrations/blockers": ["get", "post"],
+  "/migrations/blockers/{id}": ["delete"],
+  "/migrations/events": ["get"],
+  "/vm": ["get"],
+  "/vm/start": ["post"],
+  "/vm/stop": ["post"],
+  "/vm/ram/digest": ["get"],
+};
+
+const HTTP_METHODS = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
+
+// deno-lint-ignore no-explicit-any
+type Json = any;
+
+async function openapi(): Promise<Json> {
+  const { app, engine } = testApp();
+  const res = await app.request("/openapi.json");
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type") ?? "", /application\/json/);
+  const text = await res.text();
+  await engine.close();
+  return JSON.parse(text);
+}
+
+/** The zod schema in routes/schemas.ts behind a component name, if there is one. */
+function zodFor(component: string): z.ZodType | undefined {
+  const aliases: Record<string, string> = { RamDigest: "DigestSchema" };
+  const exported = (schemas as Record<string, unknown>)[aliases[component] ?? `${component}Schema`];
+  return exported instanceof z.ZodType ? exported : undefined;
+}
+
+function unwrap(schema: z.ZodType): z.ZodType {
+  let s = schema;
+  while (s instanceof z.ZodOptional || s instanceof z.ZodNullable || s instanceof z.ZodDefault) {
+    s = s.unwrap() as z.ZodType;
+  }
+  return s;
+}
+
+/**
+ * Walks a JSON schema and the zod schema it was generated from side by side,
+ * calling `check` for every `example` / `examples` entry found.
+ */
+function walkExamples(
+  doc: Json,
+  json: Json,
+  zod: z.ZodType,
+  path: string,
+  check: (where: string, example: unknown, zod: z.ZodType) => void,
+): void {
+  if (json === null || typeof json !== "object") return;
+  if (typeof json.$ref === "string") {
+    const name = json.$ref.replace("#/components/schemas/", "");
+    walkExamples(doc, doc.components.schemas[name], zod, path, check);
+    return;
+  }
+  if ("example" in json) check(path, json.example, zod);
+  if (Array.isArray(json.examples)) {
+    json.examples.forEach((e: unknown, i: number) => check(`${path}.examples[${i}]`, e, zod));
+  }
+  const inner = unwrap(zod);
+  for (const [key, sub] of Object.entries(json.properties ?? {})) {
+    const child = inner instanceof z.ZodObject
+      ? inner.shape[key] as z.ZodType | undefined
+      : undefined;
+    assert.ok(child, `${path}.${key} is documented but has no zod field`);
+    walkExamples(doc, sub, child, `${path}.${key}`, check);
+  }
+  if (json.items && inner instanceof z.ZodArray) {
+    walkExamples(doc, json.items, inner.element as z.ZodType, `${path}[]`, check);
+  }
+  for (const key of ["anyOf", "oneOf", "allOf"]) {
+    for (const sub of json[key] ?? []) walkExamples(doc, sub, zod, path, check);
+  }
+}
+
+Deno.test("GET /openapi.json is valid JSON describing ferry in OpenAPI 3.1", async () => {
+  const doc = await openapi();
+  assert.equal(doc.openapi, "3.1.0");
+  assert.equal(doc.info.title, "ferry");
+  assert.equal(doc.info.version, VERSION);
+  assert.equal(typeof doc.paths, "object");
+  assert.equal(typeof doc.components?.schemas, "object");
+});
+
+Deno.test("GET /openapi.json lists every path of the contract with its methods", async () => {
+  const doc = await openapi();
+  for (const [path, methods] of Object.entries(CONTRACT)) {
+    const item = doc.paths[path];
+    assert.ok(item, `path ${path} is documented`);
+    const documented = Object.keys(item).filter((k) => HTTP_METHODS.includes(k)).sort();
+    for (const m of methods) assert.ok(documented.includes(m), `${m.toUpperCase()} ${path}`);
+    for (const m of documented) {
+      assert.ok(methods.includes(m), `${m} ${path} is not in the contract`);
+      assert.ok(Object.keys(item[m].responses ?? {}).length > 0, `${m} ${path} has responses`);
+      assert.equal(typeof item[m].summary, "string", `${m} ${path} has a summary`);
+    }
+  }
+});
+
+Deno.test("GET /openapi.json documents the JSON error shape on every 4xx answer", async () => {
+  const doc = await openapi();
+  for (const [path, item] of Object.entries<Json>(doc.paths)) {
+    for (const [method, op] of Object.entries<Json>(item)) {
+      for (const [status, answer] of Object.entries<Json>(op.responses ?? {})) {
+        if (!status.startsWith("4")) continue;
+        const schema = answer.content?.["application/json"]?.schema;
+        assert.deepEqual(
+          schema,
+          { $ref: "#/components/schemas/Error" },
+          `${method} ${path} ${status}`,
+        );
+      }
+    }
+  }
+});
+
+Deno.test("GET /openapi.json: every example in components validates against its zod schema", async () => {
+  const doc = await openapi();
+  const checked: string[] = [];
+  for (const [name, json] of Object.entries<Json>(doc.components.schemas)) {
+    const zod = zodFor(name);
+    if (!zod) continue;
+    walkExamples(doc, json, zod, name, (where, example, schema) => {
+      const result = schema.safeParse(example);
+      assert.ok(
+        result.success,
+        `example at ${where} (${JSON.stringify(example)}) is invalid: ${result.error?.message}`,
+      );
+      checked.push(where);
+    });
+  }
+  // The examples the contract is known to carry were all found and checked.
+  for (
+    const where of [
+      "Error.error.code",
+      "MigrateRequest.uri",
+      "IncomingRequest.uri",
+      "MigrationInfo",
+      "CapabilitiesPatch",
+      "ParametersPatch",
+      "BlockerRequest.reason",
+    ]
+  ) {
+    assert.ok(checked.includes(where), `example ${where} was checked (checked: ${checked})`);
+  }
+});
+
+Deno.test("GET /openapi.json: every component schema except RamInfo has its zod schema", async () => {
+  const doc = await openapi();
+  const missing = Object.keys(doc.components.schemas).filter((n) => n !== "RamInfo" && !zodFor(n));
+  assert.deepEqual(missing, []);
+});
+
+Deno.test("GET /openapi.json: the blocker id parameter example validates", async () => {
+  const doc = await openapi();
+  const param = doc.paths["/migrations/blockers/{id}"].delete.parameters
+    .find((p: Json) => p.name === "id");
+  assert.equal(param.in, "path");
+  assert.equal(param.required, true);
+  assert.ok(schemas.BlockerIdParam.shape.id.safeParse(param.schema.example).success);
+});
+
+Deno.test("every documented GET route without parameters answers (no 404)", async () => {
+  const { app, engine } = testApp();
+  for (const [path, methods] of Object.entries(CONTRACT)) {
+    if (!methods.includes("get") || path.includes("{") || path === "/migrations/events") continue;
+    const res = await call(app, "GET", path);
+    assert.equal(res.status, 200, `GET ${path}`);
+  }
+  await engine.close();
+});
+
+Deno.test("GET / answers the service summary when no dashboard is configured", async () => {
+  const { app, engine } = testApp();
+  const res = await call(app, "GET", "/");
+  assert.equal(res.status, 200);
+  assert.deepEqual(res.body, {
+    name: "ferry",
+    version: VERSION,
+    api: "/openapi.json",
+    events: "/migrations/events",
+  });
+  await engine.close();
+});
+
+Deno.test("GET / answers the dashboard page as HTML when one is configured", async () => {
+  const { engine } = testApp();
+  const page = "<!doctype html><title>ferry</title>";
+  const app = createApp({
+    engine,
+    dashboard: page,
+    vm: {
+      info: () => ({
+        run_state: "prelaunch",
+        ram_size: 0,
+        page_size: 4096,
+        workload: "idle",
+        throttle: 0,
+        ops: 0,
+      }),
+      digest: () => Promise.resolve({ blocks: [], sha256: "" }),
+    },
+  });
+  const res = await app.request("/");
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type") ?? "", /text\/html/);
+  assert.equal(await res.text(), page);
+  await engine.close();
+});
+
+Deno.test("unknown method on a known path answers 404 with the JSON error shape", async () => {
+  const { app, engine } = testApp();
+  const res = await call(app, "DELETE", "/vm");
+  assert.equal(res.status, 404);
+  assert.equal(res.body.error.code, "not-found");
+  assert.match(res.body.error.message, /DELETE \/vm/);
+  await engine.close();
+});

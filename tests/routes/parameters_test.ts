@@ -1,0 +1,146 @@
+import assert from "node:assert/strict";
+import { ParametersSchema } from "../../routes/schemas.ts";
+import { call, testApp } from "../helpers/app.ts";
+
+const DEFAULTS = {
+  max_bandwidth: 33554432,
+  downtime_limit: 30,
+  xbzrle_cache_size: 67108864,
+  cpu_throttle_initial: 20,
+  cpu_throttle_increment: 10,
+};
+
+Deno.test("GET /migrations/parameters answers the seed defaults", async () => {
+  const { app, engine } = testApp();
+  const res = await call(app, "GET", "/migrations/parameters");
+  assert.equal(res.status, 200);
+  assert.deepEqual(res.body, DEFAULTS);
+  assert.ok(ParametersSchema.safeParse(res.body).success);
+  await engine.close();
+});
+
+Deno.test("PATCH /migrations/parameters applies a subset and GET reflects it", async () => {
+  const { app, engine } = testApp();
+  const patch = { max_bandwidth: 1 << 30, downtime_limit: 300 };
+  const res = await call(app, "PATCH", "/migrations/parameters", patch);
+  assert.equal(res.status, 200);
+  assert.deepEqual(res.body, { ...DEFAULTS, ...patch });
+  assert.deepEqual((await call(app, "GET", "/migrations/parameters")).body, {
+    ...DEFAULTS,
+    ...patch,
+  });
+  assert.deepEqual(engine.parameters, { ...DEFAULTS, ...patch });
+  await engine.close();
+});
+
+Deno.test("PATCH /migrations/parameters applies every field and the limits themselves", async () => {
+  const { app, engine } = testApp();
+  const patch = {
+    max_bandwidth: 1,
+    downtime_limit: 2_000_000,
+    xbzrle_cache_size: 4096,
+    cpu_throttle_initial: 99,
+    cpu_throttle_increment: 1,
+  };
+  const res = await call(app, "PATCH", "/migrations/parameters", patch);
+  assert.equal(res.status, 200);
+  assert.deepEqual(res.body, patch);
+  assert.deepEqual((await call(app, "GET", "/migrations/parameters")).body, patch);
+  await engine.close();
+});
+
+Deno.test("PATCH /migrations/parameters with an empty object answers 200 unchanged", async () => {
+  const { app, engine } = testApp();
+  const res = await call(app, "PATCH", "/migrations/parameters", {});
+  assert.equal(res.status, 200);
+  assert.deepEqual(res.body, DEFAULTS);
+  await engine.close();
+});
+
+const BAD: [string, string, unknown][] = [
+  ["max_bandwidth", "0", 0],
+  ["max_bandwidth", "a negative", -1],
+  ["max_bandwidth", "a fraction", 1.5],
+  ["max_bandwidth", "a string", "fast"],
+  ["max_bandwidth", "null", null],
+  ["downtime_limit", "0", 0],
+  ["downtime_limit", "a negative", -30],
+  ["downtime_limit", "a fraction", 0.5],
+  ["downtime_limit", "a string", "30"],
+  ["downtime_limit", "a value above 2000000", 2_000_001],
+  ["xbzrle_cache_size", "0", 0],
+  ["xbzrle_cache_size", "a negative", -4096],
+  ["xbzrle_cache_size", "a fraction", 4096.5],
+  ["xbzrle_cache_size", "a string", "64M"],
+  ["xbzrle_cache_size", "less than a page", 4095],
+  ["cpu_throttle_initial", "0", 0],
+  ["cpu_throttle_initial", "a negative", -20],
+  ["cpu_throttle_initial", "a fraction", 20.5],
+  ["cpu_throttle_initial", "a string", "20"],
+  ["cpu_throttle_initial", "100", 100],
+  ["cpu_throttle_increment", "0", 0],
+  ["cpu_throttle_increment", "a negative", -10],
+  ["cpu_throttle_increment", "a fraction", 10.5],
+  ["cpu_throttle_increment", "a string", "10"],
+  ["cpu_throttle_increment", "100", 100],
+];
+
+for (const [field, what, value] of BAD) {
+  Deno.test(`PATCH /migrations/parameters rejects ${field} ${what} naming the field`, async () => {
+    const { app, engine } = testApp();
+    const res = await call(app, "PATCH", "/migrations/parameters", { [field]: value });
+    assert.equal(res.status, 400);
+    assert.equal(res.body.error.code, "invalid-request");
+    assert.equal(res.body.error.field, field);
+    assert.match(res.body.error.message, new RegExp(field));
+    assert.deepEqual(engine.parameters, DEFAULTS);
+    await engine.close();
+  });
+}
+
+Deno.test("PATCH /migrations/parameters rejects an unknown field naming it", async () => {
+  const { app, engine } = testApp();
+  const res = await call(app, "PATCH", "/migrations/parameters", { speed: 100 });
+  assert.equal(res.status, 400);
+  assert.equal(res.body.error.code, "invalid-request");
+  assert.equal(res.body.error.field, "speed");
+  assert.deepEqual(engine.parameters, DEFAULTS);
+  await engine.close();
+});
+
+Deno.test("PATCH /migrations/parameters with one bad field applies none of the others", async () => {
+  const { app, engine } = testApp();
+  const res = await call(app, "PATCH", "/migrations/parameters", {
+    max_bandwidth: 1 << 20,
+    downtime_limit: 0,
+  });
+  assert.equal(res.status, 400);
+  assert.equal(res.body.error.field, "downtime_limit");
+  assert.deepEqual(engine.parameters, DEFAULTS);
+  await engine.close();
+});
+
+Deno.test("PATCH /migrations/parameters with malformed JSON answers 400 with a JSON error", async () => {
+  const { app, engine } = testApp();
+  const res = await call(app, "PATCH", "/migrations/parameters", "{max_bandwidth:");
+  assert.equal(res.status, 400);
+  assert.equal(typeof res.body.error.message, "string");
+  assert.deepEqual(engine.parameters, DEFAULTS);
+  await engine.close();
+});
+
+Deno.test("PATCH /migrations/parameters max_bandwidth during an active migration applies", async () => {
+  const { app, engine, transports } = testApp({ ram: 8 << 20 });
+  // A peer that never reads keeps the migration active.
+  using _listener = await transports.listen("tcp:peer:1");
+  assert.equal((await call(app, "POST", "/migrations", { uri: "tcp:peer:1" })).status, 202);
+  assert.ok(engine.migration!.isActive);
+  const res = await call(app, "PATCH", "/migrations/parameters", { max_bandwidth: 1 << 20 });
+  assert.equal(res.status, 200);
+  assert.equal(res.body.max_bandwidth, 1 << 20);
+  assert.equal(engine.parameters.max_bandwidth, 1 << 20);
+  assert.equal((await call(app, "GET", "/migrations/parameters")).body.max_bandwidth, 1 << 20);
+  assert.ok(engine.migration!.isActive);
+  await call(app, "DELETE", "/migrations/current");
+  await engine.close();
+});

@@ -1,0 +1,102 @@
+import assert from "node:assert/strict";
+import { DigestSchema, VmInfoSchema } from "../../routes/schemas.ts";
+import { call, testApp } from "../helpers/app.ts";
+import { ramDigest } from "../helpers/test_guest.ts";
+
+Deno.test("GET /vm answers run state, RAM size, page size, workload, throttle and ops", async () => {
+  const { app, engine } = testApp({ ram: 2 << 20 });
+  const res = await call(app, "GET", "/vm");
+  assert.equal(res.status, 200);
+  assert.deepEqual(res.body, {
+    run_state: "prelaunch",
+    ram_size: 2 << 20,
+    page_size: 4096,
+    workload: "idle",
+    throttle: 0,
+    ops: 0,
+  });
+  assert.ok(VmInfoSchema.safeParse(res.body).success);
+  await engine.close();
+});
+
+Deno.test("POST /vm/start answers 200 with run_state running", async () => {
+  const { app, engine, guest } = testApp();
+  const res = await call(app, "POST", "/vm/start");
+  assert.equal(res.status, 200);
+  assert.equal(res.body.run_state, "running");
+  assert.equal(guest.runState, "running");
+  assert.ok(VmInfoSchema.safeParse(res.body).success);
+  // Starting a running guest is a no-op.
+  const again = await call(app, "POST", "/vm/start");
+  assert.equal(again.status, 200);
+  assert.equal(again.body.run_state, "running");
+  await engine.close();
+});
+
+Deno.test("POST /vm/stop answers 200 with run_state paused", async () => {
+  const { app, engine, guest } = testApp();
+  await call(app, "POST", "/vm/start");
+  const res = await call(app, "POST", "/vm/stop");
+  assert.equal(res.status, 200);
+  assert.equal(res.body.run_state, "paused");
+  assert.equal(guest.runState, "paused");
+  assert.equal((await call(app, "GET", "/vm")).body.run_state, "paused");
+  // Stopping a paused guest is a no-op, and it can be resumed.
+  assert.equal((await call(app, "POST", "/vm/stop")).body.run_state, "paused");
+  assert.equal((await call(app, "POST", "/vm/start")).body.run_state, "running");
+  await engine.close();
+});
+
+Deno.test("POST /vm/stop of a guest never started leaves it in prelaunch", async () => {
+  const { app, engine } = testApp();
+  const res = await call(app, "POST", "/vm/stop");
+  assert.equal(res.status, 200);
+  assert.equal(res.body.run_state, "prelaunch");
+  await engine.close();
+});
+
+Deno.test("GET /vm/ram/digest answers blocks, sha256 and run_state", async () => {
+  const { app, engine, guest } = testApp({ ram: 1 << 20 });
+  guest.fillRandom(5);
+  const res = await call(app, "GET", "/vm/ram/digest");
+  assert.equal(res.status, 200);
+  assert.ok(DigestSchema.safeParse(res.body).success);
+  assert.equal(res.body.blocks.length, 1);
+  assert.equal(res.body.blocks[0].name, "pc.ram");
+  assert.equal(res.body.blocks[0].length, 1 << 20);
+  assert.equal(typeof res.body.blocks[0].sha256, "string");
+  assert.equal(res.body.sha256, await ramDigest(guest));
+  assert.equal(res.body.run_state, "prelaunch");
+  // The digest follows the RAM.
+  guest.write(0, new Uint8Array([1, 2, 3]));
+  const after = await call(app, "GET", "/vm/ram/digest");
+  assert.notEqual(after.body.sha256, res.body.sha256);
+  await call(app, "POST", "/vm/start");
+  assert.equal((await call(app, "GET", "/vm/ram/digest")).body.run_state, "running");
+  await engine.close();
+});
+
+Deno.test("POST /vm/start in inmigrate answers 409 guest-incomplete", async () => {
+  const { app, engine, guest } = testApp();
+  await call(app, "POST", "/migrations/incoming", { uri: "tcp:dst:1" });
+  assert.equal((await call(app, "GET", "/vm")).body.run_state, "inmigrate");
+  const res = await call(app, "POST", "/vm/start");
+  assert.equal(res.status, 409);
+  assert.equal(res.body.error.code, "guest-incomplete");
+  assert.equal(guest.runState, "inmigrate");
+  // Stop is a no-op there.
+  const stop = await call(app, "POST", "/vm/stop");
+  assert.equal(stop.status, 200);
+  assert.equal(stop.body.run_state, "inmigrate");
+  await engine.close();
+});
+
+Deno.test("POST /vm/start during switchover (finish-migrate) answers 409 migration-active", async () => {
+  const { app, engine, guest } = testApp();
+  guest.setRunState("finish-migrate");
+  const res = await call(app, "POST", "/vm/start");
+  assert.equal(res.status, 409);
+  assert.equal(res.body.error.code, "migration-active");
+  assert.equal(guest.runState, "finish-migrate");
+  await engine.close();
+});
