@@ -52,6 +52,27 @@ interface Result {
   totalS: number;
   downtimeMs: number;
   bytes: number;
+  /** GET /migrations/current latencies (ms) sampled while the migration ran. */
+  latencies: number[];
+}
+
+/** Polls GET /migrations/current back to back until the migration ends; returns latencies. */
+async function sampleLatency(src: FerryProcess, ended: () => boolean): Promise<number[]> {
+  const out: number[] = [];
+  while (!ended()) {
+    const t = performance.now();
+    const res = await fetch(`${src.url}/migrations/current`);
+    await res.arrayBuffer();
+    out.push(performance.now() - t);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  return out;
+}
+
+function percentile(xs: number[], p: number): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
 }
 
 async function runOnce(s: Scenario): Promise<Result> {
@@ -73,11 +94,15 @@ async function runOnce(s: Scenario): Promise<Result> {
     for (let i = 0; !dst.incoming && i < 500; i++) await new Promise((r) => setTimeout(r, 10));
     await src.api("PATCH", "/migrations/parameters", { max_bandwidth: UNLIMITED });
     await src.api("POST", "/migrations", { uri: dst.incoming });
+    let ended = false;
+    const sampler = sampleLatency(src, () => ended);
     const info = await src.waitFor(
       "/migrations/current",
       (b) => ["completed", "failed", "cancelled"].includes(b.status),
       300_000,
     );
+    ended = true;
+    const latencies = await sampler;
     if (info.status !== "completed") {
       throw new Error(`${s.name}: ${info.status} ${info.error_desc ?? ""}`);
     }
@@ -89,6 +114,7 @@ async function runOnce(s: Scenario): Promise<Result> {
       totalS: info.total_time / 1000,
       downtimeMs: info.downtime,
       bytes: info.ram.transferred,
+      latencies,
     };
   } finally {
     if (dir) await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -122,12 +148,14 @@ for (const s of SCENARIOS) {
   for (let i = 0; i < runs; i++) results.push(await runOnce(s));
   const total = median(results.map((r) => r.totalS));
   const down = median(results.map((r) => r.downtimeMs));
+  const lat = results.flatMap((r) => r.latencies);
   const gbps = (s.ram === "1G" ? GiB : 4 * GiB) / total / 1e9;
   console.log(
     s.name.padEnd(13) + `${total.toFixed(3)}s`.padStart(9) + gbps.toFixed(2).padStart(7) +
       `${down.toFixed(1)}ms`.padStart(10) + `${s.targetS}s`.padStart(9) +
       `${(total / s.targetS).toFixed(2)}x`.padStart(11) + `${s.qemuS}s`.padStart(10) +
-      `${(total / s.qemuS).toFixed(2)}x`.padStart(9),
+      `${(total / s.qemuS).toFixed(2)}x`.padStart(9) +
+      `  ${percentile(lat, 50).toFixed(1)}/${percentile(lat, 99).toFixed(1)}ms (${lat.length})`,
   );
 }
 console.log("ratios: ferry time / target and ferry time / QEMU time (below 1.00x = faster)");

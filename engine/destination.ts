@@ -124,6 +124,7 @@ export class IncomingMigration {
 
   async #run(): Promise<void> {
     const { guest, clock } = this.#deps;
+    let reader: StreamReader | null = null;
     try {
       this.#channel = await this.#listener!.accept();
       this.#listener!.close();
@@ -133,7 +134,7 @@ export class IncomingMigration {
       }
       this.#startedAt = clock.now();
       this.#transition("active");
-      const reader = new StreamReader(this.#channel);
+      reader = new StreamReader(this.#channel);
       const result = await loadStream(reader, guest, (n) => (this.#received = n));
       this.#received = reader.received;
       this.#pages = { zero: result.zeroPages, normal: result.normalPages };
@@ -143,6 +144,7 @@ export class IncomingMigration {
       else guest.stop("paused");
       this.#transition("completed");
     } catch (e) {
+      if (reader) this.#received = reader.received;
       this.#listener?.close();
       this.#channel?.close();
       if (this.#state === "cancelled") return;

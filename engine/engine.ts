@@ -75,6 +75,8 @@ export class Engine {
   #nextBlocker = 1;
   #migration: Migration | null = null;
   #incoming: IncomingMigration | null = null;
+  /** True while listenIncoming awaits its listener (not yet in #incoming). */
+  #arming = false;
   readonly #unsubscribeGuest: () => void;
 
   constructor(deps: EngineDeps) {
@@ -164,7 +166,7 @@ export class Engine {
     if (this.#migration?.isActive) {
       throw new EngineError("migration-active", "A migration is already in progress");
     }
-    if (this.#incoming?.isActive) {
+    if (this.#incoming?.isActive || this.#arming) {
       throw new EngineError("incoming-active", "This ferry is waiting for an incoming migration");
     }
     if (this.#blockers.size > 0) {
@@ -229,7 +231,7 @@ export class Engine {
    * `inmigrate` and the stream, when it comes, replaces its RAM and device state.
    */
   async listenIncoming(uri: string): Promise<IncomingInfo> {
-    if (this.#incoming?.isActive) {
+    if (this.#incoming?.isActive || this.#arming) {
       throw new EngineError("incoming-active", "An incoming migration is already armed");
     }
     if (this.#migration?.isActive) {
@@ -261,7 +263,12 @@ export class Engine {
           info: incoming.info(),
         }),
     });
-    await incoming.listen();
+    this.#arming = true;
+    try {
+      await incoming.listen();
+    } finally {
+      this.#arming = false;
+    }
     this.#incoming = incoming;
     return incoming.info();
   }

@@ -62,7 +62,7 @@ export const MAX_RAM_READ = 16 << 20;
 
 const RamQuery = z.object({
   block: z.string().min(1).max(255).optional().openapi({ example: "pc.ram" }),
-  offset: z.coerce.number().int().min(0).openapi({ example: 0 }),
+  offset: z.coerce.number().int().min(0).default(0).openapi({ example: 0 }),
   length: z.coerce.number().int().min(1).max(MAX_RAM_READ).openapi({ example: 4096 }),
 });
 

@@ -221,3 +221,29 @@ Deno.test("POST /migrations while armed for incoming answers 409 incoming-active
   assert.equal(res.body.error.code, "incoming-active");
   await engine.close();
 });
+
+Deno.test("POST /migrations/incoming twice at once arms one and answers 409 incoming-active to the other", async () => {
+  const { app, engine } = testApp();
+  const answers = await Promise.all([
+    call(app, "POST", "/migrations/incoming", { uri: "tcp:dst:21" }),
+    call(app, "POST", "/migrations/incoming", { uri: "tcp:dst:22" }),
+  ]);
+  assert.deepEqual(answers.map((a) => a.status).sort(), [202, 409]);
+  const refused = answers.find((a) => a.status === 409)!;
+  assert.equal(refused.body.error.code, "incoming-active");
+  const armed = answers.find((a) => a.status === 202)!;
+  assert.equal((await call(app, "GET", "/migrations/incoming")).body.uri, armed.body.uri);
+  await engine.close();
+});
+
+Deno.test("POST /migrations racing POST /migrations/incoming answers 409 incoming-active", async () => {
+  const { app, engine, transports } = testApp();
+  using _peer = await transports.listen("tcp:peer:23");
+  const [arm, migrate] = await Promise.all([
+    call(app, "POST", "/migrations/incoming", { uri: "tcp:dst:23" }),
+    call(app, "POST", "/migrations", { uri: "tcp:peer:23" }),
+  ]);
+  // Either order is fine, but never both: a guest cannot send and receive at once.
+  assert.deepEqual([arm.status, migrate.status].sort(), [202, 409]);
+  await engine.close();
+});

@@ -100,3 +100,36 @@ Deno.test("POST /vm/start during switchover (finish-migrate) answers 409 migrati
   assert.equal(guest.runState, "finish-migrate");
   await engine.close();
 });
+
+Deno.test("GET /vm/ram answers the guest's bytes as octet-stream", async () => {
+  const { app, engine, guest } = testApp();
+  guest.write(4096 + 10, new Uint8Array([7, 8, 9]));
+  const res = await app.request("/vm/ram?block=pc.ram&offset=4106&length=3");
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get("content-type"), "application/octet-stream");
+  assert.deepEqual(new Uint8Array(await res.arrayBuffer()), new Uint8Array([7, 8, 9]));
+  await engine.close();
+});
+
+Deno.test("GET /vm/ram without offset reads from offset 0, as documented", async () => {
+  const { app, engine, guest } = testApp();
+  guest.write(0, new Uint8Array([1, 2, 3, 4]));
+  const res = await app.request("/vm/ram?length=4");
+  assert.equal(res.status, 200);
+  assert.deepEqual(new Uint8Array(await res.arrayBuffer()), new Uint8Array([1, 2, 3, 4]));
+  await engine.close();
+});
+
+Deno.test("GET /vm/ram beyond the block or of an unknown block answers a JSON error", async () => {
+  const { app, engine } = testApp({ ram: 1 << 20 });
+  const beyond = await call(app, "GET", `/vm/ram?offset=${(1 << 20) - 1}&length=2`);
+  assert.equal(beyond.status, 400);
+  assert.equal(typeof beyond.body.error.message, "string");
+  const unknown = await call(app, "GET", "/vm/ram?block=nope&offset=0&length=1");
+  assert.equal(unknown.status, 404);
+  assert.match(unknown.body.error.message, /nope/);
+  const missing = await call(app, "GET", "/vm/ram?offset=0");
+  assert.equal(missing.status, 400);
+  assert.equal(missing.body.error.field, "length");
+  await engine.close();
+});
