@@ -1,0 +1,62 @@
+/** Shortest period over which the dirty rate is compared with the transfer rate, ms. */
+export const THROTTLE_PERIOD_MS = 1000;
+/** Share of the bytes sent in a period that the guest may dirty before it counts as too fast, %. */
+export const THROTTLE_TRIGGER_PERCENT = 50;
+/** Periods in a row with too much dirtying before the throttle steps up. */
+export const THROTTLE_TRIGGER_COUNT = 2;
+/** Highest throttle, %. */
+export const MAX_THROTTLE = 99;
+
+/**
+ * auto-converge (QEMU's migration_trigger_throttle): at every dirty-log sync that
+ * closes a period of at least THROTTLE_PERIOD_MS, compare the bytes the guest
+ * dirtied in it with the bytes sent in it. When the guest dirtied more than half
+ * of what was sent, for THROTTLE_TRIGGER_COUNT periods, throttle the vCPU: first
+ * to `cpu_throttle_initial`, then `cpu_throttle_increment` more each time, at most
+ * MAX_THROTTLE.
+ */
+export class AutoConverge {
+  #periodStart: number;
+  #periodDirty = 0;
+  #periodSentFrom: number;
+  #highCount = 0;
+  #throttle = 0;
+
+  constructor(
+    now: number,
+    bytesSent: number,
+    private readonly steps: () => { initial: number; increment: number },
+  ) {
+    this.#periodStart = now;
+    this.#periodSentFrom = bytesSent;
+  }
+
+  /** The throttle the guest should run with now, %. */
+  get throttle(): number {
+    return this.#throttle;
+  }
+
+  /**
+   * Records a sync that found `dirtyBytes` newly dirtied; `bytesSent` is the
+   * stream's running total. Returns the new throttle when it changed, else null.
+   */
+  onSync(now: number, dirtyBytes: number, bytesSent: number): number | null {
+    this.#periodDirty += dirtyBytes;
+    if (now - this.#periodStart < THROTTLE_PERIOD_MS) return null;
+    const sent = bytesSent - this.#periodSentFrom;
+    const tooFast = this.#periodDirty * 100 > sent * THROTTLE_TRIGGER_PERCENT;
+    this.#periodStart = now;
+    this.#periodDirty = 0;
+    this.#periodSentFrom = bytesSent;
+    if (!tooFast) return null;
+    if (++this.#highCount < THROTTLE_TRIGGER_COUNT) return null;
+    this.#highCount = 0;
+    const { initial, increment } = this.steps();
+    const next = this.#throttle === 0
+      ? initial
+      : Math.min(MAX_THROTTLE, this.#throttle + increment);
+    if (next === this.#throttle) return null;
+    this.#throttle = next;
+    return next;
+  }
+}
