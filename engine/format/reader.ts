@@ -3,6 +3,9 @@ import type { Channel } from "../../transports/transport.ts";
 /** Bytes a reader asks the channel for at a time. */
 export const READ_BUFFER_SIZE = 4 << 20;
 
+/** need() moves at most this many unread bytes just to make room for a larger read. */
+const COMPACT_MAX = 64 << 10;
+
 /** A malformed or truncated incoming stream; `offset` is where in the stream it went wrong. */
 export class StreamError extends Error {
   override readonly name = "StreamError";
@@ -50,7 +53,14 @@ export class StreamReader {
   async need(n: number): Promise<void> {
     if (this.end - this.pos >= n) return;
     if (n > this.buf.length) throw new RangeError(`read of ${n} bytes exceeds reader buffer`);
-    if (this.pos > 0 && this.buf.length - this.pos < n) {
+    // Move the unread tail to the front when `n` would not fit, or when the space
+    // left behind it is small and the tail is cheap to move: reads stay large.
+    const avail = this.end - this.pos;
+    const tail = this.buf.length - this.end;
+    if (
+      this.pos > 0 &&
+      (this.buf.length - this.pos < n || (avail <= COMPACT_MAX && tail < this.buf.length >> 1))
+    ) {
       this.buf.copyWithin(0, this.pos, this.end);
       this.#base += this.pos;
       this.end -= this.pos;

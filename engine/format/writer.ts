@@ -13,6 +13,7 @@ export const WRITE_BUFFER_SIZE = 4 << 20;
  */
 export class StreamWriter {
   #spare: Uint8Array;
+  #spareView: DataView;
   #inFlight: Promise<void> | null = null;
   #failure: unknown = null;
   #flushed = 0;
@@ -27,6 +28,7 @@ export class StreamWriter {
     this.buf = new Uint8Array(size);
     this.#spare = new Uint8Array(size);
     this.view = new DataView(this.buf.buffer);
+    this.#spareView = new DataView(this.#spare.buffer);
   }
 
   /** Total bytes written to the stream (buffered or sent). */
@@ -110,9 +112,11 @@ export class StreamWriter {
       this.#failure = e;
     });
     const next = this.#spare;
+    const nextView = this.#spareView;
     this.#spare = this.buf;
+    this.#spareView = this.view;
     this.buf = next;
-    this.view = new DataView(next.buffer);
+    this.view = nextView;
     this.pos = 0;
   }
 

@@ -41,6 +41,8 @@ export class RamSaver {
   readonly #blocks: readonly RamBlock[];
   readonly #bitmaps: Uint32Array[];
   readonly #now: () => number;
+  /** Bitmap words in all blocks (one sweep). */
+  readonly #totalWords: number;
   #dirty: number;
   #block = 0;
   #word = 0;
@@ -60,6 +62,7 @@ export class RamSaver {
     this.#now = now;
     this.#bitmaps = blocks.map((b) => fullBitmap(b.pages));
     this.#dirty = blocks.reduce((n, b) => n + b.pages, 0);
+    this.#totalWords = this.#bitmaps.reduce((n, m) => n + m.length, 0);
     this.#periodStart = now();
   }
 
@@ -176,8 +179,9 @@ export class RamSaver {
     let sent = 0;
     if (this.#dirty === 0) return 0;
     const nblocks = this.#blocks.length;
-    // At most one full sweep over all blocks plus the starting word again.
-    let wordsLeft = this.#bitmaps.reduce((n, m) => n + m.length, 0) + 1;
+    // At most one full sweep over all blocks plus the starting word again; every
+    // step to the next block also takes one turn, so a sweep costs words + blocks.
+    let wordsLeft = this.#totalWords + nblocks + 1;
     while (sent < max && this.#dirty > 0 && wordsLeft-- > 0) {
       const map = this.#bitmaps[this.#block];
       if (this.#word >= map.length) {
@@ -191,14 +195,11 @@ export class RamSaver {
         continue;
       }
       const block = this.#blocks[this.#block];
-      const base = this.#word << 5;
       while (bits !== 0 && sent < max) {
-        const low = bits & -bits;
-        const bit = 31 - Math.clz32(low);
-        bits = (bits & ~low) >>> 0;
         if (w.free < MAX_RECORD) await w.flush();
-        this.#sendPage(w, block, base + bit);
-        sent++;
+        const before = bits;
+        bits = this.#sendBits(w, block, this.#word, bits, max - sent);
+        sent += popcount32((before ^ bits) >>> 0);
       }
       map[this.#word] = bits;
       if (bits === 0) this.#word++;
@@ -206,33 +207,64 @@ export class RamSaver {
     return sent;
   }
 
-  #sendPage(w: StreamWriter, block: RamBlock, page: number): void {
-    this.#dirty--;
-    const offset = page * PAGE_SIZE;
-    const cont = this.#last === block;
+  /**
+   * Writes the pages whose bits are set in `bits` (bitmap word `word` of `block`),
+   * lowest first, while the writer's buffer has room for a record and fewer than
+   * `max` were written. Returns the bits still to send. One tight loop per word:
+   * untouched pages (known zero) cost a 9-byte record and no scan.
+   */
+  #sendBits(w: StreamWriter, block: RamBlock, word: number, bits: number, max: number): number {
     const buf = w.buf;
-    const view = w.view;
+    const limit = buf.length - MAX_RECORD;
     let pos = w.pos;
-    const zero = !block.isTouched(page) || isZeroPage(block.words, page << (PAGE_SHIFT - 2));
-    const flags = (zero ? RamFlag.ZERO : RamFlag.PAGE) | (cont ? RamFlag.CONTINUE : 0);
-    view.setUint32(pos, Math.floor(offset / TWO32));
-    view.setUint32(pos + 4, ((offset >>> 0) | flags) >>> 0);
-    pos += 8;
-    if (!cont) {
-      w.pos = pos;
-      w.str8(block.name);
-      pos = w.pos;
-      this.#last = block;
-    }
-    if (zero) {
-      buf[pos++] = 0;
-      this.stats.duplicate++;
-    } else {
-      buf.set(block.bytes.subarray(offset, offset + PAGE_SIZE), pos);
-      pos += PAGE_SIZE;
-      this.stats.normal++;
+    if (pos > limit) return bits;
+    const touched = block.touched[word];
+    const words = block.words;
+    const bytes = block.bytes;
+    const base = word << 5;
+    let zeros = 0;
+    let normals = 0;
+    let cont = this.#last === block;
+    bits |= 0;
+    while (bits !== 0 && zeros + normals < max && pos <= limit) {
+      const low = bits & -bits;
+      bits ^= low;
+      const page = base + (31 - Math.clz32(low));
+      const offset = page * PAGE_SIZE;
+      const zero = (touched & low) === 0 || isZeroPage(words, page << (PAGE_SHIFT - 2));
+      const hi = offset >= TWO32 ? Math.floor(offset / TWO32) : 0;
+      const lo = (offset | (zero ? RamFlag.ZERO : RamFlag.PAGE) | (cont ? RamFlag.CONTINUE : 0)) >>>
+        0;
+      buf[pos] = hi >>> 24;
+      buf[pos + 1] = hi >>> 16;
+      buf[pos + 2] = hi >>> 8;
+      buf[pos + 3] = hi;
+      buf[pos + 4] = lo >>> 24;
+      buf[pos + 5] = lo >>> 16;
+      buf[pos + 6] = lo >>> 8;
+      buf[pos + 7] = lo;
+      pos += 8;
+      if (!cont) {
+        w.pos = pos;
+        w.str8(block.name);
+        pos = w.pos;
+        this.#last = block;
+        cont = true;
+      }
+      if (zero) {
+        buf[pos++] = 0;
+        zeros++;
+      } else {
+        buf.set(bytes.subarray(offset, offset + PAGE_SIZE), pos);
+        pos += PAGE_SIZE;
+        normals++;
+      }
     }
     w.pos = pos;
+    this.#dirty -= zeros + normals;
+    this.stats.duplicate += zeros;
+    this.stats.normal += normals;
+    return bits >>> 0;
   }
 }
 
@@ -270,6 +302,7 @@ export class RamLoader {
   async load(r: StreamReader, start: boolean): Promise<void> {
     this.#last = null;
     for (;;) {
+      if (this.#last !== null) this.#loadBuffered(r);
       if (r.avail < 8) await r.need(8);
       const at = r.offset;
       const [hi, lo] = r.be64Parts();
@@ -337,6 +370,50 @@ export class RamLoader {
         this.stats.normalPages++;
       }
     }
+  }
+
+  /**
+   * The fast path: applies every complete CONTINUE record (ZERO or PAGE, same block
+   * as the last one) already in the reader's buffer, in one synchronous loop. It
+   * stops, without consuming it, at anything else (another block, EOS, a partial
+   * record, any invalid field), which the general loop then handles and reports.
+   */
+  #loadBuffered(r: StreamReader): void {
+    const block = this.#last!;
+    const buf = r.buf;
+    const end = r.end;
+    const bytes = block.bytes;
+    const touched = block.touched;
+    const length = block.length;
+    let pos = r.pos;
+    let zeros = 0;
+    let normals = 0;
+    while (end - pos >= 9) {
+      const hi = (buf[pos] << 24 | buf[pos + 1] << 16 | buf[pos + 2] << 8 | buf[pos + 3]) >>> 0;
+      const lo = buf[pos + 4] << 24 | buf[pos + 5] << 16 | buf[pos + 6] << 8 | buf[pos + 7];
+      const flags = lo & RAM_FLAG_MASK;
+      const addr = hi * TWO32 + ((lo ^ flags) >>> 0);
+      if (addr + PAGE_SIZE > length) break;
+      const page = addr / PAGE_SIZE;
+      const bit = 1 << (page & 31);
+      if (flags === (RamFlag.ZERO | RamFlag.CONTINUE)) {
+        if (buf[pos + 8] !== 0) break;
+        if ((touched[page >>> 5] & bit) !== 0) bytes.fill(0, addr, addr + PAGE_SIZE);
+        pos += 9;
+        zeros++;
+      } else if (flags === (RamFlag.PAGE | RamFlag.CONTINUE)) {
+        if (end - pos < 8 + PAGE_SIZE) break;
+        bytes.set(buf.subarray(pos + 8, pos + 8 + PAGE_SIZE), addr);
+        touched[page >>> 5] |= bit;
+        pos += 8 + PAGE_SIZE;
+        normals++;
+      } else {
+        break;
+      }
+    }
+    r.pos = pos;
+    this.stats.zeroPages += zeros;
+    this.stats.normalPages += normals;
   }
 
   async #loadSizes(r: StreamReader, total: number, at: number): Promise<void> {

@@ -1,0 +1,257 @@
+import assert from "node:assert/strict";
+import { StreamReader } from "../../engine/format/reader.ts";
+import { StreamWriter } from "../../engine/format/writer.ts";
+import { loadStream } from "../../engine/incoming.ts";
+import {
+  type OutgoingContext,
+  runPrecopy,
+  SectionId,
+  vmDescription,
+  writeSetup,
+} from "../../engine/outgoing.ts";
+import { DEFAULT_PARAMETERS, type Parameters } from "../../engine/params.ts";
+import type { WindowStats } from "../../engine/rate_limiter.ts";
+import { RamSaver } from "../../engine/sections/ram.ts";
+import { PAGE_SIZE } from "../../vm/ram.ts";
+import { BytesChannel, CaptureChannel } from "../helpers/byte_channels.ts";
+import { FakeClock } from "../helpers/fake_clock.ts";
+import { ramDigest, TestGuest } from "../helpers/test_guest.ts";
+import { TEST_GUEST_VMDESC } from "../helpers/stream_builder.ts";
+
+/** Walks a savevm stream by DESIGN §4 and summarises its sections, independently of the loader. */
+function sections(bytes: Uint8Array): string[] {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const dec = new TextDecoder();
+  let pos = 0;
+  const out: string[] = [];
+  const str8 = () => {
+    const len = bytes[pos++];
+    const s = dec.decode(bytes.subarray(pos, pos + len));
+    pos += len;
+    return s;
+  };
+  const be64 = () => {
+    const v = view.getBigUint64(pos);
+    pos += 8;
+    return v;
+  };
+  /** RAM records up to EOS; returns the number of pages. */
+  const ram = () => {
+    let pages = 0;
+    for (;;) {
+      const v = be64();
+      const flags = Number(v & 0xfffn);
+      if (flags === 0x10) return pages;
+      if (flags === 0x04) {
+        let left = v & ~0xfffn;
+        while (left > 0n) {
+          str8();
+          left -= be64();
+        }
+        continue;
+      }
+      if (!(flags & 0x20)) str8();
+      pos += flags & 0x02 ? 1 : PAGE_SIZE;
+      pages++;
+    }
+  };
+  const footer = (id: number) => {
+    assert.equal(bytes[pos], 0x7e, `footer at ${pos}`);
+    assert.equal(view.getUint32(pos + 1), id);
+    pos += 5;
+  };
+  assert.equal(view.getUint32(0), 0x5145564d);
+  assert.equal(view.getUint32(4), 3);
+  pos = 8;
+  for (;;) {
+    const type = bytes[pos++];
+    if (type === 0x07) {
+      const len = view.getUint32(pos);
+      out.push(`CONFIGURATION ${dec.decode(bytes.subarray(pos + 4, pos + 4 + len))}`);
+      pos += 4 + len;
+    } else if (type === 0x01 || type === 0x04) {
+      const id = view.getUint32(pos);
+      pos += 4;
+      const name = str8();
+      const instance = view.getUint32(pos);
+      const version = view.getUint32(pos + 4);
+      pos += 8;
+      if (name === "ram") ram();
+      else pos += 8;
+      footer(id);
+      out.push(`${type === 1 ? "START" : "FULL"} ${id} ${name} i${instance} v${version}`);
+    } else if (type === 0x02 || type === 0x03) {
+      const id = view.getUint32(pos);
+      pos += 4;
+      const pages = ram();
+      footer(id);
+      out.push(`${type === 2 ? "PART" : "END"} ${id} ${type === 2 ? "+" : "="}${pages}`);
+    } else if (type === 0x00) {
+      out.push("EOF");
+      assert.equal(bytes[pos++], 0x06);
+      const len = view.getUint32(pos);
+      pos += 4;
+      out.push(`VMDESCRIPTION ${dec.decode(bytes.subarray(pos, pos + len))}`);
+      pos += len;
+      assert.equal(pos, bytes.length, "nothing after the vmdescription");
+      return out;
+    } else {
+      throw new Error(`unexpected section type 0x${type.toString(16)} at ${pos - 1}`);
+    }
+  }
+}
+
+function context(guest: TestGuest, ch: CaptureChannel, params: Partial<Parameters> = {}) {
+  const clock = new FakeClock();
+  const calls: string[] = [];
+  const windows: WindowStats[] = [];
+  const ctx: OutgoingContext = {
+    guest,
+    writer: new StreamWriter(ch, 1 << 20),
+    ram: new RamSaver(guest.blocks, clock.now),
+    clock,
+    params: () => ({ ...DEFAULT_PARAMETERS, ...params }),
+    signal: new AbortController().signal,
+    progress: {
+      active: () => calls.push("active"),
+      window: (w) => windows.push(w),
+      pass: (n, dirty) => calls.push(`pass ${n} ${dirty}`),
+      stopped: (at) => calls.push(`stopped ${at}`),
+    },
+  };
+  return { ctx, clock, calls, windows };
+}
+
+Deno.test("writeSetup() writes header, configuration and the ram START section, then flushes", async () => {
+  const guest = new TestGuest([["pc.ram", 64 * PAGE_SIZE]]);
+  const ch = new CaptureChannel();
+  const { ctx } = context(guest, ch);
+  await writeSetup(ctx);
+  await ctx.writer.drain();
+  const bytes = ch.bytes();
+  const hex = Array.from(bytes.subarray(0, 21), (b) => b.toString(16).padStart(2, "0")).join(" ");
+  assert.equal(hex, "51 45 56 4d 00 00 00 03 07 00 00 00 08 66 65 72 72 79 2d 70 63");
+  // START: type, id 0, "ram", instance 0, version 4.
+  assert.deepEqual([...bytes.subarray(21, 38)], [
+    1,
+    0,
+    0,
+    0,
+    0,
+    3,
+    114,
+    97,
+    109,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    4,
+  ]);
+  assert.equal(ch.writes, 1, "one flush");
+  assert.equal(ctx.ram.stats.dirtySyncCount, 1, "the guest's dirty log was cleared at setup");
+  assert.equal(SectionId.RAM, 0);
+  assert.equal(SectionId.VCPU, 1);
+});
+
+Deno.test("runPrecopy() writes START → PART… → END → FULL vcpu → EOF → vmdescription and leaves the guest postmigrate", async () => {
+  const guest = new TestGuest([["pc.ram", 256 * PAGE_SIZE]]);
+  guest.fillRandom(2);
+  guest.counter = 77n;
+  guest.start();
+  const ch = new CaptureChannel();
+  const { ctx, calls } = context(guest, ch, { max_bandwidth: Number.MAX_SAFE_INTEGER });
+  await writeSetup(ctx);
+  const result = await runPrecopy(ctx);
+  assert.equal(result.wasRunning, true);
+  assert.equal(result.downtime, 0, "virtual time stood still");
+  assert.equal(guest.runState, "postmigrate");
+  assert.ok(ch.finished, "the channel was finished");
+  const s = sections(ch.bytes());
+  assert.deepEqual(s.slice(0, 2), ["CONFIGURATION ferry-pc", "START 0 ram i0 v4"]);
+  assert.deepEqual(s.slice(-4, -1), ["END 0 =0", "FULL 1 vcpu i0 v1", "EOF"]);
+  const parts = s.slice(2, -4);
+  assert.ok(parts.length >= 1 && parts.every((p) => p.startsWith("PART 0 +")), parts.join());
+  assert.equal(parts.reduce((n, p) => n + Number(p.split("+")[1]), 0), 256);
+  assert.deepEqual(JSON.parse(s.at(-1)!.slice("VMDESCRIPTION ".length)), TEST_GUEST_VMDESC);
+  assert.deepEqual(vmDescription(guest), TEST_GUEST_VMDESC);
+  assert.equal(calls[0], "active");
+  assert.ok(calls.includes("stopped 0"));
+  assert.equal(calls.at(-1), `pass ${ctx.ram.stats.dirtySyncCount} 0`);
+  assert.equal(guest.stops, 1);
+
+  // The engine's own loader accepts what the engine wrote.
+  const dst = new TestGuest([["pc.ram", 256 * PAGE_SIZE]]);
+  await loadStream(new StreamReader(new BytesChannel(ch.bytes())), dst);
+  assert.equal(await ramDigest(dst), await ramDigest(guest));
+  assert.equal(dst.counter, 77n);
+});
+
+Deno.test("runPrecopy() under a small bandwidth sends several PART sections and reports windows", async () => {
+  const guest = new TestGuest([["pc.ram", 1024 * PAGE_SIZE]]); // 4 MiB
+  guest.fillRandom(4);
+  const ch = new CaptureChannel();
+  const { ctx, clock, windows } = context(guest, ch, { max_bandwidth: 10 << 20 }); // 1 MiB/window
+  await writeSetup(ctx);
+  const result = await runPrecopy(ctx);
+  assert.equal(result.wasRunning, false);
+  assert.equal(guest.runState, "postmigrate");
+  const parts = sections(ch.bytes()).filter((s) => s.startsWith("PART"));
+  assert.ok(parts.length >= 3, parts.join());
+  assert.ok(windows.length >= 3);
+  for (const w of windows) {
+    assert.equal(w.ms, 100);
+    assert.ok(w.bytes <= (1 << 20) + 64 * (PAGE_SIZE + 16) + 32, `${w.bytes} bytes in a window`);
+    assert.equal(w.bandwidth, w.bytes / w.ms);
+  }
+  assert.ok(clock.now() >= 300);
+});
+
+Deno.test("runPrecopy() picks up pages dirtied between passes before switching over", async () => {
+  const guest = new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
+  guest.fillRandom(6);
+  guest.start();
+  const ch = new CaptureChannel();
+  const { ctx, clock } = context(guest, ch, { max_bandwidth: 10 << 20 });
+  // Dirty a page at every sleep, as a running vCPU would between windows.
+  const sleep = clock.sleep;
+  let n = 0;
+  ctx.clock.sleep = async (ms, signal) => {
+    await sleep(ms, signal);
+    guest.write((n++ % 512) * PAGE_SIZE, Uint8Array.of(n & 0xff, 0x99));
+  };
+  await writeSetup(ctx);
+  await runPrecopy(ctx);
+  assert.ok(n >= 1);
+  const dst = new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
+  await loadStream(new StreamReader(new BytesChannel(ch.bytes())), dst);
+  assert.equal(await ramDigest(dst), await ramDigest(guest));
+});
+
+Deno.test("runPrecopy() restores the run state when the final pass fails (running → running, paused → paused)", async () => {
+  for (const before of ["running", "paused"] as const) {
+    const guest = new TestGuest([["pc.ram", 16 * PAGE_SIZE]]);
+    guest.setRunState(before);
+    // Write #0 is the setup flush, #1 the PART; #2 (the final drain) fails.
+    const ch = new CaptureChannel({ failAt: 2 });
+    const { ctx } = context(guest, ch, { max_bandwidth: Number.MAX_SAFE_INTEGER });
+    await writeSetup(ctx);
+    await assert.rejects(runPrecopy(ctx), /injected failure of write #2/);
+    assert.equal(guest.runState, before);
+    assert.equal(ch.finished, false);
+  }
+});
+
+Deno.test("runPrecopy() stops at once when its signal is aborted", async () => {
+  const guest = new TestGuest([["pc.ram", 16 * PAGE_SIZE]]);
+  const ch = new CaptureChannel();
+  const abort = new AbortController();
+  const { ctx } = context(guest, ch);
+  await writeSetup(ctx);
+  abort.abort(new Error("migration cancelled"));
+  await assert.rejects(runPrecopy({ ...ctx, signal: abort.signal }), /migration cancelled/);
+  assert.equal(guest.runState, "prelaunch", "never stopped");
+});
