@@ -203,13 +203,18 @@ function loop(program: Program): void {
     const start = performance.now();
     let count = program.sliceOps;
     if (program.opsPerMs > 0) {
+      // A throttled vCPU gets (100 - throttle) % of its time, so a paced guest
+      // program gets that share of its work done (the catch-up below must not
+      // undo the throttle).
+      const share = (100 - Atomics.load(ctl, CTL.THROTTLE)) / 100;
+      const opsPerMs = program.opsPerMs * share;
       if (due < start - MAX_BACKLOG_MS) due = start - MAX_BACKLOG_MS;
       if (start < due) {
         sleep(ctl, cmd, Math.min(Math.max(due - start, MIN_SLEEP_MS), MAX_SLEEP_MS));
         continue;
       }
-      count = Math.min(count, Math.floor((start - due) * program.opsPerMs) + 1);
-      due += count / program.opsPerMs;
+      count = Math.min(count, Math.floor((start - due) * opsPerMs) + 1);
+      due += count / opsPerMs;
     }
     program.run(count);
     program.publish();

@@ -374,3 +374,24 @@ Deno.test("Vm vCPU writes pages before marking them dirty: a dirty-log copy loop
   assert.ok(resent > 0);
   assert.ok(copy.every((b, i) => b === block.bytes[i]), "copy equals RAM");
 });
+
+Deno.test("Vm.setThrottle() slows a paced workload to its share of the rate", async () => {
+  await using vm = await Vm.create({ ramSize: "4M", workload: "random:rate=16M" });
+  const rate = async (ms: number) => {
+    const ops0 = vm.opsCount;
+    const t0 = performance.now();
+    await delay(ms);
+    return (vm.opsCount - ops0) / (performance.now() - t0);
+  };
+  vm.start();
+  await delay(50);
+  const full = await rate(300);
+  vm.setThrottle(75);
+  await delay(50);
+  const throttled = await rate(300);
+  vm.setThrottle(0);
+  vm.stop("paused");
+  // 16M/s = 4096 ops/s nominal; throttled nominally 25 % of it.
+  assert.ok(throttled < full * 0.5, `throttled ${throttled} vs full ${full} ops/ms`);
+  assert.ok(throttled > 0, "still runs");
+});
