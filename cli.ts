@@ -39,7 +39,8 @@ Flags:
                           random[:rate=50M][,hot=10%:90%][,bytes=8]
                         rate = bytes of pages dirtied per second (0 = as fast as possible)
   --fill MODE           prepare RAM before start: zero, random or pattern (default zero)
-  --incoming URI        start as a destination waiting on URI (tcp:HOST:PORT, unix:PATH)
+  --incoming URI        start as a destination waiting on URI: tcp:HOST:PORT, unix:PATH,
+                        exec:COMMAND (needs --allow-exec), fd:N, file:PATH[,offset=N]
   --no-autostart        a destination stays paused after loading (QEMU's -S)
   --paused              a source guest starts paused instead of running
   --no-prefault         do not fault guest RAM in at start (default: prefault, like -mem-prealloc)
@@ -117,6 +118,13 @@ export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): 
     throw new CliError(`Invalid --fill "${values.fill}": expected one of ${FILL_MODES.join(", ")}`);
   }
   const token = values.token ?? (env.FERRY_TOKEN || undefined);
+  // RFC 6750's token68 characters: any other token could never be sent in a header.
+  // (The message never repeats the token.)
+  if (token !== undefined && !/^[A-Za-z0-9._~+/-]+=*$/.test(token)) {
+    throw new CliError(
+      "Invalid --token/FERRY_TOKEN: use only letters, digits and . _ ~ + / - (then = padding)",
+    );
+  }
   if (!isLoopback(hostname) && !token && !values.help) {
     throw new CliError(
       `Refusing to listen on non-loopback address ${hostname} without a token: pass --token or set FERRY_TOKEN`,

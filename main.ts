@@ -1,5 +1,3 @@
-import { bearerAuth } from "hono/bearer-auth";
-import { Hono } from "hono";
 import { CliError, HELP, parseFlags } from "./cli.ts";
 import { Engine } from "./engine/engine.ts";
 import { createApp } from "./routes/app.ts";
@@ -31,10 +29,10 @@ async function main(): Promise<number> {
   });
   const transports = createTransports({ allowExec: config.allowExec });
   const engine = new Engine({ guest: vm, transports, autostart: config.autostart });
-  const api = createApp({ engine, vm, dashboard: await loadDashboard() });
-  const app = new Hono();
-  if (config.token) app.use("*", bearerAuth({ token: config.token }));
-  app.route("/", api);
+  const dashboard = await loadDashboard({ tokenRequired: Boolean(config.token) });
+  // With a token every request needs it, except GET / (the dashboard page holds no
+  // data: a browser cannot send a bearer header when it navigates, so the page asks).
+  const app = createApp({ engine, vm, dashboard, token: config.token });
 
   if (config.incoming) {
     try {

@@ -1,16 +1,59 @@
+/** The API URL a ferry prints on stdout (`ferry: API on http://…`), if `line` is that line. */
+function apiUrlIn(line: string): string | undefined {
+  return /(http:\/\/\S+?)(?:\s|$)/.exec(line)?.[1];
+}
+
+/** The address a destination prints (`… incoming migration on URI`), if `line` is that line. */
+function incomingIn(line: string): string | undefined {
+  return /incoming migration on (.+)$/.exec(line)?.[1];
+}
+
+/** A client for one running ferry's API: JSON calls and polling. */
+export class FerryClient {
+  /** The API base URL, e.g. `http://127.0.0.1:43210`. */
+  url = "";
+  /** The address the ferry printed for its incoming migration, if it was started with --incoming. */
+  incoming: string | undefined;
+
+  /** Calls the API: JSON in, JSON out. */
+  // deno-lint-ignore no-explicit-any
+  async api(method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
+    const res = await fetch(this.url + path, {
+      method,
+      headers: body === undefined ? {} : { "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, body: text ? JSON.parse(text) : undefined };
+  }
+
+  /** Polls GET path until `done(body)` is true; throws after `timeoutMs`. */
+  // deno-lint-ignore no-explicit-any
+  async waitFor(path: string, done: (body: any) => boolean, timeoutMs = 60_000): Promise<any> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const { body } = await this.api("GET", path);
+      if (done(body)) return body;
+      if (Date.now() > deadline) {
+        throw new Error(`timed out waiting on ${path}: ${JSON.stringify(body)}`);
+      }
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+}
+
 /**
  * Runs a real ferry (`main.ts`) as a child process for end-to-end tests: waits for
  * the API URL (and the incoming address) it prints, and kills it on dispose.
  */
-export class FerryProcess implements AsyncDisposable {
+export class FerryProcess extends FerryClient implements AsyncDisposable {
   readonly #child: Deno.ChildProcess;
   readonly #stdoutLines: string[] = [];
   readonly #stderr: Promise<string>;
   readonly #stdoutDone: Promise<void>;
-  url = "";
-  incoming: string | undefined;
 
   private constructor(child: Deno.ChildProcess) {
+    super();
     this.#child = child;
     this.#stderr = new Response(child.stderr).text();
     this.#stdoutDone = this.#pump();
@@ -52,10 +95,10 @@ export class FerryProcess implements AsyncDisposable {
         const line = partial.slice(0, nl);
         partial = partial.slice(nl + 1);
         this.#stdoutLines.push(line);
-        const url = /(http:\/\/\S+?)(?:\s|$)/.exec(line);
-        if (url && !this.url) this.url = url[1];
-        const inc = /incoming migration on (\S+)/.exec(line);
-        if (inc) this.incoming = inc[1];
+        const url = apiUrlIn(line);
+        if (url && !this.url) this.url = url;
+        const inc = incomingIn(line);
+        if (inc) this.incoming = inc;
       }
     }
   }
@@ -68,32 +111,6 @@ export class FerryProcess implements AsyncDisposable {
   /** The child's pid. */
   get pid(): number {
     return this.#child.pid;
-  }
-
-  /** Calls the API: JSON in, JSON out. */
-  // deno-lint-ignore no-explicit-any
-  async api(method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
-    const res = await fetch(this.url + path, {
-      method,
-      headers: body === undefined ? {} : { "content-type": "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await res.text();
-    return { status: res.status, body: text ? JSON.parse(text) : undefined };
-  }
-
-  /** Polls GET path until `done(body)` is true; throws after `timeoutMs`. */
-  // deno-lint-ignore no-explicit-any
-  async waitFor(path: string, done: (body: any) => boolean, timeoutMs = 60_000): Promise<any> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const { body } = await this.api("GET", path);
-      if (done(body)) return body;
-      if (Date.now() > deadline) {
-        throw new Error(`timed out waiting on ${path}: ${JSON.stringify(body)}`);
-      }
-      await new Promise((r) => setTimeout(r, 25));
-    }
   }
 
   /** Sends a signal and waits for the process to exit. */
@@ -111,5 +128,117 @@ export class FerryProcess implements AsyncDisposable {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.kill("SIGKILL");
+  }
+}
+
+/** Quotes `s` for a POSIX shell. */
+export function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_./:=,@%+-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * Several ferries started by one shell script, for descriptor plumbing that
+ * Deno.Command cannot express (a pipe on fd 3 between two ferries,
+ * `3>snap.bin`, …). Each ferry's stdout and stderr go to log files, from which
+ * its API URL is read; dispose kills the script's whole process group.
+ *
+ *   await using sh = await FerryShell.start((f) =>
+ *     `${f.ferry("a", ["--ram", "64M"])} 3>&1 ${f.logs("a")} | ` +
+ *     `${f.ferry("b", ["--incoming", "fd:3"])} 3<&0 ${f.logs("b")}`, ["a", "b"]);
+ */
+export class FerryShell implements AsyncDisposable {
+  readonly #child: Deno.ChildProcess;
+  readonly #dir: string;
+  readonly #clients = new Map<string, FerryClient>();
+
+  private constructor(child: Deno.ChildProcess, dir: string, names: string[]) {
+    this.#child = child;
+    this.#dir = dir;
+    for (const name of names) this.#clients.set(name, new FerryClient());
+  }
+
+  /**
+   * Runs the script `build` returns with bash and waits until every ferry in
+   * `names` printed its API URL. `build` gets helpers: `ferry(name, args)` is
+   * the command line of one ferry (`--listen 127.0.0.1:0` added), `logs(name)`
+   * the redirections of its stdout and stderr to log files.
+   */
+  static async start(
+    build: (f: {
+      ferry(name: string, args: string[]): string;
+      logs(name: string): string;
+    }) => string,
+    names: string[],
+  ): Promise<FerryShell> {
+    const dir = await Deno.makeTempDir({ prefix: "ferry-shell-" });
+    const main = new URL("../main.ts", import.meta.url).pathname;
+    const script = build({
+      ferry: (_name, args) =>
+        [Deno.execPath(), "run", "-A", main, "--listen", "127.0.0.1:0", ...args].map(shellQuote)
+          .join(" "),
+      logs: (name) => `>${shellQuote(`${dir}/${name}.out`)} 2>${shellQuote(`${dir}/${name}.err`)}`,
+    });
+    const child = new Deno.Command("bash", {
+      args: ["-c", script],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+      detached: true,
+    }).spawn();
+    const shell = new FerryShell(child, dir, names);
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      let missing = 0;
+      for (const name of names) {
+        const client = shell.#clients.get(name)!;
+        const lines = shell.output(name).split("\n");
+        client.url ||= lines.map(apiUrlIn).find((u) => u !== undefined) ?? "";
+        client.incoming ??= lines.map(incomingIn).find((u) => u !== undefined);
+        if (!client.url) missing++;
+      }
+      if (missing === 0) return shell;
+      if (Date.now() > deadline) {
+        const logs = names.map((n) => `${n}: ${shell.output(n)} ${shell.errors(n)}`).join("; ");
+        await shell[Symbol.asyncDispose]();
+        throw new Error(`ferries did not start: ${logs}`);
+      }
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+
+  /** The API client of ferry `name`. */
+  client(name: string): FerryClient {
+    const client = this.#clients.get(name);
+    if (!client) throw new Error(`no ferry named ${name}`);
+    return client;
+  }
+
+  /** What ferry `name` printed on stdout so far. */
+  output(name: string): string {
+    return readOrEmpty(`${this.#dir}/${name}.out`);
+  }
+
+  /** What ferry `name` printed on stderr so far. */
+  errors(name: string): string {
+    return readOrEmpty(`${this.#dir}/${name}.err`);
+  }
+
+  /** Kills the script and every ferry it started, then removes the log files. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    try {
+      Deno.kill(-this.#child.pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+    await this.#child.status;
+    await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
+  }
+}
+
+function readOrEmpty(path: string): string {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch {
+    return "";
   }
 }

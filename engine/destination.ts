@@ -4,6 +4,9 @@ import type { Clock } from "./clock.ts";
 import { describeError } from "./errors.ts";
 import { StreamReader } from "./format/reader.ts";
 import { loadStream } from "./incoming.ts";
+import { DEFAULT_PARAMETERS } from "./params.ts";
+import { destinationSwitchover } from "./return_path.ts";
+import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 
 /** States of the incoming side. */
 export const INCOMING_STATES = [
@@ -36,6 +39,11 @@ export interface IncomingDeps {
   readonly clock: Clock;
   /** Start the guest after a successful load (false = QEMU's -S). */
   readonly autostart: boolean;
+  /**
+   * ms without a byte received, once the peer connected, before the incoming
+   * migration fails (the engine's `progress_timeout`; read live). Default 60 s.
+   */
+  readonly progressTimeout?: () => number;
   /** Every state transition. */
   onStateChange(from: IncomingStatus, to: IncomingStatus, error?: string): void;
 }
@@ -43,8 +51,12 @@ export interface IncomingDeps {
 /**
  * The destination of one migration (QEMU's -incoming): binds the URI, accepts one
  * peer, loads its stream into the stopped guest, and starts the guest only when
- * the whole stream was valid. A failed load leaves the guest in `inmigrate`, where
- * it cannot be started, and the engine can arm a new incoming migration.
+ * the whole stream was valid — and, when the source opened the return path, only
+ * after the switchover handshake (see return_path.ts). A failed load leaves the
+ * guest in `inmigrate`, where it cannot be started, and the engine can arm a new
+ * incoming migration. Once a peer is connected, `progressTimeout` ms without a
+ * byte from it fail the migration (a peer that connects and sends nothing too);
+ * waiting for a peer to connect has no time limit, like QEMU's -incoming.
  */
 export class IncomingMigration {
   #state: IncomingStatus = "none";
@@ -125,17 +137,25 @@ export class IncomingMigration {
   async #run(): Promise<void> {
     const { guest, clock } = this.#deps;
     let reader: StreamReader | null = null;
+    const timeout = this.#deps.progressTimeout ?? (() => DEFAULT_PARAMETERS.progress_timeout);
+    const watchdog = new ProgressWatchdog(
+      timeout,
+      () => this.#channel?.close(),
+      "no data arrived from the source",
+    );
     try {
-      this.#channel = await this.#listener!.accept();
+      const accepted = await this.#listener!.accept();
       this.#listener!.close();
       if (this.#state !== "listening") {
-        this.#channel.close();
+        accepted.close();
         return;
       }
+      this.#channel = new WatchedChannel(accepted, watchdog.start());
       this.#startedAt = clock.now();
       this.#transition("active");
       reader = new StreamReader(this.#channel);
       const result = await loadStream(reader, guest, (n) => (this.#received = n));
+      if (result.returnPath) await destinationSwitchover(reader, this.#channel);
       this.#received = reader.received;
       this.#pages = { zero: result.zeroPages, normal: result.normalPages };
       this.#channel.close();
@@ -148,7 +168,9 @@ export class IncomingMigration {
       this.#listener?.close();
       this.#channel?.close();
       if (this.#state === "cancelled") return;
-      this.#transition("failed", describeError(e));
+      this.#transition("failed", describeError(watchdog.error ?? e));
+    } finally {
+      watchdog.stop();
     }
   }
 }

@@ -192,6 +192,7 @@ export class Engine {
       transports: this.#transports,
       clock: this.#clock,
       params: () => this.#params,
+      capabilities: { ...this.#caps },
       hooks: {
         onStateChange: (from, to, error) =>
           this.events.emit({
@@ -220,9 +221,14 @@ export class Engine {
     return this.#migration;
   }
 
-  /** Cancels the active migration; `cancelled` is false when nothing was active. */
+  /**
+   * Cancels the active migration (QEMU's migrate_cancel). `cancelled` is true when
+   * the migration is now being cancelled — by this call, or by an earlier one still
+   * winding down (`cancelling`) — and false when nothing was active (a no-op).
+   */
   cancel(): { cancelled: boolean; info: MigrationInfo } {
-    const cancelled = this.#migration?.cancel() ?? false;
+    const cancelled = (this.#migration?.cancel() ?? false) ||
+      this.#migration?.state === "cancelling";
     return { cancelled, info: this.current() };
   }
 
@@ -253,6 +259,7 @@ export class Engine {
       transports: this.#transports,
       clock: this.#clock,
       autostart: this.#autostart,
+      progressTimeout: () => this.#params.progress_timeout,
       onStateChange: (from, to, error) =>
         this.events.emit({
           type: "incoming",

@@ -11,6 +11,7 @@ import {
 import { StreamError, type StreamReader } from "./format/reader.ts";
 import { RamLoader } from "./sections/ram.ts";
 import { loadVcpu } from "./sections/vcpu.ts";
+import { MIG_CMD_OPEN_RETURN_PATH } from "./return_path.ts";
 
 /** Largest vmdescription JSON accepted (QEMU's own are far smaller). */
 export const MAX_VMDESC_BYTES = 1 << 20;
@@ -25,6 +26,8 @@ export interface LoadResult {
   readonly normalPages: number;
   /** The vmdescription JSON, if the stream carried one. */
   readonly description: unknown;
+  /** The source opened the return path (COMMAND OPEN_RETURN_PATH): it awaits the switchover handshake. */
+  readonly returnPath: boolean;
 }
 
 interface OpenSection {
@@ -58,6 +61,7 @@ export async function loadStream(
   const sections = new Map<number, OpenSection>();
   let vcpuLoaded = false;
   let sawSection = false;
+  let returnPath = false;
   for (;;) {
     onBytes?.(r.received);
     await r.need(1);
@@ -138,6 +142,24 @@ export async function loadStream(
         await footer(r, id);
         break;
       }
+      case Section.COMMAND: {
+        sawSection = true;
+        await r.need(4);
+        const cmd = r.be16();
+        const len = r.be16();
+        if (cmd !== MIG_CMD_OPEN_RETURN_PATH) {
+          throw new StreamError(at, `unknown command 0x${cmd.toString(16)}`);
+        }
+        if (len !== 0) {
+          throw new StreamError(
+            at,
+            `command OPEN_RETURN_PATH with ${len} bytes of data (expects 0)`,
+          );
+        }
+        if (returnPath) throw new StreamError(at, "return path opened twice");
+        returnPath = true;
+        break;
+      }
       case Section.EOF: {
         for (const [id, s] of sections) {
           if (!s.ended) {
@@ -158,6 +180,7 @@ export async function loadStream(
           zeroPages: ram.stats.zeroPages,
           normalPages: ram.stats.normalPages,
           description,
+          returnPath,
         };
       }
       default:

@@ -5,9 +5,11 @@ import type { Clock } from "./clock.ts";
 import { describeError } from "./errors.ts";
 import { StreamWriter } from "./format/writer.ts";
 import { runPrecopy, writeSetup } from "./outgoing.ts";
-import type { Parameters } from "./params.ts";
+import type { Capabilities, Parameters } from "./params.ts";
 import type { WindowStats } from "./rate_limiter.ts";
 import { RamSaver } from "./sections/ram.ts";
+import { sendOpenReturnPath, sourceSwitchover, usesReturnPath } from "./return_path.ts";
+import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 
 /** Outgoing migration states, QEMU's names (its ERROR is reported as "failed"). */
 export const MIGRATION_STATES = [
@@ -63,6 +65,16 @@ export interface RamInfo {
   page_size: number;
 }
 
+/** XBZRLE cache statistics, QEMU's query-migrate `xbzrle-cache` fields. */
+export interface XbzrleCacheInfo {
+  cache_size: number;
+  bytes: number;
+  pages: number;
+  cache_miss: number;
+  cache_miss_rate: number;
+  overflow: number;
+}
+
 /** What GET /migrations/current answers (QEMU's query-migrate). */
 export interface MigrationInfo {
   status: MigrationStatus;
@@ -73,6 +85,8 @@ export interface MigrationInfo {
   downtime?: number;
   error_desc?: string;
   ram?: RamInfo;
+  xbzrle_cache?: XbzrleCacheInfo;
+  cpu_throttle_percentage?: number;
 }
 
 /** Callbacks a Migration reports through (the engine wires them to its notifier). */
@@ -91,6 +105,8 @@ export interface MigrationDeps {
   readonly transports: Transports;
   readonly clock: Clock;
   readonly params: () => Readonly<Parameters>;
+  /** Capabilities in force for this migration (fixed while it is active). */
+  readonly capabilities: Readonly<Capabilities>;
   readonly hooks: MigrationHooks;
 }
 
@@ -116,6 +132,7 @@ export class Migration {
   #mbps = 0;
   #pagesPerSecond = 0;
   #lastPages = 0;
+  #throttle = 0;
   readonly done: Promise<void>;
 
   constructor(readonly uri: string, deps: MigrationDeps) {
@@ -183,6 +200,20 @@ export class Migration {
         pages_per_second: Math.round(this.#pagesPerSecond),
         page_size: PAGE_SIZE,
       };
+      const xb = ram.stats.xbzrle;
+      if (xb) {
+        info.xbzrle_cache = {
+          cache_size: ram.cacheSize,
+          bytes: xb.bytes,
+          pages: xb.pages,
+          cache_miss: xb.cacheMiss,
+          cache_miss_rate: xb.lookups > 0 ? round3(xb.cacheMiss / xb.lookups) : 0,
+          overflow: xb.overflow,
+        };
+      }
+    }
+    if (this.#throttle > 0 && !FINAL_STATES.has(this.#state)) {
+      info.cpu_throttle_percentage = this.#throttle;
     }
     return info;
   }
@@ -200,13 +231,29 @@ export class Migration {
   async #run(): Promise<void> {
     const { guest, transports, clock } = this.#deps;
     const wasRunning = guest.runState === "running";
+    // progress_timeout: no byte accepted for that long (connecting included) fails
+    // the migration; closing the channel unblocks a write stuck on a stalled peer.
+    const returnPath = usesReturnPath(this.uri);
+    const watchdog = new ProgressWatchdog(() => this.#deps.params().progress_timeout, (e) => {
+      this.#abort.abort(e);
+      this.#channel?.close();
+    }, "the destination accepted no data").start();
     try {
-      this.#channel = await transports.connect(this.uri, this.#abort.signal);
+      this.#channel = new WatchedChannel(
+        await transports.connect(this.uri, this.#abort.signal),
+        watchdog,
+        { beforeFinish: returnPath ? sourceSwitchover : undefined },
+      );
       if (this.#abort.signal.aborted) this.#channel.close();
       this.#abort.signal.throwIfAborted();
       const writer = new StreamWriter(this.#channel);
       this.#writer = writer;
-      this.#ram = new RamSaver(guest.blocks, clock.now);
+      const caps = this.#deps.capabilities;
+      this.#ram = new RamSaver(
+        guest.blocks,
+        clock.now,
+        caps.xbzrle ? { xbzrleCacheSize: this.#deps.params().xbzrle_cache_size } : {},
+      );
       const ctx = {
         guest,
         writer,
@@ -214,6 +261,7 @@ export class Migration {
         clock,
         params: this.#deps.params,
         signal: this.#abort.signal,
+        capabilities: this.#deps.capabilities,
         progress: {
           active: () => {
             this.#setupTime = clock.now() - this.#startedAt;
@@ -229,9 +277,13 @@ export class Migration {
           },
           pass: (count: number, dirty: number) => this.#deps.hooks.onPass(count, dirty),
           stopped: () => {},
+          throttled: (percent: number) => {
+            this.#throttle = percent;
+          },
         },
       };
       await writeSetup(ctx);
+      if (returnPath) await sendOpenReturnPath(writer);
       this.#abort.signal.throwIfAborted();
       const result = await runPrecopy(ctx);
       this.#downtime = result.downtime;
@@ -243,7 +295,11 @@ export class Migration {
       // but make sure a running guest is running after any failure.
       if (wasRunning && guest.runState !== "running") guest.start();
       if (this.#state === "cancelling") this.#transition("cancelled");
-      else this.#transition("failed", describeError(e));
+      else this.#transition("failed", describeError(watchdog.error ?? e));
+    } finally {
+      watchdog.stop();
+      // auto-converge's throttle ends with the migration, whatever its outcome.
+      if (this.#throttle > 0) guest.setThrottle(0);
     }
   }
 }

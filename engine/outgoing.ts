@@ -9,7 +9,8 @@ import {
 } from "./format/constants.ts";
 import type { StreamWriter } from "./format/writer.ts";
 import { PAGE_SIZE } from "../vm/ram.ts";
-import type { Parameters } from "./params.ts";
+import type { Capabilities, Parameters } from "./params.ts";
+import { AutoConverge } from "./auto_converge.ts";
 import { RateLimiter, type WindowStats } from "./rate_limiter.ts";
 import { RamSaver } from "./sections/ram.ts";
 import { describeVcpu, saveVcpu } from "./sections/vcpu.ts";
@@ -27,6 +28,8 @@ export interface OutgoingProgress {
   active(): void;
   /** The guest was stopped for the final pass. */
   stopped(at: number): void;
+  /** auto-converge changed the vCPU throttle (percent). */
+  throttled(percent: number): void;
 }
 
 /** Everything the loop needs; it never sees sockets, only the writer. */
@@ -39,6 +42,8 @@ export interface OutgoingContext {
   readonly params: () => Readonly<Parameters>;
   /** Aborts on cancel. */
   readonly signal: AbortSignal;
+  /** Capabilities in force (they cannot change while a migration is active). */
+  readonly capabilities: Readonly<Capabilities>;
   readonly progress: OutgoingProgress;
 }
 
@@ -73,6 +78,12 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
   const limiter = new RateLimiter(clock.now, () => ctx.params().max_bandwidth, w.bytes);
   let maxSize = 0;
   let lastSyncs = ram.stats.dirtySyncCount;
+  const converge = ctx.capabilities.auto_converge
+    ? new AutoConverge(clock.now(), w.bytes, () => {
+      const p = ctx.params();
+      return { initial: p.cpu_throttle_initial, increment: p.cpu_throttle_increment };
+    })
+    : null;
   ctx.progress.active();
   for (;;) {
     signal.throwIfAborted();
@@ -81,6 +92,11 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
       if (ram.stats.dirtySyncCount !== lastSyncs) {
         lastSyncs = ram.stats.dirtySyncCount;
         ctx.progress.pass(lastSyncs, ram.dirtyPages);
+        const throttle = converge?.onSync(clock.now(), ram.lastSyncAdded * PAGE_SIZE, w.bytes);
+        if (throttle) {
+          ctx.guest.setThrottle(throttle);
+          ctx.progress.throttled(throttle);
+        }
       }
       if (pending > 0 && pending >= maxSize) {
         await w.sectionPart(Section.PART, SectionId.RAM);
@@ -95,7 +111,8 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
     if (window) {
       const params = ctx.params();
       maxSize = window.bandwidth * params.downtime_limit;
-      const expected = window.bandwidth > 0 ? ram.remainingBytes / window.bandwidth : Infinity;
+      ram.resizeCache(params.xbzrle_cache_size);
+      const expected = window.bandwidth > 0 ? ram.pendingWireBytes / window.bandwidth : Infinity;
       ctx.progress.window(window, expected);
     }
     if (limiter.exceeded(w.bytes)) {

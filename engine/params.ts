@@ -12,6 +12,12 @@ export interface Parameters {
   cpu_throttle_initial: number;
   /** Further auto-converge throttle steps, percent. */
   cpu_throttle_increment: number;
+  /**
+   * Milliseconds a migration may go without moving a byte before it fails (like
+   * KubeVirt's progressTimeout): on the source, no bytes accepted by the channel; on
+   * the destination, no bytes received from the peer.
+   */
+  progress_timeout: number;
 }
 
 /** The seed's defaults. */
@@ -21,6 +27,7 @@ export const DEFAULT_PARAMETERS: Readonly<Parameters> = {
   xbzrle_cache_size: 64 << 20,
   cpu_throttle_initial: 20,
   cpu_throttle_increment: 10,
+  progress_timeout: 60_000,
 };
 
 /** Migration capabilities (QEMU's migrate-set-capabilities), plus ferry's `verify`. */
@@ -43,8 +50,6 @@ export const DEFAULT_CAPABILITIES: Readonly<Capabilities> = {
 
 /** Why each capability ferry cannot honour yet is refused (never accepted and ignored). */
 export const UNSUPPORTED_CAPABILITIES: Readonly<Partial<Record<keyof Capabilities, string>>> = {
-  xbzrle: "XBZRLE compression is not implemented yet",
-  auto_converge: "auto-converge throttling is not implemented yet",
   zero_blocks: "zero_blocks needs block migration, which is not implemented yet",
   rdma_pin_all: "there is no RDMA transport in Deno, so RDMA page pinning cannot be offered",
   verify: "end-to-end RAM verification is not implemented yet",
@@ -56,6 +61,7 @@ const LIMITS: Record<keyof Parameters, [min: number, max: number]> = {
   xbzrle_cache_size: [4096, Number.MAX_SAFE_INTEGER],
   cpu_throttle_initial: [1, 99],
   cpu_throttle_increment: [1, 99],
+  progress_timeout: [10, 86_400_000],
 };
 
 /** Checks a parameter patch, throwing `invalid-parameter` naming the first bad field. */

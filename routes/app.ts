@@ -1,3 +1,5 @@
+import { bearerAuth } from "hono/bearer-auth";
+import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import type { Engine } from "../engine/engine.ts";
 import { blockerRoutes } from "./blockers.ts";
@@ -17,6 +19,18 @@ export interface AppDeps {
   readonly keepAliveMs?: number;
   /** The dashboard page served at GET /, if any. */
   readonly dashboard?: string;
+  /**
+   * When set, every request needs `Authorization: Bearer <token>` — except GET /,
+   * the dashboard page, which holds no data and asks the user for the token.
+   */
+  readonly token?: string;
+}
+
+/** Largest request body accepted (every JSON body ferry takes is far smaller). */
+export const MAX_BODY_BYTES = 64 << 10;
+
+function unauthorized(message: string): ErrorBody {
+  return { error: { code: "unauthorized", message } };
 }
 
 /** ferry's version, reported by /openapi.json. */
@@ -29,6 +43,40 @@ export const VERSION = "0.1.0";
  */
 export function createApp(deps: AppDeps) {
   const app = newRouter();
+  if (deps.token) {
+    const auth = bearerAuth({
+      token: deps.token,
+      noAuthenticationHeader: {
+        message: unauthorized("This ferry needs an Authorization: Bearer token"),
+      },
+      invalidAuthenticationHeader: {
+        message: {
+          error: {
+            code: "bad-request",
+            message: 'Malformed Authorization header: expected "Bearer <token>"',
+          },
+        },
+      },
+      invalidToken: { message: unauthorized("Invalid bearer token") },
+    });
+    app.use(
+      "*",
+      (c, next) => c.req.method === "GET" && c.req.path === "/" ? next() : auth(c, next),
+    );
+  }
+  app.use(
+    "*",
+    bodyLimit({
+      maxSize: MAX_BODY_BYTES,
+      onError: (c) =>
+        c.json<ErrorBody>({
+          error: {
+            code: "payload-too-large",
+            message: `Request body larger than ${MAX_BODY_BYTES} bytes`,
+          },
+        }, 413),
+    }),
+  );
   app.route("/", migrationRoutes(deps));
   app.route("/", incomingRoutes(deps));
   app.route("/", capabilityRoutes(deps));
@@ -64,6 +112,8 @@ export function createApp(deps: AppDeps) {
     const mapped = domainError(err);
     if (mapped) return c.json(mapped.body, mapped.status);
     if (err instanceof HTTPException) {
+      // Answers built by middleware (bearer auth: JSON body, WWW-Authenticate) go out as built.
+      if (err.res) return err.getResponse();
       const code =
         ({ 400: "bad-request", 401: "unauthorized", 404: "not-found" } as Record<number, string>)[
           err.status

@@ -60,6 +60,17 @@ export const MigrationInfoSchema = z.object({
   downtime: z.number().optional(),
   error_desc: z.string().optional(),
   ram: RamInfoSchema.optional(),
+  xbzrle_cache: z.object({
+    cache_size: z.number(),
+    bytes: z.number(),
+    pages: z.number(),
+    cache_miss: z.number(),
+    cache_miss_rate: z.number(),
+    overflow: z.number(),
+  }).optional().openapi({ description: "With the xbzrle capability" }),
+  cpu_throttle_percentage: z.number().optional().openapi({
+    description: "While auto-converge throttles",
+  }),
 }).openapi("MigrationInfo", { example: { status: "none" } });
 
 /** GET /migrations/incoming. */
@@ -99,6 +110,9 @@ export const ParametersSchema = z.object({
   xbzrle_cache_size: z.number().int().openapi({ description: "bytes" }),
   cpu_throttle_initial: z.number().int(),
   cpu_throttle_increment: z.number().int(),
+  progress_timeout: z.number().int().openapi({
+    description: "ms without a byte moving before a migration fails, on either side",
+  }),
 }).openapi("Parameters");
 
 /** PATCH /migrations/parameters body: any subset, each validated. */
@@ -108,6 +122,7 @@ export const ParametersPatchSchema = z.object({
   xbzrle_cache_size: z.number().int().min(4096).max(Number.MAX_SAFE_INTEGER).optional(),
   cpu_throttle_initial: z.number().int().min(1).max(99).optional(),
   cpu_throttle_increment: z.number().int().min(1).max(99).optional(),
+  progress_timeout: z.number().int().min(10).max(86_400_000).optional(),
 }).strict().openapi("ParametersPatch", {
   example: { max_bandwidth: 1073741824, downtime_limit: 300 },
 });

@@ -3,9 +3,13 @@ import { fullBitmap } from "../../vm/ram.ts";
 import { RAM_FLAG_MASK, RamFlag } from "../format/constants.ts";
 import type { StreamWriter } from "../format/writer.ts";
 import { StreamError, type StreamReader } from "../format/reader.ts";
+import { ENCODING_FLAG_XBZRLE, xbzrleDecode, xbzrleEncode, XbzrleError } from "../format/xbzrle.ts";
+import { PageCache } from "../page_cache.ts";
 
-/** Largest RAM record: header, block name, page. */
-const MAX_RECORD = 8 + 1 + 255 + PAGE_SIZE;
+/** Largest RAM record: header, block name, XBZRLE flag and length, page. */
+const MAX_RECORD = 8 + 1 + 255 + 3 + PAGE_SIZE;
+/** Wire bytes of a plain page record after the first of its block. */
+const PLAIN_RECORD = 8 + PAGE_SIZE;
 /** QEMU's MAX_WAIT: one iteration never runs longer than this many ms. */
 export const MAX_ITERATE_MS = 50;
 const TWO32 = 0x100000000;
@@ -22,6 +26,30 @@ export interface RamStats {
   dirtySyncCount: number;
   /** Guest pages dirtied per second over the last ≥1 s of syncs. */
   dirtyPagesRate: number;
+  /** XBZRLE counters; null when XBZRLE is off. */
+  xbzrle: XbzrleStats | null;
+}
+
+/** XBZRLE counters (QEMU's xbzrle-cache info). */
+export interface XbzrleStats {
+  /** Bytes of XBZRLE records sent. */
+  bytes: number;
+  /** Pages sent as XBZRLE records. */
+  pages: number;
+  /** Dirty pages not found in the cache (sent plainly, then cached). */
+  cacheMiss: number;
+  /** Cache lookups made (hits + misses). */
+  lookups: number;
+  /** Pages whose encoding would have been larger than the page (sent plainly). */
+  overflow: number;
+  /** Dirty pages identical to their cached copy (nothing sent). */
+  unchanged: number;
+}
+
+/** Options of a RamSaver. */
+export interface RamSaverOptions {
+  /** Turns XBZRLE on with a page cache of this many bytes. */
+  readonly xbzrleCacheSize?: number;
 }
 
 /** What one iterate() call did. */
@@ -49,15 +77,44 @@ export class RamSaver {
   #last: RamBlock | null = null;
   #periodStart: number;
   #periodDirty = 0;
+  /** XBZRLE state: the page cache, a snapshot buffer, and each block's first global page. */
+  #cache: PageCache | null = null;
+  readonly #snapshot = new Uint8Array(PAGE_SIZE);
+  readonly #blockBase: number[] = [];
+  /** True during the first sweep (QEMU's ram_bulk_stage): no XBZRLE yet. */
+  #bulk = true;
+  /** Estimated wire bytes per dirty page, from what recent pages cost. */
+  #wirePerPage = PLAIN_RECORD;
+  #passPages = 0;
+  #passBytes = 0;
+  /** Pages the last sync marked dirty (auto-converge reads it). */
+  lastSyncAdded = 0;
   readonly stats: RamStats = {
     duplicate: 0,
     normal: 0,
     transferred: 0,
     dirtySyncCount: 0,
     dirtyPagesRate: 0,
+    xbzrle: null,
   };
 
-  constructor(blocks: readonly RamBlock[], now: () => number) {
+  constructor(blocks: readonly RamBlock[], now: () => number, options: RamSaverOptions = {}) {
+    if (options.xbzrleCacheSize !== undefined) {
+      this.#cache = new PageCache(options.xbzrleCacheSize);
+      this.stats.xbzrle = {
+        bytes: 0,
+        pages: 0,
+        cacheMiss: 0,
+        lookups: 0,
+        overflow: 0,
+        unchanged: 0,
+      };
+      let base = 0;
+      for (const b of blocks) {
+        this.#blockBase.push(base);
+        base += b.pages;
+      }
+    }
     this.#blocks = blocks;
     this.#now = now;
     this.#bitmaps = blocks.map((b) => fullBitmap(b.pages));
@@ -82,6 +139,26 @@ export class RamSaver {
   }
 
   /**
+   * Bytes the dirty pages are expected to cost on the wire. Without XBZRLE that is
+   * the full page (as QEMU); with it, what the pages sent since the bulk stage cost
+   * on average — so the switchover decision compares wire bytes with the wire
+   * bandwidth, which is what lets an XBZRLE migration converge.
+   */
+  get pendingWireBytes(): number {
+    return this.#cache ? Math.ceil(this.#dirty * this.#wirePerPage) : this.remainingBytes;
+  }
+
+  /** Effective XBZRLE cache size in bytes (0 when XBZRLE is off). */
+  get cacheSize(): number {
+    return this.#cache?.sizeBytes ?? 0;
+  }
+
+  /** Resizes the XBZRLE cache (QEMU's migrate_set_cache_size), keeping what fits. */
+  resizeCache(bytes: number): void {
+    if (this.#cache && bytes !== this.#cache.sizeBytes) this.#cache = this.#cache.resized(bytes);
+  }
+
+  /**
    * Pulls the guest's dirty logs into the migration bitmap (KVM's dirty log sync)
    * and updates the dirty-page rate. Returns the pages newly marked dirty.
    */
@@ -92,7 +169,13 @@ export class RamSaver {
     }
     this.#dirty += added;
     this.#periodDirty += added;
+    this.lastSyncAdded = added;
     this.stats.dirtySyncCount++;
+    if (this.#passPages > 0) {
+      this.#wirePerPage = Math.max(1, this.#passBytes / this.#passPages);
+      this.#passPages = 0;
+      this.#passBytes = 0;
+    }
     const now = this.#now();
     if (now - this.#periodStart >= 1000) {
       this.stats.dirtyPagesRate = Math.round(
@@ -109,8 +192,8 @@ export class RamSaver {
    * the dirty log is synced first so the switchover decision sees fresh numbers.
    */
   pending(maxSize: number): number {
-    if (this.remainingBytes < maxSize) this.sync();
-    return this.remainingBytes;
+    if (this.pendingWireBytes < maxSize) this.sync();
+    return this.pendingWireBytes;
   }
 
   /** Writes the START payload: total size, every block's name and length, EOS. */
@@ -187,6 +270,7 @@ export class RamSaver {
       if (this.#word >= map.length) {
         this.#word = 0;
         this.#block = (this.#block + 1) % nblocks;
+        if (this.#block === 0) this.#bulk = false;
         continue;
       }
       let bits = map[this.#word];
@@ -198,13 +282,120 @@ export class RamSaver {
       while (bits !== 0 && sent < max) {
         if (w.free < MAX_RECORD) await w.flush();
         const before = bits;
-        bits = this.#sendBits(w, block, this.#word, bits, max - sent);
+        bits = this.#cache
+          ? this.#sendBitsXbzrle(w, block, this.#word, bits, max - sent)
+          : this.#sendBits(w, block, this.#word, bits, max - sent);
         sent += popcount32((before ^ bits) >>> 0);
       }
       map[this.#word] = bits;
       if (bits === 0) this.#word++;
     }
+    if (this.#dirty === 0 && this.#block === 0 && this.#word === 0) this.#bulk = false;
     return sent;
+  }
+
+  /**
+   * #sendBits with XBZRLE: after the bulk stage, a dirty page found in the cache
+   * goes as an XBZRLE record encoded against the cached copy (or not at all when
+   * unchanged); a miss or an overflow goes plainly. Every page sent non-zero is
+   * cached as the exact bytes sent, and a zero page's cached copy is zeroed, so
+   * the cache always equals what the destination holds.
+   */
+  #sendBitsXbzrle(
+    w: StreamWriter,
+    block: RamBlock,
+    word: number,
+    bits: number,
+    max: number,
+  ): number {
+    const cache = this.#cache!;
+    const xb = this.stats.xbzrle!;
+    const snap = this.#snapshot;
+    const buf = w.buf;
+    const limit = buf.length - MAX_RECORD;
+    const age = this.stats.dirtySyncCount;
+    const keyBase = this.#blockBase[this.#blocks.indexOf(block)];
+    let handled = 0;
+    const start = w.bytes;
+    bits |= 0;
+    while (bits !== 0 && handled < max && w.pos <= limit) {
+      const low = bits & -bits;
+      bits ^= low;
+      handled++;
+      const page = (word << 5) + (31 - Math.clz32(low));
+      const offset = page * PAGE_SIZE;
+      const key = keyBase + page;
+      const zero = (block.touched[word] & low) === 0 ||
+        isZeroPage(block.words, page << (PAGE_SHIFT - 2));
+      if (zero) {
+        this.#header(w, block, offset, RamFlag.ZERO);
+        w.u8(0);
+        this.stats.duplicate++;
+        cache.lookup(key)?.fill(0);
+        continue;
+      }
+      if (!this.#bulk) {
+        xb.lookups++;
+        const old = cache.lookup(key);
+        if (old) {
+          snap.set(block.bytes.subarray(offset, offset + PAGE_SIZE));
+          const headerAt = w.pos;
+          const lastBefore = this.#last;
+          this.#header(w, block, offset, RamFlag.XBZRLE);
+          const lenAt = w.pos + 1;
+          const n = xbzrleEncode(old, snap, buf.subarray(lenAt + 2, lenAt + 2 + PAGE_SIZE));
+          if (n === 0) {
+            w.pos = headerAt; // identical: nothing goes out
+            this.#last = lastBefore;
+            xb.unchanged++;
+            continue;
+          }
+          if (n > 0) {
+            buf[w.pos] = ENCODING_FLAG_XBZRLE;
+            buf[lenAt] = n >>> 8;
+            buf[lenAt + 1] = n;
+            w.pos = lenAt + 2 + n;
+            xb.pages++;
+            xb.bytes += w.pos - headerAt;
+            old.set(snap);
+            continue;
+          }
+          // Overflow: send the snapshot plainly instead.
+          w.pos = headerAt;
+          this.#last = lastBefore;
+          xb.overflow++;
+          this.#header(w, block, offset, RamFlag.PAGE);
+          buf.set(snap, w.pos);
+          w.pos += PAGE_SIZE;
+          this.stats.normal++;
+          old.set(snap);
+          continue;
+        }
+        xb.cacheMiss++;
+      }
+      this.#header(w, block, offset, RamFlag.PAGE);
+      const at = w.pos;
+      buf.set(block.bytes.subarray(offset, offset + PAGE_SIZE), at);
+      w.pos += PAGE_SIZE;
+      this.stats.normal++;
+      cache.insert(key, buf.subarray(at, at + PAGE_SIZE), age);
+    }
+    this.#dirty -= handled;
+    if (!this.#bulk) {
+      this.#passPages += handled;
+      this.#passBytes += w.bytes - start;
+    }
+    return bits >>> 0;
+  }
+
+  /** Writes a record header (and the block name unless CONTINUE applies). */
+  #header(w: StreamWriter, block: RamBlock, offset: number, flag: number): void {
+    const cont = this.#last === block;
+    w.be64(offset + flag + (cont ? RamFlag.CONTINUE : 0));
+    if (!cont) {
+      w.str8(block.name);
+      this.#last = block;
+    }
   }
 
   /**
@@ -226,6 +417,28 @@ export class RamSaver {
     let normals = 0;
     let cont = this.#last === block;
     bits |= 0;
+    if (bits === -1 && touched === 0 && cont && max >= 32) {
+      // A whole word of never-written pages: 32 ZERO records differing only in the
+      // offset's bytes 5 and 6 (base is a multiple of 32 pages). MAX_RECORD > 288.
+      const hi = base >>> 20;
+      const b4 = (base >>> 12) & 0xff;
+      const b5 = (base >>> 4) & 0xff;
+      for (let i = 0; i < 32; i++, pos += 9) {
+        buf[pos] = hi >>> 24;
+        buf[pos + 1] = hi >>> 16;
+        buf[pos + 2] = hi >>> 8;
+        buf[pos + 3] = hi;
+        buf[pos + 4] = b4;
+        buf[pos + 5] = b5 + (i >>> 4);
+        buf[pos + 6] = (i & 15) << 4;
+        buf[pos + 7] = RamFlag.ZERO | RamFlag.CONTINUE;
+        buf[pos + 8] = 0;
+      }
+      w.pos = pos;
+      this.#dirty -= 32;
+      this.stats.duplicate += 32;
+      return 0;
+    }
     while (bits !== 0 && zeros + normals < max && pos <= limit) {
       const low = bits & -bits;
       bits ^= low;
@@ -274,6 +487,8 @@ export interface RamLoadStats {
   zeroPages: number;
   /** PAGE records applied. */
   normalPages: number;
+  /** XBZRLE records applied. */
+  xbzrlePages: number;
 }
 
 /**
@@ -286,7 +501,7 @@ export class RamLoader {
   readonly #all: readonly RamBlock[];
   #last: RamBlock | null = null;
   #sizesSeen = false;
-  readonly stats: RamLoadStats = { zeroPages: 0, normalPages: 0 };
+  readonly stats: RamLoadStats = { zeroPages: 0, normalPages: 0, xbzrlePages: 0 };
 
   constructor(blocks: readonly RamBlock[]) {
     this.#all = blocks;
@@ -320,10 +535,7 @@ export class RamLoader {
       }
       if (flags === RamFlag.EOS) return;
       const kind = flags & ~RamFlag.CONTINUE;
-      if (kind !== RamFlag.ZERO && kind !== RamFlag.PAGE) {
-        if (kind === RamFlag.XBZRLE) {
-          throw new StreamError(at, "XBZRLE page received, but this ferry does not decode XBZRLE");
-        }
+      if (kind !== RamFlag.ZERO && kind !== RamFlag.PAGE && kind !== RamFlag.XBZRLE) {
         throw new StreamError(at, `unknown RAM record flags 0x${flags.toString(16)}`);
       }
       if (!this.#sizesSeen) throw new StreamError(at, "RAM page before the RAM block list");
@@ -363,6 +575,8 @@ export class RamLoader {
         }
         if (block.isTouched(page)) block.bytes.fill(0, addr, addr + PAGE_SIZE);
         this.stats.zeroPages++;
+      } else if (kind === RamFlag.XBZRLE) {
+        await this.#loadXbzrle(r, block, addr, at);
       } else {
         if (r.avail < PAGE_SIZE) await r.need(PAGE_SIZE);
         block.bytes.set(r.take(PAGE_SIZE), addr);
@@ -414,6 +628,31 @@ export class RamLoader {
     r.pos = pos;
     this.stats.zeroPages += zeros;
     this.stats.normalPages += normals;
+  }
+
+  /** Applies one XBZRLE record onto the page in place (QEMU's load_xbzrle). */
+  async #loadXbzrle(r: StreamReader, block: RamBlock, addr: number, at: number): Promise<void> {
+    if (r.avail < 3) await r.need(3);
+    const flag = r.u8();
+    if (flag !== ENCODING_FLAG_XBZRLE) {
+      throw new StreamError(
+        at,
+        `XBZRLE record with encoding flag 0x${flag.toString(16)} (expected 0x01)`,
+      );
+    }
+    const len = r.be16();
+    if (len === 0 || len > PAGE_SIZE) {
+      throw new StreamError(at, `XBZRLE record of ${len} bytes (must be 1 to ${PAGE_SIZE})`);
+    }
+    if (r.avail < len) await r.need(len);
+    try {
+      xbzrleDecode(r.take(len), block.bytes.subarray(addr, addr + PAGE_SIZE));
+    } catch (e) {
+      if (e instanceof XbzrleError) throw new StreamError(at, e.message, { cause: e });
+      throw e;
+    }
+    block.markTouched(addr / PAGE_SIZE);
+    this.stats.xbzrlePages++;
   }
 
   async #loadSizes(r: StreamReader, total: number, at: number): Promise<void> {

@@ -127,12 +127,30 @@ Deno.test("loadStream() rejects an unsupported stream version, naming offset 4",
 });
 
 Deno.test("loadStream() rejects an unknown section type at its type byte", async () => {
-  for (const type of [0x09, 0x7f, T.SUBSECTION, T.COMMAND, T.FOOTER]) {
+  for (const type of [0x09, 0x7f, T.SUBSECTION, T.FOOTER]) {
     const b = new StreamBuilder().header().configuration();
     const at = b.offset;
     b.u8(type).be32(0);
     await rejects(b, at, new RegExp(`unknown section type 0x${type.toString(16)}\\b`));
   }
+});
+
+Deno.test("loadStream() accepts COMMAND OPEN_RETURN_PATH once and reports it; rejects other commands", async () => {
+  const plain = await load(buildValidStream().bytes, smallGuest());
+  assert.equal(plain.returnPath, false);
+  // The valid stream with OPEN_RETURN_PATH (0x08, be16 1, be16 0) after the START section.
+  const start = afterStart();
+  const cut = start.offset;
+  const full = buildValidStream().bytes;
+  const withRp = new StreamBuilder().raw(full.subarray(0, cut)).u8(T.COMMAND).be16(1).be16(0)
+    .raw(full.subarray(cut)).build();
+  const loaded = await load(withRp, smallGuest());
+  assert.equal(loaded.returnPath, true);
+  const cmd = (code: number, len: number) => afterStart().u8(T.COMMAND).be16(code).be16(len);
+  await rejects(cmd(2, 4), cut, /unknown command 0x2\b/);
+  await rejects(cmd(0x4601, 0), cut, /unknown command 0x4601/);
+  await rejects(cmd(1, 4), cut, /OPEN_RETURN_PATH with 4 bytes/);
+  await rejects(cmd(1, 0).u8(T.COMMAND).be16(1).be16(0), cut + 5, /opened twice/);
 });
 
 Deno.test("loadStream() rejects a configuration naming another machine type", async () => {
@@ -405,16 +423,41 @@ Deno.test("loadStream() rejects unknown RAM record flags", async () => {
   }
 });
 
-Deno.test("loadStream() rejects an XBZRLE record as not supported yet", async () => {
-  for (const flags of [F.XBZRLE, F.XBZRLE | F.CONTINUE]) {
-    const b = afterStart().part(0).zero(0, "pc.ram");
-    const at = b.offset;
-    b.ramHeader(PAGE, flags, flags & F.CONTINUE ? undefined : "pc.ram").u8(1).be16(2).u8(1).u8(
-      0xff,
-    );
-    await rejects(b, at, /XBZRLE page received, but this ferry does not decode XBZRLE/);
-  }
+Deno.test("loadStream() applies an XBZRLE record onto the page it names", async () => {
+  const b = afterStart().part(0).page(PAGE, "pc.ram", new Uint8Array(PAGE).fill(7));
+  // bytes 10-12 change: unchanged run 10, changed run 3 (QEMU's encoding).
+  b.ramHeader(PAGE, F.XBZRLE | F.CONTINUE).u8(1).be16(5).u8(10).u8(3).u8(0xaa).u8(0xbb).u8(0xcc);
+  b.eos().footer(0).end(0).eos().footer(0).vcpu(1, 1n).eof();
+  const guest = smallGuest();
+  await load(b.build(), guest);
+  const want = new Uint8Array(PAGE).fill(7);
+  want.set([0xaa, 0xbb, 0xcc], 10);
+  assert.deepEqual(guest.blocks[0].bytes.slice(PAGE, 2 * PAGE), want);
 });
+
+for (
+  const [what, tail, pattern] of [
+    ["an unknown encoding flag", [2, 0, 2, 0, 1], /encoding flag 0x2/],
+    ["a zero length", [1, 0, 0], /XBZRLE record of 0 bytes/],
+    ["a length above 4096", [1, 0x10, 0x01], /XBZRLE record of 4097 bytes/],
+    ["an encoding that ends inside a run pair", [1, 0, 2, 1, 0xff], /Cannot decode XBZRLE page/],
+    ["an empty changed run", [1, 0, 3, 5, 0, 9], /empty changed run/],
+  ] as [string, number[], RegExp][]
+) {
+  Deno.test(`loadStream() rejects an XBZRLE record with ${what}, leaving RAM as it was`, async () => {
+    for (const flags of [F.XBZRLE, F.XBZRLE | F.CONTINUE]) {
+      const b = afterStart().part(0).zero(0, "pc.ram");
+      const at = b.offset;
+      b.ramHeader(PAGE, flags, flags & F.CONTINUE ? undefined : "pc.ram");
+      for (const byte of tail) b.u8(byte);
+      const guest = smallGuest();
+      guest.fillRandom(5);
+      const before = guest.blocks[0].bytes.slice(PAGE, 2 * PAGE);
+      await rejects(b, at, pattern, guest);
+      assert.deepEqual(guest.blocks[0].bytes.slice(PAGE, 2 * PAGE), before);
+    }
+  });
+}
 
 // ---- end of stream ----------------------------------------------------------------
 

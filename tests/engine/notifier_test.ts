@@ -82,3 +82,31 @@ Deno.test("Notifier: a listener may unsubscribe itself while an event is deliver
   n.emit({ kind: "y" });
   assert.deepEqual(seen, ["once", "always", "always"]);
 });
+
+Deno.test("Notifier.since() replays the kept events after an id, oldest first", () => {
+  const n = new Notifier<Ev>(4);
+  assert.equal(n.historySize, 4);
+  assert.equal(n.lastId, 0);
+  assert.deepEqual(n.since(0), []);
+  for (const kind of ["a", "b", "c"]) n.emit({ kind });
+  assert.equal(n.lastId, 3);
+  assert.deepEqual(n.since(0)?.map((e) => e.kind), ["a", "b", "c"]);
+  assert.deepEqual(n.since(1)?.map((e) => e.id), [2, 3]);
+  assert.deepEqual(n.since(3), [], "caught up");
+  for (const kind of ["d", "e", "f"]) n.emit({ kind });
+  // The ring holds ids 3..6: resuming after 2 works, after 1 does not.
+  assert.deepEqual(n.since(2)?.map((e) => e.id), [3, 4, 5, 6]);
+  assert.equal(n.since(1), null, "id 2 is no longer kept");
+  assert.equal(n.since(0), null);
+  assert.equal(n.since(7), null, "an id from the future (another process) cannot be resumed");
+  assert.equal(n.since(-1), null);
+  assert.equal(n.since(1.5), null);
+});
+
+Deno.test("Notifier with no history keeps nothing but still stamps ids", () => {
+  const n = new Notifier<Ev>(0);
+  n.emit({ kind: "a" });
+  assert.deepEqual(n.since(1), []);
+  assert.equal(n.since(0), null);
+  assert.throws(() => new Notifier<Ev>(-1), RangeError);
+});

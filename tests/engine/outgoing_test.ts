@@ -9,7 +9,7 @@ import {
   vmDescription,
   writeSetup,
 } from "../../engine/outgoing.ts";
-import { DEFAULT_PARAMETERS, type Parameters } from "../../engine/params.ts";
+import { DEFAULT_CAPABILITIES, DEFAULT_PARAMETERS, type Parameters } from "../../engine/params.ts";
 import type { WindowStats } from "../../engine/rate_limiter.ts";
 import { RamSaver } from "../../engine/sections/ram.ts";
 import { PAGE_SIZE } from "../../vm/ram.ts";
@@ -112,11 +112,13 @@ function context(guest: TestGuest, ch: CaptureChannel, params: Partial<Parameter
     clock,
     params: () => ({ ...DEFAULT_PARAMETERS, ...params }),
     signal: new AbortController().signal,
+    capabilities: DEFAULT_CAPABILITIES,
     progress: {
       active: () => calls.push("active"),
       window: (w) => windows.push(w),
       pass: (n, dirty) => calls.push(`pass ${n} ${dirty}`),
       stopped: (at) => calls.push(`stopped ${at}`),
+      throttled: (percent) => calls.push(`throttled ${percent}`),
     },
   };
   return { ctx, clock, calls, windows };

@@ -14,6 +14,7 @@ const BOUNDS: Record<keyof Parameters, [number, number]> = {
   xbzrle_cache_size: [4096, Number.MAX_SAFE_INTEGER],
   cpu_throttle_initial: [1, 99],
   cpu_throttle_increment: [1, 99],
+  progress_timeout: [10, 86_400_000],
 };
 
 function assertInvalid(patch: Record<string, unknown>, field: string): EngineError {
@@ -36,6 +37,7 @@ Deno.test("DEFAULT_PARAMETERS are the seed's: 32 MiB/s, 30 ms, 64 MiB cache, thr
     xbzrle_cache_size: 64 << 20,
     cpu_throttle_initial: 20,
     cpu_throttle_increment: 10,
+    progress_timeout: 60_000,
   });
   assert.doesNotThrow(() => validateParameters(DEFAULT_PARAMETERS));
 });

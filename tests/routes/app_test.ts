@@ -17,6 +17,7 @@ const CONTRACT: Record<string, string[]> = {
   "/vm": ["get"],
   "/vm/start": ["post"],
   "/vm/stop": ["post"],
+  "/vm/ram": ["get"],
   "/vm/ram/digest": ["get"],
 };
 
@@ -178,6 +179,12 @@ Deno.test("every documented GET route without parameters answers (no 404)", asyn
   const { app, engine } = testApp();
   for (const [path, methods] of Object.entries(CONTRACT)) {
     if (!methods.includes("get") || path.includes("{") || path === "/migrations/events") continue;
+    if (path === "/vm/ram") {
+      const raw = await app.request(`${path}?length=4096`);
+      await raw.body?.cancel();
+      assert.equal(raw.status, 200, `GET ${path}`);
+      continue;
+    }
     const res = await call(app, "GET", path);
     assert.equal(res.status, 200, `GET ${path}`);
   }
@@ -229,4 +236,128 @@ Deno.test("unknown method on a known path answers 404 with the JSON error shape"
   assert.equal(res.body.error.code, "not-found");
   assert.match(res.body.error.message, /DELETE \/vm/);
   await engine.close();
+});
+
+/** Every route the app really serves, as OpenAPI "method path" (":id" → "{id}"). */
+function registeredRoutes(app: ReturnType<typeof testApp>["app"]): Set<string> {
+  const out = new Set<string>();
+  for (const r of app.routes) {
+    if (r.method === "ALL") continue; // middleware
+    out.add(`${r.method.toLowerCase()} ${r.path.replace(/:(\w+)/g, "{$1}")}`);
+  }
+  return out;
+}
+
+Deno.test("GET /openapi.json documents every route the app registers, and nothing else", async () => {
+  const { app, engine } = testApp();
+  const doc = await (await app.request("/openapi.json")).json();
+  await engine.close();
+  const documented = new Set<string>();
+  for (const [path, item] of Object.entries<Json>(doc.paths)) {
+    for (const method of Object.keys(item).filter((k) => HTTP_METHODS.includes(k))) {
+      documented.add(`${method} ${path}`);
+    }
+  }
+  const registered = registeredRoutes(app);
+  // The document itself and the dashboard page are not API operations.
+  registered.delete("get /openapi.json");
+  registered.delete("get /");
+  assert.ok(registered.size >= 18, `found ${registered.size} routes`);
+  assert.deepEqual([...registered].filter((r) => !documented.has(r)), [], "undocumented routes");
+  assert.deepEqual([...documented].filter((r) => !registered.has(r)), [], "documented, not served");
+  // And the contract of DESIGN §3 is a subset of both.
+  for (const [path, methods] of Object.entries(CONTRACT)) {
+    for (const m of methods) assert.ok(registered.has(`${m} ${path}`), `${m} ${path} is served`);
+  }
+});
+
+/** The example a documented JSON body schema carries (its own, or one built from its fields). */
+function bodyExample(doc: Json, schema: Json): Json {
+  const s = schema.$ref ? doc.components.schemas[schema.$ref.split("/").pop()] : schema;
+  if ("example" in s) return s.example;
+  const out: Record<string, unknown> = {};
+  for (const [key, prop] of Object.entries<Json>(s.properties ?? {})) {
+    if ("example" in prop) out[key] = prop.example;
+  }
+  return out;
+}
+
+Deno.test("every documented request example is accepted by the route it documents (no 400)", async () => {
+  const doc = await openapi();
+  const tried: string[] = [];
+  for (const [path, item] of Object.entries<Json>(doc.paths)) {
+    for (const [method, op] of Object.entries<Json>(item)) {
+      if (!HTTP_METHODS.includes(method)) continue;
+      const params: Json[] = op.parameters ?? [];
+      const jsonBody = op.requestBody?.content?.["application/json"]?.schema;
+      const withExamples = params.filter((p) => p.schema && "example" in p.schema);
+      if (!jsonBody && withExamples.length === 0) continue;
+      let url = path;
+      const query = new URLSearchParams();
+      const headers: Record<string, string> = {};
+      for (const p of params) {
+        const example = p.schema?.example;
+        assert.ok(
+          !p.required || example !== undefined,
+          `${method} ${path}: ${p.name} has an example`,
+        );
+        if (example === undefined) continue;
+        if (p.in === "path") url = url.replace(`{${p.name}}`, encodeURIComponent(String(example)));
+        else if (p.in === "query") query.set(p.name, String(example));
+        else if (p.in === "header") headers[p.name] = String(example);
+      }
+      if (query.size) url += `?${query}`;
+      const init: RequestInit = { method: method.toUpperCase(), headers };
+      if (jsonBody) {
+        headers["content-type"] = "application/json";
+        init.body = JSON.stringify(bodyExample(doc, jsonBody));
+      }
+      const { app, engine } = testApp();
+      const res = await app.request(url, init);
+      const text = res.headers.get("content-type")?.startsWith("text/event-stream")
+        ? (await res.body?.cancel(), "")
+        : await res.text();
+      assert.notEqual(
+        res.status,
+        400,
+        `${method.toUpperCase()} ${url} ${init.body ?? ""}: ${text}`,
+      );
+      assert.ok(res.status < 500, `${method} ${url}: ${res.status}`);
+      tried.push(`${method} ${path}`);
+      await engine.migration?.done;
+      await engine.close();
+    }
+  }
+  for (
+    const op of [
+      "post /migrations",
+      "post /migrations/incoming",
+      "put /migrations/capabilities",
+      "patch /migrations/parameters",
+      "post /migrations/blockers",
+      "delete /migrations/blockers/{id}",
+      "get /migrations/events",
+      "get /vm/ram",
+    ]
+  ) assert.ok(tried.includes(op), `${op} was tried (tried: ${tried})`);
+});
+
+Deno.test("GET /openapi.json: the event stream's documented example is a valid SSE frame", async () => {
+  const doc = await openapi();
+  const op = doc.paths["/migrations/events"].get;
+  assert.match(op.description, /Last-Event-ID/);
+  for (const name of ["hello", "state", "pass", "progress", "incoming", "runstate", "reset"]) {
+    assert.match(op.description, new RegExp(`\`${name}\``), `${name} is described`);
+  }
+  const header = op.parameters.find((p: Json) => p.name === "last-event-id");
+  assert.equal(header.in, "header");
+  const example: string = op.responses["200"].content["text/event-stream"].schema.example;
+  const { SseReader } = await import("./_helpers.ts");
+  const reader = new SseReader(new Response(example).body!);
+  const frame = await reader.next();
+  assert.equal(frame?.event, "state");
+  assert.match(frame?.id ?? "", /^\d+$/);
+  const data = JSON.parse(frame!.data!);
+  assert.ok(schemas.MigrationInfoSchema.shape.status.safeParse(data.to).success);
+  assert.ok(schemas.MigrationInfoSchema.shape.status.safeParse(data.from).success);
 });

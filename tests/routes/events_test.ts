@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { MemoryTransports } from "../../transports/memory.ts";
 import { call, testApp } from "../helpers/app.ts";
-import { sourceApp, type SseFrame, SseReader, waitFor } from "./_helpers.ts";
+import { sleep, sourceApp, type SseFrame, SseReader, waitFor } from "./_helpers.ts";
 
 const FINAL = new Set(["completed", "failed", "cancelled"]);
 
@@ -174,4 +174,316 @@ Deno.test("GET /migrations/events serves several clients; each cancel removes on
   await b.cancel();
   await waitFor(() => engine.events.size === 0, "the SSE listeners to unsubscribe");
   await engine.close();
+});
+
+// ---------------------------------------------------------------------------
+// Replay (Last-Event-ID), rate limiting, slow clients, many clients.
+
+/** Opens the event stream with a Last-Event-ID header. */
+async function resume(
+  app: ReturnType<typeof testApp>["app"],
+  lastEventId: string,
+): Promise<SseReader> {
+  const res = await app.request("/migrations/events", {
+    headers: { "last-event-id": lastEventId },
+  });
+  assert.equal(res.status, 200);
+  assert.ok(res.body);
+  return new SseReader(res.body);
+}
+
+/** Emits a synthetic runstate event (the notifier is the engine's public event hub). */
+function emitRunstate(engine: ReturnType<typeof testApp>["engine"]) {
+  return engine.events.emit({ type: "runstate", from: "paused", to: "paused", time: Date.now() });
+}
+
+function emitProgress(engine: ReturnType<typeof testApp>["engine"], transferred: number) {
+  return engine.events.emit({
+    type: "progress",
+    info: { status: "active", ram: { transferred } as never },
+    time: Date.now(),
+  });
+}
+
+async function closeAll(engine: ReturnType<typeof testApp>["engine"], ...readers: SseReader[]) {
+  for (const r of readers) await r.cancel();
+  await waitFor(() => engine.events.size === 0, "the SSE listeners to unsubscribe");
+  await engine.close();
+}
+
+Deno.test("SSE constants: keep-alive at most 15 s, progress at most 10/s, replay buffer 1024", async () => {
+  const { KEEPALIVE_MS, PROGRESS_INTERVAL_MS, MAX_QUEUED_EVENTS } = await import(
+    "../../routes/events.ts"
+  );
+  assert.ok(KEEPALIVE_MS <= 15_000);
+  assert.ok(PROGRESS_INTERVAL_MS >= 100);
+  assert.equal(MAX_QUEUED_EVENTS, 1024);
+  const { engine } = testApp();
+  assert.equal(engine.events.historySize, 1024);
+  await engine.close();
+});
+
+Deno.test("hello carries the id of the last event it covers and a retry hint", async () => {
+  const { app, engine } = testApp();
+  emitRunstate(engine);
+  emitRunstate(engine);
+  const res = await app.request("/migrations/events");
+  const reader = res.body!.getReader();
+  const text = new TextDecoder().decode((await reader.read()).value);
+  assert.match(text, /^event: hello\ndata: .*\nid: 2\nretry: 1000\n\n/);
+  await reader.cancel();
+  await waitFor(() => engine.events.size === 0, "the SSE listener to unsubscribe");
+  await engine.close();
+});
+
+Deno.test("Last-Event-ID: a reconnecting client gets exactly the events it missed, without hello", async () => {
+  const transports = new MemoryTransports();
+  const dst = testApp({ transports });
+  const src = await sourceApp(transports);
+  const all: { id: number; type: string }[] = [];
+  const off = src.engine.events.subscribe((e) => all.push({ id: e.id, type: e.type }));
+  const first = await openEvents(src.app);
+  const hello = await first.next();
+  assert.equal(hello?.event, "hello");
+  const helloId = Number(hello?.id);
+
+  const uri = "tcp:dst:5002";
+  await call(dst.app, "POST", "/migrations/incoming", { uri });
+  await call(src.app, "POST", "/migrations", { uri });
+  // The first client sees the start, then "loses its connection".
+  const seen = await first.until((f) => f.event === "state" && data(f).to === "setup");
+  const lastSeen = seen.at(-1)!.id!;
+  await first.cancel();
+  await src.engine.migration!.done;
+  await dst.engine.incoming!.done;
+  off();
+
+  const again = await resume(src.app, lastSeen);
+  const frames = await again.until((f) => f.event === "state" && FINAL.has(data(f).to));
+  assert.ok(!frames.some((f) => f.event === "hello"), "no hello on a resumed stream");
+  const missed = all.filter((e) => e.id > Number(lastSeen));
+  // Everything but superseded progress events is replayed, in order.
+  const expected = missed.filter((e, i) =>
+    e.type !== "progress" || !missed.slice(i + 1).some((m) => m.type === "progress")
+  );
+  assert.deepEqual(frames.map((f) => [Number(f.id), f.event]), expected.map((e) => [e.id, e.type]));
+  assert.ok(Number(lastSeen) > helloId);
+  await closeAll(src.engine, again);
+  await dst.engine.close();
+});
+
+Deno.test("Last-Event-ID older than the replay buffer answers a reset snapshot", async () => {
+  const { app, engine } = testApp();
+  for (let i = 0; i < 1100; i++) emitRunstate(engine);
+  const sse = await resume(app, "10");
+  const reset = await sse.next();
+  assert.equal(reset?.event, "reset");
+  assert.equal(reset?.id, "1100", "the snapshot covers every event so far");
+  const body = data(reset!);
+  assert.equal(body.reason, "events-expired");
+  assert.deepEqual(body.migration, { status: "none" });
+  assert.equal(body.incoming.status, "none");
+  // Then the stream goes on normally.
+  emitRunstate(engine);
+  const next = await sse.next();
+  assert.equal(next?.event, "runstate");
+  assert.equal(next?.id, "1101");
+
+  // Still inside the buffer: a replay, no reset.
+  const inside = await resume(app, "1000");
+  const replayed = await inside.until((f) => f.id === "1101");
+  assert.equal(replayed.length, 101);
+  assert.equal(replayed[0].id, "1001");
+  await closeAll(engine, sse, inside);
+});
+
+Deno.test("Last-Event-ID from the future (a restarted ferry) answers reset; garbage answers hello", async () => {
+  const { app, engine } = testApp();
+  emitRunstate(engine);
+  const future = await resume(app, "999");
+  const reset = await future.next();
+  assert.equal(reset?.event, "reset");
+  assert.equal(reset?.id, "1");
+  const garbage = await resume(app, "not-a-number");
+  assert.equal((await garbage.next())?.event, "hello");
+  const caughtUp = await resume(app, "1");
+  emitRunstate(engine);
+  assert.equal((await caughtUp.next())?.id, "2", "caught up: nothing replayed, no hello");
+  await closeAll(engine, future, garbage, caughtUp);
+});
+
+Deno.test("progress events reach a client at most 10 per second, coalesced to the newest, in id order", async () => {
+  const { app, engine } = testApp();
+  const sse = await openEvents(app);
+  await sse.next();
+  const received: { at: number; id: number; event: string; transferred?: number }[] = [];
+  const reading = (async () => {
+    for (;;) {
+      const f = await sse.next();
+      if (!f || f.event === "state") return;
+      if (!f.event) continue;
+      const d = data(f);
+      received.push({
+        at: performance.now(),
+        id: Number(f.id),
+        event: f.event,
+        transferred: d.info?.ram?.transferred,
+      });
+    }
+  })();
+  // 300 progress events in ~1.5 s (200/s), a runstate every 50.
+  let n = 0;
+  await new Promise<void>((resolve) => {
+    const timer = setInterval(() => {
+      for (let i = 0; i < 5 && n < 300; i++, n++) {
+        emitProgress(engine, n);
+        if (n % 50 === 49) emitRunstate(engine);
+      }
+      if (n >= 300) {
+        clearInterval(timer);
+        resolve();
+      }
+    }, 25);
+  });
+  await sleep(250);
+  engine.events.emit({ type: "state", from: "active", to: "completed", time: Date.now() });
+  await reading;
+
+  const progress = received.filter((r) => r.event === "progress");
+  const span = (progress.at(-1)!.at - progress[0].at) / 1000;
+  assert.ok(progress.length >= 5, `some progress got through (${progress.length})`);
+  assert.ok(
+    progress.length <= Math.ceil(span * 10) + 1,
+    `${progress.length} progress events in ${span.toFixed(2)} s`,
+  );
+  for (let i = 1; i < progress.length; i++) {
+    assert.ok(progress[i].at - progress[i - 1].at >= 95, "≥ 100 ms between progress events");
+  }
+  assert.equal(progress.at(-1)!.transferred, 299, "the newest progress is delivered");
+  assert.equal(received.filter((r) => r.event === "runstate").length, 6, "nothing else dropped");
+  for (let i = 1; i < received.length; i++) assert.ok(received[i].id > received[i - 1].id);
+  await closeAll(engine, sse);
+});
+
+Deno.test("a stalled client gets a bounded queue: after 5000 events it reads hello, reset, then the newest", async () => {
+  const { app, engine } = testApp();
+  const res = await app.request("/migrations/events");
+  // Nobody reads: the first write (hello) blocks, events pile up in the queue.
+  await sleep(20);
+  for (let i = 0; i < 5000; i++) emitRunstate(engine);
+  const sse = new SseReader(res.body!);
+  const frames = await sse.until((f) => f.comment !== undefined);
+  const events = frames.filter((f) => f.event);
+  assert.equal(events[0].event, "hello");
+  const resetAt = events.findIndex((f) => f.event === "reset");
+  assert.ok(resetAt > 0, "a reset replaced the overflowing queue");
+  assert.equal(data(events[resetAt]).reason, "client-behind");
+  assert.ok(events.length <= 1024 + 2, `${events.length} frames: the queue was bounded`);
+  assert.equal(events.at(-1)!.id, "5000");
+  await closeAll(engine, sse);
+});
+
+Deno.test("a client that never reads does not slow a migration down", async () => {
+  const transports = new MemoryTransports();
+  const dst = testApp({ transports, ram: 16 << 20 });
+  const src = await sourceApp(transports, 16 << 20);
+  await call(src.app, "PATCH", "/migrations/parameters", { max_bandwidth: 64 << 20 });
+  // Baseline: the same migration with nobody listening.
+  const time = async (uri: string) => {
+    await call(dst.app, "POST", "/migrations/incoming", { uri });
+    const t0 = performance.now();
+    await call(src.app, "POST", "/migrations", { uri });
+    await src.engine.migration!.done;
+    await dst.engine.incoming!.done;
+    assert.equal(src.engine.current().status, "completed");
+    await call(dst.app, "POST", "/vm/stop");
+    return performance.now() - t0;
+  };
+  const alone = await time("tcp:dst:6000");
+  const stalled = await src.app.request("/migrations/events"); // never read
+  const stalled2 = await src.app.request("/migrations/events", {
+    headers: { "last-event-id": "1" },
+  });
+  // And one over real HTTP whose socket is never read.
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, src.app.fetch);
+  const socket = await RawSseClient.open(server.addr.port, "/migrations/events");
+  await waitFor(() => src.engine.events.size === 3, "three listeners");
+  await call(src.app, "POST", "/vm/stop");
+  const watched = await time("tcp:dst:6001");
+  assert.ok(
+    watched < alone * 2 + 200,
+    `alone ${alone.toFixed(0)} ms, watched ${watched.toFixed(0)} ms`,
+  );
+  await stalled.body!.cancel();
+  await stalled2.body!.cancel();
+  socket.conn.close();
+  await waitFor(() => src.engine.events.size === 0, "the stalled listeners to unsubscribe");
+  await server.shutdown();
+  await src.engine.close();
+  await dst.engine.close();
+});
+
+/** A raw HTTP/1.1 client on a TCP socket: a disconnect is a real close of the socket. */
+class RawSseClient {
+  #text = "";
+  readonly #decoder = new TextDecoder();
+  private constructor(readonly conn: Deno.TcpConn) {}
+
+  static async open(port: number, path: string): Promise<RawSseClient> {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    await conn.write(
+      new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`),
+    );
+    return new RawSseClient(conn);
+  }
+
+  /** Reads until the text received so far includes `needle`. */
+  async waitFor(needle: string): Promise<string> {
+    const buf = new Uint8Array(16384);
+    while (!this.#text.includes(needle)) {
+      const n = await this.conn.read(buf);
+      assert.ok(n !== null, `connection closed before ${needle}`);
+      this.#text += this.#decoder.decode(buf.subarray(0, n), { stream: true });
+    }
+    return this.#text;
+  }
+}
+
+Deno.test("100 concurrent subscribers over real HTTP all follow a migration; disconnects free everything", async () => {
+  const transports = new MemoryTransports();
+  const dst = testApp({ transports });
+  const src = await sourceApp(transports);
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, src.app.fetch);
+  const { port } = server.addr;
+  // Half are fetch clients, half raw sockets that simply close.
+  const readers: SseReader[] = [];
+  const sockets: RawSseClient[] = [];
+  for (let i = 0; i < 50; i++) {
+    const res = await fetch(`http://127.0.0.1:${port}/migrations/events`);
+    assert.equal(res.status, 200);
+    readers.push(new SseReader(res.body!));
+    sockets.push(await RawSseClient.open(port, "/migrations/events"));
+  }
+  for (const r of readers) assert.equal((await r.next())?.event, "hello");
+  for (const s of sockets) assert.match(await s.waitFor("event: hello"), /^HTTP\/1\.1 200/);
+  assert.equal(src.engine.events.size, 100);
+
+  const uri = "tcp:dst:5003";
+  await call(dst.app, "POST", "/migrations/incoming", { uri });
+  await call(src.app, "POST", "/migrations", { uri });
+  const ends = await Promise.all(
+    readers.map((r) => r.until((f) => f.event === "state" && FINAL.has(data(f).to))),
+  );
+  for (const frames of ends) assert.equal(data(frames.at(-1)!).to, "completed");
+  for (const s of sockets) await s.waitFor('"to":"completed"');
+  await src.engine.migration!.done;
+  await dst.engine.incoming!.done;
+
+  for (const s of sockets) s.conn.close();
+  await waitFor(() => src.engine.events.size === 50, "closed sockets to unsubscribe", 500);
+  for (const r of readers) await r.cancel();
+  await waitFor(() => src.engine.events.size === 0, "cancelled bodies to unsubscribe", 500);
+  await server.shutdown();
+  await src.engine.close();
+  await dst.engine.close();
 });

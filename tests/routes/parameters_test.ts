@@ -8,6 +8,7 @@ const DEFAULTS = {
   xbzrle_cache_size: 67108864,
   cpu_throttle_initial: 20,
   cpu_throttle_increment: 10,
+  progress_timeout: 60000,
 };
 
 Deno.test("GET /migrations/parameters answers the seed defaults", async () => {
@@ -41,6 +42,7 @@ Deno.test("PATCH /migrations/parameters applies every field and the limits thems
     xbzrle_cache_size: 4096,
     cpu_throttle_initial: 99,
     cpu_throttle_increment: 1,
+    progress_timeout: 86_400_000,
   };
   const res = await call(app, "PATCH", "/migrations/parameters", patch);
   assert.equal(res.status, 200);
@@ -83,6 +85,9 @@ const BAD: [string, string, unknown][] = [
   ["cpu_throttle_increment", "a fraction", 10.5],
   ["cpu_throttle_increment", "a string", "10"],
   ["cpu_throttle_increment", "100", 100],
+  ["progress_timeout", "below 10 ms", 9],
+  ["progress_timeout", "a fraction", 300.5],
+  ["progress_timeout", "a value above a day", 86_400_001],
 ];
 
 for (const [field, what, value] of BAD) {
