@@ -21,12 +21,44 @@ function putRun(dst: Uint8Array, d: number, n: number): number {
   return d + 2;
 }
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/** First byte index ≥ i (and < len) where the pages differ, or len; compares 32 bits at a time. */
+function firstDiff(
+  old: Uint8Array,
+  cur: Uint8Array,
+  ow: Int32Array | null,
+  cw: Int32Array | null,
+  i: number,
+  len: number,
+): number {
+  if (ow === null || cw === null) {
+    while (i < len && old[i] === cur[i]) i++;
+    return i;
+  }
+  while ((i & 3) !== 0 && i < len) {
+    if (old[i] !== cur[i]) return i;
+    i++;
+  }
+  let w = i >> 2;
+  const nw = len >> 2;
+  while (w < nw && ow[w] === cw[w]) w++;
+  if (w === nw) {
+    i = nw << 2;
+    while (i < len && old[i] === cur[i]) i++;
+    return i;
+  }
+  const x = ow[w] ^ cw[w];
+  return (w << 2) + ((31 - Math.clz32(x & -x)) >> 3);
+}
+
 /**
  * Encodes `cur` against `old` (both `PAGE_SIZE` bytes, or `len`) into `dst` as QEMU's
  * XBZRLE: pairs of (unchanged run, changed run + its bytes), run lengths in
  * ULEB128 of at most two bytes, a trailing unchanged run omitted. Returns the
  * encoded length — 0 when the pages are identical — or -1 when the encoding would
- * not fit in `dst.length` bytes (send the page plainly: an overflow).
+ * not fit in `dst.length` bytes (send the page plainly: an overflow). Unchanged
+ * runs are skipped 32 bits at a time when both pages are 4-byte aligned.
  */
 export function xbzrleEncode(
   old: Uint8Array,
@@ -34,26 +66,26 @@ export function xbzrleEncode(
   dst: Uint8Array,
   len = PAGE_SIZE,
 ): number {
+  const aligned = LITTLE_ENDIAN && ((old.byteOffset | cur.byteOffset) & 3) === 0;
+  const ow = aligned ? new Int32Array(old.buffer, old.byteOffset, len >> 2) : null;
+  const cw = aligned ? new Int32Array(cur.buffer, cur.byteOffset, len >> 2) : null;
   const dlen = dst.length;
   let i = 0;
   let d = 0;
   while (i < len) {
     // Unchanged run.
-    let z = i;
-    while (z < len && old[z] === cur[z]) z++;
-    const zrun = z - i;
+    const z = firstDiff(old, cur, ow, cw, i, len);
     if (z === len) return d;
     if (d + 2 > dlen) return -1;
-    d = putRun(dst, d, zrun);
+    d = putRun(dst, d, z - i);
     i = z;
     // Changed run: stops at a byte that matches again.
-    let n = i;
+    let n = i + 1;
     while (n < len && old[n] !== cur[n]) n++;
     const nzrun = n - i;
     if (d + 2 + nzrun > dlen) return -1;
     d = putRun(dst, d, nzrun);
-    dst.set(cur.subarray(i, n), d);
-    d += nzrun;
+    for (let k = i; k < n; k++) dst[d++] = cur[k];
     i = n;
   }
   return d;
@@ -95,7 +127,10 @@ export function xbzrleDecode(src: Uint8Array, page: Uint8Array, len = PAGE_SIZE)
       i += n;
       if (d + count > len) throw new XbzrleError(i, `output past ${len} bytes`);
       if (i + count > slen) throw new XbzrleError(i, "changed run past the end of the encoding");
-      if (pass === 1) page.set(src.subarray(i, i + count), d);
+      if (pass === 1) {
+        if (count > 64) page.set(src.subarray(i, i + count), d);
+        else for (let k = 0; k < count; k++) page[d + k] = src[i + k];
+      }
       d += count;
       i += count;
     }
