@@ -1,0 +1,291 @@
+/**
+ * The dashboard in a real browser: Debian's chromium driven by playwright-core
+ * (which runs under Deno as is). `.ci/run` installs chromium; where
+ * /usr/bin/chromium is missing these tests are skipped, saying so.
+ */
+import assert from "node:assert/strict";
+import type { BrowserContext, Page } from "playwright-core";
+import { FerryProcess } from "../../bench/ferry_process.ts";
+import { formatMs } from "../../web/app.js";
+import { BlipProxy } from "./_blip_proxy.ts";
+
+/** The page's document, inside page.evaluate / waitForFunction callbacks (they run in the browser). */
+// deno-lint-ignore no-explicit-any
+declare const document: any;
+// deno-lint-ignore no-explicit-any
+declare const MutationObserver: any;
+
+const CHROMIUM = "/usr/bin/chromium";
+const ARTIFACTS = new URL("../../test-artifacts/", import.meta.url);
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const HAVE_CHROMIUM = exists(CHROMIUM);
+if (!HAVE_CHROMIUM) {
+  console.warn(
+    `tests/browser/dashboard_test.ts: SKIPPED — ${CHROMIUM} not found. ` +
+      "Install it with `apt-get update && apt-get install -y chromium` (.ci/run does).",
+  );
+}
+
+const ignore = !HAVE_CHROMIUM;
+
+/** A fresh headless chromium with its own profile directory, removed on dispose. */
+async function launch(): Promise<{ context: BrowserContext } & AsyncDisposable> {
+  const { chromium } = await import("playwright-core");
+  const userDataDir = await Deno.makeTempDir({ prefix: "ferry-chromium-" });
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    viewport: { width: 1280, height: 1000 },
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  return {
+    context,
+    async [Symbol.asyncDispose]() {
+      await context.close();
+      await Deno.remove(userDataDir, { recursive: true }).catch(() => {});
+    },
+  };
+}
+
+/** Collects console errors and uncaught page errors. */
+function watchErrors(page: Page): { console: string[]; page: string[] } {
+  const errors = { console: [] as string[], page: [] as string[] };
+  page.on("console", (m) => {
+    if (m.type() === "error") errors.console.push(m.text());
+  });
+  page.on("pageerror", (e) => errors.page.push(String(e)));
+  return errors;
+}
+
+const text = (page: Page, selector: string) => page.locator(selector).textContent();
+
+Deno.test({
+  name: "dashboard: a migration started from the form moves the progress bar to completed",
+  ignore,
+  async fn() {
+    await using dst = await FerryProcess.start([
+      "--ram",
+      "64M",
+      "--incoming",
+      "tcp:127.0.0.1:0",
+      "--no-autostart",
+    ]);
+    await using src = await FerryProcess.start([
+      "--ram",
+      "64M",
+      "--fill",
+      "random",
+      "--workload",
+      "random:rate=4M,hot=10%:90%",
+    ]);
+    for (let i = 0; !dst.incoming && i < 200; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(dst.incoming, "the destination printed its address");
+
+    await using browser = await launch();
+    const page = await browser.context.newPage();
+    const errors = watchErrors(page);
+    const foreign: string[] = [];
+    page.on("request", (r) => {
+      if (!r.url().startsWith(src.url) && !r.url().startsWith("data:")) foreign.push(r.url());
+    });
+
+    await page.goto(`${src.url}/`);
+    await page.waitForSelector('#connection[data-state="live"]');
+    assert.equal(await text(page, "#status"), "none");
+    await page.waitForFunction(() =>
+      document.getElementById("vm-state")?.textContent === "guest: running"
+    );
+
+    // Parameters through the form: 32 MiB/s makes the 64 MiB copy take about 2 s.
+    await page.fill("#param-speed", "32M");
+    await page.fill("#param-downtime", "300ms");
+    await page.click('#params-form button[type="submit"]');
+    await page.waitForFunction(() =>
+      document.getElementById("bandwidth-limit")?.textContent === "32.0 MiB/s"
+    );
+    const params = await src.api("GET", "/migrations/parameters");
+    assert.equal(params.body.max_bandwidth, 32 << 20);
+    assert.equal(params.body.downtime_limit, 300);
+    assert.equal(await text(page, "#downtime-limit"), "300 ms");
+
+    // Record every value the progress bar shows.
+    await page.evaluate(() => {
+      const bar = document.getElementById("progress")!;
+      const seen: number[] = [];
+      (globalThis as unknown as { progressSeen: number[] }).progressSeen = seen;
+      new MutationObserver(() => seen.push(Number(bar.getAttribute("aria-valuenow"))))
+        .observe(bar, { attributes: true, attributeFilter: ["aria-valuenow"] });
+    });
+
+    await page.fill("#migrate-uri", dst.incoming);
+    await page.click("#migrate-start");
+    await page.waitForFunction(
+      () => {
+        const s = document.getElementById("status")?.textContent;
+        return s === "active" || s === "completed";
+      },
+    );
+    // A screenshot mid-migration, for the record.
+    await Deno.mkdir(ARTIFACTS, { recursive: true });
+    await page.waitForFunction(
+      () => {
+        const v = Number(document.getElementById("progress")?.getAttribute("aria-valuenow"));
+        return v > 30 || document.getElementById("status")?.textContent === "completed";
+      },
+      undefined,
+      { timeout: 60_000 },
+    );
+    await page.screenshot({ path: new URL("dashboard-active.png", ARTIFACTS).pathname });
+    await page.waitForFunction(
+      () =>
+        ["completed", "failed", "cancelled"].includes(
+          document.getElementById("status")?.textContent ?? "",
+        ),
+      undefined,
+      { timeout: 60_000 },
+    );
+    assert.equal(await text(page, "#status"), "completed", await text(page, "#error-desc") ?? "");
+    await page.waitForFunction(() =>
+      document.getElementById("progress")?.getAttribute("aria-valuenow") === "100"
+    );
+
+    const seen: number[] = await page.evaluate(() =>
+      (globalThis as unknown as { progressSeen: number[] }).progressSeen
+    );
+    assert.ok(seen.some((v) => v > 0 && v < 100), `the bar moved through ${seen.join(", ")}`);
+    for (let i = 1; i < seen.length; i++) {
+      assert.ok(seen[i] >= seen[i - 1], `the bar never runs backwards: ${seen.join(", ")}`);
+    }
+    assert.equal(seen.at(-1), 100);
+
+    // The numbers and the timeline reflect the finished migration.
+    await page.waitForFunction(() => document.getElementById("downtime")?.textContent !== "—");
+    assert.match(await text(page, "#total") ?? "", /^64\.0 MiB$/);
+    assert.match(await text(page, "#remaining") ?? "", /^0 B$/);
+    assert.match(await text(page, "#passes") ?? "", /^\d+$/);
+    const timeline = await page.locator("#timeline li").allTextContents();
+    for (const step of ["none → setup", "setup → active", "active → completed"]) {
+      assert.ok(timeline.some((t) => t.includes(step)), `timeline has ${step}: ${timeline}`);
+    }
+    const incoming = await dst.waitFor("/migrations/incoming", (b) => b.status === "completed");
+    assert.ok(incoming.bytes_received > 0);
+    const info = (await src.api("GET", "/migrations/current")).body;
+    assert.equal(await text(page, "#downtime"), formatMs(info.downtime));
+
+    await new Promise((r) => setTimeout(r, 400)); // the bar's width transition
+    await page.screenshot({
+      path: new URL("dashboard.png", ARTIFACTS).pathname,
+      fullPage: true,
+    });
+    assert.deepEqual(errors, { console: [], page: [] }, "no console errors");
+    assert.deepEqual(foreign, [], "the page loads nothing from anywhere else");
+  },
+});
+
+Deno.test({
+  name: "dashboard: after a network blip it reconnects by itself and catches up (Last-Event-ID)",
+  ignore,
+  async fn() {
+    await using src = await FerryProcess.start(["--ram", "16M"]);
+    await using proxy = new BlipProxy(src.url);
+    await using browser = await launch();
+    const page = await browser.context.newPage();
+    const errors = watchErrors(page);
+    const eventRequests: Record<string, string>[] = [];
+    page.on("request", (r) => {
+      if (r.url().endsWith("/migrations/events")) eventRequests.push(r.headers());
+    });
+
+    await page.goto(`${proxy.url}/`);
+    await page.waitForSelector('#connection[data-state="live"]');
+    await page.waitForFunction(() =>
+      document.getElementById("vm-state")?.textContent === "guest: running"
+    );
+
+    // The blip: connections drop, and new ones hang for a while.
+    proxy.hold();
+    proxy.blip();
+    await page.waitForSelector('#connection[data-state="reconnecting"]');
+    // Meanwhile the guest is stopped: the page is not connected to hear it.
+    assert.equal((await src.api("POST", "/vm/stop")).status, 200);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(await text(page, "#vm-state"), "guest: running");
+    proxy.release();
+
+    await page.waitForSelector('#connection[data-state="live"]');
+    await page.waitForFunction(() =>
+      document.getElementById("vm-state")?.textContent === "guest: paused"
+    );
+    const timeline = await page.locator("#timeline li").allTextContents();
+    assert.ok(timeline.some((t) => t.includes("guest running → paused")), String(timeline));
+    assert.ok(eventRequests.length >= 2, "the page reopened the event stream");
+    const resumed = eventRequests.at(-1)!;
+    assert.match(resumed["last-event-id"] ?? "", /^\d+$/, "it resumed with Last-Event-ID");
+
+    assert.deepEqual(errors.page, [], "no uncaught errors");
+    // Only the cut connection itself may be reported by the browser.
+    for (const e of errors.console) assert.match(e, /net::ERR_|Failed to load resource/);
+  },
+});
+
+Deno.test({
+  name: "dashboard: a ferry with --token serves the page, which asks for the token",
+  ignore,
+  async fn() {
+    await using src = await FerryProcess.start(["--ram", "8M", "--token", "s3cret-token"]);
+    const denied = await fetch(`${src.url}/migrations/current`);
+    await denied.body?.cancel();
+    assert.equal(denied.status, 401, "the API still needs the token");
+
+    await using browser = await launch();
+    const page = await browser.context.newPage();
+    const errors = watchErrors(page);
+    await page.goto(`${src.url}/`);
+    await page.waitForSelector("#token-panel:not([hidden])");
+    assert.equal(await page.locator("#main").isHidden(), true);
+
+    await page.fill("#token-input", "wrong");
+    await page.click('#token-form button[type="submit"]');
+    await page.waitForFunction(() =>
+      document.getElementById("token-error")?.textContent === "The token was refused."
+    );
+
+    await page.fill("#token-input", "s3cret-token");
+    await page.click('#token-form button[type="submit"]');
+    await page.waitForSelector('#connection[data-state="live"]');
+    await page.waitForFunction(() =>
+      document.getElementById("vm-state")?.textContent === "guest: running"
+    );
+    assert.equal(await text(page, "#status"), "none");
+    assert.equal(
+      await page.evaluate(() => sessionStorage.getItem("ferry-token")),
+      "s3cret-token",
+    );
+    // A reload keeps the token for this tab.
+    await page.reload();
+    await page.waitForSelector('#connection[data-state="live"]');
+    assert.equal(await page.locator("#token-panel").isHidden(), true);
+
+    assert.deepEqual(errors.page, []);
+    // The wrong token's 401s are the only errors the browser reports.
+    for (const e of errors.console) assert.match(e, /401/);
+  },
+});

@@ -1,0 +1,170 @@
+import assert from "node:assert/strict";
+import {
+  chartPoints,
+  classifyInfo,
+  describeEvent,
+  dirtyRateOf,
+  errorMessage,
+  formatBytes,
+  formatMs,
+  niceBytesMax,
+  niceMax,
+  parseDuration,
+  parseSize,
+  progressOf,
+  ProgressTracker,
+  SseParser,
+  throughputOf,
+} from "../../web/app.js";
+import { buildDashboard, loadDashboard } from "../../web/dashboard.ts";
+
+const MiB = 1 << 20;
+
+Deno.test("formatBytes / formatMs / formatRate-style helpers", () => {
+  assert.equal(formatBytes(0), "0 B");
+  assert.equal(formatBytes(1023), "1023 B");
+  assert.equal(formatBytes(1536), "1.5 KiB");
+  assert.equal(formatBytes(256 * MiB), "256 MiB");
+  assert.equal(formatBytes(64 * MiB), "64.0 MiB");
+  assert.equal(formatBytes(undefined), "—");
+  assert.equal(formatMs(0.25), "0.3 ms");
+  assert.equal(formatMs(30), "30 ms");
+  assert.equal(formatMs(2345), "2.35 s");
+  assert.equal(formatMs(187_000), "3 min 07 s");
+  assert.equal(formatMs(-1), "∞", "expected_downtime -1 means no estimate yet");
+});
+
+Deno.test("parseSize and parseDuration read what the forms accept", () => {
+  assert.equal(parseSize("1G"), 2 ** 30);
+  assert.equal(parseSize("512M"), 512 * MiB);
+  assert.equal(parseSize("1.5 GiB/s"), 1.5 * 2 ** 30);
+  assert.equal(parseSize("4096"), 4096);
+  assert.throws(() => parseSize("fast"), /not a size/);
+  assert.throws(() => parseSize("0"), /out of range/);
+  assert.equal(parseDuration("30"), 30);
+  assert.equal(parseDuration("30ms"), 30);
+  assert.equal(parseDuration("0.3 s"), 300);
+  assert.throws(() => parseDuration("soon"), /not a duration/);
+});
+
+Deno.test("throughput and dirty rate come out in bytes per second", () => {
+  const info = { status: "active", ram: { mbps: 80, dirty_pages_rate: 256, page_size: 4096 } };
+  assert.equal(throughputOf(info), 10_000_000);
+  assert.equal(dirtyRateOf(info), MiB);
+  assert.equal(throughputOf({ status: "none" }), undefined);
+});
+
+Deno.test("progress: share of RAM clean on the destination; the tracker never goes backwards", () => {
+  const at = (remaining: number, status = "active") => ({
+    status,
+    uri: "tcp:h:1",
+    ram: { remaining, total: 100 },
+  });
+  assert.equal(progressOf(at(100)), 0);
+  assert.equal(progressOf(at(25)), 0.75);
+  assert.equal(progressOf(at(25, "completed")), 1);
+  const t = new ProgressTracker();
+  assert.equal(t.update(at(60)), 0.4);
+  assert.equal(t.update(at(20)), 0.8);
+  assert.equal(t.update(at(50)), 0.8, "a new dirty pass does not move the bar back");
+  assert.equal(t.update({ status: "none" }), 0.8);
+  assert.equal(t.update(at(0, "completed")), 1);
+  t.reset();
+  assert.ok(Math.abs(t.update(at(90)) - 0.1) < 1e-9, "a new migration starts from 0");
+});
+
+Deno.test("classifyInfo tells stale GET answers from new migrations", () => {
+  const cur = { status: "active", uri: "tcp:h:1", total_time: 500 };
+  assert.equal(classifyInfo(cur, { ...cur, total_time: 600 }, "event"), "same");
+  assert.equal(classifyInfo(cur, { ...cur, total_time: 400 }, "fetch"), "stale");
+  assert.equal(classifyInfo(cur, { ...cur, total_time: 400 }, "snapshot"), "new");
+  assert.equal(classifyInfo(cur, { ...cur, uri: "tcp:h:2" }, "fetch"), "new");
+  const done = { ...cur, status: "completed", total_time: 900 };
+  assert.equal(classifyInfo(done, { ...cur, total_time: 950 }, "snapshot"), "new");
+  assert.equal(classifyInfo({ status: "none" }, cur, "fetch"), "new");
+});
+
+Deno.test("SseParser splits frames across chunks, joins data lines, keeps ids and comments", () => {
+  const p = new SseParser();
+  assert.deepEqual(p.push('event: hello\ndata: {"a"'), []);
+  assert.deepEqual(
+    p.push(":1}\nid: 0\nretry: 1000\n\n: keep-alive\n\nevent: state\r\ndata: x\r\n"),
+    [
+      { event: "hello", data: '{"a":1}', id: "0", retry: 1000 },
+      { comment: "keep-alive" },
+    ],
+  );
+  assert.deepEqual(p.push("data: y\n\n"), [{ event: "state", data: "x\ny" }]);
+});
+
+Deno.test("chart axes: nice maxima in the unit the labels use; points inside the box", () => {
+  assert.equal(niceMax(0), 1);
+  assert.equal(niceMax(3.2), 5);
+  assert.equal(niceMax(47), 50);
+  assert.equal(niceMax(100), 100);
+  assert.equal(niceBytesMax(47.7 * MiB), 50 * MiB);
+  assert.equal(niceBytesMax(0), MiB, "an empty chart still has a 1 MiB/s axis");
+  assert.equal(niceBytesMax(3 * 2 ** 30), 5 * 2 ** 30);
+  const box = { x: 10, y: 0, w: 100, h: 50 };
+  const { points, yMax, span } = chartPoints(
+    [{ t: 1, v: 0 }, { t: 3.5, v: 25 * MiB }, { t: 6, v: 50 * MiB }],
+    box,
+  );
+  assert.equal(yMax, 50 * MiB);
+  assert.equal(span, 5);
+  assert.deepEqual(points, [{ x: 10, y: 50 }, { x: 60, y: 25 }, { x: 110, y: 0 }]);
+  assert.deepEqual(chartPoints([], box).points, []);
+});
+
+Deno.test("describeEvent writes the timeline lines", () => {
+  assert.equal(describeEvent("state", { from: "setup", to: "active" }), "setup → active");
+  assert.equal(
+    describeEvent("state", { from: "active", to: "failed", error: "boom" }),
+    "active → failed: boom",
+  );
+  assert.equal(describeEvent("pass", { pass: 3, dirty_pages: 12 }), "pass 3: 12 dirty pages");
+  assert.equal(
+    describeEvent("incoming", { from: "listening", to: "active" }),
+    "incoming listening → active",
+  );
+  assert.equal(
+    describeEvent("runstate", { from: "running", to: "paused" }),
+    "guest running → paused",
+  );
+  assert.match(describeEvent("reset", { reason: "client-behind" }) ?? "", /client-behind/);
+  assert.equal(describeEvent("progress", {}), null);
+  assert.equal(
+    errorMessage(409, { error: { code: "migration-active", message: "busy" } }),
+    "migration-active: busy",
+  );
+  assert.equal(errorMessage(502, undefined), "HTTP 502");
+});
+
+Deno.test("the served page is one self-contained document: CSS and JS inline, nothing remote", async () => {
+  const page = await loadDashboard();
+  assert.ok(page);
+  assert.match(page, /^<!doctype html>/);
+  assert.match(page, /<style>\n:root \{/);
+  assert.match(page, /<script type="module">\n\/\/ ferry's dashboard/);
+  assert.ok(!/<script[^>]+src=/.test(page), "no external script");
+  assert.ok(!/<link[^>]+rel="stylesheet"/.test(page), "no external stylesheet");
+  const urls = [...page.matchAll(/(?:src|href)="([^"]*)"/g)].map((m) => m[1]);
+  assert.deepEqual(urls, ["data:,", "openapi.json"]);
+  assert.ok(!/https?:\/\//.test(page.replace(/http:\/\/127\.0\.0\.1:8080/g, "")), "no CDN");
+  assert.match(page, /<meta name="ferry-token-required" content="false">/);
+  const locked = await loadDashboard({ tokenRequired: true });
+  assert.match(locked!, /<meta name="ferry-token-required" content="true">/);
+});
+
+Deno.test("buildDashboard refuses files it cannot inline safely", () => {
+  const html = indexHtml();
+  assert.throws(
+    () => buildDashboard({ html, css: "", js: "x = '</script>'" }),
+    /must not contain <\/script/,
+  );
+  assert.throws(() => buildDashboard({ html: "<html></html>", css: "", js: "" }), /has no/);
+});
+
+function indexHtml(): string {
+  return Deno.readTextFileSync(new URL("../../web/index.html", import.meta.url));
+}
