@@ -5,7 +5,7 @@
  * Exits 0 only when the digests match.
  */
 import { FerryProcess } from "./ferry_process.ts";
-import { readSse } from "./sse.ts";
+import { readSse } from "../tools/sse.ts";
 
 const MiB = 1 << 20;
 
