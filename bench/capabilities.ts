@@ -65,14 +65,7 @@ function codec(): void {
 }
 
 async function autoConverge(): Promise<void> {
-  await using dst = await FerryProcess.start([
-    "--ram",
-    "64M",
-    "--incoming",
-    "tcp:127.0.0.1:0",
-    "--no-autostart",
-  ]);
-  for (let i = 0; !dst.incoming && i < 200; i++) await new Promise((r) => setTimeout(r, 10));
+  await using dst = await FerryProcess.destination("64M");
   // 64 MB/s of dirtying against a 32 MiB/s link: 2x the bandwidth.
   await using src = await FerryProcess.start([
     "--ram",

@@ -16,13 +16,7 @@ function bar(fraction: number, width = 30): string {
 
 async function main(): Promise<number> {
   console.log("ferry demo: starting a destination and a source ferry on 127.0.0.1 …");
-  await using dst = await FerryProcess.start([
-    "--ram",
-    "256M",
-    "--incoming",
-    "tcp:127.0.0.1:0",
-    "--no-autostart",
-  ]);
+  await using dst = await FerryProcess.destination("256M");
   await using src = await FerryProcess.start([
     "--ram",
     "256M",

@@ -85,6 +85,31 @@ export class FerryProcess extends FerryClient implements AsyncDisposable {
     return ferry;
   }
 
+  /**
+   * Starts a destination: `--ram ram --incoming uri --no-autostart` plus `extra`, and
+   * resolves once it has printed the address it listens on (`incoming`).
+   */
+  static async destination(
+    ram: string,
+    uri = "tcp:127.0.0.1:0",
+    extra: string[] = [],
+  ): Promise<FerryProcess & { incoming: string }> {
+    const ferry = await FerryProcess.start([
+      "--ram",
+      ram,
+      "--incoming",
+      uri,
+      "--no-autostart",
+      ...extra,
+    ]);
+    // main.ts prints the incoming address before the API URL, so it is known by now.
+    if (ferry.incoming === undefined) {
+      await ferry[Symbol.asyncDispose]();
+      throw new Error(`destination printed no incoming address: ${ferry.output()}`);
+    }
+    return ferry as FerryProcess & { incoming: string };
+  }
+
   async #pump(): Promise<void> {
     const decoder = new TextDecoderStream();
     let partial = "";

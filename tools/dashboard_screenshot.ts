@@ -19,13 +19,7 @@ const out = new URL(
 );
 await Deno.mkdir(out, { recursive: true });
 
-await using dst = await FerryProcess.start([
-  "--ram",
-  "256M",
-  "--incoming",
-  "tcp:127.0.0.1:0",
-  "--no-autostart",
-]);
+await using dst = await FerryProcess.destination("256M");
 await using src = await FerryProcess.start([
   "--ram",
   "256M",

@@ -4,14 +4,7 @@ import { FerryProcess } from "../../bench/ferry_process.ts";
 const FINAL = ["completed", "failed", "cancelled"];
 
 async function pair(ram: string, srcArgs: string[]): Promise<[FerryProcess, FerryProcess]> {
-  const dst = await FerryProcess.start([
-    "--ram",
-    ram,
-    "--incoming",
-    "tcp:127.0.0.1:0",
-    "--no-autostart",
-  ]);
-  for (let i = 0; !dst.incoming && i < 200; i++) await new Promise((r) => setTimeout(r, 10));
+  const dst = await FerryProcess.destination(ram);
   const src = await FerryProcess.start(["--ram", ram, ...srcArgs]);
   return [src, dst];
 }

@@ -25,9 +25,7 @@ async function destination(
   ram: string,
 ): Promise<{ dst: FerryProcess; uri: string }> {
   const uri = await listenUri(kind);
-  const dst = await FerryProcess.start(["--ram", ram, "--incoming", uri, "--no-autostart"]);
-  for (let i = 0; !dst.incoming && i < 200; i++) await new Promise((r) => setTimeout(r, 10));
-  assert.ok(dst.incoming, `destination printed its address: ${dst.output()}`);
+  const dst = await FerryProcess.destination(ram, uri);
   return { dst, uri };
 }
 
