@@ -22,6 +22,10 @@ export interface Config {
   prefault: boolean;
   token: string | undefined;
   help: boolean;
+  /** Raw disk image path (--disk). */
+  disk?: string;
+  /** Size to create the image at when absent (--disk-size). */
+  diskSize?: number;
 }
 
 /** The --help text: every flag, its default, and an example. */
@@ -36,9 +40,12 @@ Flags:
   --workload SPEC       what the guest's vCPU does (default idle):
                           idle
                           ab[:rate=SIZE][,range=SIZE]    QEMU's a-b test guest
-                          random[:rate=50M][,hot=10%:90%][,bytes=8]
+                          random[:rate=50M][,hot=10%:90%][,bytes=8][,disk=5M]
                         rate = bytes of pages dirtied per second (0 = as fast as possible)
+                        disk = bytes/s of 4 KiB writes at random offsets of the disk
   --fill MODE           prepare RAM before start: zero, random or pattern (default zero)
+  --disk PATH           attach a raw disk image (block migration copies it with blk/inc)
+  --disk-size SIZE      create the image at SIZE when absent (multiple of 1M, e.g. 1G)
   --incoming URI        start as a destination waiting on URI: tcp:HOST:PORT, unix:PATH,
                         exec:COMMAND (needs --allow-exec), fd:N, file:PATH[,offset=N]
   --no-autostart        a destination stays paused after loading (QEMU's -S)
@@ -84,6 +91,8 @@ export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): 
         workload: { type: "string", default: "idle" },
         fill: { type: "string", default: "zero" },
         incoming: { type: "string" },
+        disk: { type: "string" },
+        "disk-size": { type: "string" },
         "no-autostart": { type: "boolean", default: false },
         paused: { type: "boolean", default: false },
         "no-prefault": { type: "boolean", default: false },
@@ -117,6 +126,24 @@ export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): 
   if (!isFillMode(values.fill)) {
     throw new CliError(`Invalid --fill "${values.fill}": expected one of ${FILL_MODES.join(", ")}`);
   }
+  let diskSize: number | undefined;
+  if (values["disk-size"] !== undefined) {
+    if (values.disk === undefined) throw new CliError("--disk-size needs --disk PATH");
+    try {
+      diskSize = parseSize(values["disk-size"]);
+    } catch (e) {
+      throw new CliError(`Invalid --disk-size: ${(e as Error).message}`);
+    }
+    if (diskSize <= 0 || diskSize % (1 << 20) !== 0) {
+      throw new CliError(
+        `Invalid --disk-size "${values["disk-size"]}": must be a positive multiple of 1M`,
+      );
+    }
+  }
+  if (values.disk === "") throw new CliError("Invalid --disk: empty path");
+  if (workload.kind === "random" && workload.disk && values.disk === undefined) {
+    throw new CliError("Invalid --workload: disk=RATE needs --disk PATH");
+  }
   const token = values.token ?? (env.FERRY_TOKEN || undefined);
   // RFC 6750's token68 characters: any other token could never be sent in a header.
   // (The message never repeats the token.)
@@ -143,5 +170,7 @@ export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): 
     prefault: !values["no-prefault"],
     token,
     help: values.help,
+    ...(values.disk !== undefined ? { disk: values.disk } : {}),
+    ...(diskSize !== undefined ? { diskSize } : {}),
   };
 }

@@ -3,6 +3,7 @@ import { Engine } from "./engine/engine.ts";
 import { createApp } from "./routes/app.ts";
 import { createTransports } from "./transports/mod.ts";
 import { Vm } from "./vm/vm.ts";
+import { DiskError } from "./vm/disk.ts";
 import { loadDashboard } from "./web/dashboard.ts";
 
 /** CLI flags → guest + engine + API → Deno.serve. Nothing else lives here. */
@@ -21,12 +22,20 @@ async function main(): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  const vm = await Vm.create({
-    ramSize: config.ramSize,
-    workload: config.workload,
-    fill: config.fill,
-    prefault: config.prefault,
-  });
+  let vm: Vm;
+  try {
+    vm = await Vm.create({
+      ramSize: config.ramSize,
+      workload: config.workload,
+      fill: config.fill,
+      prefault: config.prefault,
+      ...(config.disk ? { disk: { path: config.disk, size: config.diskSize } } : {}),
+    });
+  } catch (e) {
+    if (!(e instanceof DiskError)) throw e;
+    console.error(`ferry: ${e.message}`);
+    return 1;
+  }
   const transports = createTransports({ allowExec: config.allowExec });
   const engine = new Engine({ guest: vm, transports, autostart: config.autostart });
   const dashboard = await loadDashboard({ tokenRequired: Boolean(config.token) });
@@ -45,6 +54,10 @@ async function main(): Promise<number> {
       await vm.close();
       return 1;
     }
+  } else if (vm.disk?.incomplete) {
+    console.error(
+      `ferry: disk image ${vm.disk.path} holds an unfinished incoming block migration: the guest stays paused`,
+    );
   } else if (!config.paused) {
     vm.start();
   }

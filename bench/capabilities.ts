@@ -88,7 +88,10 @@ async function autoConverge(): Promise<void> {
   );
 }
 
-if (import.meta.main) {
+/** Runs both benchmarks (bench/migrate.ts calls this at the end of `deno task bench`). */
+export async function runCapabilityBenchmarks(): Promise<void> {
   codec();
   await autoConverge();
 }
+
+if (import.meta.main) await runCapabilityBenchmarks();

@@ -4,9 +4,13 @@
  * QEMU 7.2's figure measured on this machine class, and the ratios.
  *
  *   deno task bench [-- --runs 3] [-- --only random-tcp]
+ *
+ * Then the snapshot scenarios of `bench/transports.ts` (`--only file`, `--only exec-cat`).
  */
 import { parseArgs } from "node:util";
 import { FerryProcess } from "./ferry_process.ts";
+import { runCapabilityBenchmarks } from "./capabilities.ts";
+import { runTransportBenchmarks } from "./transports.ts";
 
 const UNLIMITED = 100_000_000_000;
 const GiB = 2 ** 30;
@@ -83,15 +87,8 @@ async function runOnce(s: Scenario): Promise<Result> {
     uri = `unix:${dir}/m.sock`;
   }
   try {
-    await using dst = await FerryProcess.start([
-      "--ram",
-      s.ram,
-      "--incoming",
-      uri,
-      "--no-autostart",
-    ]);
+    await using dst = await FerryProcess.destination(s.ram, uri);
     await using src = await FerryProcess.start(["--ram", s.ram, ...s.args]);
-    for (let i = 0; !dst.incoming && i < 500; i++) await new Promise((r) => setTimeout(r, 10));
     await src.api("PATCH", "/migrations/parameters", { max_bandwidth: UNLIMITED });
     await src.api("POST", "/migrations", { uri: dst.incoming });
     let ended = false;
@@ -159,3 +156,9 @@ for (const s of SCENARIOS) {
   );
 }
 console.log("ratios: ferry time / target and ferry time / QEMU time (below 1.00x = faster)");
+
+// Snapshot save/restore over file: and exec: (bench/transports.ts).
+await runTransportBenchmarks(runs, values.only);
+
+// XBZRLE codec and auto-converge (bench/capabilities.ts); block migration runs as `deno task bench:block`.
+if (!values.only) await runCapabilityBenchmarks();

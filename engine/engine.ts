@@ -175,10 +175,10 @@ export class Engine {
         reasons,
       });
     }
-    if (opts.blk || opts.inc) {
+    if ((opts.blk || opts.inc) && !this.#guest.disk) {
       throw new EngineError(
         "capability-unsupported",
-        "Block migration (blk/inc) is not implemented yet: this guest has no disk to copy",
+        "Block migration (blk/inc) needs a disk: this guest has none (start ferry with --disk)",
         { capability: opts.blk ? "blk" : "inc" },
       );
     }
@@ -193,6 +193,7 @@ export class Engine {
       clock: this.#clock,
       params: () => this.#params,
       capabilities: { ...this.#caps },
+      ...(opts.blk || opts.inc ? { block: { incremental: Boolean(opts.inc) } } : {}),
       hooks: {
         onStateChange: (from, to, error) =>
           this.events.emit({
@@ -303,6 +304,12 @@ export class Engine {
       throw new EngineError(
         "migration-active",
         "Cannot start the guest during migration switchover",
+      );
+    }
+    if (this.#guest.disk?.incomplete) {
+      throw new EngineError(
+        "guest-incomplete",
+        `Cannot start the guest: its disk image ${this.#guest.disk.path} holds an unfinished incoming block migration`,
       );
     }
     if (state !== "running") this.#guest.start();

@@ -10,6 +10,7 @@ import {
 } from "./format/constants.ts";
 import { StreamError, type StreamReader } from "./format/reader.ts";
 import { RamLoader } from "./sections/ram.ts";
+import { BLOCK_SECTION_NAME, BLOCK_SECTION_VERSION, BlockLoader } from "./sections/block.ts";
 import { loadVcpu } from "./sections/vcpu.ts";
 import { MIG_CMD_OPEN_RETURN_PATH } from "./return_path.ts";
 
@@ -49,6 +50,7 @@ export async function loadStream(
 ): Promise<LoadResult> {
   for (const block of guest.blocks) block.syncDirty(new Uint32Array(block.dirty.length));
   const ram = new RamLoader(guest.blocks);
+  const block = new BlockLoader(guest.disk);
   await r.need(8);
   const magic = r.be32();
   if (magic !== QEVM_MAGIC) {
@@ -97,7 +99,20 @@ export async function loadStream(
         if (instance !== 0) {
           throw new StreamError(at, `section "${name}" has instance ${instance}, expected 0`);
         }
-        if (type === Section.START) {
+        if (type === Section.START && name === BLOCK_SECTION_NAME) {
+          if (ver !== BLOCK_SECTION_VERSION) {
+            throw new StreamError(
+              at,
+              `section "block" version ${ver}, expected ${BLOCK_SECTION_VERSION}`,
+            );
+          }
+          if ([...sections.values()].some((s) => s.name === name)) {
+            throw new StreamError(at, `section "${name}" started twice`);
+          }
+          sections.set(id, { name, ended: false });
+          block.start(at);
+          await block.load(r);
+        } else if (type === Section.START) {
           if (name !== SectionName.RAM) throw new StreamError(at, `unknown live section "${name}"`);
           if (ver !== RAM_SECTION_VERSION) {
             throw new StreamError(
@@ -138,7 +153,8 @@ export async function loadStream(
           throw new StreamError(at, `section id ${id} ("${section.name}") already ended`);
         }
         if (type === Section.END) section.ended = true;
-        await ram.load(r, false);
+        if (section.name === BLOCK_SECTION_NAME) await block.load(r);
+        else await ram.load(r, false);
         await footer(r, id);
         break;
       }
@@ -174,6 +190,9 @@ export async function loadStream(
           throw new StreamError(at, `stream ended without the "vcpu" device section`);
         }
         const description = await readDescription(r);
+        // The image is durable (fsynced, incomplete marker removed) before the
+        // caller can report the migration completed.
+        await block.finish();
         onBytes?.(r.received);
         return {
           bytes: r.offset,

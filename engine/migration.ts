@@ -8,6 +8,7 @@ import { runPrecopy, writeSetup } from "./outgoing.ts";
 import type { Capabilities, Parameters } from "./params.ts";
 import type { WindowStats } from "./rate_limiter.ts";
 import { RamSaver } from "./sections/ram.ts";
+import { BlockSaver } from "./sections/block.ts";
 import { sendOpenReturnPath, sourceSwitchover, usesReturnPath } from "./return_path.ts";
 import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 
@@ -75,6 +76,13 @@ export interface XbzrleCacheInfo {
   overflow: number;
 }
 
+/** Disk progress with blk/inc, QEMU's query-migrate `disk` fields. */
+export interface DiskInfo {
+  transferred: number;
+  remaining: number;
+  total: number;
+}
+
 /** What GET /migrations/current answers (QEMU's query-migrate). */
 export interface MigrationInfo {
   status: MigrationStatus;
@@ -85,6 +93,7 @@ export interface MigrationInfo {
   downtime?: number;
   error_desc?: string;
   ram?: RamInfo;
+  disk?: DiskInfo;
   xbzrle_cache?: XbzrleCacheInfo;
   cpu_throttle_percentage?: number;
 }
@@ -108,6 +117,8 @@ export interface MigrationDeps {
   /** Capabilities in force for this migration (fixed while it is active). */
   readonly capabilities: Readonly<Capabilities>;
   readonly hooks: MigrationHooks;
+  /** Block migration: blk copies the whole disk, inc only chunks written since the base. */
+  readonly block?: { readonly incremental: boolean };
 }
 
 /**
@@ -123,6 +134,7 @@ export class Migration {
   readonly #abort = new AbortController();
   #channel: Channel | null = null;
   #ram: RamSaver | null = null;
+  #block: BlockSaver | null = null;
   #writer: StreamWriter | null = null;
   readonly #startedAt: number;
   #setupTime: number | undefined;
@@ -212,6 +224,14 @@ export class Migration {
         };
       }
     }
+    const block = this.#block;
+    if (block) {
+      info.disk = {
+        transferred: block.stats.transferred,
+        remaining: this.#state === "completed" ? 0 : block.remainingBytes,
+        total: block.totalBytes,
+      };
+    }
     if (this.#throttle > 0 && !FINAL_STATES.has(this.#state)) {
       info.cpu_throttle_percentage = this.#throttle;
     }
@@ -254,10 +274,17 @@ export class Migration {
         clock.now,
         caps.xbzrle ? { xbzrleCacheSize: this.#deps.params().xbzrle_cache_size } : {},
       );
+      if (this.#deps.block && guest.disk) {
+        this.#block = new BlockSaver(guest.disk, {
+          incremental: this.#deps.block.incremental,
+          zeroBlocks: caps.zero_blocks,
+        });
+      }
       const ctx = {
         guest,
         writer,
         ram: this.#ram,
+        block: this.#block,
         clock,
         params: this.#deps.params,
         signal: this.#abort.signal,

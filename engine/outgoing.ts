@@ -14,9 +14,13 @@ import { AutoConverge } from "./auto_converge.ts";
 import { RateLimiter, type WindowStats } from "./rate_limiter.ts";
 import { RamSaver } from "./sections/ram.ts";
 import { describeVcpu, saveVcpu } from "./sections/vcpu.ts";
+import { BLOCK_SECTION_NAME, BLOCK_SECTION_VERSION, type BlockSaver } from "./sections/block.ts";
 
 /** Section ids ferry assigns, in registration order (QEMU numbers them the same way). */
-export const SectionId = { RAM: 0, VCPU: 1 } as const;
+export const SectionId = { RAM: 0, VCPU: 1, BLOCK: 2 } as const;
+
+/** Most block bytes one loop turn sends before RAM gets its turn (both share the budget). */
+const BLOCK_TURN_BYTES = 8 << 20;
 
 /** What the migration loop reports while it runs. */
 export interface OutgoingProgress {
@@ -37,6 +41,8 @@ export interface OutgoingContext {
   readonly guest: Guest;
   readonly writer: StreamWriter;
   readonly ram: RamSaver;
+  /** The `block` live section, with blk/inc. */
+  readonly block?: BlockSaver | null;
   readonly clock: Clock;
   /** Current parameters, read live at every window. */
   readonly params: () => Readonly<Parameters>;
@@ -64,6 +70,17 @@ export async function writeSetup(ctx: OutgoingContext): Promise<void> {
   ctx.ram.sync(); // clear the guest's log: the migration bitmap already has every page
   await ctx.ram.setup(w);
   await w.footer(SectionId.RAM);
+  if (ctx.block) {
+    await w.sectionStart(
+      Section.START,
+      SectionId.BLOCK,
+      BLOCK_SECTION_NAME,
+      0,
+      BLOCK_SECTION_VERSION,
+    );
+    await ctx.block.setup(w);
+    await w.footer(SectionId.BLOCK);
+  }
   await w.flush();
 }
 
@@ -88,7 +105,8 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
   for (;;) {
     signal.throwIfAborted();
     if (!limiter.exceeded(w.bytes)) {
-      const pending = ram.pending(maxSize);
+      // Disk bytes pending count with RAM's in the switchover decision.
+      const pending = ram.pending(maxSize) + (ctx.block?.pending() ?? 0);
       if (ram.stats.dirtySyncCount !== lastSyncs) {
         lastSyncs = ram.stats.dirtySyncCount;
         ctx.progress.pass(lastSyncs, ram.dirtyPages);
@@ -99,6 +117,15 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
         }
       }
       if (pending > 0 && pending >= maxSize) {
+        if (ctx.block && ctx.block.remainingBytes > 0) {
+          const turnEnd = w.bytes + BLOCK_TURN_BYTES;
+          await w.sectionPart(Section.PART, SectionId.BLOCK);
+          await ctx.block.iterate(
+            w,
+            () => w.bytes >= turnEnd || limiter.exceeded(w.bytes) || signal.aborted,
+          );
+          await w.footer(SectionId.BLOCK);
+        }
         await w.sectionPart(Section.PART, SectionId.RAM);
         await ram.iterate(w, () => limiter.exceeded(w.bytes) || signal.aborted);
         await w.footer(SectionId.RAM);
@@ -112,7 +139,8 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
       const params = ctx.params();
       maxSize = window.bandwidth * params.downtime_limit;
       ram.resizeCache(params.xbzrle_cache_size);
-      const expected = window.bandwidth > 0 ? ram.pendingWireBytes / window.bandwidth : Infinity;
+      const pendingBytes = ram.pendingWireBytes + (ctx.block?.remainingBytes ?? 0);
+      const expected = window.bandwidth > 0 ? pendingBytes / window.bandwidth : Infinity;
       ctx.progress.window(window, expected);
     }
     if (limiter.exceeded(w.bytes)) {
@@ -134,6 +162,11 @@ async function complete(ctx: OutgoingContext): Promise<OutgoingResult> {
     await w.sectionPart(Section.END, SectionId.RAM);
     await ram.complete(w);
     await w.footer(SectionId.RAM);
+    if (ctx.block) {
+      await w.sectionPart(Section.END, SectionId.BLOCK);
+      await ctx.block.complete(w);
+      await w.footer(SectionId.BLOCK);
+    }
     ctx.progress.pass(ram.stats.dirtySyncCount, 0);
     await w.sectionStart(Section.FULL, SectionId.VCPU, SectionName.VCPU, 0, VCPU_SECTION_VERSION);
     await saveVcpu(w, guest);

@@ -50,7 +50,6 @@ export const DEFAULT_CAPABILITIES: Readonly<Capabilities> = {
 
 /** Why each capability ferry cannot honour yet is refused (never accepted and ignored). */
 export const UNSUPPORTED_CAPABILITIES: Readonly<Partial<Record<keyof Capabilities, string>>> = {
-  zero_blocks: "zero_blocks needs block migration, which is not implemented yet",
   rdma_pin_all: "there is no RDMA transport in Deno, so RDMA page pinning cannot be offered",
   verify: "end-to-end RAM verification is not implemented yet",
 };

@@ -100,7 +100,8 @@ export interface WatchedChannelOptions {
   /**
    * Runs inside finish(), after every queued write was accepted and before the
    * transport's own finish: the source's return-path handshake. It talks through
-   * the watched channel, so the watchdog and close() cover it.
+   * the watched channel, so the watchdog and close() cover it. Once it resolved,
+   * finish() succeeds whatever the transport's own finish reports.
    */
   readonly beforeFinish?: (channel: Channel) => Promise<void>;
 }
@@ -180,7 +181,14 @@ export class WatchedChannel implements Channel {
       if (this.#closed) throw this.#closedError();
       await this.#tail;
       if (this.#writeFailure !== null) throw this.#mapped(this.#writeFailure);
-      if (this.#options.beforeFinish) await this.#options.beforeFinish(this);
+      if (this.#options.beforeFinish) {
+        await this.#options.beforeFinish(this);
+        // The handshake is done (the source's commit is out): the destination may
+        // start its guest now, so nothing the transport says from here on may make
+        // the source resume its own. Finish quietly.
+        await this.#inner.finish().catch(() => {});
+        return;
+      }
       await this.#guard(this.#inner.finish());
     } finally {
       this.close();

@@ -60,6 +60,11 @@ export const MigrationInfoSchema = z.object({
   downtime: z.number().optional(),
   error_desc: z.string().optional(),
   ram: RamInfoSchema.optional(),
+  disk: z.object({
+    transferred: z.number(),
+    remaining: z.number(),
+    total: z.number(),
+  }).optional().openapi({ description: "With blk/inc: bytes of the disk image" }),
   xbzrle_cache: z.object({
     cache_size: z.number(),
     bytes: z.number(),
@@ -151,6 +156,17 @@ export const DigestSchema = z.object({
   sha256: z.string(),
   run_state: z.enum(RUN_STATES),
 }).openapi("RamDigest");
+
+/** GET /vm/disk/digest. */
+export const DiskDigestSchema = z.object({
+  device: z.string(),
+  size: z.number(),
+  sha256: z.string(),
+  incomplete: z.boolean().openapi({
+    description: "An incoming block migration into this image did not finish",
+  }),
+  run_state: z.enum(RUN_STATES),
+}).openapi("DiskDigest");
 
 /** Blocker id path parameter. */
 export const BlockerIdParam = z.object({

@@ -3,7 +3,13 @@ import { HTTPException } from "hono/http-exception";
 import type { Engine } from "../engine/engine.ts";
 import type { RunState } from "../vm/guest.ts";
 import { newRouter } from "./router.ts";
-import { DigestSchema, errorResponses, jsonResponse, VmInfoSchema } from "./schemas.ts";
+import {
+  DigestSchema,
+  DiskDigestSchema,
+  errorResponses,
+  jsonResponse,
+  VmInfoSchema,
+} from "./schemas.ts";
 
 /** What the VM routes read from the guest beyond the engine's Guest interface. */
 export interface VmInspector {
@@ -57,6 +63,16 @@ const digest = createRoute({
   },
 });
 
+const diskDigest = createRoute({
+  method: "get",
+  path: "/vm/disk/digest",
+  summary: "SHA-256 of the guest's disk image; compare two stopped guests",
+  responses: {
+    200: jsonResponse(DiskDigestSchema, "Digest of the whole image"),
+    ...errorResponses(404),
+  },
+});
+
 /** Largest read of guest RAM in one GET /vm/ram request. */
 export const MAX_RAM_READ = 16 << 20;
 
@@ -80,7 +96,7 @@ const ram = createRoute({
   },
 });
 
-/** GET /vm, POST /vm/start, POST /vm/stop, GET /vm/ram/digest. */
+/** GET /vm, POST /vm/start, POST /vm/stop, GET /vm/ram/digest, GET /vm/disk/digest. */
 export function vmRoutes(deps: { engine: Engine; vm: VmInspector }) {
   const { engine, vm } = deps;
   return newRouter()
@@ -112,5 +128,11 @@ export function vmRoutes(deps: { engine: Engine; vm: VmInspector }) {
       const d = await vm.digest();
       const blocks = d.blocks.map((b) => ({ name: b.name, length: b.length, sha256: b.sha256 }));
       return c.json({ blocks, sha256: d.sha256, run_state: engine.guest.runState }, 200);
+    })
+    .openapi(diskDigest, async (c) => {
+      const disk = engine.guest.disk;
+      if (!disk) throw new HTTPException(404, { message: "This guest has no disk" });
+      const d = await disk.digest();
+      return c.json({ ...d, run_state: engine.guest.runState }, 200);
     });
 }

@@ -4,6 +4,9 @@
  * {@link createTransports} is the real one, {@link MemoryTransports} the test one.
  * @module
  */
+import { connectExec, listenExec } from "./exec.ts";
+import { connectFd, inspectFd, listenFd } from "./fd.ts";
+import { connectFile, listenFile } from "./file.ts";
 import { connectTcp, listenTcp } from "./tcp.ts";
 import { type Channel, type Listener, TransportError, type Transports } from "./transport.ts";
 import { connectUnix, listenUnix } from "./unix.ts";
@@ -12,6 +15,9 @@ import { type MigrationUri, parseUri } from "./uri.ts";
 export * from "./transport.ts";
 export * from "./uri.ts";
 export { connectTcp, listenTcp } from "./tcp.ts";
+export { connectExec, type ExecChannelHandle, listenExec } from "./exec.ts";
+export { connectFd, type FdInfo, type FdKind, inspectFd, listenFd } from "./fd.ts";
+export { connectFile, listenFile } from "./file.ts";
 export { connectUnix, listenUnix, MAX_UNIX_PATH_BYTES } from "./unix.ts";
 export {
   channelPair,
@@ -30,61 +36,69 @@ export interface TransportsOptions {
   allowExec?: boolean;
 }
 
-function notImplemented(scheme: MigrationUri["scheme"]): TransportError {
-  return new TransportError(
-    "transport-unavailable",
-    `The ${scheme}: transport is not implemented yet; use tcp: or unix:`,
-  );
-}
-
-/** Throws the TransportError explaining why a scheme other than tcp:/unix: cannot be used. */
-function refuse(uri: MigrationUri, allowExec: boolean): never {
-  switch (uri.scheme) {
-    case "exec":
-      if (!allowExec) {
-        throw new TransportError(
-          "exec-disabled",
-          "The exec: transport is disabled on this server: it runs shell commands, " +
-            "so ferry must be started with --allow-exec to use it",
-        );
-      }
-      throw notImplemented("exec");
-    default:
-      throw notImplemented(uri.scheme);
+/** Throws `exec-disabled` unless this ferry was started with --allow-exec. */
+function checkExecAllowed(allowExec: boolean): void {
+  if (!allowExec) {
+    throw new TransportError(
+      "exec-disabled",
+      "The exec: transport is disabled on this server: it runs shell commands, " +
+        "so ferry must be started with --allow-exec to use it",
+    );
   }
 }
 
 /**
  * Builds the real {@link Transports}: parses each URI with {@link parseUri}
  * (bad URIs and unknown schemes fail there, with `bad-uri` / `unknown-protocol`)
- * and dispatches tcp: and unix: to their transports. `exec:` fails with
- * `exec-disabled` unless `allowExec`; exec:, fd: and file: otherwise fail with
- * `transport-unavailable` until they are implemented. `validate(uri)` raises the
- * same errors synchronously without opening anything.
+ * and dispatches it to its transport: tcp:, unix:, exec: (`exec-disabled`
+ * unless `allowExec`), fd: (`bad-fd` for a descriptor ferry did not inherit)
+ * and file:. `validate(uri)` raises those errors synchronously without opening
+ * anything.
  */
 export function createTransports(options: TransportsOptions = {}): Transports {
   const allowExec = options.allowExec ?? false;
+  const check = (uri: string): MigrationUri => {
+    const parsed = parseUri(uri);
+    if (parsed.scheme === "exec") checkExecAllowed(allowExec);
+    if (parsed.scheme === "fd") inspectFd(parsed.fd);
+    return parsed;
+  };
   return {
     validate(uri: string): void {
-      const parsed = parseUri(uri);
-      if (parsed.scheme !== "tcp" && parsed.scheme !== "unix") refuse(parsed, allowExec);
+      check(uri);
     },
     connect(uri: string, signal?: AbortSignal): Promise<Channel> {
       try {
-        const parsed = parseUri(uri);
-        if (parsed.scheme === "tcp") return connectTcp(uri, signal);
-        if (parsed.scheme === "unix") return connectUnix(uri, signal);
-        refuse(parsed, allowExec);
+        switch (check(uri).scheme) {
+          case "tcp":
+            return connectTcp(uri, signal);
+          case "unix":
+            return connectUnix(uri, signal);
+          case "exec":
+            return connectExec(uri, signal);
+          case "fd":
+            return connectFd(uri, signal);
+          case "file":
+            return connectFile(uri, signal);
+        }
       } catch (err) {
         return Promise.reject(err);
       }
     },
     listen(uri: string): Promise<Listener> {
       try {
-        const parsed = parseUri(uri);
-        if (parsed.scheme === "tcp") return listenTcp(uri);
-        if (parsed.scheme === "unix") return listenUnix(uri);
-        refuse(parsed, allowExec);
+        switch (check(uri).scheme) {
+          case "tcp":
+            return listenTcp(uri);
+          case "unix":
+            return listenUnix(uri);
+          case "exec":
+            return listenExec(uri);
+          case "fd":
+            return listenFd(uri);
+          case "file":
+            return listenFile(uri);
+        }
       } catch (err) {
         return Promise.reject(err);
       }

@@ -1,3 +1,4 @@
+import type { Disk } from "./disk.ts";
 import type { RamBlock } from "./ram.ts";
 
 /** QEMU's run states, by QEMU's names. */
@@ -40,6 +41,8 @@ export interface Guest {
   loadDeviceState(bytes: Uint8Array): void;
   /** Field list of the device state, for the stream's vmdescription JSON. */
   readonly deviceFields: readonly DeviceField[];
+  /** The guest's disk, when it has one (block migration copies it). */
+  readonly disk?: Disk;
   /** Listeners see every run-state change. */
   onRunStateChange(listener: (from: RunState, to: RunState) => void): () => void;
 }

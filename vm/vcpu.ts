@@ -3,6 +3,7 @@
  * once the worker has acknowledged, throttle, and access to the guest program's state
  * (workload, ab cursor, op counter, PRNG) through the shared control block.
  */
+import type { DiskShared } from "./disk.ts";
 import type { RamBlock } from "./ram.ts";
 import { isValidPrngState, type PrngState, xorshiftSeed } from "./prng.ts";
 import {
@@ -46,6 +47,8 @@ export interface VcpuOptions {
   readonly workload: WorkloadSpec;
   /** Seeds the PRNG (default 1). */
   readonly seed?: number;
+  /** The guest's disk, for workloads that write it. */
+  readonly disk?: DiskShared;
 }
 
 /** How long stop() waits for an acknowledgement before declaring the worker hung. */
@@ -112,6 +115,7 @@ export class Vcpu {
           type: "init",
           control,
           blocks: options.blocks.map((b) => ({ name: b.name, length: b.length, shared: b.shared })),
+          ...(options.disk ? { disk: options.disk } : {}),
         };
         worker.postMessage(init);
       });

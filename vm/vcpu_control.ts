@@ -4,6 +4,7 @@
  * the block is the source of truth for the guest program (workload, cursor, counter,
  * PRNG); the worker reloads it on every resume and publishes back at every slice.
  */
+import type { DiskShared } from "./disk.ts";
 import type { RamBlockShared } from "./ram.ts";
 import { WORKLOAD_KIND_CODES, type WorkloadSpec } from "./workload.ts";
 
@@ -35,10 +36,14 @@ export const CTL = {
   OPS: 12,
   /** xorshift128 state, words 14-17. */
   PRNG: 14,
+  /** `random` disk writes in bytes/s (0 = none), low 32 bits. */
+  DISK_RATE_LO: 18,
+  /** `random` disk writes in bytes/s, high bits. */
+  DISK_RATE_HI: 19,
 } as const;
 
 /** Size of the control block in 32-bit words (a multiple of 2 for the 64-bit view). */
-export const CTL_WORDS = 18;
+export const CTL_WORDS = 20;
 
 /** Index of the op counter in a BigInt64Array over the control block. */
 export const OPS_INDEX64 = CTL.OPS / 2;
@@ -75,6 +80,9 @@ export function writeWorkload(ctl: Int32Array, spec: WorkloadSpec): void {
   Atomics.store(ctl, CTL.HOT_PAGES, spec.kind === "random" && spec.hot ? spec.hot.pagesPercent : 0);
   Atomics.store(ctl, CTL.HOT_OPS, spec.kind === "random" && spec.hot ? spec.hot.opsPercent : 0);
   Atomics.store(ctl, CTL.BYTES, spec.kind === "random" ? spec.bytes : 0);
+  const disk = spec.kind === "random" ? spec.disk ?? 0 : 0;
+  Atomics.store(ctl, CTL.DISK_RATE_LO, disk % 2 ** 32);
+  Atomics.store(ctl, CTL.DISK_RATE_HI, Math.floor(disk / 2 ** 32));
 }
 
 /** Reads the rate (bytes/s) stored in the control block. */
@@ -97,6 +105,8 @@ export interface VcpuInitMessage {
   readonly type: "init";
   readonly control: SharedArrayBuffer;
   readonly blocks: readonly VcpuBlockInit[];
+  /** The guest's disk, when it has one (the worker opens the image itself). */
+  readonly disk?: DiskShared;
 }
 
 /** Messages the worker posts back: ready after init, or the error that killed it. */

@@ -8,6 +8,7 @@
  *
  * Started by {@link ../vcpu.ts}; the only message it receives is {@link VcpuInitMessage}.
  */
+import { DISK_CHUNK } from "./disk.ts";
 import { PAGE_SIZE, RamBlock } from "./ram.ts";
 import {
   ACK_FAILED,
@@ -37,6 +38,20 @@ const MAX_SLEEP_MS = 100;
  * wakes ~1000 times a second rather than once per op.
  */
 const MIN_SLEEP_MS = 1;
+/** Bytes of one guest disk write. */
+const DISK_WRITE = 4096;
+/** Upper bound on disk writes per slice. */
+const DISK_SLICE_OPS = 64;
+
+/** The worker's handle on the guest disk: its own file descriptor and the shared bitmaps. */
+interface WorkerDisk {
+  readonly file: Deno.FsFile;
+  /** 4 KiB slots in the image. */
+  readonly slots: number;
+  readonly dirty: Uint32Array;
+  readonly written: Uint32Array;
+}
+
 /** 2^-32, to scale a 32-bit random number into [0, 1). */
 const INV_2_32 = 1 / 4294967296;
 
@@ -58,8 +73,20 @@ class Program {
   s1 = 0;
   s2 = 0;
   s3 = 0;
+  /** Disk writes (4 KiB each) per millisecond; 0 = none. */
+  diskOpsPerMs = 0;
+  /** When the next disk write is due (performance.now()). */
+  diskDue = 0;
+  /** xorshift32 state of the disk writes (separate from the migrated PRNG). */
+  diskSeed = 0x9e3779b9;
+  readonly diskBuf = new Uint8Array(DISK_WRITE);
 
-  constructor(readonly block: RamBlock, readonly ctl: Int32Array, readonly big: BigInt64Array) {
+  constructor(
+    readonly block: RamBlock,
+    readonly ctl: Int32Array,
+    readonly big: BigInt64Array,
+    readonly disk: WorkerDisk | null,
+  ) {
     this.pages = block.pages;
   }
 
@@ -85,6 +112,44 @@ class Program {
     this.s2 = Atomics.load(ctl, CTL.PRNG + 2) | 0;
     this.s3 = Atomics.load(ctl, CTL.PRNG + 3) | 0;
     if ((this.s0 | this.s1 | this.s2 | this.s3) === 0) this.s0 = 1;
+    const diskRate = this.kind === WORKLOAD_KIND_CODES.random && this.disk
+      ? (Atomics.load(ctl, CTL.DISK_RATE_HI) >>> 0) * 2 ** 32 +
+        (Atomics.load(ctl, CTL.DISK_RATE_LO) >>> 0)
+      : 0;
+    this.diskOpsPerMs = diskRate / DISK_WRITE / 1000;
+  }
+
+  /**
+   * Writes the disk writes owed by `now` (at most {@link DISK_SLICE_OPS}): 4 KiB of
+   * random bytes at a random 4 KiB-aligned offset, then the chunk's dirty and
+   * written bits. Returns when the next one is due.
+   */
+  runDisk(now: number): number {
+    const disk = this.disk!;
+    if (this.diskDue < now - MAX_BACKLOG_MS) this.diskDue = now - MAX_BACKLOG_MS;
+    const period = 1 / this.diskOpsPerMs;
+    let ops = 0;
+    while (this.diskDue <= now && ops < DISK_SLICE_OPS) {
+      let x = this.diskSeed;
+      const words = new Int32Array(this.diskBuf.buffer);
+      for (let i = 0; i < words.length; i++) {
+        x ^= x << 13, x ^= x >>> 17, x ^= x << 5;
+        words[i] = x;
+      }
+      x ^= x << 13, x ^= x >>> 17, x ^= x << 5;
+      this.diskSeed = x;
+      const slot = Math.floor((x >>> 0) * disk.slots * INV_2_32);
+      const at = slot * DISK_WRITE;
+      disk.file.seekSync(at, Deno.SeekMode.Start);
+      let off = 0;
+      while (off < DISK_WRITE) off += disk.file.writeSync(this.diskBuf.subarray(off));
+      const chunk = Math.floor(at / DISK_CHUNK);
+      Atomics.or(disk.written, chunk >>> 5, 1 << (chunk & 31));
+      Atomics.or(disk.dirty, chunk >>> 5, 1 << (chunk & 31));
+      this.diskDue += period;
+      ops++;
+    }
+    return this.diskDue;
   }
 
   /** Publishes the live state (cursor, op counter, PRNG) into the control block. */
@@ -201,6 +266,8 @@ function loop(program: Program): void {
       continue;
     }
     const start = performance.now();
+    let wake = Infinity;
+    if (program.diskOpsPerMs > 0) wake = program.runDisk(start);
     let count = program.sliceOps;
     if (program.opsPerMs > 0) {
       // A throttled vCPU gets (100 - throttle) % of its time, so a paced guest
@@ -210,7 +277,8 @@ function loop(program: Program): void {
       const opsPerMs = program.opsPerMs * share;
       if (due < start - MAX_BACKLOG_MS) due = start - MAX_BACKLOG_MS;
       if (start < due) {
-        sleep(ctl, cmd, Math.min(Math.max(due - start, MIN_SLEEP_MS), MAX_SLEEP_MS));
+        const until = Math.min(due, wake);
+        sleep(ctl, cmd, Math.min(Math.max(until - start, MIN_SLEEP_MS), MAX_SLEEP_MS));
         continue;
       }
       count = Math.min(count, Math.floor((start - due) * opsPerMs) + 1);
@@ -247,7 +315,15 @@ scope.onmessage = (event: MessageEvent<VcpuInitMessage>): void => {
   const ctl = new Int32Array(init.control);
   try {
     const blocks = init.blocks.map((b) => new RamBlock(b.name, b.length, b.shared));
-    const program = new Program(blocks[0], ctl, new BigInt64Array(init.control));
+    const disk: WorkerDisk | null = init.disk
+      ? {
+        file: Deno.openSync(init.disk.path, { write: true }),
+        slots: init.disk.size / DISK_WRITE,
+        dirty: new Uint32Array(init.disk.dirty),
+        written: new Uint32Array(init.disk.written),
+      }
+      : null;
+    const program = new Program(blocks[0], ctl, new BigInt64Array(init.control), disk);
     scope.postMessage({ type: "ready" });
     loop(program);
   } catch (error) {

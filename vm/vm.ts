@@ -8,6 +8,7 @@ import { RUN_STATES } from "./guest.ts";
 import { VmError } from "./error.ts";
 import { decodeVcpuState, encodeVcpuState, VCPU_DEVICE_FIELDS } from "./device_state.ts";
 import { digestBlocks, type RamDigest } from "./digest.ts";
+import { Disk, type DiskDigest } from "./disk.ts";
 import { type FillMode, fillRam, isFillMode } from "./fill.ts";
 import { PAGE_SIZE, parseSize, RamBlock } from "./ram.ts";
 import { Vcpu } from "./vcpu.ts";
@@ -39,6 +40,8 @@ export interface VmOptions {
   readonly prefault?: boolean;
   /** Seeds the random fill and the vCPU's PRNG (default {@link DEFAULT_SEED}). */
   readonly seed?: number;
+  /** A raw disk image (`--disk`), created at `size` bytes when absent (`--disk-size`). */
+  readonly disk?: { readonly path: string; readonly size?: number };
 }
 
 /** What `GET /vm` reports: plain JSON. */
@@ -65,14 +68,17 @@ export class Vm implements Guest, AsyncDisposable, Disposable {
   readonly blocks: readonly RamBlock[];
   /** The `vcpu` device section's fields, for the vmdescription JSON. */
   readonly deviceFields: readonly DeviceField[] = VCPU_DEVICE_FIELDS;
+  /** The guest's disk, when it has one. */
+  readonly disk?: Disk;
   readonly #vcpu: Vcpu;
   readonly #listeners = new Set<RunStateListener>();
   #runState: RunState = "prelaunch";
   #closed = false;
 
-  private constructor(blocks: readonly RamBlock[], vcpu: Vcpu) {
+  private constructor(blocks: readonly RamBlock[], vcpu: Vcpu, disk?: Disk) {
     this.blocks = blocks;
     this.#vcpu = vcpu;
+    if (disk) this.disk = disk;
   }
 
   /**
@@ -102,8 +108,22 @@ export class Vm implements Guest, AsyncDisposable, Disposable {
     assertWorkloadFits(workload, block.length);
     if (options.prefault) block.prefault();
     fillRam(block, fill, seed);
-    const vcpu = await Vcpu.create({ blocks: [block], workload, seed: seed ^ 0x7f4a7c15 });
-    return new Vm([block], vcpu);
+    if (workload.kind === "random" && workload.disk && !options.disk) {
+      throw new VmError("invalid-argument", "Workload disk=RATE needs a disk (--disk PATH)");
+    }
+    const disk = options.disk ? Disk.open(options.disk.path, options.disk.size) : undefined;
+    try {
+      const vcpu = await Vcpu.create({
+        blocks: [block],
+        workload,
+        seed: seed ^ 0x7f4a7c15,
+        ...(disk ? { disk: disk.shared } : {}),
+      });
+      return new Vm([block], vcpu, disk);
+    } catch (e) {
+      disk?.close();
+      throw e;
+    }
   }
 
   /** Current run state. */
@@ -219,6 +239,11 @@ export class Vm implements Guest, AsyncDisposable, Disposable {
     return digestBlocks(this.blocks);
   }
 
+  /** SHA-256 of the disk image, or null without a disk; stop the guest first. */
+  diskDigest(): Promise<DiskDigest | null> {
+    return this.disk ? this.disk.digest() : Promise.resolve(null);
+  }
+
   /** Plain JSON description for `GET /vm`. */
   info(): VmInfo {
     return {
@@ -236,6 +261,7 @@ export class Vm implements Guest, AsyncDisposable, Disposable {
     if (this.#closed) return;
     this.#closed = true;
     this.#vcpu.terminate();
+    this.disk?.close();
     this.#listeners.clear();
   }
 

@@ -57,6 +57,11 @@ export interface RandomWorkload {
   readonly hot: HotSet | null;
   /** Bytes written per op, 1-4096. */
   readonly bytes: number;
+  /**
+   * Bytes/s of 4 KiB writes at random 4 KiB-aligned offsets of the guest's disk
+   * (needs `--disk`); absent = no disk writes. Not part of the migrated device state.
+   */
+  readonly disk?: number;
 }
 
 /** A parsed `--workload` value. */
@@ -70,12 +75,12 @@ export class WorkloadError extends Error {
 const PARAMS: { readonly [K in WorkloadKind]: readonly string[] } = {
   idle: [],
   ab: ["rate", "range"],
-  random: ["rate", "hot", "bytes"],
+  random: ["rate", "hot", "bytes", "disk"],
 };
 
 /**
  * Parses `idle`, `ab[:rate=SIZE][,range=SIZE]` or
- * `random[:rate=SIZE][,hot=P%:Q%][,bytes=N]`; throws {@link WorkloadError} saying
+ * `random[:rate=SIZE][,hot=P%:Q%][,bytes=N][,disk=SIZE]`; throws {@link WorkloadError} saying
  * what is wrong.
  */
 export function parseWorkload(text: string): WorkloadSpec {
@@ -148,7 +153,8 @@ export function parseWorkload(text: string): WorkloadSpec {
           fail(`bytes "${bytesText}" is not an integer in 1..${PAGE_SIZE}`);
         }
       }
-      return { kind, rate, hot, bytes };
+      const disk = params.has("disk") ? size("disk", 0) : 0;
+      return disk > 0 ? { kind, rate, hot, bytes, disk } : { kind, rate, hot, bytes };
     }
   }
 }
@@ -171,6 +177,7 @@ export function formatWorkload(spec: WorkloadSpec): string {
       if (spec.rate !== WORKLOAD_DEFAULTS.randomRate) params.push(`rate=${formatSize(spec.rate)}`);
       if (spec.hot !== null) params.push(`hot=${spec.hot.pagesPercent}%:${spec.hot.opsPercent}%`);
       if (spec.bytes !== WORKLOAD_DEFAULTS.randomBytes) params.push(`bytes=${spec.bytes}`);
+      if (spec.disk) params.push(`disk=${formatSize(spec.disk)}`);
       break;
   }
   return params.length === 0 ? spec.kind : `${spec.kind}:${params.join(",")}`;
@@ -220,6 +227,7 @@ export function assertWorkloadFits(spec: WorkloadSpec, blockLength: number): voi
       if (!Number.isInteger(spec.bytes) || spec.bytes < 1 || spec.bytes > PAGE_SIZE) {
         fail(`bytes ${spec.bytes} is not an integer in 1..${PAGE_SIZE}`);
       }
+      if (spec.disk !== undefined) checkRate(spec.disk, fail);
       if (spec.hot !== null) {
         const { pagesPercent: p, opsPercent: q } = spec.hot;
         if (!Number.isInteger(p) || p < 1 || p > 100 || !Number.isInteger(q) || q < 0 || q > 100) {

@@ -224,8 +224,8 @@ Deno.test("loadStream() rejects a footer missing after the vcpu payload", async 
 Deno.test("loadStream() rejects an unknown live (START) section name", async () => {
   const b = new StreamBuilder().header().configuration();
   const at = b.offset;
-  b.start(0, "block", 1);
-  await rejects(b, at, /unknown live section "block"/);
+  b.start(0, "dirty-bitmap", 1);
+  await rejects(b, at, /unknown live section "dirty-bitmap"/);
 });
 
 Deno.test("loadStream() rejects an unknown device (FULL) section name", async () => {

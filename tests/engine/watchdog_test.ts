@@ -9,7 +9,7 @@ import {
   usesReturnPath,
 } from "../../engine/return_path.ts";
 import { ProgressTimeoutError, ProgressWatchdog, WatchedChannel } from "../../engine/watchdog.ts";
-import { MemoryTransports } from "../../transports/memory.ts";
+import { channelPair, MemoryTransports } from "../../transports/memory.ts";
 import type { Channel, Listener, Transports } from "../../transports/transport.ts";
 import { buildValidStream, SMALL_BLOCKS, StreamBuilder, T } from "../helpers/stream_builder.ts";
 import { ramDigest, TestGuest } from "../helpers/test_guest.ts";
@@ -365,4 +365,33 @@ Deno.test("return path: with the commit the hand-built stream completes and the 
   } finally {
     await engine.close();
   }
+});
+
+Deno.test("WatchedChannel.finish(): once the handshake is done, a failing transport finish cannot fail it (no second running guest)", async () => {
+  const [a, b] = channelPair();
+  let shook = false;
+  const failing: Channel = {
+    peer: a.peer,
+    get closed() {
+      return a.closed;
+    },
+    write: (c) => a.write(c),
+    read: (buf) => a.read(buf),
+    finish: () => Promise.reject(new Error("connection reset by peer")),
+    close: () => a.close(),
+    [Symbol.dispose]: () => a.close(),
+  };
+  const ch = new WatchedChannel(failing, null, {
+    beforeFinish: () => {
+      shook = true;
+      return Promise.resolve();
+    },
+  });
+  await ch.finish();
+  assert.equal(shook, true);
+  assert.equal(ch.closed, true);
+  // Without a handshake the same failure is reported.
+  const plain = new WatchedChannel(failing, null);
+  await assert.rejects(plain.finish(), /reset/);
+  b.close();
 });

@@ -29,6 +29,14 @@ export const F = {
   XBZRLE: 0x40,
 } as const;
 
+/** Block record flags (DESIGN §4, `block` section). */
+export const BF = {
+  DEVICE_BLOCK: 0x01,
+  EOS: 0x02,
+  PROGRESS: 0x04,
+  ZERO_BLOCK: 0x08,
+} as const;
+
 /** "QEVM". */
 export const MAGIC = 0x5145564d;
 export const PAGE = 4096;
@@ -170,6 +178,22 @@ export class StreamBuilder {
   ramStart(id: number, blocks: readonly (readonly [string, number])[]): this {
     const total = blocks.reduce((n, [, len]) => n + len, 0);
     return this.start(id).memSize(total, blocks).eos().footer(id);
+  }
+
+  /**
+   * A block record: `be64 (sector << 9) | flags`, then `u8 len, device` when
+   * `device` is given, then `data` (1 MiB for a DEVICE_BLOCK without ZERO_BLOCK).
+   */
+  blockRecord(sector: number | bigint, flags: number, device?: string, data?: Uint8Array): this {
+    this.be64((BigInt(sector) << 9n) | BigInt(flags));
+    if (device !== undefined) this.str8(device);
+    if (data) this.raw(data);
+    return this.mark();
+  }
+
+  /** `be64 EOS` of the block section. */
+  blockEos(): this {
+    return this.blockRecord(0, BF.EOS);
   }
 
   /** The whole FULL `vcpu` section holding TestGuest's 8-byte counter. */

@@ -59,7 +59,7 @@ Deno.test("POST /migrations with a malformed tcp URI answers 400 bad-uri", async
   await engine.close();
 });
 
-Deno.test("POST /migrations with blk answers 400 while block migration is missing", async () => {
+Deno.test("POST /migrations with blk answers 400 when the guest has no disk", async () => {
   const { app, engine } = testApp();
   const res = await call(app, "POST", "/migrations", { uri: "tcp:127.0.0.1:1", blk: true });
   assert.equal(res.status, 400);

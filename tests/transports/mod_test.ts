@@ -40,28 +40,12 @@ Deno.test("createTransports() refuses exec: with exec-disabled unless allowExec"
   await assertTransportError(() => createTransports().validate("exec:cat"), "exec-disabled");
 });
 
-Deno.test("createTransports({ allowExec: true }) reports exec: as not implemented yet", async () => {
+Deno.test("createTransports() validates exec:, fd: and file: without opening anything", async () => {
   const transports = createTransports({ allowExec: true });
-  await assertTransportError(
-    () => transports.connect("exec:cat"),
-    "transport-unavailable",
-    "exec: transport is not implemented yet",
-  );
-  await assertTransportError(() => transports.validate("exec:cat"), "transport-unavailable");
-});
-
-Deno.test("createTransports() reports fd: and file: as not implemented yet", async () => {
-  const transports = createTransports({ allowExec: true });
-  for (const uri of ["fd:3", "file:/tmp/ferry.img", "file:/tmp/ferry.img,offset=4096"]) {
-    const scheme = uri.slice(0, uri.indexOf(":") + 1);
-    await assertTransportError(
-      () => transports.connect(uri),
-      "transport-unavailable",
-      `${scheme} transport is not implemented yet`,
-    );
-    await assertTransportError(() => transports.listen(uri), "transport-unavailable");
-    await assertTransportError(() => transports.validate(uri), "transport-unavailable");
-  }
+  transports.validate("exec:cat > /nonexistent/dir/x"); // the command is not run
+  transports.validate("file:/nonexistent/dir/x.ferry"); // nor the file created
+  transports.validate("file:/tmp/ferry.img,offset=4096");
+  await assertTransportError(() => transports.validate("fd:987654"), "bad-fd", "fd:987654");
 });
 
 Deno.test("createTransports() passes parseUri errors through (bad-uri, unknown-protocol)", async () => {
