@@ -70,6 +70,8 @@ async function autoConverge(): Promise<void> {
   await using src = await FerryProcess.start([
     "--ram",
     "64M",
+    "--fill",
+    "random",
     "--workload",
     "random:rate=64M,bytes=8",
   ]);

@@ -196,7 +196,10 @@ export class RamSaver {
    * the dirty log is synced first so the switchover decision sees fresh numbers.
    */
   pending(maxSize: number): number {
-    if (this.pendingWireBytes < maxSize) this.sync();
+    // "Nothing left" is only believed after a fresh sync: without this, a pass that
+    // ends inside the first window (max_size still 0, e.g. a mostly-zero guest)
+    // would switch over with everything dirtied meanwhile still unsent.
+    if (this.pendingWireBytes < maxSize || this.#dirty === 0) this.sync();
     return this.pendingWireBytes;
   }
 

@@ -220,6 +220,17 @@ Deno.test("RamSaver.pending() syncs the dirty log only when remaining bytes are 
   assert.equal(guest.blocks[0].dirty[0], 0, "the guest's log was collected");
 });
 
+Deno.test("RamSaver.pending() never reports nothing left without a fresh sync, even at maxSize 0", async () => {
+  const { guest, w, ch, saver } = setup();
+  await saver.iterate(w, never);
+  await payload(w, ch);
+  assert.equal(saver.dirtyPages, 0);
+  guest.write(3 * PAGE_SIZE, Uint8Array.of(1));
+  const syncs = saver.stats.dirtySyncCount;
+  assert.equal(saver.pending(0), PAGE_SIZE, "the page dirtied meanwhile is pending");
+  assert.equal(saver.stats.dirtySyncCount, syncs + 1);
+});
+
 Deno.test("RamSaver.sync() picks up pages dirtied by TestGuest.write after they were sent", async () => {
   const { guest, w, ch, saver } = setup();
   await saver.iterate(w, never);
