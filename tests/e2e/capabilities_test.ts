@@ -83,13 +83,13 @@ Deno.test("e2e xbzrle: the cache size can change during a migration and GET repo
   await sameRam(src, dst);
 });
 
-const FAST_DIRTY = ["--workload", "random:rate=32M,bytes=8"];
+const FAST_DIRTY = ["--workload", "random:rate=64M,bytes=8"];
 
-Deno.test("e2e auto-converge: without it a guest dirtying 4x the bandwidth never converges; cancel works", async () => {
+Deno.test("e2e auto-converge: without it a guest dirtying 8x the bandwidth never converges; cancel works", async () => {
   const [src, dst] = await pair("8M", FAST_DIRTY);
   await using _s = src;
   await using _d = dst;
-  await src.api("PATCH", "/migrations/parameters", { max_bandwidth: 8 << 20, downtime_limit: 300 });
+  await src.api("PATCH", "/migrations/parameters", { max_bandwidth: 8 << 20, downtime_limit: 30 });
   await src.api("POST", "/migrations", { uri: dst.incoming });
   await new Promise((r) => setTimeout(r, 4000));
   const info = (await src.api("GET", "/migrations/current")).body;
@@ -110,9 +110,9 @@ Deno.test("e2e auto-converge: the same guest completes with it, throttled, and t
   await src.api("PUT", "/migrations/capabilities", { auto_converge: true });
   await src.api("PATCH", "/migrations/parameters", {
     max_bandwidth: 8 << 20,
-    downtime_limit: 300,
+    downtime_limit: 30,
     cpu_throttle_initial: 50,
-    cpu_throttle_increment: 20,
+    cpu_throttle_increment: 25,
   });
   await src.api("POST", "/migrations", { uri: dst.incoming });
   let maxThrottle = 0;
