@@ -187,3 +187,21 @@ export class ConnChannel implements Channel {
     return this.#failure;
   }
 }
+
+/**
+ * Accepts the next connection of a socket listener; a failure becomes an Error
+ * naming the listener's `address` (or saying it is closed, when `isClosed()`).
+ */
+export async function acceptConn<C>(
+  listener: { accept(): Promise<C> },
+  address: string,
+  isClosed: () => boolean,
+): Promise<C> {
+  if (isClosed()) throw new Error(`Listener ${address} is closed`);
+  try {
+    return await listener.accept();
+  } catch (err) {
+    if (isClosed()) throw new Error(`Listener ${address} is closed`, { cause: err });
+    throw new Error(`Cannot accept on ${address}: ${describeNetError(err)}`, { cause: err });
+  }
+}

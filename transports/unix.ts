@@ -1,4 +1,4 @@
-import { ConnChannel, describeNetError, raceAbort } from "./channel.ts";
+import { acceptConn, ConnChannel, describeNetError, raceAbort } from "./channel.ts";
 import { type Channel, type Listener, TransportError } from "./transport.ts";
 import { parseUri } from "./uri.ts";
 
@@ -82,14 +82,7 @@ class UnixListener implements Listener {
   }
 
   async accept(): Promise<Channel> {
-    if (this.#closed) throw new Error(`Listener ${this.address} is closed`);
-    let conn: Deno.UnixConn;
-    try {
-      conn = await this.#listener.accept();
-    } catch (err) {
-      if (this.#closed) throw new Error(`Listener ${this.address} is closed`, { cause: err });
-      throw new Error(`Cannot accept on ${this.address}: ${describeNetError(err)}`, { cause: err });
-    }
+    const conn = await acceptConn(this.#listener, this.address, () => this.#closed);
     // The client end of a unix connection is anonymous: name the socket it came through.
     return new ConnChannel(conn, this.address);
   }

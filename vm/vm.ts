@@ -106,7 +106,8 @@ export class Vm implements Guest, AsyncDisposable, Disposable {
     }
     const block = new RamBlock(MAIN_RAM_BLOCK, ramSize);
     assertWorkloadFits(workload, block.length);
-    if (options.prefault) block.prefault();
+    // A random or pattern fill writes every page, which faults it in: prefault only zero RAM.
+    if (options.prefault && fill === "zero") block.prefault();
     fillRam(block, fill, seed);
     if (workload.kind === "random" && workload.disk && !options.disk) {
       throw new VmError("invalid-argument", "Workload disk=RATE needs a disk (--disk PATH)");

@@ -160,14 +160,17 @@ Deno.test("Vm random workload writes `bytes` bytes per op inside one page", asyn
   assert.ok(written > 0);
 });
 
+/** The guest's op rate (ops/ms) measured over `ms` of real time. */
+async function opRate(vm: Vm, ms: number): Promise<number> {
+  const ops0 = vm.opsCount;
+  const t0 = performance.now();
+  await delay(ms);
+  return (vm.opsCount - ops0) / (performance.now() - t0);
+}
+
 Deno.test("Vm.setThrottle() reduces the op rate", async () => {
   await using vm = await Vm.create({ ramSize: "1M", workload: "ab" });
-  const rate = async (ms: number) => {
-    const ops0 = vm.opsCount;
-    const t0 = performance.now();
-    await delay(ms);
-    return (vm.opsCount - ops0) / (performance.now() - t0);
-  };
+  const rate = (ms: number) => opRate(vm, ms);
   vm.start();
   await delay(20);
   const full = await rate(150);
@@ -377,12 +380,7 @@ Deno.test("Vm vCPU writes pages before marking them dirty: a dirty-log copy loop
 
 Deno.test("Vm.setThrottle() slows a paced workload to its share of the rate", async () => {
   await using vm = await Vm.create({ ramSize: "4M", workload: "random:rate=16M" });
-  const rate = async (ms: number) => {
-    const ops0 = vm.opsCount;
-    const t0 = performance.now();
-    await delay(ms);
-    return (vm.opsCount - ops0) / (performance.now() - t0);
-  };
+  const rate = (ms: number) => opRate(vm, ms);
   vm.start();
   await delay(50);
   const full = await rate(300);
