@@ -4,6 +4,12 @@ export const THROTTLE_PERIOD_MS = 1000;
 export const THROTTLE_TRIGGER_PERCENT = 50;
 /** Periods in a row with too much dirtying before the throttle steps up. */
 export const THROTTLE_TRIGGER_COUNT = 2;
+/**
+ * Share of the sent bytes dirtied again in a period (%) at which the migration is
+ * making no headway: each step then also halves the headroom left (20 → 60 → 80 →
+ * 90 → 99 with QEMU's default steps) instead of adding only the increment.
+ */
+export const THROTTLE_STALL_PERCENT = 80;
 /** Highest throttle, %. */
 export const MAX_THROTTLE = 99;
 
@@ -13,7 +19,11 @@ export const MAX_THROTTLE = 99;
  * dirtied in it with the bytes sent in it. When the guest dirtied more than half
  * of what was sent, for THROTTLE_TRIGGER_COUNT periods, throttle the vCPU: first
  * to `cpu_throttle_initial`, then `cpu_throttle_increment` more each time, at most
- * MAX_THROTTLE.
+ * MAX_THROTTLE. Unlike QEMU, a guest re-dirtying THROTTLE_STALL_PERCENT of what
+ * was sent gets bigger steps (half the remaining headroom when that is more than
+ * the increment): a guest rewriting its working set faster than one pass needs
+ * ~95 % before any pass finds it asleep, and QEMU's +10 % every two seconds takes
+ * ~20 s to get there.
  */
 export class AutoConverge {
   #periodStart: number;
@@ -45,6 +55,7 @@ export class AutoConverge {
     if (now - this.#periodStart < THROTTLE_PERIOD_MS) return null;
     const sent = bytesSent - this.#periodSentFrom;
     const tooFast = this.#periodDirty * 100 > sent * THROTTLE_TRIGGER_PERCENT;
+    const stalled = this.#periodDirty * 100 >= sent * THROTTLE_STALL_PERCENT;
     this.#periodStart = now;
     this.#periodDirty = 0;
     this.#periodSentFrom = bytesSent;
@@ -52,9 +63,10 @@ export class AutoConverge {
     if (++this.#highCount < THROTTLE_TRIGGER_COUNT) return null;
     this.#highCount = 0;
     const { initial, increment } = this.steps();
+    const halve = stalled ? Math.round(100 - (100 - this.#throttle) / 2) : 0;
     const next = this.#throttle === 0
       ? initial
-      : Math.min(MAX_THROTTLE, this.#throttle + increment);
+      : Math.min(MAX_THROTTLE, Math.max(this.#throttle + increment, halve));
     if (next === this.#throttle) return null;
     this.#throttle = next;
     return next;

@@ -38,6 +38,15 @@ const MAX_SLEEP_MS = 100;
  * wakes ~1000 times a second rather than once per op.
  */
 const MIN_SLEEP_MS = 1;
+/**
+ * A throttled vCPU runs for this long, then sleeps `timeslice × t/(100 − t)` (QEMU's
+ * CPU_THROTTLE_TIMESLICE): at 99 % it runs 10 ms and sleeps 990 ms. Long sleeps
+ * matter: a guest that rewrites its whole working set within one run slice still
+ * leaves syncs that find almost nothing dirty, which is what lets auto-converge finish
+ * a migration of such a guest (finely interleaved sleeps would dirty every page in
+ * every pass).
+ */
+const THROTTLE_TIMESLICE_MS = 10;
 /** Bytes of one guest disk write. */
 const DISK_WRITE = 4096;
 /** Upper bound on disk writes per slice. */
@@ -293,7 +302,7 @@ function loop(program: Program): void {
     }
     const end = performance.now();
     debt += (end - start) * throttle / (100 - throttle);
-    if (debt >= MIN_SLEEP_MS) {
+    if (debt >= Math.max(MIN_SLEEP_MS, THROTTLE_TIMESLICE_MS * throttle / (100 - throttle))) {
       sleep(ctl, cmd, debt);
       debt = Math.max(-MAX_BACKLOG_MS, debt - (performance.now() - end));
     }

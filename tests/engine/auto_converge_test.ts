@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { AutoConverge, MAX_THROTTLE } from "../../engine/auto_converge.ts";
+import { AutoConverge, MAX_THROTTLE, THROTTLE_STALL_PERCENT } from "../../engine/auto_converge.ts";
 
 const steps = () => ({ initial: 20, increment: 10 });
 
@@ -44,4 +44,28 @@ Deno.test("AutoConverge reads the throttle steps when it steps (live parameters)
   initial = 45;
   ac.onSync(1000, 100, 100);
   assert.equal(ac.onSync(2000, 100, 200), 45);
+});
+
+Deno.test("AutoConverge.onSync() halves the headroom while the guest re-dirties what was sent", () => {
+  const ac = new AutoConverge(0, 0, steps);
+  const seen: number[] = [];
+  let t = 0;
+  for (let i = 0; i < 16; i++) {
+    t += 1000;
+    // Every byte sent in the period is dirtied again: no headway at all.
+    const next = ac.onSync(t, 100, (t / 1000) * 100);
+    if (next !== null) seen.push(next);
+  }
+  assert.deepEqual(seen, [20, 60, 80, 90, 99]);
+});
+
+Deno.test("AutoConverge.onSync() steps by the increment below the stall share", () => {
+  const ac = new AutoConverge(0, 0, steps);
+  const dirty = THROTTLE_STALL_PERCENT - 10; // fast (> 50 %) but making headway
+  const seen: number[] = [];
+  for (let i = 1; i <= 8; i++) {
+    const next = ac.onSync(i * 1000, dirty, i * 100);
+    if (next !== null) seen.push(next);
+  }
+  assert.deepEqual(seen, [20, 30, 40, 50]);
 });
