@@ -1,4 +1,10 @@
 import { PAGE_SIZE } from "../vm/ram.ts";
+import {
+  createKernels,
+  type KernelKind,
+  type Kernels,
+  selectedKernelKind,
+} from "./wasm/kernels.ts";
 
 /** Syncs a cached page stays protected from replacement by another page (QEMU's CACHED_PAGE_LIFETIME). */
 export const CACHED_PAGE_LIFETIME = 2;
@@ -8,19 +14,29 @@ export const CACHED_PAGE_LIFETIME = 2;
  * keyed by a page's global index. The slot count is the largest power of two that
  * fits `sizeBytes`; a slot holding a page cached in the last CACHED_PAGE_LIFETIME
  * syncs is not taken by another page. All memory is allocated at construction.
+ *
+ * The pages live in the arena of the cache's own kernel set (`kernels`), next to
+ * a snapshot page (`scratch`): with the WebAssembly kernels, encoding a snapshot
+ * against a cached page then copies nothing in.
  */
 export class PageCache {
   readonly #data: Uint8Array;
   readonly #keys: Float64Array;
   readonly #ages: Uint32Array;
   readonly #mask: number;
+  readonly #kind: KernelKind;
   readonly sizeBytes: number;
+  /** The kernels whose memory holds the pages; use them to encode against a cached page. */
+  readonly kernels: Kernels;
 
-  constructor(sizeBytes: number) {
+  /** A cache of (at most) `sizeBytes`, its kernels of `kind` (default: the selected kind). */
+  constructor(sizeBytes: number, kind: KernelKind = selectedKernelKind()) {
     const slots = 2 ** Math.floor(Math.log2(Math.max(1, Math.floor(sizeBytes / PAGE_SIZE))));
     this.#mask = slots - 1;
     this.sizeBytes = slots * PAGE_SIZE;
-    this.#data = new Uint8Array(this.sizeBytes);
+    this.#kind = kind;
+    this.kernels = createKernels({ kind, arenaBytes: this.sizeBytes });
+    this.#data = this.kernels.arena;
     this.#keys = new Float64Array(slots).fill(-1);
     this.#ages = new Uint32Array(slots);
   }
@@ -28,6 +44,11 @@ export class PageCache {
   /** Number of page slots. */
   get slots(): number {
     return this.#mask + 1;
+  }
+
+  /** A page of working memory next to the cached pages (the saver's snapshot). */
+  get scratch(): Uint8Array {
+    return this.kernels.scratch;
   }
 
   /** The cached copy of page `key`, or null when that page is not cached. */
@@ -54,7 +75,7 @@ export class PageCache {
 
   /** A new cache of `sizeBytes` holding as many of this cache's pages as map to free slots. */
   resized(sizeBytes: number): PageCache {
-    const next = new PageCache(sizeBytes);
+    const next = new PageCache(sizeBytes, this.#kind);
     for (let slot = 0; slot <= this.#mask; slot++) {
       const key = this.#keys[slot];
       if (key === -1) continue;

@@ -40,6 +40,8 @@ function firstDiff(
     if (old[i] !== cur[i]) return i;
     i++;
   }
+  // Past the last whole word (len not a multiple of 4): the tail below would restart behind i.
+  if (i >= len) return len;
   let w = i >> 2;
   const nw = len >> 2;
   while (w < nw && ow[w] === cw[w]) w++;

@@ -3,8 +3,9 @@ import { fullBitmap } from "../../vm/ram.ts";
 import { RAM_FLAG_MASK, RamFlag } from "../format/constants.ts";
 import type { StreamWriter } from "../format/writer.ts";
 import { StreamError, type StreamReader } from "../format/reader.ts";
-import { ENCODING_FLAG_XBZRLE, xbzrleDecode, xbzrleEncode, XbzrleError } from "../format/xbzrle.ts";
+import { ENCODING_FLAG_XBZRLE, XbzrleError } from "../format/xbzrle.ts";
 import { PageCache } from "../page_cache.ts";
+import { type KernelKind, type Kernels, sharedKernels } from "../wasm/kernels.ts";
 
 /** Largest RAM record: header, block name, XBZRLE flag and length, page. */
 const MAX_RECORD = 8 + 1 + 255 + 3 + PAGE_SIZE;
@@ -52,6 +53,8 @@ export interface XbzrleStats {
 export interface RamSaverOptions {
   /** Turns XBZRLE on with a page cache of this many bytes. */
   readonly xbzrleCacheSize?: number;
+  /** XBZRLE kernels (wasm or TS); default: selectedKernelKind(). */
+  readonly kernels?: KernelKind;
 }
 
 /** What one iterate() call did. */
@@ -79,9 +82,8 @@ export class RamSaver {
   #last: RamBlock | null = null;
   #periodStart: number;
   #periodDirty = 0;
-  /** XBZRLE state: the page cache, a snapshot buffer, and each block's first global page. */
+  /** XBZRLE state: the page cache (and its snapshot page), each block's first global page. */
   #cache: PageCache | null = null;
-  readonly #snapshot = new Uint8Array(PAGE_SIZE);
   readonly #blockBase: number[] = [];
   /** True during the first sweep (QEMU's ram_bulk_stage): no XBZRLE yet. */
   #bulk = true;
@@ -104,7 +106,7 @@ export class RamSaver {
 
   constructor(blocks: readonly RamBlock[], now: () => number, options: RamSaverOptions = {}) {
     if (options.xbzrleCacheSize !== undefined) {
-      this.#cache = new PageCache(options.xbzrleCacheSize);
+      this.#cache = new PageCache(options.xbzrleCacheSize, options.kernels);
       this.stats.xbzrle = {
         bytes: 0,
         pages: 0,
@@ -323,7 +325,9 @@ export class RamSaver {
   ): number {
     const cache = this.#cache!;
     const xb = this.stats.xbzrle!;
-    const snap = this.#snapshot;
+    // The snapshot and the cached pages share the kernels' memory: encoding copies nothing in.
+    const snap = cache.scratch;
+    const kernels = cache.kernels;
     const buf = w.buf;
     const limit = buf.length - MAX_RECORD;
     const age = this.stats.dirtySyncCount;
@@ -356,7 +360,7 @@ export class RamSaver {
           const lastBefore = this.#last;
           this.#header(w, block, offset, RamFlag.XBZRLE);
           const lenAt = w.pos + 1;
-          const n = xbzrleEncode(old, snap, buf.subarray(lenAt + 2, lenAt + 2 + PAGE_SIZE));
+          const n = kernels.xbzrleEncode(old, snap, buf.subarray(lenAt + 2, lenAt + 2 + PAGE_SIZE));
           if (n === 0) {
             w.pos = headerAt; // identical: nothing goes out
             this.#last = lastBefore;
@@ -514,9 +518,12 @@ export class RamLoader {
   readonly #all: readonly RamBlock[];
   #last: RamBlock | null = null;
   #sizesSeen = false;
+  readonly #kernels: Kernels;
   readonly stats: RamLoadStats = { zeroPages: 0, normalPages: 0, xbzrlePages: 0 };
 
-  constructor(blocks: readonly RamBlock[]) {
+  /** A loader into `blocks`; XBZRLE records are decoded by `kernels` (default: the shared set). */
+  constructor(blocks: readonly RamBlock[], kernels: Kernels = sharedKernels()) {
+    this.#kernels = kernels;
     this.#all = blocks;
     this.#blocks = new Map(blocks.map((b) => [b.name, b]));
   }
@@ -659,7 +666,7 @@ export class RamLoader {
     }
     if (r.avail < len) await r.need(len);
     try {
-      xbzrleDecode(r.take(len), block.bytes.subarray(addr, addr + PAGE_SIZE));
+      this.#kernels.xbzrleDecode(r.take(len), block.bytes.subarray(addr, addr + PAGE_SIZE));
     } catch (e) {
       if (e instanceof XbzrleError) throw new StreamError(at, e.message, { cause: e });
       throw e;
