@@ -14,13 +14,18 @@ export class FerryClient {
   url = "";
   /** The address the ferry printed for its incoming migration, if it was started with --incoming. */
   incoming: string | undefined;
+  /** When set, sent as `Authorization: Bearer` on every call (a ferry started with --token). */
+  token: string | undefined;
 
   /** Calls the API: JSON in, JSON out. */
   // deno-lint-ignore no-explicit-any
   async api(method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
+    const headers: Record<string, string> = {};
+    if (body !== undefined) headers["content-type"] = "application/json";
+    if (this.token !== undefined) headers["authorization"] = `Bearer ${this.token}`;
     const res = await fetch(this.url + path, {
       method,
-      headers: body === undefined ? {} : { "content-type": "application/json" },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await res.text();
@@ -42,6 +47,20 @@ export class FerryClient {
   }
 }
 
+/** Extra ways to start a {@link FerryProcess}; every field is optional. */
+export interface FerryStartOptions {
+  /**
+   * A command the ferry runs under, e.g. `["ip", "netns", "exec", "ferry-dst"]`: the
+   * child is then `prefix… deno run -A main.ts …`. The prefix must exec (not fork)
+   * so that killing the child kills the ferry.
+   */
+  prefix?: string[];
+  /** Adds `--token TOKEN` to the ferry's flags and sends it on every API call. */
+  token?: string;
+  /** How long start-up may take, ms (default 30 s; a 4 GiB random fill needs more). */
+  startTimeoutMs?: number;
+}
+
 /**
  * Runs a real ferry (`main.ts`) as a child process for end-to-end tests: waits for
  * the API URL (and the incoming address) it prints, and kills it on dispose.
@@ -59,18 +78,30 @@ export class FerryProcess extends FerryClient implements AsyncDisposable {
     this.#stdoutDone = this.#pump();
   }
 
-  /** Starts `main.ts` with `args` and resolves once its API answers. */
-  static async start(args: string[], env: Record<string, string> = {}): Promise<FerryProcess> {
+  /**
+   * Starts `main.ts` with `args` (after `--listen 127.0.0.1:0`, which a `--listen` in
+   * `args` overrides) and resolves once its API answers. `opts` can run it under a
+   * command prefix and give it a bearer token.
+   */
+  static async start(
+    args: string[],
+    env: Record<string, string> = {},
+    opts: FerryStartOptions = {},
+  ): Promise<FerryProcess> {
     const main = new URL("../main.ts", import.meta.url).pathname;
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", main, "--listen", "127.0.0.1:0", ...args],
+    const ferryArgs = ["run", "-A", main, "--listen", "127.0.0.1:0", ...args];
+    if (opts.token !== undefined) ferryArgs.push("--token", opts.token);
+    const prefix = opts.prefix ?? [];
+    const child = new Deno.Command(prefix.length > 0 ? prefix[0] : Deno.execPath(), {
+      args: prefix.length > 0 ? [...prefix.slice(1), Deno.execPath(), ...ferryArgs] : ferryArgs,
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
       env,
     }).spawn();
     const ferry = new FerryProcess(child);
-    const deadline = Date.now() + 30_000;
+    ferry.token = opts.token;
+    const deadline = Date.now() + (opts.startTimeoutMs ?? 30_000);
     while (!ferry.url) {
       if (Date.now() > deadline) {
         await ferry[Symbol.asyncDispose]();
@@ -93,15 +124,20 @@ export class FerryProcess extends FerryClient implements AsyncDisposable {
     ram: string,
     uri = "tcp:127.0.0.1:0",
     extra: string[] = [],
+    opts: FerryStartOptions = {},
   ): Promise<FerryProcess & { incoming: string }> {
-    const ferry = await FerryProcess.start([
-      "--ram",
-      ram,
-      "--incoming",
-      uri,
-      "--no-autostart",
-      ...extra,
-    ]);
+    const ferry = await FerryProcess.start(
+      [
+        "--ram",
+        ram,
+        "--incoming",
+        uri,
+        "--no-autostart",
+        ...extra,
+      ],
+      {},
+      opts,
+    );
     // main.ts prints the incoming address before the API URL, so it is known by now.
     if (ferry.incoming === undefined) {
       await ferry[Symbol.asyncDispose]();
