@@ -1,164 +1,323 @@
 /**
- * `deno task bench`: end-to-end migration benchmarks between two real ferries on
- * loopback. Prints one line per scenario with the figure, the DESIGN §6 target,
- * QEMU 7.2's figure measured on this machine class, and the ratios.
+ * `deno task bench`: ferry against QEMU 7.2, same scenarios, same machine, same run.
+ * Every scenario runs between two real ferry processes and then between two real
+ * QEMU processes (`bench/qemu/`), and prints both figures and their ratio
+ * (ferry / QEMU: below 1.00x means ferry is faster or smaller).
  *
- *   deno task bench [-- --runs 3] [-- --only random-tcp]
- *
- * Then the snapshot scenarios of `bench/transports.ts` (`--only file`, `--only exec-cat`).
+ *   deno task bench                     # everything (≈15 min): bulk, running, ab, then codec/snapshots/link
+ *   deno task bench --quick             # 1 run per bulk scenario, 3 per distribution, no 4 GiB
+ *   deno task bench --only bulk         # a group (bulk, running, ab, extra) or a scenario name substring
+ *   deno task bench --no-qemu           # ferry only
+ *   deno task bench --json out.json     # also write every run as JSON
  */
 import { parseArgs } from "node:util";
-import { FerryProcess } from "./ferry_process.ts";
+import { type FerryRun, runFerry } from "./ferry_runner.ts";
+import { qemuAvailable, runQemu } from "./qemu/mod.ts";
+import type { MigrationRun, ScenarioSpec, Skipped } from "./qemu/types.ts";
 import { runCapabilityBenchmarks } from "./capabilities.ts";
 import { runTransportBenchmarks } from "./transports.ts";
 
-const UNLIMITED = 100_000_000_000;
+const UNLIMITED = 100e9;
+const MiB = 2 ** 20;
 const GiB = 2 ** 30;
 
+/** A scenario of the suite: what to run, how often, and what ferry must reach. */
 interface Scenario {
-  name: string;
-  ram: string;
-  args: string[];
-  transport: "tcp" | "unix";
-  /** Target seconds and QEMU's seconds (DESIGN §6; QEMU prefaulted where given). */
-  targetS: number;
-  qemuS: number;
+  readonly name: string;
+  readonly group: "bulk" | "running" | "ab";
+  readonly spec: ScenarioSpec;
+  /** DESIGN §6 target for ferry's total time, seconds. */
+  readonly targetS?: number;
 }
 
-const SCENARIOS: Scenario[] = [
-  {
-    name: "random-tcp",
-    ram: "1G",
-    args: ["--fill", "random", "--paused"],
-    transport: "tcp",
-    targetS: 0.5,
-    qemuS: 0.57,
-  },
-  {
-    name: "random-unix",
-    ram: "1G",
-    args: ["--fill", "random", "--paused"],
-    transport: "unix",
-    targetS: 0.35,
-    qemuS: 0.39,
-  },
-  {
-    name: "idle-tcp",
-    ram: "1G",
-    args: ["--paused"],
-    transport: "tcp",
-    targetS: 0.05,
-    qemuS: 0.055,
-  },
+function bulk(
+  name: string,
+  ramBytes: number,
+  transport: "tcp" | "unix",
+  targetS: number,
+): Scenario {
+  return {
+    name,
+    group: "bulk",
+    targetS,
+    spec: {
+      ramBytes,
+      fill: name.startsWith("idle") ? "zero" : "random",
+      workload: name.startsWith("idle") ? { kind: "idle" } : { kind: "paused" },
+      transport,
+      maxBandwidth: UNLIMITED,
+      downtimeLimitMs: 300,
+      timeoutS: 120,
+    },
+  };
+}
+
+const BULK: Scenario[] = [
+  bulk("random-1g-tcp", GiB, "tcp", 0.5),
+  bulk("random-1g-unix", GiB, "unix", 0.35),
+  bulk("random-4g-tcp", 4 * GiB, "tcp", 1.8),
+  bulk("random-4g-unix", 4 * GiB, "unix", 1.8 * 0.35 / 0.5),
+  bulk("idle-1g-tcp", GiB, "tcp", 0.05),
 ];
 
-interface Result {
-  totalS: number;
-  downtimeMs: number;
-  bytes: number;
-  /** GET /migrations/current latencies (ms) sampled while the migration ran. */
-  latencies: number[];
-}
+/** Running guests dirtying 10/50/200 MB/s, limits 30/300 ms, 1 GB/s link. */
+const RUNNING: Scenario[] = [10, 50, 200].flatMap((mb) =>
+  [30, 300].map((limit): Scenario => ({
+    name: `dirty-${mb}M-${limit}ms`,
+    group: "running",
+    spec: {
+      ramBytes: 512 * MiB,
+      fill: "random",
+      workload: { kind: "dirty", bytesPerSecond: mb * 1e6 },
+      transport: "tcp",
+      maxBandwidth: 1e9,
+      downtimeLimitMs: limit,
+      timeoutS: 30,
+    },
+  }))
+);
 
-/** Polls GET /migrations/current back to back until the migration ends; returns latencies. */
-async function sampleLatency(src: FerryProcess, ended: () => boolean): Promise<number[]> {
-  const out: number[] = [];
-  while (!ended()) {
-    const t = performance.now();
-    const res = await fetch(`${src.url}/migrations/current`);
-    await res.arrayBuffer();
-    out.push(performance.now() - t);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-  return out;
+/** QEMU's migration-test loop over 256 MiB: plain, xbzrle, auto-converge at 300 and 30 ms. */
+const AB: Scenario[] = [300, 30].flatMap((limit) =>
+  (["plain", "xbzrle", "auto-converge"] as const).map((mode): Scenario => ({
+    name: `ab-256m-${limit}ms-${mode}`,
+    group: "ab",
+    spec: {
+      ramBytes: 512 * MiB,
+      fill: "zero",
+      workload: { kind: "ab", rangeBytes: 256 * MiB },
+      transport: "tcp",
+      maxBandwidth: UNLIMITED,
+      downtimeLimitMs: limit,
+      timeoutS: 20,
+      ...(mode === "xbzrle" ? { xbzrle: { cacheBytes: 512 * MiB } } : {}),
+      ...(mode === "auto-converge" ? { autoConverge: true } : {}),
+    },
+  }))
+);
+
+function median(xs: number[]): number {
+  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s[Math.floor(s.length / 2)];
 }
 
 function percentile(xs: number[], p: number): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
 }
 
-async function runOnce(s: Scenario): Promise<Result> {
-  let dir: string | undefined;
-  let uri = "tcp:127.0.0.1:0";
-  if (s.transport === "unix") {
-    dir = await Deno.makeTempDir({ prefix: "ferry-bench-" });
-    uri = `unix:${dir}/m.sock`;
-  }
-  try {
-    await using dst = await FerryProcess.destination(s.ram, uri);
-    await using src = await FerryProcess.start(["--ram", s.ram, ...s.args]);
-    await src.api("PATCH", "/migrations/parameters", { max_bandwidth: UNLIMITED });
-    await src.api("POST", "/migrations", { uri: dst.incoming });
-    let ended = false;
-    const sampler = sampleLatency(src, () => ended);
-    const info = await src.waitFor(
-      "/migrations/current",
-      (b) => ["completed", "failed", "cancelled"].includes(b.status),
-      300_000,
-    );
-    ended = true;
-    const latencies = await sampler;
-    if (info.status !== "completed") {
-      throw new Error(`${s.name}: ${info.status} ${info.error_desc ?? ""}`);
-    }
-    const a = (await src.api("GET", "/vm/ram/digest")).body.sha256;
-    await dst.waitFor("/migrations/incoming", (b) => b.status === "completed");
-    const b = (await dst.api("GET", "/vm/ram/digest")).body.sha256;
-    if (a !== b) throw new Error(`${s.name}: RAM digests differ`);
-    return {
-      totalS: info.total_time / 1000,
-      downtimeMs: info.downtime,
-      bytes: info.ram.transferred,
-      latencies,
-    };
-  } finally {
-    if (dir) await Deno.remove(dir, { recursive: true }).catch(() => {});
-  }
-}
+const fmt = {
+  s: (x: number) =>
+    Number.isNaN(x) ? "—" : x < 1 ? `${(x * 1000).toFixed(0)}ms` : `${x.toFixed(2)}s`,
+  ms: (x: number) => Number.isNaN(x) ? "—" : `${x.toFixed(x < 10 ? 1 : 0)}ms`,
+  ratio: (a: number, b: number) =>
+    Number.isNaN(a) || Number.isNaN(b) || b === 0 ? "—" : `${(a / b).toFixed(2)}x`,
+  gbps: (bytes: number, s: number) => Number.isNaN(s) ? "—" : (bytes / s / 1e9).toFixed(2),
+  mib: (b: number) => Number.isNaN(b) ? "—" : `${Math.round(b / MiB)}`,
+};
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
+function row(cells: string[], widths: number[]): string {
+  return cells.map((c, i) => i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i])).join(" ");
 }
 
 const { values } = parseArgs({
   args: Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args,
-  options: { runs: { type: "string", default: "3" }, only: { type: "string" } },
+  options: {
+    runs: { type: "string" },
+    "dist-runs": { type: "string" },
+    only: { type: "string" },
+    quick: { type: "boolean", default: false },
+    "no-qemu": { type: "boolean", default: false },
+    json: { type: "string" },
+  },
 });
-const runs = Math.max(1, Number(values.runs));
+const runs = Math.max(1, Number(values.runs ?? (values.quick ? 1 : 3)));
+const distRuns = Math.max(1, Number(values["dist-runs"] ?? (values.quick ? 3 : 10)));
+const selected = (s: Scenario) =>
+  (!values.only || s.group === values.only || s.name.includes(values.only)) &&
+  !(values.quick && s.spec.ramBytes > GiB);
+
+const qemu: true | Skipped = values["no-qemu"]
+  ? { skipped: "--no-qemu given" }
+  : await qemuAvailable();
+const qemuNote = qemu === true ? "" : `QEMU column skipped: ${qemu.skipped}`;
+const log: { scenario: string; engine: string; run: MigrationRun }[] = [];
+
+/** Runs `s` n times on both engines; QEMU runs are NaN rows when QEMU is unavailable. */
+async function measure(s: Scenario, n: number, sampleApi: boolean) {
+  const ferry: FerryRun[] = [];
+  const qemuRuns: MigrationRun[] = [];
+  for (let i = 0; i < n; i++) {
+    // Alternate engines so a noisy minute hurts both alike.
+    const f = await runFerry(s.spec, { sampleApi });
+    ferry.push(f);
+    log.push({
+      scenario: s.name,
+      engine: "ferry",
+      run: { ...f, apiLatenciesMs: undefined } as MigrationRun,
+    });
+    if (qemu === true) {
+      const q = await runQemu(s.spec);
+      qemuRuns.push(q);
+      log.push({ scenario: s.name, engine: "qemu", run: q });
+    }
+  }
+  return { ferry, qemu: qemuRuns };
+}
+
+console.log(`ferry vs QEMU 7.2 migration benchmark (${new Date().toISOString()})`);
 console.log(
-  `ferry migration benchmark: ${runs} run(s) per scenario, medians; max_bandwidth unlimited`,
+  `machine: ${navigator.hardwareConcurrency} cores, ${
+    (Deno.systemMemoryInfo().total / GiB).toFixed(0)
+  } GiB, Deno ${Deno.version.deno}, ${Deno.build.os}; QEMU: TCG, prefaulted destination`,
 );
-console.log(
-  `machine: ${navigator.hardwareConcurrency} cores, Deno ${Deno.version.deno}, ${Deno.build.os}`,
-);
-console.log(
-  "scenario".padEnd(13) + "total".padStart(9) + "GB/s".padStart(7) + "downtime".padStart(10) +
-    "target".padStart(9) + "vs target".padStart(11) + "QEMU 7.2".padStart(10) +
-    "vs QEMU".padStart(9),
-);
-for (const s of SCENARIOS) {
-  if (values.only && s.name !== values.only) continue;
-  const results: Result[] = [];
-  for (let i = 0; i < runs; i++) results.push(await runOnce(s));
-  const total = median(results.map((r) => r.totalS));
-  const down = median(results.map((r) => r.downtimeMs));
-  const lat = results.flatMap((r) => r.latencies);
-  const gbps = (s.ram === "1G" ? GiB : 4 * GiB) / total / 1e9;
+if (qemuNote) console.log(qemuNote);
+
+// ---- bulk: paused random guests and an idle guest, unlimited bandwidth ----
+const bulkSel = BULK.filter(selected);
+if (bulkSel.length) {
+  console.log(`\n# Bulk transfer, unlimited bandwidth — medians of ${runs}`);
+  const w = [15, 8, 6, 8, 8, 6, 8, 8, 7, 7, 12, 15, 15];
+  console.log(row([
+    "scenario",
+    "ferry",
+    "GB/s",
+    "downtime",
+    "QEMU",
+    "GB/s",
+    "downtime",
+    "ferry/Q",
+    "target",
+    "vs tgt",
+    "API p50/p99",
+    "ferry RSS s/d",
+    "QEMU RSS s/d",
+  ], w));
+  for (const s of bulkSel) {
+    const n = s.spec.ramBytes > GiB ? 1 : runs;
+    const r = await measure(s, n, true);
+    const ft = median(r.ferry.map((x) => x.totalS));
+    const qt = median(r.qemu.map((x) => x.totalS));
+    const lat = r.ferry.flatMap((x) => x.apiLatenciesMs);
+    const rss = (xs: MigrationRun[]) =>
+      `${fmt.mib(Math.max(...xs.map((x) => x.peakRssSrc)))}/${
+        fmt.mib(Math.max(...xs.map((x) => x.peakRssDst)))
+      }M`;
+    console.log(row([
+      s.name,
+      fmt.s(ft),
+      fmt.gbps(s.spec.ramBytes, ft),
+      fmt.ms(median(r.ferry.map((x) => x.downtimeMs))),
+      r.qemu.length ? fmt.s(qt) : "—",
+      r.qemu.length ? fmt.gbps(s.spec.ramBytes, qt) : "—",
+      r.qemu.length ? fmt.ms(median(r.qemu.map((x) => x.downtimeMs))) : "—",
+      fmt.ratio(ft, qt),
+      fmt.s(s.targetS!),
+      fmt.ratio(ft, s.targetS!),
+      `${percentile(lat, 50).toFixed(1)}/${percentile(lat, 99).toFixed(1)}ms`,
+      rss(r.ferry),
+      r.qemu.length ? rss(r.qemu) : "—",
+    ], w));
+  }
   console.log(
-    s.name.padEnd(13) + `${total.toFixed(3)}s`.padStart(9) + gbps.toFixed(2).padStart(7) +
-      `${down.toFixed(1)}ms`.padStart(10) + `${s.targetS}s`.padStart(9) +
-      `${(total / s.targetS).toFixed(2)}x`.padStart(11) + `${s.qemuS}s`.padStart(10) +
-      `${(total / s.qemuS).toFixed(2)}x`.padStart(9) +
-      `  ${percentile(lat, 50).toFixed(1)}/${percentile(lat, 99).toFixed(1)}ms (${lat.length})`,
+    "RSS = peak resident set (VmHWM) of source/destination in MiB; guest RAM is part of it.",
   );
 }
-console.log("ratios: ferry time / target and ferry time / QEMU time (below 1.00x = faster)");
 
-// Snapshot save/restore over file: and exec: (bench/transports.ts).
-await runTransportBenchmarks(runs, values.only);
+// ---- running guests: downtime distribution ----
+const runSel = RUNNING.filter(selected);
+if (runSel.length) {
+  console.log(
+    `\n# Running guest (512 MiB, random-filled), 1 GB/s bandwidth — ${distRuns} runs per engine`,
+  );
+  const w = [17, 6, 6, 22, 8, 7, 7, 22, 8, 7];
+  console.log(row([
+    "scenario",
+    "engine",
+    "done",
+    "downtime p50/p90/max",
+    "≤limit",
+    "passes",
+    "total",
+    "QEMU downtime p50/p90/max",
+    "≤limit",
+    "passes",
+  ], w));
+  for (const s of runSel) {
+    const r = await measure(s, distRuns, false);
+    const describe = (xs: MigrationRun[]) => {
+      const done = xs.filter((x) => x.completed);
+      const d = done.map((x) => x.downtimeMs);
+      const within = xs.filter((x) => x.completed && x.downtimeMs <= s.spec.downtimeLimitMs).length;
+      return {
+        done: `${done.length}/${xs.length}`,
+        dist: `${fmt.ms(percentile(d, 50))}/${fmt.ms(percentile(d, 90))}/${
+          fmt.ms(d.length ? Math.max(...d) : NaN)
+        }`,
+        within: xs.length ? `${Math.round((100 * within) / xs.length)}%` : "—",
+        passes: `${median(xs.map((x) => x.passes))}`,
+        total: fmt.s(median(done.map((x) => x.totalS))),
+      };
+    };
+    const f = describe(r.ferry);
+    const q = r.qemu.length ? describe(r.qemu) : undefined;
+    console.log(row([
+      s.name,
+      "",
+      f.done,
+      f.dist,
+      f.within,
+      f.passes,
+      f.total,
+      q ? `${q.dist} (${q.done})` : "—",
+      q?.within ?? "—",
+      q?.passes ?? "—",
+    ], w));
+  }
+  console.log(
+    "done = completed runs; ≤limit = share of all runs that completed with downtime within the limit.",
+  );
+}
 
-// XBZRLE codec and auto-converge (bench/capabilities.ts); block migration runs as `deno task bench:block`.
-if (!values.only) await runCapabilityBenchmarks();
+// ---- ab: QEMU's migration-test workload ----
+const abSel = AB.filter(selected);
+if (abSel.length) {
+  console.log(
+    `\n# ab workload over 256 MiB (byte 0 of every page, as fast as the vCPU runs), unlimited bandwidth — ${runs} run(s)`,
+  );
+  const w = [28, 18, 9, 7, 18, 9, 7, 9];
+  console.log(
+    row(["scenario", "ferry", "downtime", "passes", "QEMU", "downtime", "passes", "ferry/Q"], w),
+  );
+  for (const s of abSel) {
+    const r = await measure(s, runs, false);
+    const cell = (xs: MigrationRun[]) => {
+      const done = xs.filter((x) => x.completed);
+      if (done.length === 0) return `never (${xs[0]?.note ?? "?"})`.replace(" completed", "");
+      return `${fmt.s(median(done.map((x) => x.totalS)))} ${done.length}/${xs.length}`;
+    };
+    const down = (xs: MigrationRun[]) =>
+      fmt.ms(median(xs.filter((x) => x.completed).map((x) => x.downtimeMs)));
+    const t = (xs: MigrationRun[]) => median(xs.filter((x) => x.completed).map((x) => x.totalS));
+    console.log(row([
+      s.name,
+      cell(r.ferry),
+      down(r.ferry),
+      `${median(r.ferry.map((x) => x.passes))}`,
+      r.qemu.length ? cell(r.qemu) : "—",
+      r.qemu.length ? down(r.qemu) : "—",
+      r.qemu.length ? `${median(r.qemu.map((x) => x.passes))}` : "—",
+      fmt.ratio(t(r.ferry), t(r.qemu)),
+    ], w));
+  }
+}
+
+if (values.json) await Deno.writeTextFile(values.json, JSON.stringify(log, null, 1));
+
+// ---- extra: codec, auto-converge, snapshots (ferry only) ----
+if (!values.only || values.only === "extra") {
+  console.log("\n# Snapshots, XBZRLE codec, auto-converge (ferry only)");
+  await runTransportBenchmarks(runs, undefined);
+  await runCapabilityBenchmarks();
+}

@@ -1,0 +1,169 @@
+/**
+ * Runs one benchmark scenario ({@link ScenarioSpec}) between two real ferry
+ * processes on this host and reports it as a {@link MigrationRun}, the same shape
+ * the QEMU side (`bench/qemu/mod.ts`) fills, so the suite can print ratios.
+ */
+import { FerryProcess } from "./ferry_process.ts";
+import type { MigrationRun, ScenarioSpec } from "./qemu/types.ts";
+
+/** A ferry run plus what only ferry offers: API latency samples taken during it. */
+export interface FerryRun extends MigrationRun {
+  /** `GET /migrations/current` round trips (ms) measured while the migration ran. */
+  readonly apiLatenciesMs: number[];
+}
+
+const FINAL = new Set(["completed", "failed", "cancelled"]);
+
+/** The `--workload`/`--paused` flags that make a ferry guest behave as `spec.workload` says. */
+export function workloadArgs(spec: ScenarioSpec): string[] {
+  const w = spec.workload;
+  switch (w.kind) {
+    case "paused":
+      return ["--paused"];
+    case "idle":
+      return ["--workload", "idle"];
+    case "dirty":
+      // One 8-byte write per op into a random page: `rate` bytes of pages per second.
+      return ["--workload", `random:rate=${Math.round(w.bytesPerSecond)},bytes=8`];
+    case "ab":
+      return ["--workload", `ab:range=${w.rangeBytes}`];
+  }
+}
+
+/** Peak resident set size of a live process (`VmHWM`), in bytes; NaN when unreadable. */
+export async function peakRss(pid: number): Promise<number> {
+  try {
+    const status = await Deno.readTextFile(`/proc/${pid}/status`);
+    const kib = /^VmHWM:\s+(\d+)\s+kB/m.exec(status)?.[1];
+    return kib === undefined ? NaN : Number(kib) * 1024;
+  } catch {
+    return NaN;
+  }
+}
+
+/** Polls GET /migrations/current back to back until `ended()`; returns the latencies (ms). */
+async function sampleLatency(src: FerryProcess, ended: () => boolean): Promise<number[]> {
+  const out: number[] = [];
+  while (!ended()) {
+    const t = performance.now();
+    const res = await fetch(`${src.url}/migrations/current`);
+    await res.arrayBuffer();
+    out.push(performance.now() - t);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  return out;
+}
+
+/** Options of {@link runFerry}. */
+export interface FerryRunOptions {
+  /** Sample API latency during the run (costs a little CPU on a 2-core machine). */
+  readonly sampleApi?: boolean;
+  /** Verify the destination's RAM digest equals the source's (default true). */
+  readonly verify?: boolean;
+}
+
+/**
+ * Starts a destination and a source ferry for `spec`, migrates, and measures.
+ * A run that does not complete within `spec.timeoutS` is cancelled and reported
+ * with `completed: false`; a completed run whose RAM digests differ throws.
+ */
+export async function runFerry(spec: ScenarioSpec, opts: FerryRunOptions = {}): Promise<FerryRun> {
+  let dir: string | undefined;
+  let uri = "tcp:127.0.0.1:0";
+  if (spec.transport === "unix") {
+    dir = await Deno.makeTempDir({ prefix: "ferry-bench-" });
+    uri = `unix:${dir}/m.sock`;
+  }
+  const ram = String(spec.ramBytes);
+  // Filling and faulting in RAM takes seconds per GiB on a loaded 2-core machine.
+  const startTimeoutMs = 30_000 + 30_000 * spec.ramBytes / 2 ** 30;
+  try {
+    await using dst = await FerryProcess.destination(ram, uri, [], { startTimeoutMs });
+    await using src = await FerryProcess.start(
+      [
+        "--ram",
+        ram,
+        "--fill",
+        spec.fill,
+        ...workloadArgs(spec),
+      ],
+      {},
+      { startTimeoutMs },
+    );
+    await src.api("PUT", "/migrations/capabilities", {
+      xbzrle: spec.xbzrle !== undefined,
+      auto_converge: spec.autoConverge === true,
+    });
+    await src.api("PATCH", "/migrations/parameters", {
+      max_bandwidth: Math.round(spec.maxBandwidth),
+      downtime_limit: spec.downtimeLimitMs,
+      ...(spec.xbzrle ? { xbzrle_cache_size: spec.xbzrle.cacheBytes } : {}),
+    });
+    const started = await src.api("POST", "/migrations", { uri: dst.incoming });
+    if (started.status >= 300) {
+      throw new Error(`POST /migrations: ${started.status} ${JSON.stringify(started.body)}`);
+    }
+    let ended = false;
+    const sampler = opts.sampleApi ? sampleLatency(src, () => ended) : Promise.resolve([]);
+    let throttle = 0;
+    let bandwidthBps = NaN;
+    const deadline = Date.now() + spec.timeoutS * 1000;
+    // deno-lint-ignore no-explicit-any
+    let info: any;
+    try {
+      for (;;) {
+        info = (await src.api("GET", "/migrations/current")).body;
+        throttle = Math.max(throttle, info.cpu_throttle_percentage ?? 0);
+        if (info.ram?.mbps > 0) bandwidthBps = info.ram.mbps * 1e6 / 8;
+        if (FINAL.has(info.status)) break;
+        if (Date.now() > deadline) {
+          await src.api("DELETE", "/migrations/current");
+          info = await src.waitFor("/migrations/current", (b) => FINAL.has(b.status), 30_000);
+          if (info.status !== "completed") {
+            return {
+              completed: false,
+              totalS: spec.timeoutS,
+              downtimeMs: NaN,
+              bytes: info.ram?.transferred ?? NaN,
+              passes: info.ram?.dirty_sync_count ?? NaN,
+              bandwidthBps,
+              peakRssSrc: await peakRss(src.pid),
+              peakRssDst: await peakRss(dst.pid),
+              apiLatenciesMs: await (ended = true, sampler),
+              note: `never completed in ${spec.timeoutS} s` +
+                (throttle ? ` (throttle reached ${throttle} %)` : ""),
+            };
+          }
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    } finally {
+      ended = true;
+    }
+    const apiLatenciesMs = await sampler;
+    if (info.status !== "completed") {
+      throw new Error(`ferry migration ${info.status}: ${info.error_desc ?? ""}`);
+    }
+    if (opts.verify !== false) {
+      await dst.waitFor("/migrations/incoming", (b) => b.status === "completed");
+      const a = (await src.api("GET", "/vm/ram/digest")).body.sha256;
+      const b = (await dst.api("GET", "/vm/ram/digest")).body.sha256;
+      if (a !== b) throw new Error("RAM digests differ after a completed migration");
+    }
+    return {
+      completed: true,
+      totalS: info.total_time / 1000,
+      downtimeMs: info.downtime,
+      bytes: info.ram.transferred,
+      passes: info.ram.dirty_sync_count,
+      bandwidthBps,
+      peakRssSrc: await peakRss(src.pid),
+      peakRssDst: await peakRss(dst.pid),
+      apiLatenciesMs,
+      ...(throttle ? { note: `throttle reached ${throttle} %` } : {}),
+    };
+  } finally {
+    if (dir) await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
