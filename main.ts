@@ -2,6 +2,9 @@ import { CliError, HELP, parseFlags } from "./cli.ts";
 import { Engine } from "./engine/engine.ts";
 import { createApp } from "./routes/app.ts";
 import { createTransports } from "./transports/mod.ts";
+import { openLoopTurn } from "./transports/loop_turn.ts";
+import { warmStreamBuffers } from "./engine/format/buffers.ts";
+import { warmUp } from "./engine/warmup.ts";
 import { Vm } from "./vm/vm.ts";
 import { DiskError } from "./vm/disk.ts";
 import { loadDashboard } from "./web/dashboard.ts";
@@ -37,7 +40,20 @@ async function main(): Promise<number> {
     return 1;
   }
   const transports = createTransports({ allowExec: config.allowExec });
-  const engine = new Engine({ guest: vm, transports, autostart: config.autostart });
+  // Fault the stream buffers in now rather than during a migration, and keep the
+  // cheap event-loop turn the migration loops use to let the API in.
+  warmStreamBuffers();
+  using loop = await openLoopTurn();
+  const turn = loop.cheap ? () => loop.turn() : undefined;
+  // One small in-process migration compiles the whole migration path before the
+  // first real one (it would otherwise pay for it inside its downtime).
+  await warmUp(transports, turn);
+  const engine = new Engine({
+    guest: vm,
+    transports,
+    autostart: config.autostart,
+    turn,
+  });
   const dashboard = await loadDashboard({ tokenRequired: Boolean(config.token) });
   // With a token every request needs it, except GET / (the dashboard page holds no
   // data: a browser cannot send a bearer header when it navigates, so the page asks).

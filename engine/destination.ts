@@ -5,7 +5,7 @@ import { describeError } from "./errors.ts";
 import { StreamReader } from "./format/reader.ts";
 import { loadStream } from "./incoming.ts";
 import { DEFAULT_PARAMETERS } from "./params.ts";
-import { destinationSwitchover } from "./return_path.ts";
+import { destinationSwitchover, pongMessage } from "./return_path.ts";
 import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 
 /** States of the incoming side. */
@@ -44,6 +44,8 @@ export interface IncomingDeps {
    * migration fails (the engine's `progress_timeout`; read live). Default 60 s.
    */
   readonly progressTimeout?: () => number;
+  /** Gives the event loop one I/O turn (see StreamOptions.turn); default a timer. */
+  readonly turn?: () => Promise<void>;
   /** Every state transition. */
   onStateChange(from: IncomingStatus, to: IncomingStatus, error?: string): void;
 }
@@ -153,8 +155,14 @@ export class IncomingMigration {
       this.#channel = new WatchedChannel(accepted, watchdog.start());
       this.#startedAt = clock.now();
       this.#transition("active");
-      reader = new StreamReader(this.#channel);
-      const result = await loadStream(reader, guest, (n) => (this.#received = n));
+      reader = new StreamReader(this.#channel, undefined, { turn: this.#deps.turn });
+      const channel = this.#channel;
+      const result = await loadStream(
+        reader,
+        guest,
+        (n) => (this.#received = n),
+        (value) => channel.write(pongMessage(value)),
+      );
       if (result.returnPath) await destinationSwitchover(reader, this.#channel);
       this.#received = reader.received;
       this.#pages = { zero: result.zeroPages, normal: result.normalPages };
@@ -171,6 +179,7 @@ export class IncomingMigration {
       this.#transition("failed", describeError(watchdog.error ?? e));
     } finally {
       watchdog.stop();
+      reader?.release();
     }
   }
 }

@@ -55,6 +55,11 @@ export interface EngineDeps {
   readonly clock?: Clock;
   /** Start the guest after an incoming migration (default true). */
   readonly autostart?: boolean;
+  /**
+   * Gives the event loop one I/O turn (transports/loop_turn.ts); migrations call it
+   * every few ms so the API answers during a full-speed stream. Default: a timer.
+   */
+  readonly turn?: () => Promise<void>;
 }
 
 /**
@@ -69,6 +74,7 @@ export class Engine {
   readonly #transports: Transports;
   readonly #clock: Clock;
   readonly #autostart: boolean;
+  readonly #turn: (() => Promise<void>) | undefined;
   #params: Parameters = { ...DEFAULT_PARAMETERS };
   #caps: Capabilities = { ...DEFAULT_CAPABILITIES };
   #blockers = new Map<string, Blocker>();
@@ -84,6 +90,7 @@ export class Engine {
     this.#transports = deps.transports;
     this.#clock = deps.clock ?? systemClock;
     this.#autostart = deps.autostart ?? true;
+    this.#turn = deps.turn;
     this.#unsubscribeGuest = this.#guest.onRunStateChange((from, to) =>
       this.events.emit({ type: "runstate", from, to, time: Date.now() })
     );
@@ -193,6 +200,7 @@ export class Engine {
       clock: this.#clock,
       params: () => this.#params,
       capabilities: { ...this.#caps },
+      ...(this.#turn ? { turn: this.#turn } : {}),
       ...(opts.blk || opts.inc ? { block: { incremental: Boolean(opts.inc) } } : {}),
       hooks: {
         onStateChange: (from, to, error) =>
@@ -261,6 +269,7 @@ export class Engine {
       clock: this.#clock,
       autostart: this.#autostart,
       progressTimeout: () => this.#params.progress_timeout,
+      ...(this.#turn ? { turn: this.#turn } : {}),
       onStateChange: (from, to, error) =>
         this.events.emit({
           type: "incoming",

@@ -12,7 +12,7 @@ import { StreamError, type StreamReader } from "./format/reader.ts";
 import { RamLoader } from "./sections/ram.ts";
 import { BLOCK_SECTION_NAME, BLOCK_SECTION_VERSION, BlockLoader } from "./sections/block.ts";
 import { loadVcpu } from "./sections/vcpu.ts";
-import { MIG_CMD_OPEN_RETURN_PATH } from "./return_path.ts";
+import { MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PING } from "./return_path.ts";
 
 /** Largest vmdescription JSON accepted (QEMU's own are far smaller). */
 export const MAX_VMDESC_BYTES = 1 << 20;
@@ -41,12 +41,15 @@ interface OpenSection {
  * validating every field: magic, version, section types, ids, names, versions and
  * footers, and (through the section loaders) every RAM record. The first problem
  * throws a StreamError naming it and its byte offset. Memory outside the guest's
- * RAM blocks is never written.
+ * RAM blocks is never written. A `COMMAND PING` (after OPEN_RETURN_PATH) calls
+ * `onPing` with its value once everything before it is loaded; without `onPing`
+ * it is an error.
  */
 export async function loadStream(
   r: StreamReader,
   guest: Guest,
   onBytes?: (n: number) => void,
+  onPing?: (value: number) => Promise<void>,
 ): Promise<LoadResult> {
   for (const block of guest.blocks) block.syncDirty(new Uint32Array(block.dirty.length));
   const ram = new RamLoader(guest.blocks);
@@ -163,6 +166,17 @@ export async function loadStream(
         await r.need(4);
         const cmd = r.be16();
         const len = r.be16();
+        if (cmd === MIG_CMD_PING) {
+          if (len !== 4) {
+            throw new StreamError(at, `command PING with ${len} bytes of data (expects 4)`);
+          }
+          if (!returnPath || !onPing) {
+            throw new StreamError(at, "command PING without an open return path to answer on");
+          }
+          await r.need(4);
+          await onPing(r.be32());
+          break;
+        }
         if (cmd !== MIG_CMD_OPEN_RETURN_PATH) {
           throw new StreamError(at, `unknown command 0x${cmd.toString(16)}`);
         }

@@ -9,7 +9,13 @@ import type { Capabilities, Parameters } from "./params.ts";
 import type { WindowStats } from "./rate_limiter.ts";
 import { RamSaver } from "./sections/ram.ts";
 import { BlockSaver } from "./sections/block.ts";
-import { sendOpenReturnPath, sourceSwitchover, usesReturnPath } from "./return_path.ts";
+import {
+  awaitPong,
+  sendOpenReturnPath,
+  sendPing,
+  sourceSwitchover,
+  usesReturnPath,
+} from "./return_path.ts";
 import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 
 /** Outgoing migration states, QEMU's names (its ERROR is reported as "failed"). */
@@ -119,6 +125,8 @@ export interface MigrationDeps {
   readonly hooks: MigrationHooks;
   /** Block migration: blk copies the whole disk, inc only chunks written since the base. */
   readonly block?: { readonly incremental: boolean };
+  /** Gives the event loop one I/O turn (see StreamOptions.turn); default a timer. */
+  readonly turn?: () => Promise<void>;
 }
 
 /**
@@ -142,6 +150,8 @@ export class Migration {
   #downtime: number | undefined;
   #expectedDowntime: number | undefined;
   #mbps = 0;
+  /** Last PING value sent over the return path. */
+  #pings = 0;
   #pagesPerSecond = 0;
   #lastPages = 0;
   #throttle = 0;
@@ -248,6 +258,25 @@ export class Migration {
     this.#deps.hooks.onStateChange(from, to, error);
   }
 
+  /**
+   * Two PINGs over the return path: the first returns once the destination has
+   * loaded everything sent before it (the pipe is empty), the second measures the
+   * bare round trip, which is returned (ms).
+   */
+  async #drain(writer: StreamWriter): Promise<number> {
+    const { clock } = this.#deps;
+    let rtt = 0;
+    for (let i = 0; i < 2; i++) {
+      const value = ++this.#pings;
+      const sent = clock.now();
+      await sendPing(writer, value);
+      await writer.flush();
+      await awaitPong(this.#channel!, value);
+      rtt = clock.now() - sent;
+    }
+    return rtt;
+  }
+
   async #run(): Promise<void> {
     const { guest, transports, clock } = this.#deps;
     const wasRunning = guest.runState === "running";
@@ -266,7 +295,7 @@ export class Migration {
       );
       if (this.#abort.signal.aborted) this.#channel.close();
       this.#abort.signal.throwIfAborted();
-      const writer = new StreamWriter(this.#channel);
+      const writer = new StreamWriter(this.#channel, undefined, { turn: this.#deps.turn });
       this.#writer = writer;
       const caps = this.#deps.capabilities;
       this.#ram = new RamSaver(
@@ -308,6 +337,7 @@ export class Migration {
             this.#throttle = percent;
           },
         },
+        drain: returnPath ? () => this.#drain(writer) : undefined,
       };
       await writeSetup(ctx);
       if (returnPath) await sendOpenReturnPath(writer);
@@ -325,6 +355,7 @@ export class Migration {
       else this.#transition("failed", describeError(watchdog.error ?? e));
     } finally {
       watchdog.stop();
+      this.#writer?.release();
       // auto-converge's throttle ends with the migration, whatever its outcome.
       if (this.#throttle > 0) guest.setThrottle(0);
     }

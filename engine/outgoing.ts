@@ -51,6 +51,13 @@ export interface OutgoingContext {
   /** Capabilities in force (they cannot change while a migration is active). */
   readonly capabilities: Readonly<Capabilities>;
   readonly progress: OutgoingProgress;
+  /**
+   * With a return path: waits until the destination has loaded everything sent so
+   * far, then returns the bare round-trip time (ms). The loop calls it before it
+   * stops the guest, so bytes queued in socket buffers and on the link are not
+   * paid for in the downtime; the round trip counts into the expected downtime.
+   */
+  readonly drain?: () => Promise<number>;
 }
 
 /** The result of a finished pre-copy migration. */
@@ -95,6 +102,9 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
   const limiter = new RateLimiter(clock.now, () => ctx.params().max_bandwidth, w.bytes);
   let maxSize = 0;
   let lastSyncs = ram.stats.dirtySyncCount;
+  // Round trip to the destination (ms) and the stream position of the last drain.
+  let rtt = 0;
+  let drainedAt = -1;
   const converge = ctx.capabilities.auto_converge
     ? new AutoConverge(clock.now(), w.bytes, () => {
       const p = ctx.params();
@@ -130,6 +140,14 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
         await ram.iterate(w, () => limiter.exceeded(w.bytes) || signal.aborted);
         await w.footer(SectionId.RAM);
         await w.flush();
+      } else if (ctx.drain && drainedAt !== w.bytes) {
+        // Converged on paper: let the pipe empty while the guest still runs, then
+        // look again (pending() syncs, so pages dirtied meanwhile count).
+        const waitFrom = clock.now();
+        rtt = await ctx.drain();
+        drainedAt = w.bytes;
+        limiter.exclude(clock.now() - waitFrom);
+        continue;
       } else {
         return await complete(ctx);
       }
@@ -137,10 +155,11 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
     const window = limiter.tick(w.bytes);
     if (window) {
       const params = ctx.params();
-      maxSize = window.bandwidth * params.downtime_limit;
+      // The switchover handshake's round trip is part of the downtime.
+      maxSize = window.bandwidth * Math.max(0, params.downtime_limit - rtt);
       ram.resizeCache(params.xbzrle_cache_size);
       const pendingBytes = ram.pendingWireBytes + (ctx.block?.remainingBytes ?? 0);
-      const expected = window.bandwidth > 0 ? pendingBytes / window.bandwidth : Infinity;
+      const expected = window.bandwidth > 0 ? pendingBytes / window.bandwidth + rtt : Infinity;
       ctx.progress.window(window, expected);
     }
     if (limiter.exceeded(w.bytes)) {

@@ -65,6 +65,15 @@ export class RateLimiter {
     return { bytes, ms, bandwidth: bytes / ms };
   }
 
+  /**
+   * Leaves `ms` out of the current window: time spent not sending (waiting for
+   * the destination to drain) must not read as low bandwidth. The bytes sent
+   * before the pause still count, so frequent pauses cannot starve the estimate.
+   */
+  exclude(ms: number): void {
+    this.#windowStart += Math.max(0, ms);
+  }
+
   /** How long to sleep before the window ends (0 when already over). */
   remaining(): number {
     return Math.max(0, this.windowEnd - this.now());

@@ -20,6 +20,13 @@
  * flight leaves both guests stopped — never both running — with the source's RAM
  * intact (POST /vm/start on the source resumes it).
  *
+ * Before it stops the guest, the source drains the pipe with QEMU's `COMMAND PING`
+ * (`0x08, be16 2, be16 4, be32 value`), which the destination answers with
+ * `MIG_RP_MSG_PONG` (`be16 2, be16 4, be32 value`) once it has loaded everything
+ * before it: data still queued in socket buffers and on the link would otherwise
+ * be paid for during the downtime, invisible to the bandwidth estimate. A second
+ * PING measures the bare round trip, which the switchover handshake costs.
+ *
  * Streams over exec:, fd: and file: carry no OPEN_RETURN_PATH and complete as
  * before, when the last byte is written.
  */
@@ -30,10 +37,14 @@ import type { StreamWriter } from "./format/writer.ts";
 
 /** QEMU's MIG_CMD_OPEN_RETURN_PATH. */
 export const MIG_CMD_OPEN_RETURN_PATH = 1;
+/** QEMU's MIG_CMD_PING (be32 value): the destination answers PONG with the value once it got here. */
+export const MIG_CMD_PING = 2;
 /** ferry's switchover commit command ("F" 1), sent by the source after the destination's SHUT. */
 export const MIG_CMD_FERRY_COMMIT = 0x4601;
 /** QEMU's MIG_RP_MSG_SHUT: the destination is done (be32 status, 0 = success). */
 export const MIG_RP_MSG_SHUT = 1;
+/** QEMU's MIG_RP_MSG_PONG: the answer to a PING (be32 value). */
+export const MIG_RP_MSG_PONG = 2;
 
 /** True when a migration over `uri` uses the return path (duplex socket transports). */
 export function usesReturnPath(uri: string): boolean {
@@ -48,14 +59,65 @@ export async function sendOpenReturnPath(w: StreamWriter): Promise<void> {
   w.be16(0);
 }
 
-/** The 8-byte SHUT message with `status`. */
-export function shutMessage(status: number): Uint8Array {
+/** Appends `COMMAND PING value` to the stream (source, before a switchover). */
+export async function sendPing(w: StreamWriter, value: number): Promise<void> {
+  await w.room(9);
+  w.u8(Section.COMMAND);
+  w.be16(MIG_CMD_PING);
+  w.be16(4);
+  w.be32(value);
+}
+
+/** An 8-byte return-path message: `be16 type, be16 4, be32 value`. */
+function rpMessage(type: number, value: number): Uint8Array {
   const out = new Uint8Array(8);
   const v = new DataView(out.buffer);
-  v.setUint16(0, MIG_RP_MSG_SHUT);
+  v.setUint16(0, type);
   v.setUint16(2, 4);
-  v.setUint32(4, status);
+  v.setUint32(4, value);
   return out;
+}
+
+/** The 8-byte SHUT message with `status`. */
+export function shutMessage(status: number): Uint8Array {
+  return rpMessage(MIG_RP_MSG_SHUT, status);
+}
+
+/** The 8-byte PONG message answering PING `value`. */
+export function pongMessage(value: number): Uint8Array {
+  return rpMessage(MIG_RP_MSG_PONG, value);
+}
+
+/** Reads one 8-byte return-path message; `waitingFor` names it in the error when the peer closed. */
+async function readMessage(
+  channel: Channel,
+  waitingFor: string,
+): Promise<{ type: number; len: number; value: number }> {
+  const msg = new Uint8Array(8);
+  let got = 0;
+  while (got < msg.length) {
+    const n = await channel.read(msg.subarray(got));
+    if (n === null) {
+      throw new Error(`the destination closed the connection without ${waitingFor}`);
+    }
+    got += n;
+  }
+  const v = new DataView(msg.buffer);
+  return { type: v.getUint16(0), len: v.getUint16(2), value: v.getUint32(4) };
+}
+
+/**
+ * Source side: reads the PONG answering PING `value`. Throws when the destination
+ * closed or answered anything else (a failed load closes the connection).
+ */
+export async function awaitPong(channel: Channel, value: number): Promise<void> {
+  const m = await readMessage(channel, `answering PING ${value}`);
+  if (m.type !== MIG_RP_MSG_PONG || m.len !== 4 || m.value !== value) {
+    throw new Error(
+      `expected PONG ${value} on the return path, got message type ${m.type}, ` +
+        `length ${m.len}, value ${m.value}`,
+    );
+  }
 }
 
 /** The 5-byte commit command. */
@@ -75,21 +137,10 @@ export function commitCommand(): Uint8Array {
  * answered anything else, or the commit could not be written.
  */
 export async function sourceSwitchover(channel: Channel): Promise<void> {
-  const msg = new Uint8Array(8);
-  let got = 0;
-  while (got < msg.length) {
-    const n = await channel.read(msg.subarray(got));
-    if (n === null) {
-      throw new Error(
-        "the destination closed the connection without confirming that it loaded the stream",
-      );
-    }
-    got += n;
-  }
-  const v = new DataView(msg.buffer);
-  const type = v.getUint16(0);
-  const len = v.getUint16(2);
-  const status = v.getUint32(4);
+  const { type, len, value: status } = await readMessage(
+    channel,
+    "confirming that it loaded the stream",
+  );
   if (type !== MIG_RP_MSG_SHUT || len !== 4) {
     throw new Error(`unexpected return-path message type ${type}, length ${len}`);
   }

@@ -1,7 +1,9 @@
 import type { Channel } from "../../transports/transport.ts";
+import { returnStreamBuffer, STREAM_BUFFER_SIZE, takeStreamBuffer } from "./buffers.ts";
+import { type StreamOptions, TurnPacer } from "./writer.ts";
 
 /** Bytes a reader asks the channel for at a time. */
-export const READ_BUFFER_SIZE = 4 << 20;
+export const READ_BUFFER_SIZE = STREAM_BUFFER_SIZE;
 
 /** need() moves at most this many unread bytes just to make room for a larger read. */
 const COMPACT_MAX = 64 << 10;
@@ -28,10 +30,29 @@ export class StreamReader {
   end = 0;
   #base = 0;
   #eof = false;
+  #reading = false;
+  #released = false;
+  /** Only with a cheap turn: without one the loader never yields (as before turns existed). */
+  readonly #pacer: TurnPacer | null;
 
-  constructor(readonly channel: Channel, size = READ_BUFFER_SIZE) {
-    this.buf = new Uint8Array(size);
+  /** A reader on `channel` with a buffer of `size` bytes (reused from a pool at the default size). */
+  constructor(readonly channel: Channel, size = READ_BUFFER_SIZE, options: StreamOptions = {}) {
+    this.buf = takeStreamBuffer(size);
+    this.view = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
+    this.#pacer = options.turn ? new TurnPacer(options.turn) : null;
+  }
+
+  /**
+   * Gives the buffer back for reuse when no read is pending; the reader must not be
+   * used afterwards (`offset` and `received` stay valid).
+   */
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    const buf = this.buf;
+    this.buf = new Uint8Array(0);
     this.view = new DataView(this.buf.buffer);
+    if (!this.#reading) returnStreamBuffer(buf);
   }
 
   /** Absolute offset of the next unread byte. */
@@ -75,7 +96,15 @@ export class StreamReader {
           } arrived before end of stream`,
         );
       }
-      const got = await this.channel.read(this.buf.subarray(this.end));
+      // Reads of data already buffered by the OS never return to the event loop.
+      if (this.#pacer?.due()) await this.#pacer.turn();
+      this.#reading = true;
+      let got: number | null;
+      try {
+        got = await this.channel.read(this.buf.subarray(this.end));
+      } finally {
+        this.#reading = false;
+      }
       if (got === null) this.#eof = true;
       else this.end += got;
     }

@@ -1,8 +1,55 @@
 import type { Channel } from "../../transports/transport.ts";
 import { QEVM_MAGIC, QEVM_VERSION, Section } from "./constants.ts";
+import { returnStreamBuffer, STREAM_BUFFER_SIZE, takeStreamBuffer } from "./buffers.ts";
 
 /** Bytes a writer buffers before handing them to the channel. */
-export const WRITE_BUFFER_SIZE = 4 << 20;
+export const WRITE_BUFFER_SIZE = STREAM_BUFFER_SIZE;
+
+/** Real time stream code runs between event-loop turns when turns are cheap (a {@link StreamOptions.turn} was given), ms. */
+export const TURN_MS = 2;
+/** The same with the fallback timer turn, which idles ~2 ms per call, ms. */
+export const TIMER_TURN_MS = 5;
+
+/** Options of a StreamWriter or StreamReader. */
+export interface StreamOptions {
+  /**
+   * Lets the event loop poll I/O once (transports/loop_turn.ts). The stream code
+   * calls it every {@link TURN_MS} of real time so the API stays responsive while a
+   * migration runs at full speed; without it the RAM loop alone yields, through a
+   * zero-delay timer every {@link TIMER_TURN_MS}, and the loader never does.
+   */
+  readonly turn?: () => Promise<void>;
+}
+
+/**
+ * Paces event-loop turns for code that may run for long without one: `due()` is
+ * true once the interval passed since the last turn; `turn()` takes one.
+ */
+export class TurnPacer {
+  readonly #turn: () => Promise<void>;
+  readonly #every: number;
+  #last = performance.now();
+
+  constructor(turn: (() => Promise<void>) | undefined) {
+    this.#turn = turn ?? timerTurn;
+    this.#every = turn ? TURN_MS : TIMER_TURN_MS;
+  }
+
+  /** True when the code has run for the interval without a turn. */
+  due(): boolean {
+    return performance.now() - this.#last >= this.#every;
+  }
+
+  /** Takes a turn now. */
+  async turn(): Promise<void> {
+    await this.#turn();
+    this.#last = performance.now();
+  }
+}
+
+function timerTurn(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
 
 /**
  * Buffered big-endian writer for a savevm stream. Records are assembled in one of
@@ -23,12 +70,49 @@ export class StreamWriter {
   view: DataView;
   /** Write position in `buf`. */
   pos = 0;
+  readonly #pacer: TurnPacer;
+  /** True when turns are cheap: flush() takes them too (in the final phase as well). */
+  readonly #cheapTurns: boolean;
+  #released = false;
 
-  constructor(readonly channel: Channel, size = WRITE_BUFFER_SIZE) {
-    this.buf = new Uint8Array(size);
-    this.#spare = new Uint8Array(size);
-    this.view = new DataView(this.buf.buffer);
-    this.#spareView = new DataView(this.#spare.buffer);
+  /** A writer on `channel` with two buffers of `size` bytes (reused from a pool at the default size). */
+  constructor(readonly channel: Channel, size = WRITE_BUFFER_SIZE, options: StreamOptions = {}) {
+    this.buf = takeStreamBuffer(size);
+    this.#spare = takeStreamBuffer(size);
+    this.view = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
+    this.#spareView = new DataView(
+      this.#spare.buffer,
+      this.#spare.byteOffset,
+      this.#spare.byteLength,
+    );
+    this.#pacer = new TurnPacer(options.turn);
+    this.#cheapTurns = options.turn !== undefined;
+  }
+
+  /**
+   * Gives the event loop a turn when the sender has run for a while without one
+   * (socket writes that complete at once never return to it). Call it between
+   * records; it returns at once most of the time.
+   */
+  async breathe(): Promise<void> {
+    if (this.#pacer.due()) await this.#pacer.turn();
+  }
+
+  /**
+   * Gives the buffers back for reuse by the next migration, when no write is in
+   * flight (after drain()); otherwise leaves them to the garbage collector. The
+   * writer must not be used afterwards; `bytes` stays valid.
+   */
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    const idle = this.#inFlight === null;
+    this.#flushed += this.pos;
+    this.pos = 0;
+    const bufs = [this.buf, this.#spare];
+    this.buf = this.#spare = new Uint8Array(0);
+    this.view = this.#spareView = new DataView(this.buf.buffer);
+    if (idle) { for (const b of bufs) returnStreamBuffer(b); }
   }
 
   /** Total bytes written to the stream (buffered or sent). */
@@ -118,6 +202,8 @@ export class StreamWriter {
     this.buf = next;
     this.view = nextView;
     this.pos = 0;
+    // The write is under way: a good moment to let the API in.
+    if (this.#cheapTurns && this.#pacer.due()) await this.#pacer.turn();
   }
 
   /** Flushes everything and waits until the channel has taken it. */

@@ -13,8 +13,6 @@ const MAX_RECORD = 8 + 1 + 255 + 3 + PAGE_SIZE;
 const PLAIN_RECORD = 8 + PAGE_SIZE;
 /** QEMU's MAX_WAIT: one iteration never runs longer than this many ms. */
 export const MAX_ITERATE_MS = 50;
-/** Real time the sender may run without giving the event loop (the API) a turn, ms. */
-export const YIELD_MS = 5;
 const TWO32 = 0x100000000;
 
 /** Counters the RAM section keeps; they feed `ram` in the migration info. */
@@ -91,8 +89,6 @@ export class RamSaver {
   #wirePerPage = PLAIN_RECORD;
   #passPages = 0;
   #passBytes = 0;
-  /** When the sender last let the event loop run (real time, ms). */
-  #yieldedAt = performance.now();
   /** Pages the last sync marked dirty (auto-converge reads it). */
   lastSyncAdded = 0;
   readonly stats: RamStats = {
@@ -239,12 +235,9 @@ export class RamSaver {
         break;
       }
       if (this.#now() - started > MAX_ITERATE_MS) break;
-      // Socket writes that complete at once never return to the event loop; give
-      // the API a turn every few ms of real time so it stays responsive.
-      if (performance.now() - this.#yieldedAt > YIELD_MS) {
-        await new Promise((resolve) => setTimeout(resolve, 0));
-        this.#yieldedAt = performance.now();
-      }
+      // Socket writes that complete at once never return to the event loop; the
+      // writer gives the API a turn every few ms of real time.
+      await w.breathe();
     }
     await w.room(8);
     w.be64(RamFlag.EOS);

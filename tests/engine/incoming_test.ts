@@ -147,10 +147,53 @@ Deno.test("loadStream() accepts COMMAND OPEN_RETURN_PATH once and reports it; re
   const loaded = await load(withRp, smallGuest());
   assert.equal(loaded.returnPath, true);
   const cmd = (code: number, len: number) => afterStart().u8(T.COMMAND).be16(code).be16(len);
-  await rejects(cmd(2, 4), cut, /unknown command 0x2\b/);
+  await rejects(cmd(3, 0), cut, /unknown command 0x3\b/);
   await rejects(cmd(0x4601, 0), cut, /unknown command 0x4601/);
   await rejects(cmd(1, 4), cut, /OPEN_RETURN_PATH with 4 bytes/);
   await rejects(cmd(1, 0).u8(T.COMMAND).be16(1).be16(0), cut + 5, /opened twice/);
+});
+
+Deno.test("loadStream() answers COMMAND PING through onPing once everything before it is loaded", async () => {
+  const data = pageData(42);
+  const b = afterStart().u8(T.COMMAND).be16(1).be16(0); // OPEN_RETURN_PATH
+  b.part(0).page(3 * PAGE, "pc.ram", data).eos().footer(0);
+  b.u8(T.COMMAND).be16(2).be16(4).be32(0xfeed0001); // PING
+  b.end(0).eos().footer(0).vcpu(1, 7n).eof().vmdescription(TEST_GUEST_VMDESC);
+  for (const chunk of [Infinity, 1]) {
+    const guest = smallGuest();
+    const pings: [number, boolean][] = [];
+    const ram = guest.blocks.find((bl) => bl.name === "pc.ram")!;
+    await loadStream(
+      new StreamReader(new BytesChannel(b.build(), chunk), 64 << 10),
+      guest,
+      undefined,
+      (value) => {
+        const page = ram.bytes.subarray(3 * PAGE, 4 * PAGE);
+        pings.push([value, page.every((v, i) => v === data[i])]);
+        return Promise.resolve();
+      },
+    );
+    assert.deepEqual(pings, [[0xfeed0001, true]], "one PING, after page 3 was applied");
+  }
+});
+
+Deno.test("loadStream() rejects a PING without a return path, without a handler, or with a bad length", async () => {
+  const at = afterStart().offset;
+  await rejects(
+    afterStart().u8(T.COMMAND).be16(2).be16(4).be32(1),
+    at,
+    /PING without an open return path/,
+  );
+  const rp = afterStart().u8(T.COMMAND).be16(1).be16(0);
+  const pingAt = rp.offset;
+  // load() passes no onPing handler: nothing could answer.
+  await rejects(
+    rp.u8(T.COMMAND).be16(2).be16(4).be32(1),
+    pingAt,
+    /PING without an open return path/,
+  );
+  const bad = afterStart().u8(T.COMMAND).be16(1).be16(0);
+  await rejects(bad.u8(T.COMMAND).be16(2).be16(2).be16(1), pingAt, /PING with 2 bytes of data/);
 });
 
 Deno.test("loadStream() rejects a configuration naming another machine type", async () => {

@@ -2,6 +2,9 @@ import assert from "node:assert/strict";
 import type { Clock } from "../../engine/clock.ts";
 import { Engine, type EngineEvent } from "../../engine/engine.ts";
 import { canTransition, MIGRATION_STATES, type MigrationStatus } from "../../engine/migration.ts";
+import { StreamReader } from "../../engine/format/reader.ts";
+import { loadStream } from "../../engine/incoming.ts";
+import { pongMessage } from "../../engine/return_path.ts";
 import type { Channel, Listener, Transports } from "../../transports/transport.ts";
 import { MemoryTransports } from "../../transports/memory.ts";
 import { PAGE_SIZE } from "../../vm/ram.ts";
@@ -236,12 +239,24 @@ Deno.test("Migration.cancel() in active ends cancelling→cancelled with the gue
 });
 
 Deno.test("Migration.cancel() during switchover (guest stopped, peer stalled) restarts the guest", async () => {
-  // A zero guest fits in one PART; the stalled peer blocks the final drain while
-  // the guest is stopped in finish-migrate.
+  // A zero guest fits in one PART. The peer loads it and answers the source's two
+  // drain PINGs, then stops reading: the final pass blocks while the guest is
+  // stopped in finish-migrate.
   const s = await stalledPeer(1000, 1 << 20, "zero");
   try {
     const stopped = nextEvent(s.engine, (e) => e.type === "runstate" && e.to === "finish-migrate");
     s.engine.migrate(URI);
+    const peer = await s.accepted;
+    let pongs = 0;
+    loadStream(
+      new StreamReader(peer),
+      new TestGuest([["pc.ram", 1 << 20]]),
+      undefined,
+      async (v) => {
+        await peer.write(pongMessage(v));
+        if (++pongs === 2) await new Promise(() => {}); // stall: read nothing more
+      },
+    ).catch(() => {});
     await withTimeout(stopped, 5_000, "switchover");
     await tick(5);
     assert.equal(s.src.runState, "finish-migrate");

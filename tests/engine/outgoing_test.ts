@@ -233,6 +233,38 @@ Deno.test("runPrecopy() picks up pages dirtied between passes before switching o
   assert.equal(await ramDigest(dst), await ramDigest(guest));
 });
 
+Deno.test("runPrecopy() drains the pipe before it stops the guest, then sends what was dirtied meanwhile", async () => {
+  const guest = new TestGuest([["pc.ram", 64 * PAGE_SIZE]]);
+  guest.fillRandom(9);
+  guest.start();
+  const ch = new CaptureChannel();
+  const { ctx, calls } = context(guest, ch, { max_bandwidth: Number.MAX_SAFE_INTEGER });
+  const drains: string[] = [];
+  const drain = () => {
+    drains.push(guest.runState);
+    calls.push("drain");
+    // The guest keeps running while the destination catches up (twice it writes).
+    if (drains.length <= 2) {
+      guest.write(drains.length * PAGE_SIZE, Uint8Array.of(0xd0 + drains.length));
+    }
+    return Promise.resolve(0.5);
+  };
+  await writeSetup(ctx);
+  await runPrecopy({ ...ctx, drain });
+  assert.equal(drains.length, 3, "drained again after each round that sent pages");
+  assert.ok(drains.every((state) => state === "running"), "the guest ran during every drain");
+  const stopped = calls.findIndex((c) => c.startsWith("stopped"));
+  assert.equal(
+    calls.slice(0, stopped).filter((c) => c === "drain").length,
+    3,
+    JSON.stringify(calls),
+  );
+  assert.equal(calls.lastIndexOf("drain") < stopped, true, "every drain came before the stop");
+  const dst = new TestGuest([["pc.ram", 64 * PAGE_SIZE]]);
+  await loadStream(new StreamReader(new BytesChannel(ch.bytes())), dst);
+  assert.equal(await ramDigest(dst), await ramDigest(guest), "pages dirtied during drains arrived");
+});
+
 Deno.test("runPrecopy() restores the run state when the final pass fails (running → running, paused → paused)", async () => {
   for (const before of ["running", "paused"] as const) {
     const guest = new TestGuest([["pc.ram", 16 * PAGE_SIZE]]);

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { Engine } from "../../engine/engine.ts";
 import { StreamReader } from "../../engine/format/reader.ts";
 import { loadStream } from "../../engine/incoming.ts";
+import { pongMessage } from "../../engine/return_path.ts";
 import {
   commitCommand,
   MIG_CMD_OPEN_RETURN_PATH,
@@ -298,7 +299,12 @@ Deno.test("return path: a destination that reads everything but never confirms f
     engine.migrate(URI);
     const server = await listener.accept();
     // Load the whole stream with the real loader (the source then waits for SHUT), then hang up.
-    const result = await loadStream(new StreamReader(server), new TestGuest([["pc.ram", 1 << 20]]));
+    const result = await loadStream(
+      new StreamReader(server),
+      new TestGuest([["pc.ram", 1 << 20]]),
+      undefined,
+      (value) => server.write(pongMessage(value)),
+    );
     assert.equal(result.returnPath, true, "a tcp: source opens the return path");
     server.close();
     await withTimeout(engine.migration!.done, 10_000, "failure");

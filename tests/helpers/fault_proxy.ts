@@ -7,7 +7,8 @@
  * - `stallAt: n` — forward exactly n bytes, then stop forwarding in both directions
  *   and stop reading, with both connections left open (a hung peer or network);
  * - `throttle: bytesPerSecond` — forward slowly;
- * - `cutOnReturn` — cut when the destination first answers (it has the whole stream);
+ * - `cutOnReturn` — cut when the destination sends its SHUT (it has the whole stream;
+ *   the PONGs answering the source's drain PINGs pass);
  * - `cutAfterReturn: k` — let the answer through, then cut after k more source bytes;
  * - `cutBeforeEnd: k` — cut with the stream's last k bytes withheld;
  * - {@link FaultProxy.cut}, {@link FaultProxy.stall}, {@link FaultProxy.resume} at any time;
@@ -93,6 +94,10 @@ export class FaultProxy implements AsyncDisposable {
   #throttleBase = 0;
   #cutAt: number | undefined;
   #answered = false;
+  /** Destination → source bytes not yet forwarded (an incomplete return-path message). */
+  #returning: Uint8Array = new Uint8Array(0);
+  /** The last 9 source bytes read (is the source waiting on a PING?). */
+  #recent: Uint8Array = new Uint8Array(0);
   /** The URI the source should migrate to. */
   readonly address: string;
   /** Source → destination bytes forwarded so far (all connections). */
@@ -283,21 +288,36 @@ export class FaultProxy implements AsyncDisposable {
         }
         let chunk: Uint8Array = buf.subarray(0, n);
         if (!outbound) {
-          if (this.#plan.cutOnReturn) {
-            this.cut();
-            return;
+          // Return-path messages are 8 bytes (be16 type, be16 4, be32). PONGs answer
+          // the source's drain PINGs and pass; the SHUT (type 1) is "the answer".
+          this.#returning = concat(this.#returning, chunk);
+          while (this.#returning.length >= 8) {
+            const msg = this.#returning.slice(0, 8);
+            this.#returning = this.#returning.slice(8);
+            const shut = ((msg[0] << 8) | msg[1]) === 1;
+            if (shut && this.#plan.cutOnReturn) {
+              this.cut();
+              return;
+            }
+            await this.#gate();
+            if (shut && !this.#answered && this.#plan.cutAfterReturn !== undefined) {
+              this.#cutAt = this.forwarded + this.#plan.cutAfterReturn;
+            }
+            if (shut) this.#answered = true;
+            await writeAll(to, msg);
+            this.returned += msg.length;
           }
-          await this.#gate();
-          if (!this.#answered && this.#plan.cutAfterReturn !== undefined) {
-            this.#cutAt = this.forwarded + this.#plan.cutAfterReturn;
-          }
-          this.#answered = true;
-          await writeAll(to, chunk);
-          this.returned += n;
           continue;
         }
         if (this.#plan.cutBeforeEnd !== undefined) {
+          this.#recent = concat(this.#recent, chunk).slice(-9);
           chunk = this.#withhold(chunk, this.#plan.cutBeforeEnd);
+          if (endsWithPing(this.#recent)) {
+            // The source now waits for a PONG before its switchover: this is not the
+            // end of the stream, so nothing is withheld.
+            chunk = concat(chunk, this.#held);
+            this.#held = new Uint8Array(0);
+          }
           if (chunk.length === 0) continue;
         }
         const cutAt = this.#cutAt;
@@ -387,4 +407,19 @@ export class FaultProxy implements AsyncDisposable {
     }
     this.#conns.delete(c);
   }
+}
+
+/** `a` followed by `b`, as a new array. */
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+/** True when `bytes` ends with a `COMMAND PING` (0x08, be16 2, be16 4, be32 value). */
+function endsWithPing(bytes: Uint8Array): boolean {
+  const at = bytes.length - 9;
+  return at >= 0 && bytes[at] === 0x08 && bytes[at + 1] === 0 && bytes[at + 2] === 2 &&
+    bytes[at + 3] === 0 && bytes[at + 4] === 4;
 }
