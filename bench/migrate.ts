@@ -113,7 +113,7 @@ const fmt = {
   ms: (x: number) => Number.isNaN(x) ? "—" : `${x.toFixed(x < 10 ? 1 : 0)}ms`,
   ratio: (a: number, b: number) =>
     Number.isNaN(a) || Number.isNaN(b) || b === 0 ? "—" : `${(a / b).toFixed(2)}x`,
-  gbps: (bytes: number, s: number) => Number.isNaN(s) ? "—" : (bytes / s / 1e9).toFixed(2),
+  gbps: (bytes: number, s: number) => !(s > 0) ? "—" : (bytes / s / 1e9).toFixed(2),
   mib: (b: number) => Number.isNaN(b) ? "—" : `${Math.round(b / MiB)}`,
 };
 
@@ -231,7 +231,7 @@ if (runSel.length) {
   console.log(
     `\n# Running guest (512 MiB, random-filled), 1 GB/s bandwidth — ${distRuns} runs per engine`,
   );
-  const w = [17, 6, 6, 22, 8, 7, 7, 22, 8, 7];
+  const w = [17, 6, 6, 22, 8, 7, 7, 22, 8, 7, 7, 8];
   console.log(row([
     "scenario",
     "engine",
@@ -243,6 +243,8 @@ if (runSel.length) {
     "QEMU downtime p50/p90/max",
     "≤limit",
     "passes",
+    "total",
+    "ferry/Q",
   ], w));
   for (const s of runSel) {
     const r = await measure(s, distRuns, false);
@@ -258,6 +260,7 @@ if (runSel.length) {
         within: xs.length ? `${Math.round((100 * within) / xs.length)}%` : "—",
         passes: `${median(xs.map((x) => x.passes))}`,
         total: fmt.s(median(done.map((x) => x.totalS))),
+        totalS: median(done.map((x) => x.totalS)),
       };
     };
     const f = describe(r.ferry);
@@ -273,6 +276,8 @@ if (runSel.length) {
       q ? `${q.dist} (${q.done})` : "—",
       q?.within ?? "—",
       q?.passes ?? "—",
+      q?.total ?? "—",
+      fmt.ratio(f.totalS, q?.totalS ?? NaN),
     ], w));
   }
   console.log(

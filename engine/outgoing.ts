@@ -126,7 +126,9 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
           ctx.progress.throttled(throttle);
         }
       }
-      if (pending > 0 && pending >= maxSize) {
+      // With XBZRLE the encoding time, not the wire, can be what exceeds the limit.
+      const busy = ram.pendingBusyMs > ctx.params().downtime_limit - rtt;
+      if (pending > 0 && (pending >= maxSize || busy)) {
         if (ctx.block && ctx.block.remainingBytes > 0) {
           const turnEnd = w.bytes + BLOCK_TURN_BYTES;
           await w.sectionPart(Section.PART, SectionId.BLOCK);
@@ -159,7 +161,9 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
       maxSize = window.bandwidth * Math.max(0, params.downtime_limit - rtt);
       ram.resizeCache(params.xbzrle_cache_size);
       const pendingBytes = ram.pendingWireBytes + (ctx.block?.remainingBytes ?? 0);
-      const expected = window.bandwidth > 0 ? pendingBytes / window.bandwidth + rtt : Infinity;
+      const expected = window.bandwidth > 0
+        ? Math.max(pendingBytes / window.bandwidth, ram.pendingBusyMs) + rtt
+        : Infinity;
       ctx.progress.window(window, expected);
     }
     if (limiter.exceeded(w.bytes)) {

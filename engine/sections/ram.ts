@@ -89,6 +89,10 @@ export class RamSaver {
   #wirePerPage = PLAIN_RECORD;
   #passPages = 0;
   #passBytes = 0;
+  /** ms spent sending pages of the current pass after the bulk stage (sleeps and API turns excluded). */
+  #passBusyMs = 0;
+  /** Busy ms per page of the last whole pass (0 until one finished). */
+  #busyMsPerPage = 0;
   /** Pages the last sync marked dirty (auto-converge reads it). */
   lastSyncAdded = 0;
   readonly stats: RamStats = {
@@ -150,6 +154,16 @@ export class RamSaver {
     return this.#cache ? Math.ceil(this.#dirty * this.#wirePerPage) : this.remainingBytes;
   }
 
+  /**
+   * With XBZRLE: how long (ms) sending the dirty pages is expected to take at the
+   * busy rate of the last pass; 0 without XBZRLE. Delta-encoding costs CPU that
+   * the few bytes it puts on the wire do not show, so the wire estimate alone
+   * would switch over with an encode pass longer than the downtime limit ahead.
+   */
+  get pendingBusyMs(): number {
+    return this.#cache ? this.#dirty * this.#busyMsPerPage : 0;
+  }
+
   /** Effective XBZRLE cache size in bytes (0 when XBZRLE is off). */
   get cacheSize(): number {
     return this.#cache?.sizeBytes ?? 0;
@@ -175,9 +189,11 @@ export class RamSaver {
     this.stats.dirtySyncCount++;
     if (this.#passPages > 0) {
       this.#wirePerPage = Math.max(1, this.#passBytes / this.#passPages);
+      this.#busyMsPerPage = this.#passBusyMs / this.#passPages;
       this.#passPages = 0;
       this.#passBytes = 0;
     }
+    this.#passBusyMs = 0;
     const now = this.#now();
     if (now - this.#periodStart >= 1000) {
       this.stats.dirtyPagesRate = Math.round(
@@ -228,7 +244,9 @@ export class RamSaver {
     let passDone = false;
     this.#last = null;
     while (!stop()) {
+      const t0 = this.#now();
       const sent = await this.#sendSome(w, 64);
+      if (!this.#bulk) this.#passBusyMs += this.#now() - t0;
       pages += sent;
       if (sent < 64) {
         passDone = true;

@@ -339,3 +339,37 @@ Deno.test("RamSaver → RamLoader round trip of a two-block guest with writes be
 Deno.test("countBits() counts the set bits of a bitmap", () => {
   assert.equal(countBits(Uint32Array.of(0, 1, 0xffffffff, 0x80000001)), 35);
 });
+
+Deno.test("RamSaver.pendingBusyMs prices dirty pages at the last pass's busy time per page, with XBZRLE only", async () => {
+  for (const xbzrle of [false, true]) {
+    const guest = new TestGuest([["pc.ram", 256 * PAGE_SIZE]]);
+    guest.fillRandom(3);
+    const w = new StreamWriter(new CaptureChannel(), 4 << 20);
+    const saver = new RamSaver(
+      guest.blocks,
+      () => performance.now(),
+      xbzrle ? { xbzrleCacheSize: 512 * PAGE_SIZE } : {},
+    );
+    await saver.iterate(w, never); // the bulk stage: not measured
+    const dirty = (from: number) => {
+      for (let p = from; p < from + 64; p++) guest.write(p * PAGE_SIZE, Uint8Array.of(p, 7));
+    };
+    dirty(0);
+    saver.sync();
+    assert.equal(saver.pendingBusyMs, 0, "no pass measured yet");
+    await saver.iterate(w, never); // pass 2: 64 pages, measured
+    dirty(64);
+    saver.sync();
+    const one = saver.pendingBusyMs;
+    dirty(128);
+    saver.sync(); // no pass in between: same price per page
+    if (!xbzrle) {
+      assert.equal(one, 0);
+      assert.equal(saver.pendingBusyMs, 0);
+    } else {
+      assert.ok(one > 0, `64 dirty pages cost ${one} ms`);
+      assert.equal(saver.pendingBusyMs, 2 * one, "twice the pages, twice the time");
+    }
+    await w.drain();
+  }
+});
