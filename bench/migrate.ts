@@ -231,10 +231,9 @@ if (runSel.length) {
   console.log(
     `\n# Running guest (512 MiB, random-filled), 1 GB/s bandwidth — ${distRuns} runs per engine`,
   );
-  const w = [17, 6, 6, 22, 8, 7, 7, 22, 8, 7, 7, 8];
+  const w = [17, 6, 22, 8, 7, 7, 22, 8, 7, 7, 8];
   console.log(row([
     "scenario",
-    "engine",
     "done",
     "downtime p50/p90/max",
     "≤limit",
@@ -267,7 +266,6 @@ if (runSel.length) {
     const q = r.qemu.length ? describe(r.qemu) : undefined;
     console.log(row([
       s.name,
-      "",
       f.done,
       f.dist,
       f.within,
