@@ -4,7 +4,7 @@ import { type Clock, systemClock } from "./clock.ts";
 import { type IncomingInfo, IncomingMigration, type IncomingStatus } from "./destination.ts";
 import { EngineError } from "./errors.ts";
 import { Migration, type MigrationInfo, type MigrationStatus } from "./migration.ts";
-import { Notifier } from "./notifier.ts";
+import { bootEventId, DEFAULT_HISTORY, Notifier } from "./notifier.ts";
 import {
   type Capabilities,
   DEFAULT_CAPABILITIES,
@@ -60,6 +60,12 @@ export interface EngineDeps {
    * every few ms so the API answers during a full-speed stream. Default: a timer.
    */
   readonly turn?: () => Promise<void>;
+  /**
+   * Id of the first event (default {@link bootEventId}: from the wall clock, so ids
+   * never repeat across restarts and a reconnecting SSE client is never replayed
+   * another process's events).
+   */
+  readonly firstEventId?: number;
 }
 
 /**
@@ -69,7 +75,7 @@ export interface EngineDeps {
  */
 export class Engine {
   /** Every state change, pass and progress report. */
-  readonly events = new Notifier<EngineEvent>();
+  readonly events: Notifier<EngineEvent>;
   readonly #guest: Guest;
   readonly #transports: Transports;
   readonly #clock: Clock;
@@ -86,6 +92,7 @@ export class Engine {
   readonly #unsubscribeGuest: () => void;
 
   constructor(deps: EngineDeps) {
+    this.events = new Notifier<EngineEvent>(DEFAULT_HISTORY, deps.firstEventId ?? bootEventId());
     this.#guest = deps.guest;
     this.#transports = deps.transports;
     this.#clock = deps.clock ?? systemClock;

@@ -5,6 +5,16 @@ export type Listener<E> = (event: E) => void;
 export const DEFAULT_HISTORY = 1024;
 
 /**
+ * A first event id for a process starting at `nowMs`: 100 ids per ms of wall
+ * clock, so a restarted process starts above every id its predecessor used unless
+ * that one averaged over 100 events per ms (ferry coalesces progress to ~10 a
+ * second). 15 digits until the year 2286.
+ */
+export function bootEventId(nowMs: number = Date.now()): number {
+  return Math.floor(nowMs) * 100;
+}
+
+/**
  * A small synchronous event hub (QEMU's migration notifiers). Every event gets an
  * increasing `id`; a listener that throws is isolated from the others. The last
  * `history` events are kept in a ring so a client that reconnects can be sent what
@@ -18,9 +28,17 @@ export class Notifier<E extends object> {
   #head = 0;
   #count = 0;
 
-  constructor(history = DEFAULT_HISTORY) {
+  /**
+   * `firstId` is the id of the first event. A long-lived service seeds it from the
+   * wall clock ({@link bootEventId}) so that ids never repeat across restarts: a
+   * client reconnecting with an id from before a restart then gets a reset rather
+   * than somebody else's events under familiar ids.
+   */
+  constructor(history = DEFAULT_HISTORY, firstId = 1) {
     if (!Number.isInteger(history) || history < 0) throw new RangeError("bad history size");
+    if (!Number.isSafeInteger(firstId) || firstId < 1) throw new RangeError("bad first id");
     this.#ring = new Array(history);
+    this.#nextId = firstId;
   }
 
   /** Registers a listener; returns the function that removes it. */

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { Engine, type EngineEvent } from "../../engine/engine.ts";
+import { bootEventId } from "../../engine/notifier.ts";
 import { EngineError, type EngineErrorCode } from "../../engine/errors.ts";
 import {
   type Capabilities,
@@ -343,4 +344,19 @@ Deno.test("Engine.close() cancels an armed incoming migration and frees its URI"
   assert.equal(engine.incomingInfo().status, "cancelled");
   const again = await transports.listen(URI); // the listener was closed
   again.close();
+});
+
+Deno.test("Engine numbers events from the wall clock, so a restarted engine never reuses an id", async () => {
+  const before = bootEventId();
+  const first = new Engine({ guest: new TestGuest(), transports: new MemoryTransports() });
+  first.guest.start();
+  first.guest.stop("paused");
+  const lastOfFirst = first.events.lastId;
+  assert.ok(first.events.nextId > before, "ids start at the boot id or later");
+  await first.close();
+  await new Promise((r) => setTimeout(r, 2));
+  const restarted = new Engine({ guest: new TestGuest(), transports: new MemoryTransports() });
+  assert.ok(restarted.events.nextId > lastOfFirst, "the restarted engine starts above");
+  assert.equal(restarted.events.since(lastOfFirst), null, "an old id gets a reset, not a replay");
+  await restarted.close();
 });

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Notifier } from "../../engine/notifier.ts";
+import { bootEventId, Notifier } from "../../engine/notifier.ts";
 
 type Ev = { kind: string };
 
@@ -109,4 +109,20 @@ Deno.test("Notifier with no history keeps nothing but still stamps ids", () => {
   assert.deepEqual(n.since(1), []);
   assert.equal(n.since(0), null);
   assert.throws(() => new Notifier<Ev>(-1), RangeError);
+});
+
+Deno.test("Notifier numbers events from firstId, and since() refuses ids from before it", () => {
+  const first = bootEventId(1_764_000_000_000);
+  assert.equal(first, 176_400_000_000_000);
+  const n = new Notifier<Ev>(8, first);
+  const a = n.emit({ kind: "a" });
+  n.emit({ kind: "b" });
+  assert.equal(a.id, first);
+  assert.equal(n.lastId, first + 1);
+  assert.deepEqual(n.since(first)!.map((e) => e.kind), ["b"]);
+  // An id a previous process handed out (small, or just below first) is not replayed.
+  assert.equal(n.since(5), null);
+  assert.equal(n.since(first - 2), null);
+  assert.throws(() => new Notifier<Ev>(8, 0), RangeError);
+  assert.ok(bootEventId(1_764_000_000_001) > first, "a later start gets higher ids");
 });

@@ -9,7 +9,8 @@ import { ramDigest, TestGuest } from "./test_guest.ts";
 export function testApp(opts: { ram?: number; transports?: MemoryTransports } = {}) {
   const guest = new TestGuest([["pc.ram", opts.ram ?? 1 << 20]]);
   const transports = opts.transports ?? new MemoryTransports();
-  const engine = new Engine({ guest, transports });
+  // Ids from 1, so the route tests can name them.
+  const engine = new Engine({ guest, transports, firstEventId: 1 });
   const vm: VmInspector = {
     info: () => ({
       run_state: guest.runState,
