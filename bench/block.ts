@@ -10,6 +10,7 @@
 import { parseArgs } from "node:util";
 import { FerryProcess } from "./ferry_process.ts";
 import { parseSize } from "../vm/ram.ts";
+import { median } from "./stats.ts";
 
 const UNLIMITED = 100_000_000_000;
 const MIB = 1 << 20;
@@ -77,11 +78,6 @@ async function runOnce(dir: string, ram: string, diskSize: number, zero: boolean
     diskWire: info.disk.transferred,
     state: info.ram.total + info.disk.total,
   };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((x, y) => x - y);
-  return s[Math.floor(s.length / 2)];
 }
 
 if (import.meta.main) {

@@ -5,6 +5,7 @@
  */
 import { FerryProcess } from "./ferry_process.ts";
 import type { MigrationRun, ScenarioSpec } from "./qemu/types.ts";
+import { peakRss } from "./stats.ts";
 
 /** A ferry run plus what only ferry offers: API latency samples taken during it. */
 export interface FerryRun extends MigrationRun {
@@ -27,17 +28,6 @@ export function workloadArgs(spec: ScenarioSpec): string[] {
       return ["--workload", `random:rate=${Math.round(w.bytesPerSecond)},bytes=8`];
     case "ab":
       return ["--workload", `ab:range=${w.rangeBytes}`];
-  }
-}
-
-/** Peak resident set size of a live process (`VmHWM`), in bytes; NaN when unreadable. */
-export async function peakRss(pid: number): Promise<number> {
-  try {
-    const status = await Deno.readTextFile(`/proc/${pid}/status`);
-    const kib = /^VmHWM:\s+(\d+)\s+kB/m.exec(status)?.[1];
-    return kib === undefined ? NaN : Number(kib) * 1024;
-  } catch {
-    return NaN;
   }
 }
 
@@ -127,8 +117,8 @@ export async function runFerry(spec: ScenarioSpec, opts: FerryRunOptions = {}): 
               bytes: info.ram?.transferred ?? NaN,
               passes: info.ram?.dirty_sync_count ?? NaN,
               bandwidthBps,
-              peakRssSrc: await peakRss(src.pid),
-              peakRssDst: await peakRss(dst.pid),
+              peakRssSrc: peakRss(src.pid),
+              peakRssDst: peakRss(dst.pid),
               apiLatenciesMs: await (ended = true, sampler),
               note: `never completed in ${spec.timeoutS} s` +
                 (throttle ? ` (throttle reached ${throttle} %)` : ""),
@@ -158,8 +148,8 @@ export async function runFerry(spec: ScenarioSpec, opts: FerryRunOptions = {}): 
       bytes: info.ram.transferred,
       passes: info.ram.dirty_sync_count,
       bandwidthBps,
-      peakRssSrc: await peakRss(src.pid),
-      peakRssDst: await peakRss(dst.pid),
+      peakRssSrc: peakRss(src.pid),
+      peakRssDst: peakRss(dst.pid),
       apiLatenciesMs,
       ...(throttle ? { note: `throttle reached ${throttle} %` } : {}),
     };

@@ -16,6 +16,7 @@ import { qemuAvailable, runQemu } from "./qemu/mod.ts";
 import type { MigrationRun, ScenarioSpec, Skipped } from "./qemu/types.ts";
 import { runCapabilityBenchmarks } from "./capabilities.ts";
 import { runTransportBenchmarks } from "./transports.ts";
+import { median, percentile } from "./stats.ts";
 
 const UNLIMITED = 100e9;
 const MiB = 2 ** 20;
@@ -95,17 +96,6 @@ const AB: Scenario[] = [300, 30].flatMap((limit) =>
     },
   }))
 );
-
-function median(xs: number[]): number {
-  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
-  return s.length === 0 ? NaN : s[Math.floor(s.length / 2)];
-}
-
-function percentile(xs: number[], p: number): number {
-  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
-}
 
 const fmt = {
   s: (x: number) =>

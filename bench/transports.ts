@@ -8,6 +8,7 @@
  */
 import { parseArgs } from "node:util";
 import { FerryProcess } from "./ferry_process.ts";
+import { median } from "./stats.ts";
 
 const UNLIMITED = 100_000_000_000;
 const GiB = 2 ** 30;
@@ -94,11 +95,6 @@ async function runOnce(s: Scenario, dir: string): Promise<Result> {
     downtimeMs: saved.downtime,
     fileBytes,
   };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
 }
 
 /**

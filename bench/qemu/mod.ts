@@ -9,6 +9,7 @@
 
 import type { GuestWorkload, MigrationRun, ScenarioSpec, Skipped } from "./types.ts";
 import { QmpClient } from "./qmp.ts";
+import { peakRss } from "../stats.ts";
 import {
   assembleGuest,
   guestParamsFor,
@@ -261,12 +262,7 @@ class QemuProcess {
 
   /** Peak resident set size (VmHWM) in bytes; NaN if /proc cannot tell. */
   peakRss(): number {
-    try {
-      const m = /^VmHWM:\s+(\d+)\s*kB/m.exec(Deno.readTextFileSync(`/proc/${this.pid}/status`));
-      return m ? Number(m[1]) * 1024 : NaN;
-    } catch {
-      return NaN;
-    }
+    return peakRss(this.pid);
   }
 
   /** Closes QMP, SIGTERMs QEMU, SIGKILLs it after `graceMs`, and reaps it. */

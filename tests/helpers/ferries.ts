@@ -37,18 +37,8 @@ export async function startDestination(
   kind: Kind = "tcp",
   extra: string[] = [],
 ): Promise<FerryProcess> {
-  const uri = await listenUri(kind);
-  const dst = await FerryProcess.start([
-    "--ram",
-    ram,
-    "--incoming",
-    uri,
-    "--no-autostart",
-    ...extra,
-  ]);
-  for (let i = 0; !dst.incoming && i < 500; i++) await new Promise((r) => setTimeout(r, 10));
-  assert.ok(dst.incoming, `destination printed its address: ${dst.output()}`);
-  return dst;
+  // FerryProcess.destination() fails unless the ferry printed its incoming address.
+  return await FerryProcess.destination(ram, await listenUri(kind), extra);
 }
 
 /** Arms `dst` again on a fresh URI of `kind`; returns the address to migrate to. */

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { xbzrleDecode, xbzrleEncode, XbzrleError } from "../../../engine/format/xbzrle.ts";
+import { rng } from "../../helpers/rng.ts";
 
 const PAGE = 4096;
 
@@ -11,16 +12,6 @@ function encode(old: Uint8Array, cur: Uint8Array, room = PAGE): Uint8Array | nul
   const dst = new Uint8Array(room);
   const n = xbzrleEncode(old, cur, dst);
   return n < 0 ? null : dst.slice(0, n);
-}
-
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
 }
 
 Deno.test("xbzrleEncode() of identical pages is empty", () => {

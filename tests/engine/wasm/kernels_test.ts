@@ -15,18 +15,9 @@ import {
   sharedKernels,
   WASM_SIMD_SUPPORTED,
 } from "../../../engine/wasm/kernels.ts";
+import { rng } from "../../helpers/rng.ts";
 
 const PAGE = 4096;
-
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-}
 
 const wasm = createKernels({ kind: KernelKind.WASM, arenaBytes: 6 * PAGE });
 const ts = createKernels({ kind: KernelKind.TS, arenaBytes: 6 * PAGE });

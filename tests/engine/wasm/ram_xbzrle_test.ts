@@ -11,18 +11,9 @@ import { RamLoader, RamSaver } from "../../../engine/sections/ram.ts";
 import { createKernels, KernelKind } from "../../../engine/wasm/kernels.ts";
 import { PAGE_SIZE, RamBlock } from "../../../vm/ram.ts";
 import { BytesChannel, CaptureChannel } from "../../helpers/byte_channels.ts";
+import { rng } from "../../helpers/rng.ts";
 
 const PAGES = 256;
-
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-}
 
 /** A guest-like block, dirtied over several passes with a mix of small and large edits. */
 async function migrate(kind: KernelKind): Promise<{ stream: Uint8Array; ram: Uint8Array }> {
