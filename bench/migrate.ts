@@ -16,6 +16,7 @@ import { qemuAvailable, runQemu } from "./qemu/mod.ts";
 import type { MigrationRun, ScenarioSpec, Skipped } from "./qemu/types.ts";
 import { runCapabilityBenchmarks } from "./capabilities.ts";
 import { runTransportBenchmarks } from "./transports.ts";
+import { runPipeFloor } from "./pipe_floor.ts";
 import { median, percentile } from "./stats.ts";
 
 const UNLIMITED = 100e9;
@@ -132,7 +133,7 @@ const qemu: true | Skipped = values["no-qemu"]
   ? { skipped: "--no-qemu given" }
   : await qemuAvailable();
 const qemuNote = qemu === true ? "" : `QEMU column skipped: ${qemu.skipped}`;
-const log: { scenario: string; engine: string; run: MigrationRun }[] = [];
+const log: { scenario: string; engine: string; run: MigrationRun | { totalS: number } }[] = [];
 
 /** Runs `s` n times on both engines; QEMU runs are NaN rows when QEMU is unavailable. */
 async function measure(s: Scenario, n: number, sampleApi: boolean) {
@@ -168,12 +169,14 @@ if (qemuNote) console.log(qemuNote);
 const bulkSel = BULK.filter(selected);
 if (bulkSel.length) {
   console.log(`\n# Bulk transfer, unlimited bandwidth — medians of ${runs}`);
-  const w = [15, 8, 6, 8, 8, 6, 8, 8, 7, 7, 12, 15, 15];
+  const w = [15, 8, 6, 8, 8, 6, 8, 8, 7, 7, 7, 7, 12, 15, 15];
   console.log(row([
     "scenario",
     "ferry",
     "GB/s",
     "downtime",
+    "floor",
+    "f/floor",
     "QEMU",
     "GB/s",
     "downtime",
@@ -187,7 +190,17 @@ if (bulkSel.length) {
   for (const s of bulkSel) {
     const n = s.spec.ramBytes > GiB ? 1 : runs;
     const r = await measure(s, n, true);
+    // The same bytes in ferry's framing between two bare Deno processes (bench/pipe_floor.ts).
+    const floor: number[] = [];
+    if (s.spec.fill === "random") {
+      for (let i = 0; i < n; i++) {
+        const f = await runPipeFloor({ ramBytes: s.spec.ramBytes, transport: s.spec.transport });
+        floor.push(f.seconds);
+        log.push({ scenario: s.name, engine: "floor", run: { totalS: f.seconds } });
+      }
+    }
     const ft = median(r.ferry.map((x) => x.totalS));
+    const flt = median(floor);
     const qt = median(r.qemu.map((x) => x.totalS));
     const lat = r.ferry.flatMap((x) => x.apiLatenciesMs);
     const rss = (xs: MigrationRun[]) =>
@@ -199,6 +212,8 @@ if (bulkSel.length) {
       fmt.s(ft),
       fmt.gbps(s.spec.ramBytes, ft),
       fmt.ms(median(r.ferry.map((x) => x.downtimeMs))),
+      fmt.s(flt),
+      fmt.ratio(ft, flt),
       r.qemu.length ? fmt.s(qt) : "—",
       r.qemu.length ? fmt.gbps(s.spec.ramBytes, qt) : "—",
       r.qemu.length ? fmt.ms(median(r.qemu.map((x) => x.downtimeMs))) : "—",
@@ -211,7 +226,9 @@ if (bulkSel.length) {
     ], w));
   }
   console.log(
-    "RSS = peak resident set (VmHWM) of source/destination in MiB; guest RAM is part of it.",
+    "floor = the same pages in ferry's framing between two bare Deno processes, no ferry " +
+      "(bench/pipe_floor.ts): what any Deno program pays here.\n" +
+      "RSS = peak resident set (VmHWM) of source/destination in MiB; guest RAM is part of it.",
   );
 }
 
