@@ -6,13 +6,16 @@
  * queued writes — as ferry's StreamWriter does); the receiver reads into a 4 MiB
  * buffer, checks each header and copies each page into its own prefaulted
  * SharedArrayBuffer, then acknowledges with one byte. The time is from the
- * sender's connect to that acknowledgement. `deno task bench` prints it beside
- * ferry's figure, so a target below the floor shows as such.
+ * sender's connect to that acknowledgement. Over unix the sender raises its send
+ * buffer as ferry does (transports/send_buffer.ts; `--default-sndbuf` keeps the
+ * kernel's). `deno task bench` prints it beside ferry's figure, so a target below
+ * the floor shows as such.
  *
- *   deno run -A bench/pipe_floor.ts [--ram 1073741824] [--transport tcp|unix] [--runs 3]
+ *   deno run -A bench/pipe_floor.ts [--ram 1073741824] [--transport tcp|unix] [--runs 3] [--default-sndbuf]
  * @module
  */
 import { parseArgs } from "node:util";
+import { raiseUnixSendBuffer, socketFds } from "../transports/send_buffer.ts";
 import { median } from "./stats.ts";
 
 const PAGE = 4096;
@@ -38,6 +41,8 @@ export interface FloorOptions {
   readonly transport: "tcp" | "unix";
   /** Hash both RAMs afterwards (slow for large guests; for tests). */
   readonly digest?: boolean;
+  /** Keep the kernel's default unix send buffer instead of raising it as ferry does. */
+  readonly defaultSendBuffer?: boolean;
 }
 
 /** Runs one floor transfer between two fresh Deno processes and returns what it measured. */
@@ -66,7 +71,12 @@ export async function runPipeFloor(opts: FloorOptions): Promise<FloorRun> {
     }
     const address = /^listening (\S+)/.exec(text)?.[1];
     if (!address) throw new Error(`pipe floor receiver said: ${text}`);
-    const sender = await spawn(["send", "--connect", address]).output();
+    const sender = await spawn([
+      "send",
+      "--connect",
+      address,
+      ...(opts.defaultSendBuffer ? ["--default-sndbuf"] : []),
+    ]).output();
     if (!sender.success) throw new Error("pipe floor sender failed");
     const sent = JSON.parse(new TextDecoder().decode(sender.stdout));
     while (!text.includes("}\n")) {
@@ -136,15 +146,22 @@ async function receive(ramBytes: number, listen: string, digest: boolean): Promi
   console.log(JSON.stringify({ pages, digest: digest ? await sha256(ram) : "" }));
 }
 
-async function send(ramBytes: number, connect: string, digest: boolean): Promise<void> {
+async function send(
+  ramBytes: number,
+  connect: string,
+  digest: boolean,
+  noRaise: boolean,
+): Promise<void> {
   const ram = new Uint8Array(new SharedArrayBuffer(ramBytes));
   for (let off = 0; off < ramBytes; off += 65536) {
     crypto.getRandomValues(ram.subarray(off, Math.min(ramBytes, off + 65536)));
   }
   const t0 = performance.now();
+  const before = socketFds();
   using conn = connect.startsWith("unix:")
     ? await Deno.connect({ transport: "unix", path: connect.slice(5) })
     : await Deno.connect({ hostname: "127.0.0.1", port: Number(connect.split(":").at(-1)) });
+  if (!noRaise) raiseUnixSendBuffer(before); // as ferry's unix transport does
   const bufs = [new Uint8Array(BUFFER), new Uint8Array(BUFFER)];
   const pending: (Promise<void> | null)[] = [null, null];
   let tail: Promise<void> = Promise.resolve();
@@ -192,17 +209,20 @@ if (import.meta.main) {
       listen: { type: "string" },
       connect: { type: "string" },
       digest: { type: "boolean", default: false },
+      "default-sndbuf": { type: "boolean", default: false },
     },
   });
   const ramBytes = Number(values.ram);
   if (!(ramBytes > 0) || ramBytes % PAGE !== 0) throw new Error("--ram: a multiple of 4096");
   if (positionals[0] === "recv") await receive(ramBytes, values.listen!, values.digest);
-  else if (positionals[0] === "send") await send(ramBytes, values.connect!, values.digest);
-  else {
+  else if (positionals[0] === "send") {
+    await send(ramBytes, values.connect!, values.digest, values["default-sndbuf"]);
+  } else {
     const transport = values.transport === "unix" ? "unix" : "tcp";
     const times: number[] = [];
     for (let i = 0; i < Number(values.runs); i++) {
-      times.push((await runPipeFloor({ ramBytes, transport })).seconds);
+      const defaultSendBuffer = values["default-sndbuf"];
+      times.push((await runPipeFloor({ ramBytes, transport, defaultSendBuffer })).seconds);
     }
     console.log(
       `pipe floor, ${ramBytes} bytes over ${transport}: median ${median(times).toFixed(3)} s ` +
