@@ -15,7 +15,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { raiseUnixSendBuffer, socketFds } from "../transports/send_buffer.ts";
+import { raiseUnixSendBuffers } from "../transports/send_buffer.ts";
 import { median } from "./stats.ts";
 
 const PAGE = 4096;
@@ -157,11 +157,10 @@ async function send(
     crypto.getRandomValues(ram.subarray(off, Math.min(ramBytes, off + 65536)));
   }
   const t0 = performance.now();
-  const before = socketFds();
   using conn = connect.startsWith("unix:")
     ? await Deno.connect({ transport: "unix", path: connect.slice(5) })
     : await Deno.connect({ hostname: "127.0.0.1", port: Number(connect.split(":").at(-1)) });
-  if (!noRaise) raiseUnixSendBuffer(before); // as ferry's unix transport does
+  if (!noRaise) raiseUnixSendBuffers(); // as ferry's unix transport does
   const bufs = [new Uint8Array(BUFFER), new Uint8Array(BUFFER)];
   const pending: (Promise<void> | null)[] = [null, null];
   let tail: Promise<void> = Promise.resolve();

@@ -1,7 +1,7 @@
 import { acceptConn, ConnChannel, describeNetError, raceAbort } from "./channel.ts";
 import { type Channel, type Listener, TransportError } from "./transport.ts";
 import { parseUri } from "./uri.ts";
-import { raiseUnixSendBuffer, socketFds } from "./send_buffer.ts";
+import { raiseUnixSendBuffers } from "./send_buffer.ts";
 
 /** Longest socket path the kernel accepts: `sun_path` is 108 bytes including the NUL. */
 export const MAX_UNIX_PATH_BYTES = 107;
@@ -44,7 +44,6 @@ export async function connectUnix(uri: string, signal?: AbortSignal): Promise<Ch
   const long = tooLong(path);
   if (long) throw new TransportError("connect-failed", `Cannot connect to ${address}: ${long}`);
   let conn: Deno.UnixConn;
-  const socketsBefore = socketFds();
   try {
     conn = await raceAbort(
       Deno.connect({ transport: "unix", path }),
@@ -60,7 +59,7 @@ export async function connectUnix(uri: string, signal?: AbortSignal): Promise<Ch
     );
   }
   // A bigger send buffer when FFI is allowed: far fewer partial writes per stream buffer.
-  raiseUnixSendBuffer(socketsBefore);
+  raiseUnixSendBuffers();
   return new ConnChannel(conn, address);
 }
 
