@@ -14,8 +14,13 @@
  * @module
  */
 
-/** The send buffer ferry asks for (the kernel caps it at net.core.wmem_max and doubles it). */
-export const UNIX_SEND_BUFFER = 4 << 20;
+/**
+ * The send buffer ferry asks for (the kernel caps it at net.core.wmem_max and
+ * doubles it). 1 MiB measured best here: 4 MiB was no faster and let each write
+ * hold the event loop longer (API p99 during a 1 GiB migration up to 31 ms
+ * against 11–13 ms); 512 KiB was ~10 % slower.
+ */
+export const UNIX_SEND_BUFFER = 1 << 20;
 
 const SOL_SOCKET = 1;
 const SO_TYPE = 3;
