@@ -1,6 +1,7 @@
 /**
  * The platform floor for a bulk migration: the least work any Deno program does to
- * move a guest's RAM in ferry's stream framing, with none of ferry in it. Two
+ * move a guest's RAM in ferry's stream framing, with none of ferry's migration code
+ * in it (the guest RAM, its random fill and its digest are ferry's own). Two
  * processes: the sender copies every page of a random-filled SharedArrayBuffer
  * behind an 8-byte record header into 4 MiB buffers and writes them (two buffers,
  * queued writes — as ferry's StreamWriter does); the receiver reads into a 4 MiB
@@ -16,6 +17,9 @@
  */
 import { parseArgs } from "node:util";
 import { raiseUnixSendBuffers } from "../transports/send_buffer.ts";
+import { digestBlocks } from "../vm/digest.ts";
+import { fillRam } from "../vm/fill.ts";
+import { RamBlock } from "../vm/ram.ts";
 import { median } from "./stats.ts";
 
 const PAGE = 4096;
@@ -101,15 +105,14 @@ export async function runPipeFloor(opts: FloorOptions): Promise<FloorRun> {
   }
 }
 
-async function sha256(ram: Uint8Array): Promise<string> {
-  const copy = new Uint8Array(ram.length);
-  copy.set(ram);
-  const hash = new Uint8Array(await crypto.subtle.digest("SHA-256", copy));
-  return Array.from(hash, (b) => b.toString(16).padStart(2, "0")).join("");
+/** SHA-256 (hex) of a floor guest's RAM, through the same digest ferry's API uses. */
+async function sha256(block: RamBlock): Promise<string> {
+  return (await digestBlocks([block])).blocks[0].sha256;
 }
 
 async function receive(ramBytes: number, listen: string, digest: boolean): Promise<void> {
-  const ram = new Uint8Array(new SharedArrayBuffer(ramBytes));
+  const block = new RamBlock("pc.ram", ramBytes);
+  const ram = block.bytes;
   ram.fill(1); // prefault, as a ferry destination's guest RAM is
   const listener = listen.startsWith("unix:")
     ? Deno.listen({ transport: "unix", path: listen.slice(5) })
@@ -143,7 +146,7 @@ async function receive(ramBytes: number, listen: string, digest: boolean): Promi
     fill -= pos;
   }
   await conn.write(new Uint8Array([1]));
-  console.log(JSON.stringify({ pages, digest: digest ? await sha256(ram) : "" }));
+  console.log(JSON.stringify({ pages, digest: digest ? await sha256(block) : "" }));
 }
 
 async function send(
@@ -152,10 +155,10 @@ async function send(
   digest: boolean,
   noRaise: boolean,
 ): Promise<void> {
-  const ram = new Uint8Array(new SharedArrayBuffer(ramBytes));
-  for (let off = 0; off < ramBytes; off += 65536) {
-    crypto.getRandomValues(ram.subarray(off, Math.min(ramBytes, off + 65536)));
-  }
+  // The guest ferry's bulk scenarios migrate: `--fill random`.
+  const block = new RamBlock("pc.ram", ramBytes);
+  fillRam(block, "random");
+  const ram = block.bytes;
   const t0 = performance.now();
   using conn = connect.startsWith("unix:")
     ? await Deno.connect({ transport: "unix", path: connect.slice(5) })
@@ -194,7 +197,7 @@ async function send(
   const ack = new Uint8Array(1);
   if (await conn.read(ack) !== 1) throw new Error("receiver closed without acknowledging");
   const seconds = (performance.now() - t0) / 1000;
-  console.log(JSON.stringify({ seconds, digest: digest ? await sha256(ram) : "" }));
+  console.log(JSON.stringify({ seconds, digest: digest ? await sha256(block) : "" }));
 }
 
 if (import.meta.main) {
