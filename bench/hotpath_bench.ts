@@ -10,6 +10,7 @@ import { StreamReader } from "../engine/format/reader.ts";
 import type { Channel } from "../transports/transport.ts";
 import { isZeroPage, PAGE_SIZE, RamBlock } from "../vm/ram.ts";
 import { createKernels, KernelKind } from "../engine/wasm/kernels.ts";
+import { MigrationDigests } from "../engine/integrity.ts";
 
 const SIZE = 256 << 20;
 
@@ -91,8 +92,12 @@ scannedZeroBlock.touchAll();
 /** One writer for every run (as one migration has one): no 8 MiB allocation per run. */
 const nullWriter = new StreamWriter(new NullChannel());
 
-async function save(block: RamBlock, w: StreamWriter): Promise<void> {
-  const saver = new RamSaver([block], () => 0);
+async function save(block: RamBlock, w: StreamWriter, verify = false): Promise<void> {
+  const saver = new RamSaver(
+    [block],
+    () => 0,
+    verify ? { digests: new MigrationDigests([block]) } : {},
+  );
   await saver.setup(w);
   await saver.complete(w);
   await w.drain();
@@ -112,11 +117,15 @@ dest.prefault();
 /** One reader per stream, rewound before every run. */
 const readers = new Map<Uint8Array, StreamReader>();
 
-async function load(stream: Uint8Array): Promise<void> {
+async function load(stream: Uint8Array, verify = false): Promise<void> {
   let r = readers.get(stream);
   if (!r) readers.set(stream, r = new StreamReader(new ReplayChannel(stream)));
   (r.channel as ReplayChannel).rewind();
-  const loader = new RamLoader([dest]);
+  const loader = new RamLoader(
+    [dest],
+    undefined,
+    verify ? new MigrationDigests([dest]) : undefined,
+  );
   await loader.load(r, true);
   await loader.load(r, false);
 }
@@ -124,6 +133,14 @@ async function load(stream: Uint8Array): Promise<void> {
 Deno.bench("save 256 MiB random → null channel", { group: "save", n: 30, warmup: 3 }, async () => {
   await save(randomBlock, nullWriter);
 });
+
+Deno.bench(
+  "save 256 MiB random → null channel, verify (digests)",
+  { group: "save", n: 30, warmup: 3 },
+  async () => {
+    await save(randomBlock, nullWriter, true);
+  },
+);
 
 Deno.bench(
   "save 256 MiB idle (untouched) → null channel",
@@ -146,6 +163,14 @@ Deno.bench(
   { group: "load", n: 30, warmup: 3 },
   async () => {
     await load(randomStream);
+  },
+);
+
+Deno.bench(
+  "load 256 MiB random stream from memory, verify (digests)",
+  { group: "load", n: 30, warmup: 3 },
+  async () => {
+    await load(randomStream, true);
   },
 );
 

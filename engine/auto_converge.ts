@@ -71,4 +71,21 @@ export class AutoConverge {
     this.#throttle = next;
     return next;
   }
+
+  /**
+   * Steps the throttle up now, whatever the dirty rate (a stalled migration whose
+   * `stall_action` is `throttle`): to `cpu_throttle_initial` first, then half the
+   * remaining headroom or the increment, whichever is more. Returns the new
+   * throttle, or null when it is already at MAX_THROTTLE.
+   */
+  escalate(): number | null {
+    if (this.#throttle >= MAX_THROTTLE) return null;
+    const { initial, increment } = this.steps();
+    const halve = Math.round(100 - (100 - this.#throttle) / 2);
+    this.#throttle = this.#throttle === 0
+      ? initial
+      : Math.min(MAX_THROTTLE, Math.max(this.#throttle + increment, halve));
+    this.#highCount = 0;
+    return this.#throttle;
+  }
 }

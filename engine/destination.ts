@@ -1,12 +1,13 @@
 import type { Channel, Listener, Transports } from "../transports/transport.ts";
-import type { Guest } from "../vm/guest.ts";
+import type { Guest, RunState } from "../vm/guest.ts";
 import type { Clock } from "./clock.ts";
 import { describeError } from "./errors.ts";
 import { StreamReader } from "./format/reader.ts";
 import { loadStream } from "./incoming.ts";
 import { DEFAULT_PARAMETERS } from "./params.ts";
-import { destinationSwitchover, pongMessage } from "./return_path.ts";
+import { destinationSwitchover, errorMessage, pongMessage } from "./return_path.ts";
 import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
+import { acceptStream, HEADER_DEADLINE_MS } from "./incoming_gate.ts";
 
 /** States of the incoming side. */
 export const INCOMING_STATES = [
@@ -30,6 +31,8 @@ export interface IncomingInfo {
   total_time?: number;
   error_desc?: string;
   pages?: { zero: number; normal: number };
+  /** Connections dropped because they sent no stream header in time (or garbage). */
+  refused_peers?: number;
 }
 
 /** Everything an incoming migration depends on. */
@@ -46,6 +49,10 @@ export interface IncomingDeps {
   readonly progressTimeout?: () => number;
   /** Gives the event loop one I/O turn (see StreamOptions.turn); default a timer. */
   readonly turn?: () => Promise<void>;
+  /** The `verify` capability: check the stream's integrity record before the guest may start. */
+  readonly verify?: boolean;
+  /** Page records the stream may carry, as a multiple of the guest's pages (read at accept). */
+  readonly pageBudget?: () => number;
   /** Every state transition. */
   onStateChange(from: IncomingStatus, to: IncomingStatus, error?: string): void;
 }
@@ -56,9 +63,10 @@ export interface IncomingDeps {
  * the whole stream was valid — and, when the source opened the return path, only
  * after the switchover handshake (see return_path.ts). A failed load leaves the
  * guest in `inmigrate`, where it cannot be started, and the engine can arm a new
- * incoming migration. Once a peer is connected, `progressTimeout` ms without a
- * byte from it fail the migration (a peer that connects and sends nothing too);
- * waiting for a peer to connect has no time limit, like QEMU's -incoming.
+ * incoming migration. On a socket, a connection that does not start with a stream
+ * header within a few seconds is dropped and listening goes on (incoming_gate.ts);
+ * once the stream started, `progressTimeout` ms without a byte from the peer fail
+ * the migration. Waiting for a peer has no time limit, like QEMU's -incoming.
  */
 export class IncomingMigration {
   #state: IncomingStatus = "none";
@@ -67,9 +75,16 @@ export class IncomingMigration {
   #channel: Channel | null = null;
   #address: string | undefined;
   #received = 0;
+  /** Connections dropped because they did not start a stream (see incoming_gate.ts). */
+  #refused = 0;
+  readonly #cancel = new AbortController();
+  /** The stream's reader while a peer is being loaded. */
+  #reader: StreamReader | null = null;
   #startedAt: number | undefined;
   #endedAt: number | undefined;
   #pages: { zero: number; normal: number } | undefined;
+  /** The guest's run state before it was armed (restored when disarmed before a peer came). */
+  #priorState: RunState = "paused";
   readonly #deps: IncomingDeps;
   /** Resolves when the incoming migration reached a final state. */
   done: Promise<void> = Promise.resolve();
@@ -93,6 +108,7 @@ export class IncomingMigration {
     const { guest } = this.#deps;
     this.#listener = await this.#deps.transports.listen(this.uri);
     this.#address = this.#listener.address;
+    this.#priorState = guest.runState;
     if (guest.runState === "running") guest.stop("inmigrate");
     else guest.setRunState("inmigrate");
     this.#transition("listening");
@@ -100,12 +116,19 @@ export class IncomingMigration {
     return this.#address;
   }
 
-  /** Abandons the incoming migration (closing the listener or connection). */
+  /**
+   * Abandons the incoming migration (closing the listener or connection). Before a
+   * peer connected the guest gets its run state back; once a stream was being
+   * loaded it keeps the partial guest unstartable (`inmigrate`).
+   */
   cancel(): boolean {
     if (!this.isActive) return false;
+    const untouched = this.#state === "listening";
+    this.#cancel.abort(new Error("the incoming migration was cancelled"));
     this.#listener?.close();
     this.#channel?.close();
     this.#transition("cancelled");
+    if (untouched) this.#deps.guest.setRunState(this.#priorState);
     return true;
   }
 
@@ -114,7 +137,8 @@ export class IncomingMigration {
     const info: IncomingInfo = {
       status: this.#state,
       uri: this.uri,
-      bytes_received: this.#received,
+      // While loading, straight from the reader: it moves with every read, not per section.
+      bytes_received: this.#reader?.received ?? this.#received,
     };
     if (this.#address) info.address = this.#address;
     if (this.#startedAt !== undefined) {
@@ -122,6 +146,7 @@ export class IncomingMigration {
     }
     if (this.#error !== undefined) info.error_desc = this.#error;
     if (this.#pages) info.pages = { ...this.#pages };
+    if (this.#refused > 0) info.refused_peers = this.#refused;
     return info;
   }
 
@@ -139,6 +164,7 @@ export class IncomingMigration {
   async #run(): Promise<void> {
     const { guest, clock } = this.#deps;
     let reader: StreamReader | null = null;
+    let returnPath = false;
     const timeout = this.#deps.progressTimeout ?? (() => DEFAULT_PARAMETERS.progress_timeout);
     const watchdog = new ProgressWatchdog(
       timeout,
@@ -146,7 +172,12 @@ export class IncomingMigration {
       "no data arrived from the source",
     );
     try {
-      const accepted = await this.#listener!.accept();
+      const accepted = await acceptStream(this.#listener!, {
+        clock,
+        signal: this.#cancel.signal,
+        deadlineMs: Math.min(HEADER_DEADLINE_MS, timeout()),
+        onDropped: () => this.#refused++,
+      });
       this.#listener!.close();
       if (this.#state !== "listening") {
         accepted.close();
@@ -156,13 +187,16 @@ export class IncomingMigration {
       this.#startedAt = clock.now();
       this.#transition("active");
       reader = new StreamReader(this.#channel, undefined, { turn: this.#deps.turn });
+      this.#reader = reader;
       const channel = this.#channel;
-      const result = await loadStream(
-        reader,
-        guest,
-        (n) => (this.#received = n),
-        (value) => channel.write(pongMessage(value)),
-      );
+      const result = await loadStream(reader, guest, {
+        onBytes: (n) => (this.#received = n),
+        onPing: (value) => channel.write(pongMessage(value)),
+        onReturnPath: () => (returnPath = true),
+        verify: this.#deps.verify ?? false,
+        maxRecords: (this.#deps.pageBudget?.() ?? Infinity) *
+          guest.blocks.reduce((n, b) => n + b.pages, 0),
+      });
       if (result.returnPath) await destinationSwitchover(reader, this.#channel);
       this.#received = reader.received;
       this.#pages = { zero: result.zeroPages, normal: result.normalPages };
@@ -174,11 +208,18 @@ export class IncomingMigration {
     } catch (e) {
       if (reader) this.#received = reader.received;
       this.#listener?.close();
+      const reason = describeError(watchdog.error ?? e);
+      // Tell the source why, so it reports this reason rather than a dropped connection.
+      if (returnPath && this.#channel && !this.#channel.closed && this.#state !== "cancelled") {
+        await this.#channel.write(errorMessage(reason)).catch(() => {});
+      }
       this.#channel?.close();
       if (this.#state === "cancelled") return;
-      this.#transition("failed", describeError(watchdog.error ?? e));
+      this.#transition("failed", reason);
     } finally {
       watchdog.stop();
+      if (reader) this.#received = reader.received;
+      this.#reader = null;
       reader?.release();
     }
   }

@@ -24,6 +24,7 @@ export type EngineEvent =
     error?: string;
   }
   | { type: "pass"; pass: number; dirty_pages: number; time: number }
+  | { type: "warning"; code: string; message: string; time: number }
   | { type: "progress"; info: MigrationInfo; time: number }
   | {
     type: "incoming";
@@ -115,7 +116,7 @@ export class Engine {
 
   /** Applies a parameter patch; a running migration sees it at its next window. */
   setParameters(patch: Partial<Parameters>): Parameters {
-    validateParameters(patch);
+    validateParameters(patch, this.#guest.blocks.reduce((n, b) => n + b.length, 0));
     this.#params = { ...this.#params, ...patch };
     return this.parameters;
   }
@@ -131,6 +132,12 @@ export class Engine {
       throw new EngineError(
         "migration-active",
         "Cannot change capabilities while a migration is active",
+      );
+    }
+    if (this.#incoming?.isActive || this.#arming) {
+      throw new EngineError(
+        "incoming-active",
+        "Cannot change capabilities while an incoming migration is armed: disarm it first (DELETE /migrations/incoming)",
       );
     }
     for (const [key, value] of Object.entries(patch) as [keyof Capabilities, boolean][]) {
@@ -154,8 +161,18 @@ export class Engine {
     return [...this.#blockers.values()];
   }
 
-  /** Adds a migration blocker with a reason; returns it with its id. */
+  /**
+   * Adds a migration blocker with a reason; returns it with its id. Refused
+   * (`migration-active`) while a migration runs, as QEMU refuses: the migration
+   * would otherwise complete past a blocker that says it must not.
+   */
   addBlocker(reason: string): Blocker {
+    if (this.#migration?.isActive) {
+      throw new EngineError(
+        "migration-active",
+        "Cannot add a migration blocker while a migration is active: cancel it first",
+      );
+    }
     const blocker = { id: String(this.#nextBlocker++), reason };
     this.#blockers.set(blocker.id, blocker);
     return blocker;
@@ -222,6 +239,8 @@ export class Engine {
           this.events.emit({ type: "pass", pass, dirty_pages: dirty, time: Date.now() }),
         onProgress: () =>
           this.events.emit({ type: "progress", info: this.current(), time: Date.now() }),
+        onWarning: (code, message) =>
+          this.events.emit({ type: "warning", code, message, time: Date.now() }),
       },
     });
     return this.#migration.info();
@@ -276,6 +295,8 @@ export class Engine {
       clock: this.#clock,
       autostart: this.#autostart,
       progressTimeout: () => this.#params.progress_timeout,
+      verify: this.#caps.verify,
+      pageBudget: () => this.#params.incoming_page_budget,
       ...(this.#turn ? { turn: this.#turn } : {}),
       onStateChange: (from, to, error) =>
         this.events.emit({
@@ -295,6 +316,16 @@ export class Engine {
     }
     this.#incoming = incoming;
     return incoming.info();
+  }
+
+  /**
+   * Disarms the incoming side: stops listening, or abandons a stream being loaded
+   * (the partial guest stays unstartable). `cancelled` is false when nothing was
+   * armed (a no-op).
+   */
+  disarmIncoming(): { cancelled: boolean; info: IncomingInfo } {
+    const cancelled = this.#incoming?.cancel() ?? false;
+    return { cancelled, info: this.incomingInfo() };
   }
 
   /** The incoming side's info; `status: "none"` when never armed. */

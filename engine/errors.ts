@@ -24,11 +24,18 @@ export class EngineError extends Error {
   }
 }
 
-/** Text for an unknown thrown value, without stack traces. */
+/**
+ * Text for an unknown thrown value, without stack traces. The cause is appended
+ * when it adds something: not when the message already holds it, nor when it is
+ * a domain error of the same kind (a StreamError wrapping a StreamError), which
+ * the message restates in its own words.
+ */
 export function describeError(e: unknown): string {
   if (e instanceof Error) {
-    const cause = e.cause instanceof Error && !e.message.includes(e.cause.message)
-      ? `: ${e.cause.message}`
+    const c = e.cause;
+    const sameKind = c instanceof Error && c.name === e.name && e.name !== "Error";
+    const cause = c instanceof Error && !sameKind && !e.message.includes(c.message)
+      ? `: ${c.message}`
       : "";
     return e.message + cause;
   }

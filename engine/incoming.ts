@@ -13,6 +13,7 @@ import { RamLoader } from "./sections/ram.ts";
 import { BLOCK_SECTION_NAME, BLOCK_SECTION_VERSION, BlockLoader } from "./sections/block.ts";
 import { loadVcpu } from "./sections/vcpu.ts";
 import { MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PING } from "./return_path.ts";
+import { IntegrityError, MigrationDigests, parseIntegrityRecord } from "./integrity.ts";
 
 /** Largest vmdescription JSON accepted (QEMU's own are far smaller). */
 export const MAX_VMDESC_BYTES = 1 << 20;
@@ -31,6 +32,26 @@ export interface LoadResult {
   readonly returnPath: boolean;
 }
 
+/** Options of loadStream(). */
+export interface LoadOptions {
+  /** Called with the bytes received so far, as the stream is read. */
+  readonly onBytes?: (n: number) => void;
+  /**
+   * Answers a `COMMAND PING` (after OPEN_RETURN_PATH) once everything before it is
+   * loaded; without it a PING is an error.
+   */
+  readonly onPing?: (value: number) => Promise<void>;
+  /** Called when the stream opens the return path (the source then reads failure reports on it). */
+  readonly onReturnPath?: () => void;
+  /**
+   * The `verify` capability: digest everything loaded and compare it with the
+   * integrity record in the source's vmdescription, which must be there.
+   */
+  readonly verify?: boolean;
+  /** Most page records the stream may carry before it is cut (default: no limit). */
+  readonly maxRecords?: number;
+}
+
 interface OpenSection {
   readonly name: string;
   ended: boolean;
@@ -41,19 +62,20 @@ interface OpenSection {
  * validating every field: magic, version, section types, ids, names, versions and
  * footers, and (through the section loaders) every RAM record. The first problem
  * throws a StreamError naming it and its byte offset. Memory outside the guest's
- * RAM blocks is never written. A `COMMAND PING` (after OPEN_RETURN_PATH) calls
- * `onPing` with its value once everything before it is loaded; without `onPing`
- * it is an error.
+ * RAM blocks is never written. With `verify`, a stream whose content differs from
+ * what its source digested throws an IntegrityError naming what differs. A
+ * one-way stream must end right after its vmdescription.
  */
 export async function loadStream(
   r: StreamReader,
   guest: Guest,
-  onBytes?: (n: number) => void,
-  onPing?: (value: number) => Promise<void>,
+  options: LoadOptions = {},
 ): Promise<LoadResult> {
+  const { onBytes, onPing } = options;
   for (const block of guest.blocks) block.syncDirty(new Uint32Array(block.dirty.length));
-  const ram = new RamLoader(guest.blocks);
-  const block = new BlockLoader(guest.disk);
+  const digests = options.verify ? new MigrationDigests(guest.blocks) : undefined;
+  const ram = new RamLoader(guest.blocks, undefined, digests, options.maxRecords);
+  const block = new BlockLoader(guest.disk, digests);
   await r.need(8);
   const magic = r.be32();
   if (magic !== QEVM_MAGIC) {
@@ -140,7 +162,7 @@ export async function loadStream(
           }
           if (vcpuLoaded) throw new StreamError(at, `section "vcpu" sent twice`);
           sections.set(id, { name, ended: true });
-          await loadVcpu(r, guest);
+          await loadVcpu(r, guest, digests);
           vcpuLoaded = true;
         }
         await footer(r, id);
@@ -188,6 +210,7 @@ export async function loadStream(
         }
         if (returnPath) throw new StreamError(at, "return path opened twice");
         returnPath = true;
+        options.onReturnPath?.();
         break;
       }
       case Section.EOF: {
@@ -204,6 +227,10 @@ export async function loadStream(
           throw new StreamError(at, `stream ended without the "vcpu" device section`);
         }
         const description = await readDescription(r);
+        if (!returnPath && !(await r.atEnd())) {
+          throw new StreamError(r.offset, "unexpected bytes after the vmdescription");
+        }
+        if (digests) verifyIntegrity(digests, description);
         // The image is durable (fsynced, incomplete marker removed) before the
         // caller can report the migration completed.
         await block.finish();
@@ -220,6 +247,20 @@ export async function loadStream(
         throw new StreamError(at, `unknown section type 0x${type.toString(16)}`);
     }
   }
+}
+
+/** Compares what was loaded with the source's integrity record (in the vmdescription). */
+function verifyIntegrity(digests: MigrationDigests, description: unknown): void {
+  const record = (description as { ferry?: { integrity?: unknown } } | undefined)?.ferry
+    ?.integrity;
+  if (record === undefined) {
+    throw new IntegrityError(
+      "the stream carries no integrity record (its source has the verify capability off); " +
+        "turn verify off on this destination to accept such a stream",
+      "record",
+    );
+  }
+  digests.verify(parseIntegrityRecord(record));
 }
 
 async function footer(r: StreamReader, id: number): Promise<void> {

@@ -9,14 +9,9 @@ import type { Capabilities, Parameters } from "./params.ts";
 import type { WindowStats } from "./rate_limiter.ts";
 import { RamSaver } from "./sections/ram.ts";
 import { BlockSaver } from "./sections/block.ts";
-import {
-  awaitPong,
-  sendOpenReturnPath,
-  sendPing,
-  sourceSwitchover,
-  usesReturnPath,
-} from "./return_path.ts";
+import { sendOpenReturnPath, sendPing, SourceReturnPath, usesReturnPath } from "./return_path.ts";
 import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
+import { MigrationDigests } from "./integrity.ts";
 
 /** Outgoing migration states, QEMU's names (its ERROR is reported as "failed"). */
 export const MIGRATION_STATES = [
@@ -102,6 +97,31 @@ export interface MigrationInfo {
   disk?: DiskInfo;
   xbzrle_cache?: XbzrleCacheInfo;
   cpu_throttle_percentage?: number;
+  /** What the operator should know: the limit cannot be met, a stall action was taken. */
+  warnings?: MigrationWarning[];
+}
+
+/** One warning of a migration (also sent as a `warning` event). */
+export interface MigrationWarning {
+  code: string;
+  message: string;
+}
+
+/**
+ * Longest a failed migration waits for the destination's reason on the return
+ * path, ms of wall-clock time (a safety bound like the watchdog's, independent of
+ * the engine's clock: the wait normally ends when the connection does).
+ */
+const REASON_WAIT_MS = 2000;
+
+/** Waits for `p` or `ms` of real time, whichever comes first. */
+async function settledWithin(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await Promise.race([p, new Promise((r) => (timer = setTimeout(r, ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Callbacks a Migration reports through (the engine wires them to its notifier). */
@@ -112,6 +132,8 @@ export interface MigrationHooks {
   onPass(pass: number, dirtyPages: number): void;
   /** After every 100 ms window. */
   onProgress(): void;
+  /** A warning was added to the migration's info. */
+  onWarning(code: string, message: string): void;
 }
 
 /** Everything a Migration depends on. */
@@ -144,6 +166,8 @@ export class Migration {
   #ram: RamSaver | null = null;
   #block: BlockSaver | null = null;
   #writer: StreamWriter | null = null;
+  /** The return path's reader, once the stream opened it. */
+  #returnPath: SourceReturnPath | null = null;
   readonly #startedAt: number;
   #setupTime: number | undefined;
   #endedAt: number | undefined;
@@ -155,6 +179,7 @@ export class Migration {
   #pagesPerSecond = 0;
   #lastPages = 0;
   #throttle = 0;
+  readonly #warnings: MigrationWarning[] = [];
   readonly done: Promise<void>;
 
   constructor(readonly uri: string, deps: MigrationDeps) {
@@ -245,6 +270,7 @@ export class Migration {
     if (this.#throttle > 0 && !FINAL_STATES.has(this.#state)) {
       info.cpu_throttle_percentage = this.#throttle;
     }
+    if (this.#warnings.length > 0) info.warnings = this.#warnings.map((w) => ({ ...w }));
     return info;
   }
 
@@ -271,7 +297,7 @@ export class Migration {
       const sent = clock.now();
       await sendPing(writer, value);
       await writer.flush();
-      await awaitPong(this.#channel!, value);
+      await this.#returnPath!.awaitPong(value);
       rtt = clock.now() - sent;
     }
     return rtt;
@@ -291,22 +317,23 @@ export class Migration {
       this.#channel = new WatchedChannel(
         await transports.connect(this.uri, this.#abort.signal),
         watchdog,
-        { beforeFinish: returnPath ? sourceSwitchover : undefined },
+        { beforeFinish: returnPath ? () => this.#returnPath!.switchover() : undefined },
       );
       if (this.#abort.signal.aborted) this.#channel.close();
       this.#abort.signal.throwIfAborted();
       const writer = new StreamWriter(this.#channel, undefined, { turn: this.#deps.turn });
       this.#writer = writer;
       const caps = this.#deps.capabilities;
-      this.#ram = new RamSaver(
-        guest.blocks,
-        clock.now,
-        caps.xbzrle ? { xbzrleCacheSize: this.#deps.params().xbzrle_cache_size } : {},
-      );
+      const digests = caps.verify ? new MigrationDigests(guest.blocks) : undefined;
+      this.#ram = new RamSaver(guest.blocks, clock.now, {
+        ...(caps.xbzrle ? { xbzrleCacheSize: this.#deps.params().xbzrle_cache_size } : {}),
+        ...(digests ? { digests } : {}),
+      });
       if (this.#deps.block && guest.disk) {
         this.#block = new BlockSaver(guest.disk, {
           incremental: this.#deps.block.incremental,
           zeroBlocks: caps.zero_blocks,
+          ...(digests ? { digests } : {}),
         });
       }
       const ctx = {
@@ -314,6 +341,7 @@ export class Migration {
         writer,
         ram: this.#ram,
         block: this.#block,
+        digests,
         clock,
         params: this.#deps.params,
         signal: this.#abort.signal,
@@ -336,23 +364,45 @@ export class Migration {
           throttled: (percent: number) => {
             this.#throttle = percent;
           },
+          warn: (code: string, message: string) => {
+            this.#warnings.push({ code, message });
+            this.#deps.hooks.onWarning(code, message);
+          },
         },
         drain: returnPath ? () => this.#drain(writer) : undefined,
       };
       await writeSetup(ctx);
-      if (returnPath) await sendOpenReturnPath(writer);
+      if (returnPath) {
+        await sendOpenReturnPath(writer);
+        // From here on the destination may report a failure at any time.
+        this.#returnPath = new SourceReturnPath(this.#channel, (e) => {
+          this.#abort.abort(e);
+          this.#channel?.close();
+        });
+      }
       this.#abort.signal.throwIfAborted();
       const result = await runPrecopy(ctx);
       this.#downtime = result.downtime;
       this.#channel.close();
       this.#transition("completed");
     } catch (e) {
+      // A destination that failed sends its reason before it hangs up: when the
+      // stream broke, read it (the connection is ending anyway) before closing.
+      const rp = this.#returnPath;
+      if (rp && !rp.error && this.#state !== "cancelling" && !watchdog.error) {
+        await settledWithin(rp.done, REASON_WAIT_MS);
+      }
       this.#channel?.close();
       // The guest may have been stopped for the final pass; the loop restarts it,
       // but make sure a running guest is running after any failure.
       if (wasRunning && guest.runState !== "running") guest.start();
       if (this.#state === "cancelling") this.#transition("cancelled");
-      else this.#transition("failed", describeError(watchdog.error ?? e));
+      else {
+        this.#transition(
+          "failed",
+          describeError(this.#returnPath?.error ?? watchdog.error ?? e),
+        );
+      }
     } finally {
       watchdog.stop();
       this.#writer?.release();

@@ -10,11 +10,13 @@ import {
 import type { StreamWriter } from "./format/writer.ts";
 import { PAGE_SIZE } from "../vm/ram.ts";
 import type { Capabilities, Parameters } from "./params.ts";
-import { AutoConverge } from "./auto_converge.ts";
+import { AutoConverge, MAX_THROTTLE } from "./auto_converge.ts";
+import { StallDetector, StallError } from "./stall.ts";
 import { RateLimiter, type WindowStats } from "./rate_limiter.ts";
 import { RamSaver } from "./sections/ram.ts";
 import { describeVcpu, saveVcpu } from "./sections/vcpu.ts";
 import { BLOCK_SECTION_NAME, BLOCK_SECTION_VERSION, type BlockSaver } from "./sections/block.ts";
+import type { MigrationDigests } from "./integrity.ts";
 
 /** Section ids ferry assigns, in registration order (QEMU numbers them the same way). */
 export const SectionId = { RAM: 0, VCPU: 1, BLOCK: 2 } as const;
@@ -34,6 +36,8 @@ export interface OutgoingProgress {
   stopped(at: number): void;
   /** auto-converge changed the vCPU throttle (percent). */
   throttled(percent: number): void;
+  /** Something the operator should know (the limit cannot be met, a stall action was taken). */
+  warn(code: string, message: string): void;
 }
 
 /** Everything the loop needs; it never sees sockets, only the writer. */
@@ -43,6 +47,8 @@ export interface OutgoingContext {
   readonly ram: RamSaver;
   /** The `block` live section, with blk/inc. */
   readonly block?: BlockSaver | null;
+  /** With `verify`: the digests the sections keep, sent in the vmdescription. */
+  readonly digests?: MigrationDigests | null;
   readonly clock: Clock;
   /** Current parameters, read live at every window. */
   readonly params: () => Readonly<Parameters>;
@@ -92,10 +98,25 @@ export async function writeSetup(ctx: OutgoingContext): Promise<void> {
 }
 
 /**
+ * Dirty-log syncs in a row without a new low (1 % below the last) after which a
+ * migration whose downtime limit the round trip alone exceeds switches over: the
+ * smallest downtime it can reach.
+ */
+export const FLOOR_SYNCS = 3;
+
+/**
  * The pre-copy loop (QEMU 1.6's migration_thread): 100 ms windows with a byte
  * budget of max_bandwidth/10; after each window the bandwidth estimate sets
- * max_size = bandwidth × downtime_limit; sections iterate while pending ≥ max_size,
- * then the guest stops and the rest goes out unthrottled.
+ * max_size = bandwidth × (downtime_limit − round trip); sections iterate while
+ * pending ≥ max_size, then the guest stops and the rest goes out unthrottled.
+ *
+ * Two cases never converge that way (docs/ARCHITECTURE.md, "Convergence"):
+ * - the round trip alone exceeds the limit (max_size is 0): the loop warns once
+ *   and switches over when what a sync finds stops reaching new lows, at the
+ *   smallest downtime it can reach;
+ * - what is left stops shrinking (the guest dirties as fast as the link sends):
+ *   after `stall_windows` windows without a new low, `stall_action` fails the
+ *   migration, switches over now, or steps the throttle up.
  */
 export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> {
   const { writer: w, ram, clock, signal } = ctx;
@@ -105,12 +126,13 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
   // Round trip to the destination (ms) and the stream position of the last drain.
   let rtt = 0;
   let drainedAt = -1;
-  const converge = ctx.capabilities.auto_converge
-    ? new AutoConverge(clock.now(), w.bytes, () => {
-      const p = ctx.params();
-      return { initial: p.cpu_throttle_initial, increment: p.cpu_throttle_increment };
-    })
-    : null;
+  /** Switch over at the next chance, whatever is pending (a floor or a stall said so). */
+  let settle = false;
+  let unachievable = false;
+  const floor = new StallDetector(() => FLOOR_SYNCS);
+  const stall = new StallDetector(() => ctx.params().stall_windows);
+  let converge = ctx.capabilities.auto_converge ? newAutoConverge(ctx) : null;
+  let failedCacheSize = -1;
   ctx.progress.active();
   for (;;) {
     signal.throwIfAborted();
@@ -126,9 +148,11 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
           ctx.progress.throttled(throttle);
         }
       }
+      // Right after a drain, `pending` is what a switchover would have to send now.
+      if (unachievable && drainedAt === w.bytes && floor.observe(pending)) settle = true;
       // With XBZRLE the encoding time, not the wire, can be what exceeds the limit.
       const busy = ram.pendingBusyMs > ctx.params().downtime_limit - rtt;
-      if (pending > 0 && (pending >= maxSize || busy)) {
+      if (!settle && pending > 0 && (pending >= maxSize || busy)) {
         if (ctx.block && ctx.block.remainingBytes > 0) {
           const turnEnd = w.bytes + BLOCK_TURN_BYTES;
           await w.sectionPart(Section.PART, SectionId.BLOCK);
@@ -149,6 +173,15 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
         rtt = await ctx.drain();
         drainedAt = w.bytes;
         limiter.exclude(clock.now() - waitFrom);
+        const limit = ctx.params().downtime_limit;
+        if (rtt >= limit && !unachievable) {
+          unachievable = true;
+          ctx.progress.warn(
+            "downtime-limit-unachievable",
+            `The round trip to the destination (${Math.round(rtt)} ms) alone exceeds ` +
+              `downtime_limit (${limit} ms): switching over at the smallest downtime reachable`,
+          );
+        }
         continue;
       } else {
         return await complete(ctx);
@@ -159,18 +192,66 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
       const params = ctx.params();
       // The switchover handshake's round trip is part of the downtime.
       maxSize = window.bandwidth * Math.max(0, params.downtime_limit - rtt);
-      ram.resizeCache(params.xbzrle_cache_size);
+      try {
+        // A size that could not be had is not tried again at every window.
+        if (params.xbzrle_cache_size !== failedCacheSize) ram.resizeCache(params.xbzrle_cache_size);
+      } catch (e) {
+        failedCacheSize = params.xbzrle_cache_size;
+        ctx.progress.warn(
+          "xbzrle-cache-resize-failed",
+          `Cannot resize the XBZRLE cache to ${params.xbzrle_cache_size} bytes ` +
+            `(${(e as Error).message}): keeping ${ram.cacheSize} bytes`,
+        );
+      }
       const pendingBytes = ram.pendingWireBytes + (ctx.block?.remainingBytes ?? 0);
       const expected = window.bandwidth > 0
         ? Math.max(pendingBytes / window.bandwidth, ram.pendingBusyMs) + rtt
         : Infinity;
       ctx.progress.window(window, expected);
+      if (!settle && stall.observe(ram.backlogBytes + (ctx.block?.remainingBytes ?? 0))) {
+        const why = ` (the guest dirtied ${ram.stats.dirtyPagesRate} pages/s)`;
+        if (params.stall_action === "switchover") {
+          settle = true;
+          ctx.progress.warn(
+            "stalled-switchover",
+            `Migration stalled for ${stall.since} windows: switching over now (stall_action ` +
+              `switchover); the downtime will exceed the limit`,
+          );
+        } else if (params.stall_action === "throttle") {
+          converge ??= newAutoConverge(ctx);
+          const throttle = converge.escalate();
+          if (throttle === null) {
+            throw new StallError(
+              stall.low,
+              stall.since,
+              `${why}, even throttled to ${MAX_THROTTLE} %`,
+            );
+          }
+          ctx.guest.setThrottle(throttle);
+          ctx.progress.throttled(throttle);
+          ctx.progress.warn(
+            "stalled-throttle",
+            `Migration stalled for ${stall.since} windows: throttling the guest to ${throttle} % ` +
+              `(stall_action throttle)`,
+          );
+          stall.restart();
+        } else {
+          throw new StallError(stall.low, stall.since, why);
+        }
+      }
     }
     if (limiter.exceeded(w.bytes)) {
       await w.flush();
       await clock.sleep(limiter.remaining(), signal);
     }
   }
+}
+
+function newAutoConverge(ctx: OutgoingContext): AutoConverge {
+  return new AutoConverge(ctx.clock.now(), ctx.writer.bytes, () => {
+    const p = ctx.params();
+    return { initial: p.cpu_throttle_initial, increment: p.cpu_throttle_increment };
+  });
 }
 
 /** Stops the guest, sends what is left and the device state, ends the stream. */
@@ -192,9 +273,9 @@ async function complete(ctx: OutgoingContext): Promise<OutgoingResult> {
     }
     ctx.progress.pass(ram.stats.dirtySyncCount, 0);
     await w.sectionStart(Section.FULL, SectionId.VCPU, SectionName.VCPU, 0, VCPU_SECTION_VERSION);
-    await saveVcpu(w, guest);
+    await saveVcpu(w, guest, ctx.digests ?? undefined);
     await w.footer(SectionId.VCPU);
-    await w.end(vmDescription(guest));
+    await w.end(vmDescription(guest, ctx.digests ?? undefined));
     await w.drain();
     await w.channel.finish();
   } catch (e) {
@@ -208,10 +289,18 @@ async function complete(ctx: OutgoingContext): Promise<OutgoingResult> {
   return { downtime, wasRunning };
 }
 
-/** The vmdescription JSON: page size and every device section's fields (QEMU's format). */
-export function vmDescription(guest: Guest): Record<string, unknown> {
+/**
+ * The vmdescription JSON: page size and every device section's fields (QEMU's
+ * format), plus, with `verify`, ferry's integrity record under `ferry.integrity`
+ * (QEMU's analyzer ignores keys it does not know).
+ */
+export function vmDescription(
+  guest: Guest,
+  digests?: MigrationDigests,
+): Record<string, unknown> {
   return {
     page_size: PAGE_SIZE,
     devices: [describeVcpu(guest, VCPU_SECTION_VERSION)],
+    ...(digests ? { ferry: { integrity: digests.record() } } : {}),
   };
 }

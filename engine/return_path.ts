@@ -16,7 +16,10 @@
  * 3. the destination, on reading the commit, starts its guest (or pauses it).
  *
  * Any fault before 2 fails both sides: the source resumes its guest, the
- * destination keeps its partial one unstartable. A fault that loses the commit in
+ * destination keeps its partial one unstartable. A destination that fails (a
+ * malformed stream, an integrity mismatch) first sends its reason on the return
+ * path (`be16 0x4601, be16 len, UTF-8 text`), which the source, reading the return
+ * path all along, reports as its own failure. A fault that loses the commit in
  * flight leaves both guests stopped — never both running — with the source's RAM
  * intact (POST /vm/start on the source resumes it).
  *
@@ -45,6 +48,10 @@ export const MIG_CMD_FERRY_COMMIT = 0x4601;
 export const MIG_RP_MSG_SHUT = 1;
 /** QEMU's MIG_RP_MSG_PONG: the answer to a PING (be32 value). */
 export const MIG_RP_MSG_PONG = 2;
+/** ferry's failure report ("F" 1): the destination's reason as text, sent before it hangs up. */
+export const MIG_RP_MSG_FERRY_ERROR = 0x4601;
+/** Most bytes of text in a failure report. */
+const MAX_ERROR_TEXT = 1024;
 
 /** True when a migration over `uri` uses the return path (duplex socket transports). */
 export function usesReturnPath(uri: string): boolean {
@@ -88,36 +95,161 @@ export function pongMessage(value: number): Uint8Array {
   return rpMessage(MIG_RP_MSG_PONG, value);
 }
 
-/** Reads one 8-byte return-path message; `waitingFor` names it in the error when the peer closed. */
-async function readMessage(
-  channel: Channel,
-  waitingFor: string,
-): Promise<{ type: number; len: number; value: number }> {
-  const msg = new Uint8Array(8);
-  let got = 0;
-  while (got < msg.length) {
-    const n = await channel.read(msg.subarray(got));
-    if (n === null) {
-      throw new Error(`the destination closed the connection without ${waitingFor}`);
-    }
-    got += n;
+/** The destination's failure message: `be16 0x4601, be16 len, UTF-8 text` (at most 1 KiB of text). */
+export function errorMessage(text: string): Uint8Array {
+  let bytes = new TextEncoder().encode(text);
+  if (bytes.length > MAX_ERROR_TEXT) bytes = bytes.subarray(0, MAX_ERROR_TEXT);
+  const out = new Uint8Array(4 + bytes.length);
+  const v = new DataView(out.buffer);
+  v.setUint16(0, MIG_RP_MSG_FERRY_ERROR);
+  v.setUint16(2, bytes.length);
+  out.set(bytes, 4);
+  return out;
+}
+
+/** The destination reported that it failed, over the return path; `message` is its own reason. */
+export class DestinationError extends Error {
+  override readonly name = "DestinationError";
+  constructor(readonly reason: string) {
+    super(`The destination failed: ${reason}`);
   }
-  const v = new DataView(msg.buffer);
-  return { type: v.getUint16(0), len: v.getUint16(2), value: v.getUint32(4) };
+}
+
+/** One message read from the return path. */
+interface RpMessage {
+  readonly type: number;
+  readonly value: number;
 }
 
 /**
- * Source side: reads the PONG answering PING `value`. Throws when the destination
- * closed or answered anything else (a failed load closes the connection).
+ * The source's end of the return path (QEMU's source_return_path_thread): once
+ * the stream opened it, a background loop reads every message the destination
+ * sends. PONG and SHUT are handed to whoever awaits them; the destination's error
+ * message fails the migration at once with the destination's own reason
+ * (`onError`), even while the source is still streaming pages.
  */
-export async function awaitPong(channel: Channel, value: number): Promise<void> {
-  const m = await readMessage(channel, `answering PING ${value}`);
-  if (m.type !== MIG_RP_MSG_PONG || m.len !== 4 || m.value !== value) {
-    throw new Error(
-      `expected PONG ${value} on the return path, got message type ${m.type}, ` +
-        `length ${m.len}, value ${m.value}`,
-    );
+export class SourceReturnPath {
+  readonly #channel: Channel;
+  readonly #onError: (e: DestinationError) => void;
+  readonly #queue: RpMessage[] = [];
+  #waiter: { resolve: (m: RpMessage) => void; reject: (e: Error) => void } | null = null;
+  #ended: Error | null = null;
+  #error: DestinationError | null = null;
+  /** Resolves when the reading loop stopped (the peer closed, failed, or the channel closed). */
+  readonly done: Promise<void>;
+
+  constructor(channel: Channel, onError: (e: DestinationError) => void) {
+    this.#channel = channel;
+    this.#onError = onError;
+    this.done = this.#loop().catch(() => {});
   }
+
+  /** The destination's reported failure, if it sent one. */
+  get error(): DestinationError | null {
+    return this.#error;
+  }
+
+  /** Source side: reads the PONG answering PING `value`. */
+  async awaitPong(value: number): Promise<void> {
+    const m = await this.#next(`answering PING ${value}`);
+    if (m.type !== MIG_RP_MSG_PONG || m.value !== value) {
+      throw new Error(
+        `expected PONG ${value} on the return path, got message type ${m.type}, value ${m.value}`,
+      );
+    }
+  }
+
+  /**
+   * Source side, after the whole stream was written: waits for the destination's
+   * SHUT (status 0), then sends the commit. Throws when the destination closed,
+   * failed, answered anything else, or the commit could not be written.
+   */
+  async switchover(): Promise<void> {
+    const m = await this.#next("confirming that it loaded the stream");
+    if (m.type !== MIG_RP_MSG_SHUT) {
+      throw new Error(`unexpected return-path message type ${m.type} instead of SHUT`);
+    }
+    if (m.value !== 0) {
+      throw new Error(`the destination failed to load the stream (status ${m.value})`);
+    }
+    await this.#channel.write(commitCommand());
+  }
+
+  #next(waitingFor: string): Promise<RpMessage> {
+    const m = this.#queue.shift();
+    if (m) return Promise.resolve(m);
+    if (this.#error) return Promise.reject(this.#error);
+    if (this.#ended) {
+      return Promise.reject(
+        new Error(`the destination closed the connection without ${waitingFor}`, {
+          cause: this.#ended,
+        }),
+      );
+    }
+    return new Promise((resolve, reject) => {
+      this.#waiter = {
+        resolve,
+        reject: (e) =>
+          reject(
+            e instanceof DestinationError
+              ? e
+              : new Error(`the destination closed the connection without ${waitingFor}`, {
+                cause: e,
+              }),
+          ),
+      };
+    });
+  }
+
+  async #loop(): Promise<void> {
+    const header = new Uint8Array(4);
+    try {
+      for (;;) {
+        if (!(await readFully(this.#channel, header))) throw new Error("end of stream");
+        const view = new DataView(header.buffer);
+        const type = view.getUint16(0);
+        const len = view.getUint16(2);
+        if (type === MIG_RP_MSG_FERRY_ERROR) {
+          const text = new Uint8Array(Math.min(len, MAX_ERROR_TEXT));
+          if (len > MAX_ERROR_TEXT || !(await readFully(this.#channel, text))) {
+            throw new Error("a truncated error message on the return path");
+          }
+          this.#error = new DestinationError(new TextDecoder().decode(text));
+          this.#waiter?.reject(this.#error);
+          this.#waiter = null;
+          this.#onError(this.#error);
+          return;
+        }
+        if ((type !== MIG_RP_MSG_PONG && type !== MIG_RP_MSG_SHUT) || len !== 4) {
+          throw new Error(`unknown return-path message type ${type}, length ${len}`);
+        }
+        const body = new Uint8Array(4);
+        if (!(await readFully(this.#channel, body))) throw new Error("end of stream");
+        const m = { type, value: new DataView(body.buffer).getUint32(0) };
+        if (this.#waiter) {
+          this.#waiter.resolve(m);
+          this.#waiter = null;
+        } else {
+          this.#queue.push(m);
+        }
+      }
+    } catch (e) {
+      this.#ended = e instanceof Error ? e : new Error(String(e));
+      this.#waiter?.reject(this.#ended);
+      this.#waiter = null;
+    }
+  }
+}
+
+/** Reads exactly `buf.length` bytes; false when the stream ended first. */
+async function readFully(channel: Channel, buf: Uint8Array): Promise<boolean> {
+  let got = 0;
+  while (got < buf.length) {
+    const n = await channel.read(buf.subarray(got));
+    if (n === null) return false;
+    got += n;
+  }
+  return true;
 }
 
 /** The 5-byte commit command. */
@@ -129,23 +261,6 @@ export function commitCommand(): Uint8Array {
     0,
     0,
   );
-}
-
-/**
- * Source side, after the whole stream was written: waits for the destination's
- * SHUT (status 0), then sends the commit. Throws when the destination closed,
- * answered anything else, or the commit could not be written.
- */
-export async function sourceSwitchover(channel: Channel): Promise<void> {
-  const { type, len, value: status } = await readMessage(
-    channel,
-    "confirming that it loaded the stream",
-  );
-  if (type !== MIG_RP_MSG_SHUT || len !== 4) {
-    throw new Error(`unexpected return-path message type ${type}, length ${len}`);
-  }
-  if (status !== 0) throw new Error(`the destination failed to load the stream (status ${status})`);
-  await channel.write(commitCommand());
 }
 
 /**

@@ -22,7 +22,10 @@ const add = createRoute({
   path: "/migrations/blockers",
   summary: "Add a migration blocker (QEMU migrate_add_blocker)",
   request: jsonBody(BlockerRequestSchema),
-  responses: { 201: jsonResponse(BlockerSchema, "The new blocker"), ...errorResponses(400) },
+  responses: {
+    201: jsonResponse(BlockerSchema, "The new blocker"),
+    ...errorResponses(400, 409),
+  },
 });
 
 const remove = createRoute({

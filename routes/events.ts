@@ -18,6 +18,9 @@ const EVENT_DOC = `Server-Sent Events. Every event's data is JSON and every even
 - \`hello\` on a fresh connection: \`{migration, incoming}\` snapshots.
 - \`state\`: \`{from, to, time, error?}\` on every outgoing migration transition.
 - \`pass\`: \`{pass, dirty_pages, time}\` on every dirty-log sync.
+- \`warning\`: \`{code, message, time}\` when the operator should know something (the
+  round trip alone exceeds the downtime limit, a stall action was taken); the
+  migration's info lists them under \`warnings\`.
 - \`progress\`: \`{info, time}\`, info as GET /migrations/current; at most 10 per second
   per client, coalesced (a client only ever gets the newest).
 - \`incoming\`: \`{from, to, time, error?, info}\` on every destination transition.

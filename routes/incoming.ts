@@ -29,7 +29,17 @@ const query = createRoute({
   },
 });
 
-/** POST|GET /migrations/incoming. */
+const disarm = createRoute({
+  method: "delete",
+  path: "/migrations/incoming",
+  summary: "Disarm the incoming side: stop listening, or abandon a stream being loaded",
+  responses: {
+    202: jsonResponse(IncomingInfoSchema, "Disarmed (cancelled)"),
+    200: jsonResponse(IncomingInfoSchema, "Nothing was armed: no-op"),
+  },
+});
+
+/** POST|GET|DELETE /migrations/incoming. */
 export function incomingRoutes(deps: { engine: Engine }) {
   const { engine } = deps;
   return newRouter()
@@ -37,5 +47,9 @@ export function incomingRoutes(deps: { engine: Engine }) {
       const info = await engine.listenIncoming(c.req.valid("json").uri);
       return c.json(info, 202);
     })
-    .openapi(query, (c) => c.json(engine.incomingInfo(), 200));
+    .openapi(query, (c) => c.json(engine.incomingInfo(), 200))
+    .openapi(disarm, (c) => {
+      const { cancelled, info } = engine.disarmIncoming();
+      return cancelled ? c.json(info, 202) : c.json(info, 200);
+    });
 }

@@ -2,6 +2,7 @@ import { z } from "@hono/zod-openapi";
 import { INCOMING_STATES } from "../engine/destination.ts";
 import { MIGRATION_STATES } from "../engine/migration.ts";
 import { RUN_STATES } from "../vm/guest.ts";
+import { type NumericParameter, PARAMETER_LIMITS, STALL_ACTIONS } from "../engine/params.ts";
 
 /** The one error shape every failing route answers with. */
 export const ErrorSchema = z.object({
@@ -76,6 +77,11 @@ export const MigrationInfoSchema = z.object({
   cpu_throttle_percentage: z.number().optional().openapi({
     description: "While auto-converge throttles",
   }),
+  warnings: z.array(z.object({ code: z.string(), message: z.string() })).optional().openapi({
+    description:
+      "What the operator should know: downtime-limit-unachievable (the round trip alone " +
+      "exceeds the limit), stalled-switchover, stalled-throttle, xbzrle-cache-resize-failed",
+  }),
 }).openapi("MigrationInfo", { example: { status: "none" } });
 
 /** GET /migrations/incoming. */
@@ -89,6 +95,9 @@ export const IncomingInfoSchema = z.object({
   total_time: z.number().optional(),
   error_desc: z.string().optional(),
   pages: z.object({ zero: z.number(), normal: z.number() }).optional(),
+  refused_peers: z.number().optional().openapi({
+    description: "Connections dropped because they sent no stream header in time (or garbage)",
+  }),
 }).openapi("IncomingInfo");
 
 /** Capabilities (GET answer, PUT body with any subset). */
@@ -112,22 +121,45 @@ export const CapabilitiesPatchSchema = CapabilitiesSchema.partial().strict().ope
 export const ParametersSchema = z.object({
   max_bandwidth: z.number().int().openapi({ description: "bytes per second" }),
   downtime_limit: z.number().int().openapi({ description: "ms" }),
-  xbzrle_cache_size: z.number().int().openapi({ description: "bytes" }),
+  xbzrle_cache_size: z.number().int().openapi({
+    description: "bytes (at least one page, at most the guest's RAM)",
+  }),
   cpu_throttle_initial: z.number().int(),
   cpu_throttle_increment: z.number().int(),
   progress_timeout: z.number().int().openapi({
     description: "ms without a byte moving before a migration fails, on either side",
   }),
+  stall_windows: z.number().int().openapi({
+    description:
+      "100 ms windows in which what is left to send reaches no new low (1 % below the last) " +
+      "before stall_action is taken; 0 never",
+  }),
+  stall_action: z.enum(STALL_ACTIONS).openapi({
+    description: "On a stall: fail the migration, switch over now, or throttle the guest (more)",
+  }),
+  incoming_page_budget: z.number().int().openapi({
+    description: "On a destination: page records an incoming stream may carry, as a multiple " +
+      "of the guest's pages, before it is cut as one that would never end",
+  }),
 }).openapi("Parameters");
+
+/** A numeric parameter in a PATCH body, within its range from the engine's one table. */
+function limited(name: NumericParameter) {
+  const [min, max] = PARAMETER_LIMITS[name];
+  return z.number().int().min(min).max(max).optional();
+}
 
 /** PATCH /migrations/parameters body: any subset, each validated. */
 export const ParametersPatchSchema = z.object({
-  max_bandwidth: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).optional(),
-  downtime_limit: z.number().int().min(1).max(2_000_000).optional(),
-  xbzrle_cache_size: z.number().int().min(4096).max(Number.MAX_SAFE_INTEGER).optional(),
-  cpu_throttle_initial: z.number().int().min(1).max(99).optional(),
-  cpu_throttle_increment: z.number().int().min(1).max(99).optional(),
-  progress_timeout: z.number().int().min(10).max(86_400_000).optional(),
+  max_bandwidth: limited("max_bandwidth"),
+  downtime_limit: limited("downtime_limit"),
+  xbzrle_cache_size: limited("xbzrle_cache_size"),
+  cpu_throttle_initial: limited("cpu_throttle_initial"),
+  cpu_throttle_increment: limited("cpu_throttle_increment"),
+  progress_timeout: limited("progress_timeout"),
+  stall_windows: limited("stall_windows"),
+  stall_action: z.enum(STALL_ACTIONS).optional(),
+  incoming_page_budget: limited("incoming_page_budget"),
 }).strict().openapi("ParametersPatch", {
   example: { max_bandwidth: 1073741824, downtime_limit: 300 },
 });

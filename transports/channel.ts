@@ -77,7 +77,8 @@ export function raceAbort<T>(
  * A {@link Channel} over a connected Deno stream socket (TCP or unix). Shared by
  * `tcp.ts` and `unix.ts` so both behave identically: writes loop until every
  * byte is out and are serialised, `close()` interrupts pending I/O, and every
- * failure names the peer.
+ * failure names the peer. A failed write leaves reading possible, so the last
+ * words of a peer that hung up (its reason, on the return path) are not lost.
  */
 export class ConnChannel implements Channel {
   readonly #conn: Deno.Conn;
@@ -85,6 +86,8 @@ export class ConnChannel implements Channel {
   #eof = false;
   /** The error that failed the channel, reported again by later calls. */
   #failure: Error | undefined;
+  /** The error that ended the write side (reads go on until the peer's data ends). */
+  #writeFailure: Error | undefined;
   /** Tail of the write queue: each write starts after the previous one settled. */
   #writeTail: Promise<unknown> = Promise.resolve();
 
@@ -93,7 +96,10 @@ export class ConnChannel implements Channel {
     this.#conn = conn;
   }
 
-  /** True once close() ran, finish() completed, or an I/O error failed the channel. */
+  /**
+   * True once close() ran, finish() completed, or a read error failed the channel.
+   * A failed write ends only the write side: the owner closes the channel.
+   */
   get closed(): boolean {
     return this.#closed;
   }
@@ -114,10 +120,17 @@ export class ConnChannel implements Channel {
     let off = 0;
     while (off < chunk.length) {
       if (this.#closed) throw this.#closedError("write to");
+      if (this.#writeFailure) throw this.#writeFailure;
       try {
         off += await this.#conn.write(off === 0 ? chunk : chunk.subarray(off));
       } catch (err) {
-        throw this.#fail("write to", err);
+        // The write side is broken, but what the peer sent before it hung up (a
+        // destination's reason for failing) can still be read: only reads close.
+        if (this.#closed) throw this.#closedError("write to", err);
+        this.#writeFailure = new Error(`Cannot write to ${this.peer}: ${describeNetError(err)}`, {
+          cause: err,
+        });
+        throw this.#writeFailure;
       }
     }
   }

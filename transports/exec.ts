@@ -346,6 +346,8 @@ export type ExecChannelHandle = Channel & {
 
 /** A listener for `exec:COMMAND`: accept() runs the command once and reads its stdout. */
 export class ExecListener implements Listener {
+  /** The one channel there will be. */
+  readonly peers = "one" as const;
   readonly address: string;
   readonly #command: string;
   readonly #options: ExecOptions;

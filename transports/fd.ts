@@ -222,6 +222,8 @@ export async function connectFd(uri: string, signal?: AbortSignal): Promise<Chan
 
 /** A listener over an already opened descriptor; accept() hands the channel out once. */
 class FdListener implements Listener {
+  /** The one channel there will be. */
+  readonly peers = "one" as const;
   #channel: Channel | null;
   #closed = false;
 

@@ -179,6 +179,8 @@ export async function connectFile(uri: string, signal?: AbortSignal): Promise<Ch
 
 /** A listener that already holds the snapshot open; accept() hands it out once. */
 class FileListener implements Listener {
+  /** The one channel there will be. */
+  readonly peers = "one" as const;
   readonly address: string;
   #file: Deno.FsFile | null;
   #closed = false;

@@ -222,6 +222,8 @@ export function channelPair(
 
 /** A listener registered on a {@link MemoryTransports}; accepts pairs made by connect(). */
 export class MemoryListener implements Listener {
+  /** Socket peers: any number may connect. */
+  readonly peers = "many" as const;
   readonly #pending: MemoryChannel[] = [];
   readonly #waiters: { resolve: (c: MemoryChannel) => void; reject: (e: Error) => void }[] = [];
   readonly #onClose: () => void;

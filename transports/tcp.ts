@@ -52,6 +52,8 @@ export async function connectTcp(uri: string, signal?: AbortSignal): Promise<Cha
 
 /** A TCP listener; `address` carries the bound IP and the real port. */
 class TcpListener implements Listener {
+  /** Socket peers: any number may connect. */
+  readonly peers = "many" as const;
   readonly #listener: Deno.TcpListener;
   #closed = false;
   readonly address: string;

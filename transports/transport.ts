@@ -24,6 +24,12 @@ export interface Channel extends Disposable {
 export interface Listener extends Disposable {
   /** The URI the peer should connect to, with the real port when 0 was asked for. */
   readonly address: string;
+  /**
+   * `many` when anyone may connect, any number of times (a socket: the destination
+   * drops a peer that does not start a stream and goes on listening); `one` when
+   * accept() hands out the only channel there will be (exec:, fd:, file:).
+   */
+  readonly peers: "one" | "many";
   /** Resolves with the next connection; rejects once the listener is closed. */
   accept(): Promise<Channel>;
   /** Stops listening (and removes a unix socket file it created). Idempotent. */

@@ -69,6 +69,8 @@ export async function connectUnix(uri: string, signal?: AbortSignal): Promise<Ch
  * inode), so it never deletes something another process put there since.
  */
 class UnixListener implements Listener {
+  /** Socket peers: any number may connect. */
+  readonly peers = "many" as const;
   readonly #listener: Deno.UnixListener;
   readonly #path: string;
   readonly #dev: number;

@@ -1,43 +1,69 @@
 /**
  * Reusable stream buffers. A fresh multi-MiB buffer costs a page fault per 4 KiB
- * the first time it is written (15 µs each on the hosts ferry was measured on: tens
- * of ms per migration), so writers and readers take their buffers from here and
- * give them back; {@link warmStreamBuffers} faults a few in at process start.
+ * the first time it is written (tens of ms per migration on hosts where faults
+ * are slow), so writers and readers take their buffers from here and give them
+ * back; {@link warmStreamBuffers} faults the pool in at process start.
+ *
+ * Every buffer lives in the memory of a WebAssembly kernel set (the pool's share
+ * one), so the integrity digests of pages read or written in place cost no copy:
+ * {@link kernelsFor} names the kernels that read a buffer in place.
  * @module
  */
+import { createKernels, type Kernels, sharedKernels } from "../wasm/kernels.ts";
 
 /** Size of every pooled buffer: the writer's and the reader's default. */
 export const STREAM_BUFFER_SIZE = 4 << 20;
-/** Most buffers kept for reuse (a writer holds two, a reader one). */
+/** Buffers in the pool (a writer holds two, a reader one). */
 const POOL_MAX = 3;
 
-const pool: Uint8Array[] = [];
+let arena: Kernels | null = null;
+let slices: Uint8Array[] = [];
+const free: Uint8Array[] = [];
+/** The kernels of buffers made outside the pool, by their memory. */
+const owners = new WeakMap<ArrayBufferLike, Kernels>();
 
-/** A zero-or-garbage buffer of `size` bytes: pooled when `size` is {@link STREAM_BUFFER_SIZE}. */
+function pool(): Kernels {
+  if (!arena) {
+    arena = createKernels({ arenaBytes: POOL_MAX * STREAM_BUFFER_SIZE });
+    slices = [];
+    for (let i = 0; i < POOL_MAX; i++) {
+      slices.push(arena.arena.subarray(i * STREAM_BUFFER_SIZE, (i + 1) * STREAM_BUFFER_SIZE));
+    }
+    free.push(...slices);
+  }
+  return arena;
+}
+
+/**
+ * A zero-or-garbage buffer of `size` bytes: from the pool when `size` is
+ * {@link STREAM_BUFFER_SIZE}, else in a kernel set's memory of its own.
+ */
 export function takeStreamBuffer(size: number): Uint8Array {
   if (size === STREAM_BUFFER_SIZE) {
-    const buf = pool.pop();
+    pool();
+    const buf = free.pop();
     if (buf) return buf;
   }
-  return new Uint8Array(size);
+  const kernels = createKernels({ arenaBytes: size });
+  owners.set(kernels.arena.buffer, kernels);
+  return kernels.arena;
 }
 
 /** Hands a buffer back for reuse. Only call this once nothing (no pending I/O) uses it. */
 export function returnStreamBuffer(buf: Uint8Array): void {
-  if (
-    buf.byteLength === STREAM_BUFFER_SIZE && buf.byteOffset === 0 &&
-    buf.buffer.byteLength === STREAM_BUFFER_SIZE && pool.length < POOL_MAX && !pool.includes(buf)
-  ) {
-    pool.push(buf);
-  }
+  if (slices.includes(buf) && !free.includes(buf)) free.push(buf);
 }
 
-/** Allocates the pool's buffers and writes every page of them once, so no migration pays the faults. */
-export function warmStreamBuffers(count = POOL_MAX): void {
-  while (pool.length < Math.min(count, POOL_MAX)) {
-    const buf = new Uint8Array(STREAM_BUFFER_SIZE);
-    for (let off = 0; off < buf.length; off += 4096) buf[off] = 1;
-    buf.fill(0);
-    pool.push(buf);
-  }
+/** Allocates the pool and writes every page of it once, so no migration pays the faults. */
+export function warmStreamBuffers(): void {
+  const kernels = pool();
+  const bytes = kernels.arena;
+  for (let off = 0; off < bytes.length; off += 4096) bytes[off] = 1;
+  bytes.fill(0);
+}
+
+/** The kernels that digest `buf` in place when it is a stream buffer (others copy it in). */
+export function kernelsFor(buf: Uint8Array): Kernels {
+  if (arena?.owns(buf)) return arena;
+  return owners.get(buf.buffer) ?? sharedKernels();
 }

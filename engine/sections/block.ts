@@ -8,6 +8,8 @@
 import { type Disk, DISK_CHUNK } from "../../vm/disk.ts";
 import { StreamError, type StreamReader } from "../format/reader.ts";
 import type { StreamWriter } from "../format/writer.ts";
+import { kernelsFor } from "../format/buffers.ts";
+import type { DigestTable, MigrationDigests } from "../integrity.ts";
 
 /** Flag bits in the low 9 bits of a block record's header. */
 export const BlockFlag = {
@@ -48,6 +50,8 @@ export interface BlockSaverOptions {
   readonly incremental: boolean;
   /** zero_blocks: send all-zero chunks as ZERO_BLOCK records. */
   readonly zeroBlocks: boolean;
+  /** With `verify`: digests every chunk as it is sent. */
+  readonly digests?: MigrationDigests;
 }
 
 /**
@@ -65,10 +69,12 @@ export class BlockSaver {
   /** Chunks to send in the first sweep (for PROGRESS). */
   #initial = 0;
   #sentInitial = 0;
+  readonly #table: DigestTable | null;
   readonly stats: BlockStats = { transferred: 0, chunks: 0, zeroChunks: 0 };
 
   constructor(disk: Disk, options: BlockSaverOptions) {
     this.#disk = disk;
+    this.#table = options.digests?.trackDisk(disk.name, disk.chunks) ?? null;
     this.#bitmap = new Uint32Array(disk.dirty.length);
     this.#scratch = options.zeroBlocks ? new Uint8Array(DISK_CHUNK) : null;
     this.#scratchWords = this.#scratch ? new Int32Array(this.#scratch.buffer) : null;
@@ -180,6 +186,7 @@ export class BlockSaver {
         w.be64(offset + (BlockFlag.DEVICE_BLOCK | BlockFlag.ZERO_BLOCK));
         w.str8(name);
         this.stats.zeroChunks++;
+        this.#table?.set(c, 0);
         return;
       }
       w.be64(offset + BlockFlag.DEVICE_BLOCK);
@@ -191,6 +198,7 @@ export class BlockSaver {
       this.#disk.readChunk(c, w.buf.subarray(w.pos, w.pos + DISK_CHUNK));
       w.pos += DISK_CHUNK;
     }
+    this.#table?.set(c, kernelsFor(w.buf).digest(w.buf, w.pos - DISK_CHUNK, DISK_CHUNK));
     this.stats.chunks++;
   }
 }
@@ -219,8 +227,13 @@ export class BlockLoader {
   #written = 0;
   /** #written when the last background fsync started. */
   #syncedAt = 0;
+  readonly #digests: MigrationDigests | undefined;
+  #table: DigestTable | null = null;
 
-  constructor(readonly disk: Disk | undefined) {}
+  /** A loader into `disk`; with `digests` (the `verify` capability) every chunk is digested. */
+  constructor(readonly disk: Disk | undefined, digests?: MigrationDigests) {
+    this.#digests = digests;
+  }
 
   /** True once a `block` section started. */
   get started(): boolean {
@@ -234,6 +247,7 @@ export class BlockLoader {
     }
     this.disk.markIncomplete();
     this.#started = true;
+    this.#table = this.#digests?.trackDisk(this.disk.name, this.disk.chunks) ?? null;
   }
 
   /** Reads records up to and including EOS. */
@@ -289,9 +303,11 @@ export class BlockLoader {
           disk.writeChunk(chunk, this.#zero);
           this.#written++;
         }
+        this.#table?.set(chunk, 0);
         this.stats.zeroChunks++;
       } else {
         await r.need(DISK_CHUNK);
+        this.#table?.set(chunk, kernelsFor(r.buf).digest(r.buf, r.pos, DISK_CHUNK));
         disk.writeChunk(chunk, r.take(DISK_CHUNK));
         this.#written++;
         this.stats.chunks++;

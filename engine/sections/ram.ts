@@ -6,6 +6,8 @@ import { StreamError, type StreamReader } from "../format/reader.ts";
 import { ENCODING_FLAG_XBZRLE, XbzrleError } from "../format/xbzrle.ts";
 import { PageCache } from "../page_cache.ts";
 import { type KernelKind, type Kernels, sharedKernels } from "../wasm/kernels.ts";
+import { kernelsFor } from "../format/buffers.ts";
+import type { DigestTable, MigrationDigests } from "../integrity.ts";
 
 /** Largest RAM record: header, block name, XBZRLE flag and length, page. */
 const MAX_RECORD = 8 + 1 + 255 + 3 + PAGE_SIZE;
@@ -53,6 +55,8 @@ export interface RamSaverOptions {
   readonly xbzrleCacheSize?: number;
   /** XBZRLE kernels (wasm or TS); default: selectedKernelKind(). */
   readonly kernels?: KernelKind;
+  /** With `verify`: digests every page as it is sent (one table per block, in order). */
+  readonly digests?: MigrationDigests;
 }
 
 /** What one iterate() call did. */
@@ -95,6 +99,8 @@ export class RamSaver {
   #busyMsPerPage = 0;
   /** Pages the last sync marked dirty (auto-converge reads it). */
   lastSyncAdded = 0;
+  /** Per-block digest tables with `verify`, else null. */
+  readonly #tables: (DigestTable | null)[];
   readonly stats: RamStats = {
     duplicate: 0,
     normal: 0,
@@ -123,6 +129,7 @@ export class RamSaver {
     }
     this.#blocks = blocks;
     this.#now = now;
+    this.#tables = blocks.map((_, i) => options.digests?.ram[i].table ?? null);
     this.#bitmaps = blocks.map((b) => fullBitmap(b.pages));
     this.#dirty = blocks.reduce((n, b) => n + b.pages, 0);
     this.#totalWords = this.#bitmaps.reduce((n, m) => n + m.length, 0);
@@ -137,6 +144,25 @@ export class RamSaver {
   /** Bytes of RAM in all blocks. */
   get totalBytes(): number {
     return this.#blocks.reduce((n, b) => n + b.length, 0);
+  }
+
+  /**
+   * Bytes that would still have to go if the guest stopped now: pages dirty in the
+   * migration bitmap or in the guest's log since the last sync (what stall
+   * detection watches: unlike `remainingBytes`, it does not drop to nothing at the
+   * end of every pass).
+   */
+  get backlogBytes(): number {
+    let pages = 0;
+    for (let i = 0; i < this.#blocks.length; i++) {
+      const map = this.#bitmaps[i];
+      const log = this.#blocks[i].dirty;
+      for (let w = 0; w < map.length; w++) {
+        const bits = map[w] | log[w];
+        if (bits !== 0) pages += popcount32(bits);
+      }
+    }
+    return pages * PAGE_SIZE;
   }
 
   /** Bytes still to send if every dirty page went in full (QEMU's "remaining"). */
@@ -305,12 +331,13 @@ export class RamSaver {
         continue;
       }
       const block = this.#blocks[this.#block];
+      const table = this.#tables[this.#block];
       while (bits !== 0 && sent < max) {
         if (w.free < MAX_RECORD) await w.flush();
         const before = bits;
         bits = this.#cache
-          ? this.#sendBitsXbzrle(w, block, this.#word, bits, max - sent)
-          : this.#sendBits(w, block, this.#word, bits, max - sent);
+          ? this.#sendBitsXbzrle(w, block, table, this.#word, bits, max - sent)
+          : this.#sendBits(w, block, table, this.#word, bits, max - sent);
         sent += popcount32((before ^ bits) >>> 0);
       }
       map[this.#word] = bits;
@@ -330,6 +357,7 @@ export class RamSaver {
   #sendBitsXbzrle(
     w: StreamWriter,
     block: RamBlock,
+    table: DigestTable | null,
     word: number,
     bits: number,
     max: number,
@@ -360,6 +388,7 @@ export class RamSaver {
         w.u8(0);
         this.stats.duplicate++;
         cache.lookup(key)?.fill(0);
+        if (table !== null && table.digests[page] !== 0) table.set(page, 0);
         continue;
       }
       if (!this.#bulk) {
@@ -386,6 +415,7 @@ export class RamSaver {
             xb.pages++;
             xb.bytes += w.pos - headerAt;
             old.set(snap);
+            table?.set(page, kernels.digest(snap, 0, PAGE_SIZE));
             continue;
           }
           // Overflow: send the snapshot plainly instead.
@@ -397,6 +427,7 @@ export class RamSaver {
           w.pos += PAGE_SIZE;
           this.stats.normal++;
           old.set(snap);
+          table?.set(page, kernels.digest(snap, 0, PAGE_SIZE));
           continue;
         }
         xb.cacheMiss++;
@@ -407,6 +438,7 @@ export class RamSaver {
       w.pos += PAGE_SIZE;
       this.stats.normal++;
       cache.insert(key, buf.subarray(at, at + PAGE_SIZE), age);
+      table?.set(page, kernelsFor(buf).digest(buf, at, PAGE_SIZE));
     }
     this.#dirty -= handled;
     if (!this.#bulk) {
@@ -432,8 +464,16 @@ export class RamSaver {
    * `max` were written. Returns the bits still to send. One tight loop per word:
    * untouched pages (known zero) cost a 9-byte record and no scan.
    */
-  #sendBits(w: StreamWriter, block: RamBlock, word: number, bits: number, max: number): number {
+  #sendBits(
+    w: StreamWriter,
+    block: RamBlock,
+    table: DigestTable | null,
+    word: number,
+    bits: number,
+    max: number,
+  ): number {
     const buf = w.buf;
+    const kernels = table !== null ? kernelsFor(buf) : null;
     const limit = buf.length - MAX_RECORD;
     let pos = w.pos;
     if (pos > limit) return bits;
@@ -448,6 +488,7 @@ export class RamSaver {
     if (bits === -1 && touched === 0 && cont && max >= 32) {
       // A whole word of never-written pages: 32 ZERO records differing only in the
       // offset's bytes 5 and 6 (base is a multiple of 32 pages). MAX_RECORD > 288.
+      // Their digests stay 0: a page never written was never sent non-zero.
       const hi = base >>> 20;
       const b4 = (base >>> 12) & 0xff;
       const b5 = (base >>> 4) & 0xff;
@@ -495,8 +536,10 @@ export class RamSaver {
       if (zero) {
         buf[pos++] = 0;
         zeros++;
+        if (table !== null && table.digests[page] !== 0) table.set(page, 0);
       } else {
         buf.set(bytes.subarray(offset, offset + PAGE_SIZE), pos);
+        if (table !== null) table.set(page, kernels!.digest(buf, pos, PAGE_SIZE));
         pos += PAGE_SIZE;
         normals++;
       }
@@ -528,15 +571,38 @@ export class RamLoader {
   readonly #blocks: ReadonlyMap<string, RamBlock>;
   readonly #all: readonly RamBlock[];
   #last: RamBlock | null = null;
+  /** The digest table of #last's block, with `verify`. */
+  #lastTable: DigestTable | null = null;
+  readonly #tables: ReadonlyMap<RamBlock, DigestTable>;
   #sizesSeen = false;
   readonly #kernels: Kernels;
   readonly stats: RamLoadStats = { zeroPages: 0, normalPages: 0, xbzrlePages: 0 };
 
-  /** A loader into `blocks`; XBZRLE records are decoded by `kernels` (default: the shared set). */
-  constructor(blocks: readonly RamBlock[], kernels: Kernels = sharedKernels()) {
+  /**
+   * A loader into `blocks`; XBZRLE records are decoded by `kernels` (default: the
+   * shared set). With `digests` (the `verify` capability) every page written is
+   * digested into its block's table.
+   */
+  constructor(
+    blocks: readonly RamBlock[],
+    kernels: Kernels = sharedKernels(),
+    digests?: MigrationDigests,
+    /** Most page records the stream may carry (a stream that never ends is cut). */
+    readonly maxRecords = Infinity,
+  ) {
     this.#kernels = kernels;
     this.#all = blocks;
     this.#blocks = new Map(blocks.map((b) => [b.name, b]));
+    this.#tables = new Map(digests ? blocks.map((b, i) => [b, digests.ram[i].table]) : []);
+  }
+
+  /** Page records applied so far. */
+  get records(): number {
+    return this.stats.zeroPages + this.stats.normalPages + this.stats.xbzrlePages;
+  }
+
+  get #pages(): number {
+    return this.#all.reduce((n, b) => n + b.pages, 0);
   }
 
   /** True once a START payload listed the blocks. */
@@ -551,6 +617,13 @@ export class RamLoader {
       if (this.#last !== null) this.#loadBuffered(r);
       if (r.avail < 8) await r.need(8);
       const at = r.offset;
+      if (this.records > this.maxRecords) {
+        throw new StreamError(
+          at,
+          `the stream carried ${this.records} page records for ${this.#pages} guest pages ` +
+            `without completing (at most ${this.maxRecords}, incoming_page_budget)`,
+        );
+      }
       const [hi, lo] = r.be64Parts();
       const flags = lo & RAM_FLAG_MASK;
       const addr = hi * TWO32 + ((lo & ~RAM_FLAG_MASK) >>> 0);
@@ -585,7 +658,9 @@ export class RamLoader {
         if (!found) throw new StreamError(at, `RAM page for unknown block "${name}"`);
         block = found;
         this.#last = block;
+        this.#lastTable = this.#tables.get(block) ?? null;
       }
+      const table = this.#lastTable;
       if (addr + PAGE_SIZE > block.length) {
         throw new StreamError(
           at,
@@ -605,11 +680,14 @@ export class RamLoader {
           );
         }
         if (block.isTouched(page)) block.bytes.fill(0, addr, addr + PAGE_SIZE);
+        if (table !== null && table.digests[page] !== 0) table.set(page, 0);
         this.stats.zeroPages++;
       } else if (kind === RamFlag.XBZRLE) {
         await this.#loadXbzrle(r, block, addr, at);
+        table?.set(page, this.#kernels.digest(block.bytes, addr, PAGE_SIZE));
       } else {
         if (r.avail < PAGE_SIZE) await r.need(PAGE_SIZE);
+        table?.set(page, kernelsFor(r.buf).digest(r.buf, r.pos, PAGE_SIZE));
         block.bytes.set(r.take(PAGE_SIZE), addr);
         block.markTouched(page);
         this.stats.normalPages++;
@@ -625,7 +703,9 @@ export class RamLoader {
    */
   #loadBuffered(r: StreamReader): void {
     const block = this.#last!;
+    const table = this.#lastTable;
     const buf = r.buf;
+    const kernels = kernelsFor(buf);
     const end = r.end;
     const bytes = block.bytes;
     const touched = block.touched;
@@ -633,7 +713,9 @@ export class RamLoader {
     let pos = r.pos;
     let zeros = 0;
     let normals = 0;
-    while (end - pos >= 9) {
+    // The general loop reports an exhausted budget.
+    const budget = this.maxRecords - this.records;
+    while (end - pos >= 9 && zeros + normals <= budget) {
       const hi = (buf[pos] << 24 | buf[pos + 1] << 16 | buf[pos + 2] << 8 | buf[pos + 3]) >>> 0;
       const lo = buf[pos + 4] << 24 | buf[pos + 5] << 16 | buf[pos + 6] << 8 | buf[pos + 7];
       const flags = lo & RAM_FLAG_MASK;
@@ -644,10 +726,12 @@ export class RamLoader {
       if (flags === (RamFlag.ZERO | RamFlag.CONTINUE)) {
         if (buf[pos + 8] !== 0) break;
         if ((touched[page >>> 5] & bit) !== 0) bytes.fill(0, addr, addr + PAGE_SIZE);
+        if (table !== null && table.digests[page] !== 0) table.set(page, 0);
         pos += 9;
         zeros++;
       } else if (flags === (RamFlag.PAGE | RamFlag.CONTINUE)) {
         if (end - pos < 8 + PAGE_SIZE) break;
+        if (table !== null) table.set(page, kernels.digest(buf, pos + 8, PAGE_SIZE));
         bytes.set(buf.subarray(pos + 8, pos + 8 + PAGE_SIZE), addr);
         touched[page >>> 5] |= bit;
         pos += 8 + PAGE_SIZE;

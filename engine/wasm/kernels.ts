@@ -1,6 +1,6 @@
 /**
- * The byte-crunching kernels of the RAM hot path — XBZRLE encode/decode and
- * zero-page scans — behind one interface with two implementations: WebAssembly
+ * The byte-crunching kernels of the RAM hot path — XBZRLE encode/decode,
+ * zero-page scans and content digests — behind one interface with two implementations: WebAssembly
  * SIMD (engine/wasm/kernels.wat) and pure TypeScript (the reference codec of
  * engine/format/xbzrle.ts). Both give byte-identical results; the tests compare them.
  *
@@ -35,6 +35,14 @@ export interface Kernels {
   isZero(bytes: Uint8Array): boolean;
   /** Index of the first 4 KiB page of `bytes` holding a non-zero byte, or the page count. */
   firstNonZeroPage(bytes: Uint8Array): number;
+  /**
+   * The content digest of `buf[pos, pos + len)` (see {@link digestTs}); fastest
+   * when `buf` lies in this set's memory (`arena`, `scratch`) and `len` is a
+   * multiple of 32.
+   */
+  digest(buf: Uint8Array, pos: number, len: number): number;
+  /** True when `buf` lies in this set's memory, so digest() reads it in place. */
+  owns(buf: Uint8Array): boolean;
 }
 
 /** Options of createKernels(). */
@@ -142,6 +150,58 @@ class TsKernels implements Kernels {
     }
     return pages;
   }
+
+  digest(buf: Uint8Array, pos: number, len: number): number {
+    return digestTs(buf, pos, len);
+  }
+
+  owns(buf: Uint8Array): boolean {
+    return buf.buffer === this.arena.buffer || buf.buffer === this.scratch.buffer;
+  }
+}
+
+/**
+ * ferry's content digest of `buf[pos, pos + len)`, zero-padded to a multiple of
+ * 32 bytes: four Fletcher-style sums over 32-bit little-endian lanes (`a += v;
+ * b += a` for each 16-byte half of every 32-byte step); each sum goes through its
+ * own non-linear mixer, so that no change of one sum can cancel a change of
+ * another; the four lanes are folded with rotations and finished with murmur3's
+ * fmix32. All-zero input digests to 0, and every one-byte change changes the
+ * digest. It detects accidental damage as a CRC-32 does; it is not a
+ * cryptographic hash. The reference for the SIMD kernel `digest` of kernels.wat.
+ */
+export function digestTs(buf: Uint8Array, pos: number, len: number): number {
+  const a = [0, 0, 0, 0], b = [0, 0, 0, 0], c = [0, 0, 0, 0], d = [0, 0, 0, 0];
+  const end = pos + len;
+  const lane = (at: number): number =>
+    at + 4 <= end
+      ? (buf[at] | buf[at + 1] << 8 | buf[at + 2] << 16 | buf[at + 3] << 24)
+      : (at < end ? buf[at] : 0) | (at + 1 < end ? buf[at + 1] << 8 : 0) |
+        (at + 2 < end ? buf[at + 2] << 16 : 0);
+  for (let p = pos; p < end; p += 32) {
+    for (let i = 0; i < 4; i++) {
+      a[i] = (a[i] + lane(p + 4 * i)) | 0;
+      b[i] = (b[i] + a[i]) | 0;
+      c[i] = (c[i] + lane(p + 16 + 4 * i)) | 0;
+      d[i] = (d[i] + c[i]) | 0;
+    }
+  }
+  const x = [0, 1, 2, 3].map((i) =>
+    mix(a[i], 16, 0x85ebca6b, 13, 0xc2b2ae35, 16) ^ mix(b[i], 16, 0x7feb352d, 15, 0x846ca68b, 16) ^
+    mix(c[i], 17, 0xed5ad4bb, 11, 0xac4c1b51, 15) ^ mix(d[i], 15, 0x2c1b3c6d, 12, 0x297a2d39, 15)
+  );
+  const rotl = (v: number, r: number) => (v << r) | (v >>> (32 - r));
+  const h = x[0] ^ rotl(x[1], 8) ^ rotl(x[2], 16) ^ rotl(x[3], 24);
+  return mix(h, 16, 0x85ebca6b, 13, 0xc2b2ae35, 16) >>> 0;
+}
+
+/** A 32-bit mixer: a bijection mapping 0 to 0 (the lanes' mixer of kernels.wat). */
+function mix(v: number, s1: number, m1: number, s2: number, m2: number, s3: number): number {
+  v ^= v >>> s1;
+  v = Math.imul(v, m1);
+  v ^= v >>> s2;
+  v = Math.imul(v, m2);
+  return v ^ (v >>> s3);
 }
 
 // The wasm memory: a fixed scratch area in the first 64 KiB, then the arena.
@@ -190,6 +250,7 @@ interface KernelExports {
   xbzrle_decode(src: number, slen: number, page: number, len: number, apply: number): number;
   is_zero(p: number, len: number): number;
   first_nonzero_page(p: number, npages: number): number;
+  digest(p: number, len: number): number;
 }
 
 /** The SIMD kernels: one instance with its own memory (scratch area + arena). */
@@ -282,6 +343,22 @@ class WasmKernels implements Kernels {
       if (found < n) return p + found;
     }
     return pages;
+  }
+
+  digest(buf: Uint8Array, pos: number, len: number): number {
+    if (buf.buffer === this.#buffer && (len & 31) === 0) {
+      return this.#x.digest(buf.byteOffset + pos, len) >>> 0;
+    }
+    if (len > SCAN_CAP) return digestTs(buf, pos, len);
+    // Copied in, zero-padded to the next 32 bytes.
+    const padded = (len + 31) & ~31;
+    this.#mem.set(buf.subarray(pos, pos + len), SCAN);
+    this.#mem.fill(0, SCAN + len, SCAN + padded);
+    return this.#x.digest(SCAN, padded) >>> 0;
+  }
+
+  owns(buf: Uint8Array): boolean {
+    return buf.buffer === this.#buffer;
   }
 
   #decodeError(code: number, len: number): XbzrleError {

@@ -291,4 +291,74 @@
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $page)))
     (local.get $i))
+  ;; A 32-bit mixer on every lane: v ^= v >> s1; v *= m1; v ^= v >> s2; v *= m2;
+  ;; v ^= v >> s3. A bijection that maps 0 to 0.
+  (func $mix (param $v v128) (param $s1 i32) (param $m1 i32) (param $s2 i32) (param $m2 i32)
+    (param $s3 i32) (result v128)
+    (local.set $v (v128.xor (local.get $v) (i32x4.shr_u (local.get $v) (local.get $s1))))
+    (local.set $v (i32x4.mul (local.get $v) (i32x4.splat (local.get $m1))))
+    (local.set $v (v128.xor (local.get $v) (i32x4.shr_u (local.get $v) (local.get $s2))))
+    (local.set $v (i32x4.mul (local.get $v) (i32x4.splat (local.get $m2))))
+    (v128.xor (local.get $v) (i32x4.shr_u (local.get $v) (local.get $s3))))
+
+  ;; ferry's content digest of `len` bytes at `p` (`len` a multiple of 32): four
+  ;; Fletcher-style sums over 32-bit little-endian lanes (a += v, b += a for each
+  ;; half of every 32-byte step); each sum goes through its own non-linear mixer
+  ;; (so that no change of a sum can cancel a change of another), the lanes are
+  ;; folded with rotations and finished with murmur3's fmix32. All-zero input
+  ;; digests to 0. Every one-byte change changes the digest; it detects accidental
+  ;; damage as a CRC-32 does and is not a cryptographic hash.
+  (func (export "digest") (param $p i32) (param $len i32) (result i32)
+    (local $end i32) (local $a v128) (local $b v128) (local $c v128) (local $d v128)
+    (local $x v128) (local $h i32)
+    (local.set $end (i32.add (local.get $p) (local.get $len)))
+    ;; Two 32-byte steps per turn (fewer loop instructions), then a last one if any.
+    (block $done
+      (loop $step
+        (br_if $done (i32.gt_u (i32.add (local.get $p) (i32.const 64)) (local.get $end)))
+        (local.set $a (i32x4.add (local.get $a) (v128.load (local.get $p))))
+        (local.set $b (i32x4.add (local.get $b) (local.get $a)))
+        (local.set $c (i32x4.add (local.get $c) (v128.load offset=16 (local.get $p))))
+        (local.set $d (i32x4.add (local.get $d) (local.get $c)))
+        (local.set $a (i32x4.add (local.get $a) (v128.load offset=32 (local.get $p))))
+        (local.set $b (i32x4.add (local.get $b) (local.get $a)))
+        (local.set $c (i32x4.add (local.get $c) (v128.load offset=48 (local.get $p))))
+        (local.set $d (i32x4.add (local.get $d) (local.get $c)))
+        (local.set $p (i32.add (local.get $p) (i32.const 64)))
+        (br $step)))
+    (if (i32.lt_u (local.get $p) (local.get $end))
+      (then
+        (local.set $a (i32x4.add (local.get $a) (v128.load (local.get $p))))
+        (local.set $b (i32x4.add (local.get $b) (local.get $a)))
+        (local.set $c (i32x4.add (local.get $c) (v128.load offset=16 (local.get $p))))
+        (local.set $d (i32x4.add (local.get $d) (local.get $c)))))
+    (local.set $x
+      (v128.xor
+        (v128.xor
+          (call $mix (local.get $a)
+            (i32.const 16) (i32.const 0x85ebca6b) (i32.const 13) (i32.const 0xc2b2ae35)
+            (i32.const 16))
+          (call $mix (local.get $b)
+            (i32.const 16) (i32.const 0x7feb352d) (i32.const 15) (i32.const 0x846ca68b)
+            (i32.const 16)))
+        (v128.xor
+          (call $mix (local.get $c)
+            (i32.const 17) (i32.const 0xed5ad4bb) (i32.const 11) (i32.const 0xac4c1b51)
+            (i32.const 15))
+          (call $mix (local.get $d)
+            (i32.const 15) (i32.const 0x2c1b3c6d) (i32.const 12) (i32.const 0x297a2d39)
+            (i32.const 15)))))
+    (local.set $h
+      (i32.xor
+        (i32.xor
+          (i32x4.extract_lane 0 (local.get $x))
+          (i32.rotl (i32x4.extract_lane 1 (local.get $x)) (i32.const 8)))
+        (i32.xor
+          (i32.rotl (i32x4.extract_lane 2 (local.get $x)) (i32.const 16))
+          (i32.rotl (i32x4.extract_lane 3 (local.get $x)) (i32.const 24)))))
+    (local.set $h (i32.xor (local.get $h) (i32.shr_u (local.get $h) (i32.const 16))))
+    (local.set $h (i32.mul (local.get $h) (i32.const 0x85ebca6b)))
+    (local.set $h (i32.xor (local.get $h) (i32.shr_u (local.get $h) (i32.const 13))))
+    (local.set $h (i32.mul (local.get $h) (i32.const 0xc2b2ae35)))
+    (i32.xor (local.get $h) (i32.shr_u (local.get $h) (i32.const 16))))
 )

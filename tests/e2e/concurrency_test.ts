@@ -43,7 +43,7 @@ Deno.test("concurrency: PATCH parameters racing a start applies (200) and the ru
   const [start, patch, caps] = await Promise.all([
     src.api("POST", "/migrations", { uri: dst.incoming }),
     src.api("PATCH", "/migrations/parameters", { downtime_limit: 500, progress_timeout: 30_000 }),
-    src.api("PUT", "/migrations/capabilities", { verify: false }),
+    src.api("PUT", "/migrations/capabilities", { zero_blocks: false }),
   ]);
   assert.equal(start.status, 202);
   assert.equal(patch.status, 200, "parameters apply at any time");
@@ -53,7 +53,7 @@ Deno.test("concurrency: PATCH parameters racing a start applies (200) and the ru
   if (caps.status === 409) assert.equal(caps.body.error.code, "migration-active");
   // While active: capabilities 409, parameters 200 (max_bandwidth applies at the next window).
   await src.waitFor("/migrations/current", (b) => b.status === "active");
-  const during = await src.api("PUT", "/migrations/capabilities", { verify: false });
+  const during = await src.api("PUT", "/migrations/capabilities", { zero_blocks: false });
   assert.equal(during.status, 409);
   assert.equal(during.body.error.code, "migration-active");
   const faster = await src.api("PATCH", "/migrations/parameters", { max_bandwidth: UNLIMITED });
@@ -65,7 +65,7 @@ Deno.test("concurrency: PATCH parameters racing a start applies (200) and the ru
   );
   assert.equal((await sourceFinal(src)).status, "completed");
   assert.equal((await destinationFinal(dst)).status, "completed");
-  const after = await src.api("PUT", "/migrations/capabilities", { verify: false });
+  const after = await src.api("PUT", "/migrations/capabilities", { zero_blocks: false });
   assert.equal(after.status, 200, "capabilities change again once nothing is active");
 });
 

@@ -62,6 +62,14 @@ Deno.test("faults: a cut at offsets in the header, mid-RAM and when the destinat
     assert.ok(info.error_desc, `${what}: the source says why`);
     assert.ok(proxy.wasCut, `${what}: the proxy cut the stream`);
     await assertSourceIntact(src, AB_RANGE);
+    if ((plan.cutAt ?? Infinity) < 8) {
+      // Cut inside the stream header: the destination drops that connection and
+      // goes on listening for the real source.
+      const info = await dst.waitFor("/migrations/incoming", (b) => b.refused_peers >= 1);
+      assert.equal(info.status, "listening", what);
+      await proxy.close();
+      continue;
+    }
     const failed = await assertDestinationFailed(dst); // also re-arms it
     if (plan.cutOnReturn) {
       assert.match(failed.error_desc, /did not commit the switchover/, what);
@@ -121,7 +129,7 @@ Deno.test("faults: cuts in the last bytes of the stream fail both sides; a cut i
   await migrateAndCompare(src, dst);
 });
 
-Deno.test("faults: a stalled link fails both sides after progress_timeout; a silent peer is timed out", async () => {
+Deno.test("faults: a stalled link fails both sides after progress_timeout; a silent peer is dropped and listening goes on", async () => {
   await using src = await abSource();
   await using dst = await startDestination(RAM);
   await warmUp();
@@ -143,13 +151,14 @@ Deno.test("faults: a stalled link fails both sides after progress_timeout; a sil
     assert.equal(failed.bytes_received, 1_000_000);
   }
   {
-    // A peer that connects and sends nothing.
+    // A peer that connects and sends nothing is dropped after the header deadline
+    // (at most progress_timeout); the destination goes on listening.
     const addr = /^tcp:127\.0\.0\.1:(\d+)$/.exec(dst.incoming!)!;
     const silent = await Deno.connect({ hostname: "127.0.0.1", port: Number(addr[1]) });
     try {
-      const failed = await assertDestinationFailed(dst);
-      assert.match(failed.error_desc, /no data arrived from the source/);
-      assert.equal(failed.bytes_received, 0);
+      const info = await dst.waitFor("/migrations/incoming", (b) => b.refused_peers === 1);
+      assert.equal(info.status, "listening");
+      assert.equal(info.bytes_received, 0);
     } finally {
       silent.close();
     }

@@ -272,16 +272,17 @@ Deno.test("Engine: a failed incoming migration leaves the guest in inmigrate, ca
     dstEngine.events.subscribe((e) => {
       if (e.type === "incoming") events.push(`${e.from}→${e.to}`);
     });
-    // 1. A peer sends garbage: the load fails naming the bad magic.
+    // 1. A peer starts a stream, then sends garbage: the load fails naming the byte.
     await dstEngine.listenIncoming(URI);
     const bad = await transports.connect(URI);
+    await bad.write(Uint8Array.of(0x51, 0x45, 0x56, 0x4d, 0, 0, 0, 3));
     await bad.write(new TextEncoder().encode("GARBAGE!"));
     await bad.finish();
     await dstEngine.incoming!.done;
     const failed = dstEngine.incomingInfo();
     assert.equal(failed.status, "failed");
-    assert.match(failed.error_desc!, /at byte 0x0: bad magic/);
-    assert.equal(failed.bytes_received, 8);
+    assert.match(failed.error_desc!, /at byte 0x8: unknown section type 0x47/);
+    assert.equal(failed.bytes_received, 16);
     assert.equal(dst.runState, "inmigrate");
     assertEngineError(() => dstEngine.startGuest(), "guest-incomplete");
 

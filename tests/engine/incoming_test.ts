@@ -1,16 +1,19 @@
 import assert from "node:assert/strict";
 import { StreamError, StreamReader } from "../../engine/format/reader.ts";
 import { type LoadResult, loadStream, MAX_VMDESC_BYTES } from "../../engine/incoming.ts";
+import { IntegrityError } from "../../engine/integrity.ts";
 import { BytesChannel } from "../helpers/byte_channels.ts";
 import {
   buildValidStream,
   F,
+  integrityRecordFor,
   PAGE,
   pageData,
   SMALL_BLOCKS,
   StreamBuilder,
   T,
   TEST_GUEST_VMDESC,
+  vmdescWithIntegrity,
 } from "../helpers/stream_builder.ts";
 import { TestGuest } from "../helpers/test_guest.ts";
 
@@ -20,9 +23,14 @@ function smallGuest(): TestGuest {
   return new TestGuest(SMALL_BLOCKS.map(([n, l]) => [n, l]));
 }
 
-/** Loads `bytes` into `guest`, delivered `chunk` bytes per read. */
-function load(bytes: Uint8Array, guest: TestGuest, chunk = Infinity): Promise<LoadResult> {
-  return loadStream(new StreamReader(new BytesChannel(bytes, chunk), 64 << 10), guest);
+/** Loads `bytes` into `guest`, delivered `chunk` bytes per read (`verify` off unless asked). */
+function load(
+  bytes: Uint8Array,
+  guest: TestGuest,
+  chunk = Infinity,
+  verify = false,
+): Promise<LoadResult> {
+  return loadStream(new StreamReader(new BytesChannel(bytes, chunk), 64 << 10), guest, { verify });
 }
 
 /**
@@ -77,11 +85,14 @@ Deno.test("loadStream() loads a valid hand-built stream: RAM, device state and v
   for (const chunk of [Infinity, 1, 4095]) {
     const guest = smallGuest();
     guest.fillRandom(3); // stale destination RAM: ZERO records must clear it
-    const result = await load(enc.bytes, guest, chunk);
+    const result = await load(enc.bytes, guest, chunk, true);
     assert.equal(result.bytes, enc.bytes.length);
     assert.equal(result.normalPages, 3);
     assert.equal(result.zeroPages, TOTAL / PAGE - 3);
-    assert.deepEqual(result.description, TEST_GUEST_VMDESC);
+    assert.deepEqual(
+      result.description,
+      vmdescWithIntegrity(integrityRecordFor(SMALL_BLOCKS, enc.pages, enc.counter)),
+    );
     assert.equal(guest.counter, enc.counter);
     for (const block of guest.blocks) {
       const pages = enc.pages.get(block.name)!;
@@ -166,11 +177,12 @@ Deno.test("loadStream() answers COMMAND PING through onPing once everything befo
     await loadStream(
       new StreamReader(new BytesChannel(b.build(), chunk), 64 << 10),
       guest,
-      undefined,
-      (value) => {
-        const page = ram.bytes.subarray(3 * PAGE, 4 * PAGE);
-        pings.push([value, page.every((v, i) => v === data[i])]);
-        return Promise.resolve();
+      {
+        onPing: (value) => {
+          const page = ram.bytes.subarray(3 * PAGE, 4 * PAGE);
+          pings.push([value, page.every((v, i) => v === data[i])]);
+          return Promise.resolve();
+        },
       },
     );
     assert.deepEqual(pings, [[0xfeed0001, true]], "one PING, after page 3 was applied");
@@ -532,6 +544,84 @@ Deno.test("loadStream() rejects a byte after EOF that is not a vmdescription", a
   await rejects(b, at, /expected vmdescription \(0x06\) after EOF, found 0x7/);
 });
 
+Deno.test("loadStream() rejects bytes after the vmdescription of a one-way stream", async () => {
+  const b = beforeEof().eof().vmdescription(TEST_GUEST_VMDESC);
+  const at = b.offset;
+  b.u8(0x41);
+  await rejects(b, at, /unexpected bytes after the vmdescription/);
+});
+
+Deno.test("loadStream() cuts a stream that carries more page records than its budget without completing", async () => {
+  const b = afterStart().part(0);
+  for (let i = 0; i < 100; i++) b.zero(0, i === 0 ? "pc.ram" : null); // the same page, forever
+  const bytes = b.eos().footer(0).build();
+  for (const chunk of [Infinity, 1]) {
+    const err = await loadStream(
+      new StreamReader(new BytesChannel(bytes, chunk), 64 << 10),
+      smallGuest(),
+      { maxRecords: 24 },
+    ).then(() => null, (e) => e);
+    assert.ok(err instanceof StreamError, `${err}`);
+    assert.match(err.reason, /carried 25 page records for 12 guest pages without completing/);
+  }
+});
+
+// ---- integrity (the verify capability) ---------------------------------------
+
+/** Loads with verify on; resolves the error it fails with. */
+async function verifyFails(bytes: Uint8Array): Promise<IntegrityError> {
+  for (const chunk of [Infinity, 4095]) {
+    const err = await load(bytes, smallGuest(), chunk, true).then(() => null, (e) => e);
+    if (!(err instanceof IntegrityError)) throw new Error(`expected an IntegrityError, got ${err}`);
+    if (chunk !== Infinity) return err;
+  }
+  throw new Error("unreachable");
+}
+
+Deno.test("loadStream() with verify: a damaged byte in page content fails, naming the block and page", async () => {
+  const enc = buildValidStream();
+  for (const [block, page, seed] of [["pc.ram", 5, 5], ["vga.vram", 2, 102]] as const) {
+    // The byte 100 of that page's data in the stream, flipped.
+    const data = pageData(seed);
+    const bytes = enc.bytes.slice();
+    const at = indexOfBytes(bytes, data) + 100;
+    bytes[at] ^= 0x10;
+    const e = await verifyFails(bytes);
+    assert.equal(e.area, "ram");
+    assert.equal(e.where, block);
+    assert.equal(e.unit, page);
+    assert.match(e.message, new RegExp(`RAM block "${block.replace(".", "\\.")}" page 0x${page} `));
+  }
+});
+
+Deno.test("loadStream() with verify: a changed device state or integrity record fails; without a record it fails unless verify is off", async () => {
+  const enc = buildValidStream();
+  const counter = new Uint8Array(8);
+  new DataView(counter.buffer).setBigUint64(0, enc.counter);
+  let bytes = enc.bytes.slice();
+  bytes[indexOfBytes(bytes, counter) + 7] ^= 1;
+  assert.equal((await verifyFails(bytes)).area, "device");
+
+  bytes = enc.bytes.slice();
+  const weighted = new TextEncoder().encode(',"weighted":');
+  bytes[indexOfBytes(bytes, weighted) - 1] ^= 1; // the last digit of the first sum
+  const e = await verifyFails(bytes);
+  assert.equal(e.area, "ram", e.message);
+
+  const bare = buildValidStream({ integrity: false }).bytes;
+  assert.match((await verifyFails(bare)).message, /carries no integrity record/);
+  await load(bare, smallGuest(), Infinity, false); // verify off: accepted as QEMU would
+});
+
+/** Index of the first occurrence of `needle` in `hay`. */
+function indexOfBytes(hay: Uint8Array, needle: Uint8Array): number {
+  outer: for (let i = 0; i + needle.length <= hay.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (hay[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  throw new Error("needle not found");
+}
+
 Deno.test("loadStream() rejects a vmdescription that is not JSON", async () => {
   const b = beforeEof().eof();
   const at = b.offset;
@@ -580,7 +670,7 @@ async function assertTruncationFails(
 }
 
 Deno.test("loadStream() fails with a StreamError for a stream truncated at every record boundary", async () => {
-  const enc = buildValidStream();
+  const enc = buildValidStream({ integrity: false });
   const guest = smallGuest();
   const end = eofEnd(enc.bytes);
   assert.ok(enc.boundaries.includes(end));
@@ -596,7 +686,7 @@ Deno.test("loadStream() fails with a StreamError for a stream truncated at every
 });
 
 Deno.test("loadStream() fails with a StreamError (never anything else, never hangs) for EVERY proper prefix of a small stream", async () => {
-  const enc = buildValidStream({ dataPages: 1 });
+  const enc = buildValidStream({ dataPages: 1, integrity: false });
   const guest = smallGuest();
   const end = eofEnd(enc.bytes);
   const bounds = [0, ...enc.boundaries];

@@ -202,10 +202,12 @@ Deno.test("Migration.cancel() in setup ends cancelling→cancelled with the gues
     assert.deepEqual(states, ["none→setup", "setup→cancelling", "cancelling→cancelled"]);
     assert.equal(p.src.runState, "running");
     assert.equal(p.src.stops, 0, "the guest was never stopped");
-    // The destination saw the connection end before any byte: its load fails.
-    await p.dstEngine.incoming!.done;
-    assert.equal(p.dstEngine.incomingInfo().status, "failed");
-    assert.match(p.dstEngine.incomingInfo().error_desc!, /truncated/);
+    // The connection ended before a stream header: the destination dropped it and
+    // goes on listening for the real source.
+    while (p.dstEngine.incomingInfo().refused_peers !== 1) {
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    assert.equal(p.dstEngine.incomingInfo().status, "listening");
   } finally {
     await p.close();
   }
@@ -251,10 +253,11 @@ Deno.test("Migration.cancel() during switchover (guest stopped, peer stalled) re
     loadStream(
       new StreamReader(peer),
       new TestGuest([["pc.ram", 1 << 20]]),
-      undefined,
-      async (v) => {
-        await peer.write(pongMessage(v));
-        if (++pongs === 2) await new Promise(() => {}); // stall: read nothing more
+      {
+        onPing: async (v) => {
+          await peer.write(pongMessage(v));
+          if (++pongs === 2) await new Promise(() => {}); // stall: read nothing more
+        },
       },
     ).catch(() => {});
     await withTimeout(stopped, 5_000, "switchover");

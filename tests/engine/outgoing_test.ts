@@ -119,6 +119,7 @@ function context(guest: TestGuest, ch: CaptureChannel, params: Partial<Parameter
       pass: (n, dirty) => calls.push(`pass ${n} ${dirty}`),
       stopped: (at) => calls.push(`stopped ${at}`),
       throttled: (percent) => calls.push(`throttled ${percent}`),
+      warn: (code) => calls.push(`warn ${code}`),
     },
   };
   return { ctx, clock, calls, windows };
@@ -288,4 +289,161 @@ Deno.test("runPrecopy() stops at once when its signal is aborted", async () => {
   abort.abort(new Error("migration cancelled"));
   await assert.rejects(runPrecopy({ ...ctx, signal: abort.signal }), /migration cancelled/);
   assert.equal(guest.runState, "prelaunch", "never stopped");
+});
+
+/**
+ * A guest that dirties `perSleep` pages (scaled down by its throttle) at every
+ * sleep of the loop, as a running vCPU would between windows; each write is a
+ * new value so every dirtied page must be sent again.
+ */
+function dirtyOnSleep(ctx: OutgoingContext, guest: TestGuest, pages: number, perSleep: number) {
+  const sleep = ctx.clock.sleep;
+  let n = 0;
+  (ctx.clock as FakeClock & { sleep: typeof sleep }).sleep = async (ms, signal) => {
+    await sleep(ms, signal);
+    const count = Math.round(perSleep * (100 - guest.throttle) / 100);
+    for (let i = 0; i < count; i++) {
+      n++;
+      guest.write(((n * 7919) % pages) * PAGE_SIZE, Uint8Array.of(n & 0xff, (n >> 8) & 0xff));
+    }
+  };
+}
+
+Deno.test("runPrecopy(): a round trip at or above downtime_limit warns once and switches over at the floor instead of iterating forever", async () => {
+  const guest = new TestGuest([["pc.ram", 256 * PAGE_SIZE]]);
+  guest.fillRandom(11);
+  guest.start();
+  const ch = new CaptureChannel();
+  const { ctx, calls } = context(guest, ch, { max_bandwidth: 10 << 20, downtime_limit: 30 });
+  let drains = 0;
+  const drain = () => {
+    // 40 ms round trip; the guest goes on dirtying while the pipe drains.
+    if (++drains > 100) throw new Error("never switched over");
+    for (let p = 0; p < 8; p++) {
+      guest.write(((drains * 13 + p) % 256) * PAGE_SIZE, Uint8Array.of(drains, p));
+    }
+    return Promise.resolve(40);
+  };
+  await writeSetup(ctx);
+  const result = await runPrecopy({ ...ctx, drain });
+  assert.equal(guest.runState, "postmigrate");
+  assert.equal(result.wasRunning, true);
+  assert.deepEqual(
+    calls.filter((c) => c.startsWith("warn")),
+    ["warn downtime-limit-unachievable"],
+    "one warning, naming why",
+  );
+  assert.ok(drains >= 2 && drains < 100, `${drains} drains`);
+  const dst = new TestGuest([["pc.ram", 256 * PAGE_SIZE]]);
+  await loadStream(new StreamReader(new BytesChannel(ch.bytes())), dst);
+  assert.equal(await ramDigest(dst), await ramDigest(guest), "nothing dirtied was lost");
+});
+
+Deno.test("runPrecopy(): a guest dirtying faster than the link stalls; stall_action fail ends it after stall_windows windows, the guest never stopped", async () => {
+  const guest = new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
+  guest.fillRandom(12);
+  guest.start();
+  const ch = new CaptureChannel();
+  // 1 MiB per window (256 pages) against 400 pages dirtied per window.
+  const { ctx, windows } = context(guest, ch, { max_bandwidth: 10 << 20, stall_windows: 20 });
+  dirtyOnSleep(ctx, guest, 512, 400);
+  await writeSetup(ctx);
+  await assert.rejects(
+    runPrecopy(ctx),
+    (e: Error) =>
+      e.name === "StallError" && /has not dropped below .* for 20 windows/.test(e.message),
+  );
+  assert.equal(guest.runState, "running", "a stalled migration never stopped the guest");
+  assert.equal(guest.stops, 0);
+  assert.ok(windows.length >= 20 && windows.length < 200, `${windows.length} windows`);
+});
+
+Deno.test("runPrecopy(): stall_action switchover forces the stop-and-copy, warns, and the stream is complete", async () => {
+  const guest = new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
+  guest.fillRandom(13);
+  guest.start();
+  const ch = new CaptureChannel();
+  const { ctx, calls } = context(guest, ch, {
+    max_bandwidth: 10 << 20,
+    stall_windows: 20,
+    stall_action: "switchover",
+  });
+  dirtyOnSleep(ctx, guest, 512, 400);
+  await writeSetup(ctx);
+  await runPrecopy(ctx);
+  assert.equal(guest.runState, "postmigrate");
+  assert.deepEqual(calls.filter((c) => c.startsWith("warn")), ["warn stalled-switchover"]);
+  const dst = new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
+  await loadStream(new StreamReader(new BytesChannel(ch.bytes())), dst);
+  assert.equal(await ramDigest(dst), await ramDigest(guest));
+});
+
+Deno.test("runPrecopy(): stall_action throttle engages auto-converge and steps the throttle up at each stall until the guest slows enough to converge", async () => {
+  const guest = new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
+  guest.fillRandom(14);
+  guest.start();
+  const ch = new CaptureChannel();
+  const { ctx, calls } = context(guest, ch, {
+    max_bandwidth: 10 << 20,
+    stall_windows: 20,
+    stall_action: "throttle",
+  });
+  dirtyOnSleep(ctx, guest, 512, 400);
+  await writeSetup(ctx);
+  await runPrecopy(ctx);
+  assert.equal(guest.runState, "postmigrate");
+  const steps = calls.filter((c) => c.startsWith("throttled")).map((c) => Number(c.split(" ")[1]));
+  assert.ok(steps.length >= 1, calls.join());
+  assert.equal(steps[0], DEFAULT_PARAMETERS.cpu_throttle_initial);
+  assert.ok(steps.every((t, i) => i === 0 || t > steps[i - 1]), `steps rise: ${steps}`);
+  // Each stall steps the throttle once; auto-converge, now engaged, may step it too.
+  const stalls = calls.filter((c) => c === "warn stalled-throttle").length;
+  assert.ok(stalls >= 1 && stalls <= steps.length, `${stalls} stalls, steps ${steps}`);
+  const dst = new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
+  await loadStream(new StreamReader(new BytesChannel(ch.bytes())), dst);
+  assert.equal(await ramDigest(dst), await ramDigest(guest));
+});
+
+Deno.test("runPrecopy(): stall_action throttle fails once the throttle is at its maximum and the migration still stalls", async () => {
+  const guest = new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
+  guest.fillRandom(15);
+  guest.start();
+  const ch = new CaptureChannel();
+  const { ctx } = context(guest, ch, {
+    max_bandwidth: 10 << 20,
+    stall_windows: 10,
+    stall_action: "throttle",
+  });
+  // A guest the throttle cannot slow: it dirties as much whatever the throttle.
+  const sleep = ctx.clock.sleep;
+  let n = 0;
+  ctx.clock.sleep = async (ms, signal) => {
+    await sleep(ms, signal);
+    for (let i = 0; i < 400; i++, n++) {
+      guest.write(((n * 7919) % 512) * PAGE_SIZE, Uint8Array.of(n & 0xff, n >> 8));
+    }
+  };
+  await writeSetup(ctx);
+  await assert.rejects(runPrecopy(ctx), /even throttled to 99 %/);
+  assert.equal(guest.throttle, 99);
+  assert.equal(guest.runState, "running");
+});
+
+Deno.test("runPrecopy(): an XBZRLE cache resize that fails keeps the old cache and warns; the migration goes on", async () => {
+  const guest = new TestGuest([["pc.ram", 256 * PAGE_SIZE]]);
+  guest.fillRandom(16);
+  const ch = new CaptureChannel();
+  const { ctx, calls } = context(guest, ch, { max_bandwidth: 10 << 20 });
+  const ram = new RamSaver(guest.blocks, ctx.clock.now, { xbzrleCacheSize: 64 * PAGE_SIZE });
+  ram.resizeCache = (bytes: number) => {
+    if (bytes !== ram.cacheSize) throw new RangeError("Array buffer allocation failed");
+  };
+  await writeSetup({ ...ctx, ram });
+  await runPrecopy({
+    ...ctx,
+    ram,
+    params: () => ({ ...ctx.params(), xbzrle_cache_size: 1 << 20 }),
+  });
+  assert.equal(guest.runState, "postmigrate");
+  assert.equal(calls.filter((c) => c === "warn xbzrle-cache-resize-failed").length, 1, "once");
 });

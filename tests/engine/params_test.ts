@@ -3,24 +3,19 @@ import { EngineError } from "../../engine/errors.ts";
 import {
   DEFAULT_CAPABILITIES,
   DEFAULT_PARAMETERS,
+  PARAMETER_LIMITS,
   type Parameters,
   UNSUPPORTED_CAPABILITIES,
   validateParameters,
 } from "../../engine/params.ts";
 
-const BOUNDS: Record<keyof Parameters, [number, number]> = {
-  max_bandwidth: [1, Number.MAX_SAFE_INTEGER],
-  downtime_limit: [1, 2_000_000],
-  xbzrle_cache_size: [4096, Number.MAX_SAFE_INTEGER],
-  cpu_throttle_initial: [1, 99],
-  cpu_throttle_increment: [1, 99],
-  progress_timeout: [10, 86_400_000],
-};
+/** The engine's one table of ranges (the API schema is built from it too). */
+const BOUNDS = PARAMETER_LIMITS;
 
-function assertInvalid(patch: Record<string, unknown>, field: string): EngineError {
+function assertInvalid(patch: Record<string, unknown>, field: string, ram?: number): EngineError {
   let caught: unknown;
   try {
-    validateParameters(patch as Partial<Parameters>);
+    validateParameters(patch as Partial<Parameters>, ram);
   } catch (e) {
     caught = e;
   }
@@ -30,7 +25,7 @@ function assertInvalid(patch: Record<string, unknown>, field: string): EngineErr
   return caught;
 }
 
-Deno.test("DEFAULT_PARAMETERS are the seed's: 32 MiB/s, 30 ms, 64 MiB cache, throttle 20/10", () => {
+Deno.test("DEFAULT_PARAMETERS are the seed's (32 MiB/s, 30 ms, 64 MiB cache, throttle 20/10), stall after 60 s fails", () => {
   assert.deepEqual(DEFAULT_PARAMETERS, {
     max_bandwidth: 32 << 20,
     downtime_limit: 30,
@@ -38,17 +33,20 @@ Deno.test("DEFAULT_PARAMETERS are the seed's: 32 MiB/s, 30 ms, 64 MiB cache, thr
     cpu_throttle_initial: 20,
     cpu_throttle_increment: 10,
     progress_timeout: 60_000,
+    stall_windows: 600,
+    stall_action: "fail",
+    incoming_page_budget: 64,
   });
   assert.doesNotThrow(() => validateParameters(DEFAULT_PARAMETERS));
 });
 
-Deno.test("DEFAULT_CAPABILITIES are all off and every unsupported one has a reason", () => {
+Deno.test("DEFAULT_CAPABILITIES are QEMU's (all off) plus verify on; every unsupported one has a reason", () => {
   assert.deepEqual(DEFAULT_CAPABILITIES, {
     xbzrle: false,
     auto_converge: false,
     zero_blocks: false,
     rdma_pin_all: false,
-    verify: false,
+    verify: true,
   });
   assert.match(UNSUPPORTED_CAPABILITIES.rdma_pin_all!, /RDMA/);
 });
@@ -87,4 +85,29 @@ Deno.test("validateParameters() names the first bad field of a patch", () => {
     { max_bandwidth: 100, cpu_throttle_initial: 0, downtime_limit: 0 },
     "cpu_throttle_initial",
   );
+});
+
+Deno.test("the documented ranges of the contract", () => {
+  assert.deepEqual(PARAMETER_LIMITS.downtime_limit, [1, 2_000_000]);
+  assert.deepEqual(PARAMETER_LIMITS.cpu_throttle_initial, [1, 99]);
+  assert.deepEqual(PARAMETER_LIMITS.xbzrle_cache_size, [4096, 64 * 2 ** 30]);
+  assert.deepEqual(PARAMETER_LIMITS.stall_windows, [0, 10_000_000]);
+});
+
+Deno.test("validateParameters() bounds xbzrle_cache_size by the guest's RAM, naming it", () => {
+  const ram = 64 << 20;
+  assert.doesNotThrow(() => validateParameters({ xbzrle_cache_size: ram }, ram));
+  const err = assertInvalid({ xbzrle_cache_size: ram + 4096 }, "xbzrle_cache_size", ram);
+  assert.match(err.message, /from 4096 to 67108864 \(the guest's RAM\)/);
+  assertInvalid({ xbzrle_cache_size: 9007199254740991 }, "xbzrle_cache_size");
+});
+
+Deno.test("validateParameters() takes stall_action fail, switchover or throttle, and nothing else", () => {
+  for (const action of ["fail", "switchover", "throttle"]) {
+    assert.doesNotThrow(() => validateParameters({ stall_action: action as "fail" }));
+  }
+  for (const bad of ["cancel", 1, null]) {
+    const err = assertInvalid({ stall_action: bad }, "stall_action");
+    assert.match(err.message, /fail, switchover, throttle/);
+  }
 });

@@ -218,7 +218,7 @@ Deno.test("cancel in setup (connect pending) → 202-style cancelled; a second c
 
 // ---- progress_timeout on the destination -----------------------------------------------
 
-Deno.test("destination: a peer that connects and sends nothing is timed out; the guest stays inmigrate; re-armable", async () => {
+Deno.test("destination: a peer that sends a header and then nothing is timed out; the guest stays inmigrate; re-armable", async () => {
   const transports = new MemoryTransports();
   const guest = new TestGuest([["pc.ram", 1 << 20]]);
   const engine = new Engine({ guest, transports });
@@ -226,6 +226,7 @@ Deno.test("destination: a peer that connects and sends nothing is timed out; the
     engine.setParameters({ progress_timeout: SMALL_TIMEOUT });
     await engine.listenIncoming(URI);
     const silent = await transports.connect(URI);
+    await silent.write(Uint8Array.of(0x51, 0x45, 0x56, 0x4d, 0, 0, 0, 3));
     await withTimeout(engine.incoming!.done, 10_000, "the destination timeout");
     const info = engine.incomingInfo();
     assert.equal(info.status, "failed");
@@ -302,8 +303,7 @@ Deno.test("return path: a destination that reads everything but never confirms f
     const result = await loadStream(
       new StreamReader(server),
       new TestGuest([["pc.ram", 1 << 20]]),
-      undefined,
-      (value) => server.write(pongMessage(value)),
+      { onPing: (value) => server.write(pongMessage(value)) },
     );
     assert.equal(result.returnPath, true, "a tcp: source opens the return path");
     server.close();

@@ -11,6 +11,10 @@
  *   the PONGs answering the source's drain PINGs pass);
  * - `cutAfterReturn: k` — let the answer through, then cut after k more source bytes;
  * - `cutBeforeEnd: k` — cut with the stream's last k bytes withheld;
+ * - `flipAt: n` — XOR the stream's byte n with `flipMask` (default 0x01): a damaged
+ *   byte that TCP's checksum did not catch;
+ * - `delayMs: d` — deliver every byte d ms after it arrived, in each direction (a
+ *   link with a 2d round trip), still in order;
  * - {@link FaultProxy.cut}, {@link FaultProxy.stall}, {@link FaultProxy.resume} at any time;
  * - {@link FaultProxy.holdConnects} — stop accepting and fill the kernel's accept
  *   queue, so the next connect hangs unanswered (a migration stays in `setup`).
@@ -45,6 +49,12 @@ export interface FaultPlan {
   cutBeforeEnd?: number;
   /** Quiet time that marks the end of the stream for `cutBeforeEnd` (default 300 ms). */
   quietMs?: number;
+  /** XOR the source → destination byte at this stream offset with `flipMask`. */
+  flipAt?: number;
+  /** The bits flipAt flips (default 0x01). */
+  flipMask?: number;
+  /** One-way delay added to every byte, both directions, ms. */
+  delayMs?: number;
 }
 
 type Endpoint = { transport: "tcp"; hostname: string; port: number } | {
@@ -110,6 +120,8 @@ export class FaultProxy implements AsyncDisposable {
   wasCut = false;
   /** True once a stall began. */
   wasStalled = false;
+  /** True once the planned flip was applied. */
+  flipped = false;
 
   private constructor(listener: Deno.Listener, target: Endpoint, plan: FaultPlan) {
     this.#listener = listener;
@@ -283,17 +295,24 @@ export class FaultProxy implements AsyncDisposable {
           return;
         }
         if (n === null) {
+          // Bytes still waiting out the delay go first.
+          while (this.#delayed.get(to)?.task) await this.#delayed.get(to)!.task;
           await to.closeWrite().catch(() => {});
           return;
         }
         let chunk: Uint8Array = buf.subarray(0, n);
         if (!outbound) {
-          // Return-path messages are 8 bytes (be16 type, be16 4, be32). PONGs answer
-          // the source's drain PINGs and pass; the SHUT (type 1) is "the answer".
+          // Return-path messages are `be16 type, be16 len` and len bytes (PONG and
+          // SHUT carry a be32). PONGs answer the source's drain PINGs and pass; the
+          // SHUT (type 1) is "the answer".
           this.#returning = concat(this.#returning, chunk);
-          while (this.#returning.length >= 8) {
-            const msg = this.#returning.slice(0, 8);
-            this.#returning = this.#returning.slice(8);
+          while (
+            this.#returning.length >= 4 &&
+            this.#returning.length >= 4 + ((this.#returning[2] << 8) | this.#returning[3])
+          ) {
+            const size = 4 + ((this.#returning[2] << 8) | this.#returning[3]);
+            const msg = this.#returning.slice(0, size);
+            this.#returning = this.#returning.slice(size);
             const shut = ((msg[0] << 8) | msg[1]) === 1;
             if (shut && this.#plan.cutOnReturn) {
               this.cut();
@@ -304,7 +323,7 @@ export class FaultProxy implements AsyncDisposable {
               this.#cutAt = this.forwarded + this.#plan.cutAfterReturn;
             }
             if (shut) this.#answered = true;
-            await writeAll(to, msg);
+            await this.#send(to, msg);
             this.returned += msg.length;
           }
           continue;
@@ -339,7 +358,16 @@ export class FaultProxy implements AsyncDisposable {
           await this.#gate(); // until resume() or close()
           if (this.#closed) return;
         }
-        await writeAll(to, chunk);
+        const flipAt = this.#plan.flipAt;
+        if (
+          flipAt !== undefined && flipAt >= this.forwarded &&
+          flipAt < this.forwarded + chunk.length
+        ) {
+          chunk = chunk.slice();
+          chunk[flipAt - this.forwarded] ^= this.#plan.flipMask ?? 0x01;
+          this.flipped = true;
+        }
+        await this.#send(to, chunk);
         this.forwarded += chunk.length;
         this.#wake();
         if (this.#throttle > 0) {
@@ -354,13 +382,61 @@ export class FaultProxy implements AsyncDisposable {
         }
       }
     } catch {
+      // The destination hung up while the source still sends: its last words on the
+      // return path (a failure report) still go back; the other pump ends the pair.
+      if (outbound && this.#unwritable.has(to) && !this.#closed) return;
       // A closed or reset connection ends this direction; the other follows.
       this.#closeConn(from);
       this.#closeConn(to);
     }
   }
 
+  /** Connections a write to failed (the peer hung up). */
+  readonly #unwritable = new WeakSet<Deno.Conn>();
+
   #held = new Uint8Array(0);
+  /** Per destination connection: bytes waiting out the delay, and the task sending them. */
+  readonly #delayed = new Map<
+    Deno.Conn,
+    { queue: { due: number; bytes: Uint8Array }[]; task: Promise<void> | null }
+  >();
+
+  /** Writes `bytes` to `to` now, or after `delayMs` (in order) when the plan delays. */
+  async #send(to: Deno.Conn, bytes: Uint8Array): Promise<void> {
+    const delay = this.#plan.delayMs ?? 0;
+    if (delay <= 0) {
+      try {
+        return await writeAll(to, bytes);
+      } catch (e) {
+        this.#unwritable.add(to);
+        throw e;
+      }
+    }
+    let line = this.#delayed.get(to);
+    if (!line) {
+      line = { queue: [], task: null };
+      this.#delayed.set(to, line);
+    }
+    line.queue.push({ due: performance.now() + delay, bytes: bytes.slice() });
+    if (!line.task) {
+      const l = line;
+      l.task = (async () => {
+        try {
+          while (l.queue.length > 0 && !this.#closed) {
+            const wait = l.queue[0].due - performance.now();
+            if (wait > 0) await sleep(wait);
+            const next = l.queue.shift()!;
+            await writeAll(to, next.bytes);
+          }
+        } catch {
+          this.#closeConn(to);
+        } finally {
+          l.task = null;
+        }
+      })();
+      this.#track(l.task);
+    }
+  }
 
   /** Appends `chunk` to the withheld tail; returns what may go out, keeping the newest `keep` bytes. */
   #withhold(chunk: Uint8Array, keep: number): Uint8Array {

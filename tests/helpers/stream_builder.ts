@@ -5,6 +5,9 @@
  * in `boundaries` (truncation tests cut the stream there).
  */
 
+import { type IntegrityRecord, MigrationDigests } from "../../engine/integrity.ts";
+import { digestTs } from "../../engine/wasm/kernels.ts";
+
 /** Section type bytes (DESIGN §4), written out here on purpose. */
 export const T = {
   EOF: 0x00,
@@ -248,13 +251,38 @@ export interface EncodedGuest {
 }
 
 /**
+ * The integrity record a source that sent these final page contents and vcpu
+ * counter puts in its vmdescription (the `verify` capability).
+ */
+export function integrityRecordFor(
+  blocks: readonly (readonly [string, number])[],
+  pages: ReadonlyMap<string, ReadonlyMap<number, Uint8Array>>,
+  counter: bigint,
+): IntegrityRecord {
+  const digests = new MigrationDigests(blocks.map(([name, len]) => ({ name, pages: len / PAGE })));
+  for (const { block, table } of digests.ram) {
+    for (const [p, data] of pages.get(block) ?? []) table.set(p, digestTs(data, 0, PAGE));
+  }
+  const state = new Uint8Array(8);
+  new DataView(state.buffer).setBigUint64(0, counter);
+  digests.addDevice("vcpu", 0, 8, digestTs(state, 0, 8));
+  return digests.record();
+}
+
+/** TEST_GUEST_VMDESC carrying an integrity record. */
+export function vmdescWithIntegrity(record: IntegrityRecord): Record<string, unknown> {
+  return { ...TEST_GUEST_VMDESC, ferry: { integrity: record } };
+}
+
+/**
  * A complete valid stream for {@link SMALL_BLOCKS}: header, configuration, START
  * ram, a PART with part of the pages, END with the rest, FULL vcpu, EOF,
- * vmdescription. Every page of every block is sent (ZERO or PAGE), using CONTINUE
- * after the first record of each block in each section.
+ * vmdescription (with the integrity record of the `verify` capability unless
+ * `integrity` is false). Every page of every block is sent (ZERO or PAGE), using
+ * CONTINUE after the first record of each block in each section.
  */
 export function buildValidStream(
-  opts: { counter?: bigint; dataPages?: number } = {},
+  opts: { counter?: bigint; dataPages?: number; integrity?: boolean } = {},
 ): EncodedGuest {
   const counter = opts.counter ?? 0x0102030405060708n;
   const b = new StreamBuilder();
@@ -284,6 +312,10 @@ export function buildValidStream(
   b.end(0);
   emit("pc.ram", 4, 8);
   b.eos().footer(0);
-  b.vcpu(1, counter).eof().vmdescription(TEST_GUEST_VMDESC);
+  b.vcpu(1, counter).eof().vmdescription(
+    opts.integrity === false
+      ? TEST_GUEST_VMDESC
+      : vmdescWithIntegrity(integrityRecordFor(SMALL_BLOCKS, pages, counter)),
+  );
   return { bytes: b.build(), boundaries: [...b.boundaries], pages, counter };
 }

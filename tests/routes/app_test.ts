@@ -8,7 +8,7 @@ import { call, testApp } from "../helpers/app.ts";
 const CONTRACT: Record<string, string[]> = {
   "/migrations": ["post"],
   "/migrations/current": ["get", "delete"],
-  "/migrations/incoming": ["get", "post"],
+  "/migrations/incoming": ["get", "post", "delete"],
   "/migrations/capabilities": ["get", "put"],
   "/migrations/parameters": ["get", "patch"],
   "/migrations/blockers": ["get", "post"],

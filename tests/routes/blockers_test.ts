@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { BlockerSchema } from "../../routes/schemas.ts";
+import { MemoryTransports } from "../../transports/memory.ts";
 import { call, testApp } from "../helpers/app.ts";
 
 Deno.test("GET /migrations/blockers answers an empty list at first", async () => {
@@ -100,4 +101,22 @@ Deno.test("DELETE /migrations/blockers/{id} of the last blocker lets POST /migra
   assert.equal((await call(app, "POST", "/migrations", { uri: "tcp:peer:1" })).status, 202);
   await call(app, "DELETE", "/migrations/current");
   await engine.close();
+});
+
+Deno.test("POST /migrations/blockers while a migration is active answers 409 migration-active and adds nothing", async () => {
+  const transports = new MemoryTransports();
+  const dst = testApp({ transports });
+  await call(dst.app, "POST", "/migrations/incoming", { uri: "tcp:dst:4460" });
+  const src = testApp({ transports, ram: 4 << 20 });
+  src.guest.fillRandom(3);
+  // 1 MiB/s for 4 MiB: active for seconds.
+  await call(src.app, "PATCH", "/migrations/parameters", { max_bandwidth: 1 << 20 });
+  assert.equal((await call(src.app, "POST", "/migrations", { uri: "tcp:dst:4460" })).status, 202);
+  const res = await call(src.app, "POST", "/migrations/blockers", { reason: "vfio device" });
+  assert.equal(res.status, 409);
+  assert.equal(res.body.error.code, "migration-active");
+  assert.deepEqual((await call(src.app, "GET", "/migrations/blockers")).body, []);
+  src.engine.cancel();
+  await src.engine.close();
+  await dst.engine.close();
 });

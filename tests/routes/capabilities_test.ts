@@ -2,15 +2,16 @@ import assert from "node:assert/strict";
 import { CapabilitiesSchema } from "../../routes/schemas.ts";
 import { call, testApp } from "../helpers/app.ts";
 
+/** QEMU's capabilities all off, ferry's verify on. */
 const ALL_OFF = {
   xbzrle: false,
   auto_converge: false,
   zero_blocks: false,
   rdma_pin_all: false,
-  verify: false,
+  verify: true,
 };
 
-Deno.test("GET /migrations/capabilities lists all five capabilities, all false", async () => {
+Deno.test("GET /migrations/capabilities lists all five capabilities: QEMU's off, verify on", async () => {
   const { app, engine } = testApp();
   const res = await call(app, "GET", "/migrations/capabilities");
   assert.equal(res.status, 200);

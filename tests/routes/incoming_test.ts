@@ -138,23 +138,23 @@ Deno.test("POST /migrations/incoming then a full in-memory migration leaves the 
   await dst.engine.close();
 });
 
-Deno.test("POST /migrations/incoming that receives garbage fails naming the offset, refuses /vm/start, and can be re-armed", async () => {
+Deno.test("POST /migrations/incoming that receives a header then garbage fails naming the offset, refuses /vm/start, and can be re-armed", async () => {
   const transports = new MemoryTransports();
   const dst = testApp({ transports });
   const uri = "tcp:dst:4447";
   assert.equal((await call(dst.app, "POST", "/migrations/incoming", { uri })).status, 202);
 
-  // Right magic, wrong version: the loader must name byte 4.
+  // A valid header, then an unknown section type: the loader must name byte 8.
   const channel = await transports.connect(uri);
-  await channel.write(new Uint8Array([0x51, 0x45, 0x56, 0x4d, 0, 0, 0, 9, 1, 2, 3]));
+  await channel.write(new Uint8Array([0x51, 0x45, 0x56, 0x4d, 0, 0, 0, 3, 0x99, 2, 3]));
   await channel.finish();
   await dst.engine.incoming!.done;
 
   const failed = await call(dst.app, "GET", "/migrations/incoming");
   assert.equal(failed.status, 200);
   assert.equal(failed.body.status, "failed");
-  assert.match(failed.body.error_desc, /byte 0x4\b/);
-  assert.match(failed.body.error_desc, /version/);
+  assert.match(failed.body.error_desc, /byte 0x8\b/);
+  assert.match(failed.body.error_desc, /unknown section type 0x99/);
   assert.equal(dst.guest.runState, "inmigrate");
 
   const start = await call(dst.app, "POST", "/vm/start");
@@ -180,7 +180,7 @@ Deno.test("POST /migrations/incoming that receives garbage fails naming the offs
   await dst.engine.close();
 });
 
-Deno.test("POST /migrations/incoming that receives a bad magic fails naming byte 0", async () => {
+Deno.test("POST /migrations/incoming: a peer that sends no stream header is dropped; the destination keeps listening, then takes the real source", async () => {
   const transports = new MemoryTransports();
   const dst = testApp({ transports });
   const uri = "tcp:dst:4448";
@@ -188,11 +188,20 @@ Deno.test("POST /migrations/incoming that receives a bad magic fails naming byte
   const channel = await transports.connect(uri);
   await channel.write(new TextEncoder().encode("NOT A MIGRATION STREAM"));
   await channel.finish();
+  let res = await call(dst.app, "GET", "/migrations/incoming");
+  while (res.body.refused_peers !== 1) {
+    await new Promise((r) => setTimeout(r, 1));
+    res = await call(dst.app, "GET", "/migrations/incoming");
+  }
+  assert.equal(res.body.status, "listening");
+  assert.equal(dst.guest.runState, "inmigrate");
+  // The real source, connecting after, migrates as usual.
+  const src = await sourceApp(transports, 1 << 20);
+  assert.equal((await call(src.app, "POST", "/migrations", { uri })).status, 202);
+  await src.engine.migration!.done;
   await dst.engine.incoming!.done;
-  const res = await call(dst.app, "GET", "/migrations/incoming");
-  assert.equal(res.body.status, "failed");
-  assert.match(res.body.error_desc, /byte 0x0\b/);
-  assert.match(res.body.error_desc, /magic/);
+  assert.equal((await call(dst.app, "GET", "/migrations/incoming")).body.status, "completed");
+  await src.engine.close();
   await dst.engine.close();
 });
 
@@ -245,5 +254,39 @@ Deno.test("POST /migrations racing POST /migrations/incoming answers 409 incomin
   ]);
   // Either order is fine, but never both: a guest cannot send and receive at once.
   assert.deepEqual([arm.status, migrate.status].sort(), [202, 409]);
+  await engine.close();
+});
+
+Deno.test("DELETE /migrations/incoming disarms a listening destination: 202 cancelled, the guest gets its run state back, the URI is free", async () => {
+  const { app, engine, guest } = testApp();
+  guest.stop("paused");
+  await call(app, "POST", "/migrations/incoming", { uri: "tcp:dst:4446" });
+  assert.equal(guest.runState, "inmigrate");
+  const res = await call(app, "DELETE", "/migrations/incoming");
+  assert.equal(res.status, 202);
+  assert.equal(res.body.status, "cancelled");
+  assert.ok(IncomingInfoSchema.safeParse(res.body).success);
+  assert.equal(guest.runState, "paused", "nothing was loaded: the guest is as before");
+  const again = await call(app, "POST", "/migrations/incoming", { uri: "tcp:dst:4446" });
+  assert.equal(again.status, 202, "armed again on the same URI");
+  await engine.close();
+});
+
+Deno.test("DELETE /migrations/incoming with nothing armed answers 200, a no-op", async () => {
+  const { app, engine } = testApp();
+  const res = await call(app, "DELETE", "/migrations/incoming");
+  assert.equal(res.status, 200);
+  assert.equal(res.body.status, "none");
+  await engine.close();
+});
+
+Deno.test("PUT /migrations/capabilities while an incoming migration is armed answers 409 incoming-active", async () => {
+  const { app, engine } = testApp();
+  await call(app, "POST", "/migrations/incoming", { uri: "tcp:dst:4447" });
+  const res = await call(app, "PUT", "/migrations/capabilities", { verify: false });
+  assert.equal(res.status, 409);
+  assert.equal(res.body.error.code, "incoming-active");
+  assert.match(res.body.error.message, /DELETE \/migrations\/incoming/);
+  assert.equal(engine.capabilities.verify, true);
   await engine.close();
 });

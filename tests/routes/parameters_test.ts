@@ -9,6 +9,9 @@ const DEFAULTS = {
   cpu_throttle_initial: 20,
   cpu_throttle_increment: 10,
   progress_timeout: 60000,
+  stall_windows: 600,
+  stall_action: "fail",
+  incoming_page_budget: 64,
 };
 
 Deno.test("GET /migrations/parameters answers the seed defaults", async () => {
@@ -43,6 +46,9 @@ Deno.test("PATCH /migrations/parameters applies every field and the limits thems
     cpu_throttle_initial: 99,
     cpu_throttle_increment: 1,
     progress_timeout: 86_400_000,
+    stall_windows: 0,
+    stall_action: "throttle",
+    incoming_page_budget: 2,
   };
   const res = await call(app, "PATCH", "/migrations/parameters", patch);
   assert.equal(res.status, 200);
@@ -88,6 +94,8 @@ const BAD: [string, string, unknown][] = [
   ["progress_timeout", "below 10 ms", 9],
   ["progress_timeout", "a fraction", 300.5],
   ["progress_timeout", "a value above a day", 86_400_001],
+  ["stall_windows", "a negative", -1],
+  ["stall_action", "an unknown action", "cancel"],
 ];
 
 for (const [field, what, value] of BAD) {
@@ -147,5 +155,18 @@ Deno.test("PATCH /migrations/parameters max_bandwidth during an active migration
   assert.equal((await call(app, "GET", "/migrations/parameters")).body.max_bandwidth, 1 << 20);
   assert.ok(engine.migration!.isActive);
   await call(app, "DELETE", "/migrations/current");
+  await engine.close();
+});
+
+Deno.test("PATCH /migrations/parameters bounds xbzrle_cache_size by the guest's RAM (400 naming it), not by 2^53", async () => {
+  const { app, engine } = testApp();
+  const ram = engine.guest.blocks.reduce((n, b) => n + b.length, 0);
+  for (const value of [ram + 4096, 9007199254740991]) {
+    const res = await call(app, "PATCH", "/migrations/parameters", { xbzrle_cache_size: value });
+    assert.equal(res.status, 400, `${value}`);
+    assert.equal(res.body.error.field, "xbzrle_cache_size");
+  }
+  const ok = await call(app, "PATCH", "/migrations/parameters", { xbzrle_cache_size: ram });
+  assert.equal(ok.status, 200);
   await engine.close();
 });

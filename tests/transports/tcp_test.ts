@@ -192,10 +192,11 @@ Deno.test("finish() delivers all bytes then EOF and closes the channel", async (
   await assertRejectsMatching(client.finish(), /the channel is closed/);
 });
 
-Deno.test("write() fails and closes the channel once the peer has gone", async () => {
+Deno.test("write() fails once the peer has gone, later writes too; what the peer sent before still reads", async () => {
   using listener = await listenTcp("tcp:127.0.0.1:0");
   const [client, server] = await Promise.all([connectTcp(listener.address), listener.accept()]);
   using _c = client;
+  await server.write(new TextEncoder().encode("bye"));
   server.close();
   const err = await assertRejectsMatching(
     (async () => {
@@ -204,6 +205,12 @@ Deno.test("write() fails and closes the channel once the peer has gone", async (
     /Cannot write to tcp:127\.0\.0\.1:\d+: (broken pipe|connection reset)/,
   );
   assert.ok(err.cause instanceof Error);
+  await assertRejectsMatching(client.write(new Uint8Array(1)), /Cannot write to tcp:/);
+  // The peer's last words are not lost with the write side (a reset may end reads early).
+  const buf = new Uint8Array(8);
+  const n = await client.read(buf).catch(() => null);
+  if (n !== null) assert.equal(new TextDecoder().decode(buf.subarray(0, n)), "bye");
+  client.close();
   assert.equal(client.closed, true);
 });
 
