@@ -366,10 +366,8 @@ async function collectEvents(
   out: TimedEvent[],
   signal: AbortSignal,
 ): Promise<void> {
-  const headers: Record<string, string> = {};
-  if (ferry.token) headers["authorization"] = `Bearer ${ferry.token}`;
   try {
-    const res = await fetch(`${ferry.url}/migrations/events`, { headers, signal });
+    const res = await ferry.fetch("/migrations/events", { signal });
     if (!res.body) return;
     let buf = "";
     for await (const chunk of res.body.pipeThrough(new TextDecoderStream())) {
