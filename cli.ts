@@ -52,8 +52,8 @@ Flags:
   --fill MODE           prepare RAM before start: zero, random or pattern (default zero)
   --disk PATH           attach a raw disk image (block migration copies it with blk/inc)
   --disk-size SIZE      create the image at SIZE when absent (multiple of 1M, e.g. 1G)
-  --incoming URI        start as a destination waiting on URI: tcp:HOST:PORT, unix:PATH,
-                        exec:COMMAND (needs --allow-exec), fd:N, file:PATH[,offset=N]
+  --incoming URI        start as a destination waiting on URI: tcp:HOST:PORT, unix:/PATH,
+                        exec:COMMAND (needs --allow-exec), fd:N, file:/PATH[,offset=N]
   --no-autostart        a destination stays paused after loading (QEMU's -S)
   --paused              a source guest starts paused instead of running
   --no-prefault         do not fault guest RAM in at start (default: prefault, like -mem-prealloc)
