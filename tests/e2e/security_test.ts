@@ -56,6 +56,7 @@ async function defaultFerry(args: string[] = []) {
   }).spawn();
   const stderr = new Response(child.stderr).text();
   const lines: string[] = [];
+  let ended = false;
   let notify = () => {};
   const pump = (async () => {
     let partial = "";
@@ -68,10 +69,9 @@ async function defaultFerry(args: string[] = []) {
       }
       notify();
     }
+    ended = true;
     notify();
   })();
-  let ended = false;
-  pump.finally(() => ended = true);
   /** The first line matching `re`, once printed (a guard fails the test if it never is). */
   const line = (re: RegExp): Promise<string> =>
     withTimeout(
