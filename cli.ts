@@ -2,6 +2,8 @@ import { parseArgs } from "node:util";
 import { PAGE_SIZE, parseSize } from "./vm/ram.ts";
 import { parseWorkload, type WorkloadSpec } from "./vm/workload.ts";
 import { FILL_MODES, type FillMode, isFillMode } from "./vm/fill.ts";
+import { MIN_TOKEN_LENGTH } from "./api_token.ts";
+import { canonicalHost } from "./routes/host_check.ts";
 
 /** A bad command line; main prints the message on one line and exits 2. */
 export class CliError extends Error {
@@ -20,7 +22,12 @@ export interface Config {
   paused: boolean;
   allowExec: boolean;
   prefault: boolean;
+  /** The token given with --token or FERRY_TOKEN; undefined: ferry generates one. */
   token: string | undefined;
+  /** Where a generated token goes (--token-file); undefined: the default place. */
+  tokenFile: string | undefined;
+  /** More host names the API answers to (--allowed-host, repeatable). */
+  allowedHosts: string[];
   help: boolean;
   /** Raw disk image path (--disk). */
   disk?: string;
@@ -34,8 +41,7 @@ export const HELP = `ferry — live migration of a running guest between two fer
 Usage: deno task start [flags]
 
 Flags:
-  --listen HOST:PORT    API address (default 127.0.0.1:8080; port 0 picks a free port;
-                        a non-loopback host needs --token)
+  --listen HOST:PORT    API address (default 127.0.0.1:8080; port 0 picks a free port)
   --ram SIZE            guest RAM, e.g. 256M, 1G (default 256M; K/M/G/T are binary units)
   --workload SPEC       what the guest's vCPU does (default idle):
                           idle
@@ -46,26 +52,29 @@ Flags:
   --fill MODE           prepare RAM before start: zero, random or pattern (default zero)
   --disk PATH           attach a raw disk image (block migration copies it with blk/inc)
   --disk-size SIZE      create the image at SIZE when absent (multiple of 1M, e.g. 1G)
-  --incoming URI        start as a destination waiting on URI: tcp:HOST:PORT, unix:PATH,
-                        exec:COMMAND (needs --allow-exec), fd:N, file:PATH[,offset=N]
+  --incoming URI        start as a destination waiting on URI: tcp:HOST:PORT, unix:/PATH,
+                        exec:COMMAND (needs --allow-exec), fd:N, file:/PATH[,offset=N]
   --no-autostart        a destination stays paused after loading (QEMU's -S)
   --paused              a source guest starts paused instead of running
   --no-prefault         do not fault guest RAM in at start (default: prefault, like -mem-prealloc)
   --allow-exec          allow exec: migration URIs (they run shell commands)
-  --token TOKEN         require "Authorization: Bearer TOKEN" on every request
-                        (also read from FERRY_TOKEN)
+  --token TOKEN         the API token (at least 16 characters; prefer FERRY_TOKEN, which
+                        other users cannot see in ps). Without one ferry generates a random
+                        token and writes it to a file only you can read (see --token-file).
+                        Every request but GET / (the dashboard page) needs
+                        "Authorization: Bearer TOKEN".
+  --token-file PATH     where a generated token goes (absolute path; default
+                        $XDG_RUNTIME_DIR/ferry/api-PORT.token, else
+                        $HOME/.local/state/ferry/api-PORT.token; removed at exit)
+  --allowed-host NAME   also answer requests for host NAME (repeatable); by default only
+                        loopback names, the --listen host and, on 0.0.0.0 or ::, this
+                        machine's addresses (against DNS rebinding)
   -h, --help            show this help
 
 Example:
   deno task start --listen 127.0.0.1:0 --ram 512M --workload random:rate=20M --fill random
+  deno task token          # prints the token of the ferry on 127.0.0.1:8080
 `;
-
-const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1", "[::1]"]);
-
-/** True for hosts that only this machine can reach. */
-export function isLoopback(host: string): boolean {
-  return LOOPBACK.has(host) || /^127\.\d+\.\d+\.\d+$/.test(host);
-}
 
 function parseListen(text: string): { hostname: string; port: number } {
   const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(text);
@@ -98,6 +107,8 @@ export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): 
         "no-prefault": { type: "boolean", default: false },
         "allow-exec": { type: "boolean", default: false },
         token: { type: "string" },
+        "token-file": { type: "string" },
+        "allowed-host": { type: "string", multiple: true, default: [] },
         help: { type: "boolean", short: "h", default: false },
       },
     }));
@@ -152,10 +163,31 @@ export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): 
       "Invalid --token/FERRY_TOKEN: use only letters, digits and . _ ~ + / - (then = padding)",
     );
   }
-  if (!isLoopback(hostname) && !token && !values.help) {
+  if (token !== undefined && token.length < MIN_TOKEN_LENGTH) {
     throw new CliError(
-      `Refusing to listen on non-loopback address ${hostname} without a token: pass --token or set FERRY_TOKEN`,
+      `Invalid --token/FERRY_TOKEN: a token needs at least ${MIN_TOKEN_LENGTH} characters ` +
+        `(this one has ${token.length}); give none and ferry generates a strong one`,
     );
+  }
+  const tokenFile = values["token-file"];
+  if (tokenFile !== undefined) {
+    if (token !== undefined) {
+      throw new CliError(
+        "--token-file is where ferry writes the token it generates: drop it, or drop --token/FERRY_TOKEN",
+      );
+    }
+    if (!tokenFile.startsWith("/") || tokenFile.endsWith("/")) {
+      throw new CliError(`Invalid --token-file "${tokenFile}": expected an absolute file path`);
+    }
+  }
+  const allowedHosts = values["allowed-host"];
+  for (const name of allowedHosts) {
+    const bare = name.includes(":") && !name.startsWith("[") ? `[${name}]` : name;
+    if (canonicalHost(bare) === undefined) {
+      throw new CliError(
+        `Invalid --allowed-host "${name}": expected a host name or address, e.g. ferry.lan`,
+      );
+    }
   }
   return {
     hostname,
@@ -169,6 +201,8 @@ export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): 
     allowExec: values["allow-exec"],
     prefault: !values["no-prefault"],
     token,
+    tokenFile,
+    allowedHosts,
     help: values.help,
     ...(values.disk !== undefined ? { disk: values.disk } : {}),
     ...(diskSize !== undefined ? { diskSize } : {}),

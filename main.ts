@@ -1,6 +1,14 @@
+import {
+  defaultTokenFile,
+  generateToken,
+  removeTokenFile,
+  TokenFileError,
+  writeTokenFile,
+} from "./api_token.ts";
 import { CliError, HELP, parseFlags } from "./cli.ts";
 import { Engine } from "./engine/engine.ts";
 import { createApp } from "./routes/app.ts";
+import { isWildcardHost } from "./routes/host_check.ts";
 import { createTransports } from "./transports/mod.ts";
 import { openLoopTurn } from "./transports/loop_turn.ts";
 import { warmStreamBuffers } from "./engine/format/buffers.ts";
@@ -58,10 +66,18 @@ async function main(): Promise<number> {
     autostart: config.autostart,
     turn,
   });
-  const dashboard = await loadDashboard({ tokenRequired: Boolean(config.token) });
-  // With a token every request needs it, except GET / (the dashboard page holds no
-  // data: a browser cannot send a bearer header when it navigates, so the page asks).
-  const app = createApp({ engine, vm, dashboard, token: config.token });
+  // Every request needs the token, given or generated, except GET / (the dashboard page
+  // holds no data: a browser cannot send a bearer header when it navigates, so the page
+  // takes it from its URL's fragment or asks).
+  const token = config.token ?? generateToken();
+  const dashboard = await loadDashboard({ tokenRequired: true });
+  const app = createApp({
+    engine,
+    vm,
+    dashboard,
+    token,
+    hosts: { listen: config.hostname, allowed: config.allowedHosts },
+  });
 
   if (config.incoming) {
     try {
@@ -85,16 +101,12 @@ async function main(): Promise<number> {
   const shutdown = new AbortController();
   let server: Deno.HttpServer<Deno.NetAddr>;
   try {
+    // The API line is printed below, once the token file is in place.
     server = Deno.serve({
       hostname: config.hostname,
       port: config.port,
       signal: shutdown.signal,
-      onListen: ({ hostname, port }) => {
-        const host = hostname.includes(":") ? `[${hostname}]` : hostname;
-        console.log(
-          `ferry: API on http://${host}:${port} (guest ${config.ramSize} bytes, ${vm.info().workload})`,
-        );
-      },
+      onListen: () => {},
     }, app.fetch);
   } catch (e) {
     console.error(
@@ -104,12 +116,56 @@ async function main(): Promise<number> {
     await vm.close();
     return 1;
   }
+  const { hostname, port } = server.addr;
+  // A generated token goes to a file only this user can read, named after the real port.
+  let tokenFile: string | undefined;
+  if (config.token === undefined) {
+    tokenFile = config.tokenFile ?? defaultTokenFile(port, {
+      XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR"),
+      HOME: Deno.env.get("HOME"),
+    });
+    try {
+      if (tokenFile === undefined) {
+        throw new TokenFileError("neither XDG_RUNTIME_DIR nor HOME is set");
+      }
+      writeTokenFile(tokenFile, token, { privateDir: config.tokenFile === undefined });
+    } catch (e) {
+      if (!(e instanceof TokenFileError)) throw e;
+      console.error(
+        `ferry: cannot store the generated API token: ${e.message} ` +
+          "(pass --token-file PATH, or set FERRY_TOKEN)",
+      );
+      shutdown.abort();
+      await server.finished;
+      await engine.close();
+      await vm.close();
+      return 1;
+    }
+  }
+  const bracket = (h: string) => h.includes(":") ? `[${h}]` : h;
+  console.log(
+    `ferry: API on http://${
+      bracket(hostname)
+    }:${port} (guest ${config.ramSize} bytes, ${vm.info().workload})`,
+  );
+  // A browser reaches a wildcard address through loopback.
+  const browse = isWildcardHost(hostname)
+    ? (hostname.includes(":") ? "::1" : "127.0.0.1")
+    : hostname;
+  const page = `http://${bracket(browse)}:${port}/`;
+  if (tokenFile !== undefined) {
+    console.log(`ferry: API token in ${tokenFile} (readable by you only)`);
+    console.log(`ferry: dashboard ${page}#token=${token}`);
+  } else {
+    console.log(`ferry: dashboard ${page} (it asks for the --token/FERRY_TOKEN token)`);
+  }
   const stop = () => shutdown.abort();
   Deno.addSignalListener("SIGINT", stop);
   Deno.addSignalListener("SIGTERM", stop);
   await server.finished;
   Deno.removeSignalListener("SIGINT", stop);
   Deno.removeSignalListener("SIGTERM", stop);
+  if (tokenFile !== undefined) removeTokenFile(tokenFile, token);
   await engine.close();
   await vm.close();
   return 0;

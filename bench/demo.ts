@@ -31,7 +31,7 @@ async function main(): Promise<number> {
     max_bandwidth: 128 * MiB,
     downtime_limit: 50,
   });
-  const events = await fetch(`${src.url}/migrations/events`);
+  const events = await src.fetch("/migrations/events");
   const started = await src.api("POST", "/migrations", { uri: dst.incoming });
   if (started.status !== 202) {
     console.error(`ferry demo: migration refused: ${JSON.stringify(started.body)}`);

@@ -1,6 +1,19 @@
+import { generateToken } from "../api_token.ts";
+
 /** The API URL a ferry prints on stdout (`ferry: API on http://…`), if `line` is that line. */
 function apiUrlIn(line: string): string | undefined {
-  return /(http:\/\/\S+?)(?:\s|$)/.exec(line)?.[1];
+  return /API on (http:\/\/\S+?)(?:\s|$)/.exec(line)?.[1];
+}
+
+/** The token in the dashboard URL a ferry prints when it generated its token, if `line` has it. */
+function generatedTokenIn(line: string): string | undefined {
+  return /^ferry: dashboard http:\/\/\S+#token=([A-Za-z0-9_-]+)$/.exec(line)?.[1];
+}
+
+/** The value of `--token` in a ferry's flags, if any. */
+function tokenFlag(args: string[]): string | undefined {
+  const i = args.lastIndexOf("--token");
+  return i >= 0 ? args[i + 1] : undefined;
 }
 
 /** The address a destination prints (`… incoming migration on URI`), if `line` is that line. */
@@ -14,18 +27,26 @@ export class FerryClient {
   url = "";
   /** The address the ferry printed for its incoming migration, if it was started with --incoming. */
   incoming: string | undefined;
-  /** When set, sent as `Authorization: Bearer` on every call (a ferry started with --token). */
+  /** The API token, sent as `Authorization: Bearer` on every call. */
   token: string | undefined;
+
+  /** `extra` plus the Authorization header when there is a token. */
+  headers(extra: Record<string, string> = {}): Record<string, string> {
+    return this.token === undefined ? extra : { ...extra, authorization: `Bearer ${this.token}` };
+  }
+
+  /** fetch() of `path` on this ferry, with the token; the caller reads or cancels the body. */
+  fetch(path: string, init: RequestInit = {}): Promise<Response> {
+    const headers = this.headers(Object.fromEntries(new Headers(init.headers)));
+    return fetch(this.url + path, { ...init, headers });
+  }
 
   /** Calls the API: JSON in, JSON out. */
   // deno-lint-ignore no-explicit-any
   async api(method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
-    const headers: Record<string, string> = {};
-    if (body !== undefined) headers["content-type"] = "application/json";
-    if (this.token !== undefined) headers["authorization"] = `Bearer ${this.token}`;
-    const res = await fetch(this.url + path, {
+    const res = await this.fetch(path, {
       method,
-      headers,
+      headers: body === undefined ? {} : { "content-type": "application/json" },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await res.text();
@@ -55,8 +76,13 @@ export interface FerryStartOptions {
    * so that killing the child kills the ferry.
    */
   prefix?: string[];
-  /** Adds `--token TOKEN` to the ferry's flags and sends it on every API call. */
-  token?: string;
+  /**
+   * The ferry's API token, given to it as FERRY_TOKEN (out of `ps`'s sight) and sent
+   * on every call. By default each ferry gets a random one, unless `args` (--token)
+   * or `env` (FERRY_TOKEN) already give one. `false` gives none: the ferry generates
+   * its own and the client takes it from the dashboard URL the ferry prints.
+   */
+  token?: string | false;
   /** How long start-up may take, ms (default 30 s; a 4 GiB random fill needs more). */
   startTimeoutMs?: number;
 }
@@ -81,7 +107,7 @@ export class FerryProcess extends FerryClient implements AsyncDisposable {
   /**
    * Starts `main.ts` with `args` (after `--listen 127.0.0.1:0`, which a `--listen` in
    * `args` overrides) and resolves once its API answers. `opts` can run it under a
-   * command prefix and give it a bearer token.
+   * command prefix and choose its API token.
    */
   static async start(
     args: string[],
@@ -90,7 +116,12 @@ export class FerryProcess extends FerryClient implements AsyncDisposable {
   ): Promise<FerryProcess> {
     const main = new URL("../main.ts", import.meta.url).pathname;
     const ferryArgs = ["run", "-A", main, "--listen", "127.0.0.1:0", ...args];
-    if (opts.token !== undefined) ferryArgs.push("--token", opts.token);
+    let token = tokenFlag(args) ?? (env.FERRY_TOKEN || undefined);
+    if (token === undefined) {
+      // An empty FERRY_TOKEN is no token: it hides one the test runner may have set.
+      if (opts.token !== false) token = opts.token ?? generateToken();
+      env = { ...env, FERRY_TOKEN: token ?? "" };
+    }
     const prefix = opts.prefix ?? [];
     const child = new Deno.Command(prefix.length > 0 ? prefix[0] : Deno.execPath(), {
       args: prefix.length > 0 ? [...prefix.slice(1), Deno.execPath(), ...ferryArgs] : ferryArgs,
@@ -100,9 +131,10 @@ export class FerryProcess extends FerryClient implements AsyncDisposable {
       env,
     }).spawn();
     const ferry = new FerryProcess(child);
-    ferry.token = opts.token;
+    ferry.token = token;
     const deadline = Date.now() + (opts.startTimeoutMs ?? 30_000);
-    while (!ferry.url) {
+    // A ferry that generates its token prints it (in the dashboard URL) after the API URL.
+    while (!ferry.url || ferry.token === undefined) {
       if (Date.now() > deadline) {
         await ferry[Symbol.asyncDispose]();
         throw new Error(`ferry did not start: ${ferry.output()}`);
@@ -160,6 +192,7 @@ export class FerryProcess extends FerryClient implements AsyncDisposable {
         if (url && !this.url) this.url = url;
         const inc = incomingIn(line);
         if (inc) this.incoming = inc;
+        this.token ??= generatedTokenIn(line);
       }
     }
   }
@@ -212,17 +245,22 @@ export class FerryShell implements AsyncDisposable {
   readonly #dir: string;
   readonly #clients = new Map<string, FerryClient>();
 
-  private constructor(child: Deno.ChildProcess, dir: string, names: string[]) {
+  private constructor(child: Deno.ChildProcess, dir: string, names: string[], token: string) {
     this.#child = child;
     this.#dir = dir;
-    for (const name of names) this.#clients.set(name, new FerryClient());
+    for (const name of names) {
+      const client = new FerryClient();
+      client.token = token;
+      this.#clients.set(name, client);
+    }
   }
 
   /**
    * Runs the script `build` returns with bash and waits until every ferry in
    * `names` printed its API URL. `build` gets helpers: `ferry(name, args)` is
    * the command line of one ferry (`--listen 127.0.0.1:0` added), `logs(name)`
-   * the redirections of its stdout and stderr to log files.
+   * the redirections of its stdout and stderr to log files. The ferries share one
+   * random API token (FERRY_TOKEN), which every client sends.
    */
   static async start(
     build: (f: {
@@ -239,14 +277,16 @@ export class FerryShell implements AsyncDisposable {
           .join(" "),
       logs: (name) => `>${shellQuote(`${dir}/${name}.out`)} 2>${shellQuote(`${dir}/${name}.err`)}`,
     });
+    const token = generateToken();
     const child = new Deno.Command("bash", {
       args: ["-c", script],
       stdin: "null",
       stdout: "null",
       stderr: "null",
+      env: { FERRY_TOKEN: token },
       detached: true,
     }).spawn();
-    const shell = new FerryShell(child, dir, names);
+    const shell = new FerryShell(child, dir, names, token);
     const deadline = Date.now() + 30_000;
     for (;;) {
       let missing = 0;

@@ -36,7 +36,7 @@ async function sampleLatency(src: FerryProcess, ended: () => boolean): Promise<n
   const out: number[] = [];
   while (!ended()) {
     const t = performance.now();
-    const res = await fetch(`${src.url}/migrations/current`);
+    const res = await src.fetch("/migrations/current");
     await res.arrayBuffer();
     out.push(performance.now() - t);
     await new Promise((r) => setTimeout(r, 2));

@@ -8,6 +8,7 @@
  * Writes /tmp/ferry-src.perf and /tmp/ferry-dst.perf.
  */
 import { parseArgs } from "node:util";
+import { generateToken } from "../api_token.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -28,6 +29,9 @@ interface Proc {
   name: string;
 }
 
+/** One API token for both ferries, given as FERRY_TOKEN. */
+const token = generateToken();
+
 function start(name: string, args: string[]): Proc {
   const deno = [Deno.execPath(), "run", "-A", "--v8-flags=--perf-basic-prof", main];
   const child = new Deno.Command(deno[0], {
@@ -35,6 +39,7 @@ function start(name: string, args: string[]): Proc {
     stdout: "piped",
     stderr: "inherit",
     stdin: "null",
+    env: { FERRY_TOKEN: token },
   }).spawn();
   let resolveUrl!: (s: string) => void;
   let resolveIncoming!: (s: string) => void;
@@ -44,7 +49,7 @@ function start(name: string, args: string[]): Proc {
     let buf = "";
     for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
       buf += chunk;
-      const u = /(http:\/\/\S+?)(?:\s|$)/.exec(buf);
+      const u = /API on (http:\/\/\S+?)(?:\s|$)/.exec(buf);
       if (u) resolveUrl(u[1]);
       const inc = /incoming migration on (\S+)/.exec(buf);
       if (inc) resolveIncoming(inc[1]);
@@ -65,7 +70,10 @@ function attach(p: Proc): Deno.ChildProcess {
 async function api(url: string, method: string, path: string, body?: unknown) {
   const res = await fetch(url + path, {
     method,
-    headers: body === undefined ? {} : { "content-type": "application/json" },
+    headers: {
+      authorization: `Bearer ${token}`,
+      ...(body === undefined ? {} : { "content-type": "application/json" }),
+    },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   return await res.json();

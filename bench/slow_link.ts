@@ -10,7 +10,7 @@
  * Needs root (`ip netns`, `tc`). Topology:
  *
  *   root namespace                         namespace ferry-dst
- *   source ferry (API 127.0.0.1)           destination ferry (API 10.203.0.2, --token)
+ *   source ferry (API 127.0.0.1)           destination ferry (API 10.203.0.2, FERRY_TOKEN)
  *        │                                      ▲
  *        └─► [delay relay 127.0.0.1:X] ─► ferry-v0 ══ veth ══ ferry-v1 ─► incoming port
  *            10.203.0.1/24                                    10.203.0.2/24
@@ -366,10 +366,8 @@ async function collectEvents(
   out: TimedEvent[],
   signal: AbortSignal,
 ): Promise<void> {
-  const headers: Record<string, string> = {};
-  if (ferry.token) headers["authorization"] = `Bearer ${ferry.token}`;
   try {
-    const res = await fetch(`${ferry.url}/migrations/events`, { headers, signal });
+    const res = await ferry.fetch("/migrations/events", { signal });
     if (!res.body) return;
     let buf = "";
     for await (const chunk of res.body.pipeThrough(new TextDecoderStream())) {

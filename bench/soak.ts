@@ -140,7 +140,7 @@ async function differingBytes(a: FerryClient, b: FerryClient, size: number): Pro
   for (let off = 0; off < size; off += chunk) {
     const len = Math.min(chunk, size - off);
     const [x, y] = await Promise.all([a, b].map(async (f) => {
-      const res = await fetch(`${f.url}/vm/ram?offset=${off}&length=${len}`);
+      const res = await f.fetch(`/vm/ram?offset=${off}&length=${len}`);
       return new Uint8Array(await res.arrayBuffer());
     }));
     for (let i = 0; i < len; i++) if (x[i] !== y[i]) diff++;
@@ -402,7 +402,7 @@ async function oneRun(pool: Pool, p: RunPlan, r: SoakResult): Promise<string> {
       }
       if (abRange > 0) {
         await src.api("POST", "/vm/stop");
-        const res = await fetch(`${src.url}/vm/ram?offset=0&length=${abRange}`);
+        const res = await src.fetch(`/vm/ram?offset=0&length=${abRange}`);
         const bytes = new Uint8Array(await res.arrayBuffer());
         await src.api("POST", "/vm/start");
         const violation = abInvariantViolation(bytes, abRange / 4096);

@@ -1,14 +1,19 @@
-import { bearerAuth } from "hono/bearer-auth";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
+import { methodNotAllowed } from "hono/method-not-allowed";
 import type { Engine } from "../engine/engine.ts";
+import { AuthBackoff } from "./auth_backoff.ts";
 import { blockerRoutes } from "./blockers.ts";
 import { capabilityRoutes } from "./capabilities.ts";
 import { eventRoutes } from "./events.ts";
+import { hostCheck, type HostCheckOptions } from "./host_check.ts";
 import { incomingRoutes } from "./incoming.ts";
+import { jsonBodyOnly } from "./json_body.ts";
 import { migrationRoutes } from "./migrations.ts";
+import { originCheck } from "./origin_check.ts";
 import { parameterRoutes } from "./parameters.ts";
-import { domainError, type ErrorBody, newRouter } from "./router.ts";
+import { ApiError, domainError, type ErrorBody, newRouter } from "./router.ts";
+import { tokenAuth } from "./token_auth.ts";
 import { type VmInspector, vmRoutes } from "./vm.ts";
 
 /** What the HTTP API is built from. */
@@ -22,16 +27,29 @@ export interface AppDeps {
   /**
    * When set, every request needs `Authorization: Bearer <token>` — except GET /,
    * the dashboard page, which holds no data and asks the user for the token.
+   * (main.ts always sets one: given, or generated at start.)
    */
   readonly token?: string;
+  /** The host names the API answers to besides loopback ones (default: loopback only). */
+  readonly hosts?: HostCheckOptions;
+  /** Failed authentications and their lockouts (tests inject one with a fake clock). */
+  readonly authBackoff?: AuthBackoff;
 }
 
 /** Largest request body accepted (every JSON body ferry takes is far smaller). */
 export const MAX_BODY_BYTES = 64 << 10;
 
-function unauthorized(message: string): ErrorBody {
-  return { error: { code: "unauthorized", message } };
-}
+/** The code of an HTTPException hono or a validator raised, by status. */
+const HTTP_CODES: Record<number, string> = {
+  400: "bad-request",
+  401: "unauthorized",
+  403: "forbidden",
+  404: "not-found",
+  405: "method-not-allowed",
+  413: "payload-too-large",
+  415: "unsupported-media-type",
+  429: "too-many-requests",
+};
 
 /** ferry's version, reported by /openapi.json. */
 export const VERSION = "0.1.0";
@@ -39,31 +57,33 @@ export const VERSION = "0.1.0";
 /**
  * Builds the whole REST + SSE API: mounts every route group, renders every error
  * as `{ error: { code, message } }`, and serves the OpenAPI document generated
- * from the same zod schemas that validate requests.
+ * from the same zod schemas that validate requests. Every request first passes
+ * the host check (DNS rebinding), then the origin check and the JSON-only body
+ * rule (cross-site requests), then the bearer token; a wrong method on a known
+ * path answers 405 with Allow.
  */
 export function createApp(deps: AppDeps) {
   const app = newRouter();
+  app.use("*", hostCheck(deps.hosts ?? { listen: "127.0.0.1" }));
+  app.use("*", originCheck());
+  app.use("*", jsonBodyOnly());
   if (deps.token) {
-    const auth = bearerAuth({
-      token: deps.token,
-      noAuthenticationHeader: {
-        message: unauthorized("This ferry needs an Authorization: Bearer token"),
-      },
-      invalidAuthenticationHeader: {
-        message: {
-          error: {
-            code: "bad-request",
-            message: 'Malformed Authorization header: expected "Bearer <token>"',
-          },
-        },
-      },
-      invalidToken: { message: unauthorized("Invalid bearer token") },
-    });
-    app.use(
-      "*",
-      (c, next) => c.req.method === "GET" && c.req.path === "/" ? next() : auth(c, next),
-    );
+    app.use("*", tokenAuth({ token: deps.token, backoff: deps.authBackoff ?? new AuthBackoff() }));
   }
+  app.use(
+    "*",
+    methodNotAllowed({
+      app,
+      onMethodNotAllowed: (c, methods) => {
+        throw new ApiError(
+          405,
+          "method-not-allowed",
+          `${c.req.method} is not allowed on ${c.req.path}: it takes ${methods.join(", ")}`,
+          { allow: methods.join(", ") },
+        );
+      },
+    }),
+  );
   app.use(
     "*",
     bodyLimit({
@@ -110,19 +130,15 @@ export function createApp(deps: AppDeps) {
   );
   app.onError((err, c) => {
     const mapped = domainError(err);
-    if (mapped) return c.json(mapped.body, mapped.status);
+    if (mapped) return c.json(mapped.body, mapped.status, mapped.headers);
     if (err instanceof HTTPException) {
       // Answers built by middleware (bearer auth: JSON body, WWW-Authenticate) go out as built.
       if (err.res) return err.getResponse();
-      const code =
-        ({ 400: "bad-request", 401: "unauthorized", 404: "not-found" } as Record<number, string>)[
-          err.status
-        ] ??
-          `http-${err.status}`;
-      return c.json<ErrorBody>(
-        { error: { code, message: err.message || "Request failed" } },
-        err.status,
-      );
+      const code = HTTP_CODES[err.status] ?? `http-${err.status}`;
+      const message = err.status === 415
+        ? "A request body must be JSON sent with Content-Type: application/json"
+        : err.message || "Request failed";
+      return c.json<ErrorBody>({ error: { code, message } }, err.status);
     }
     console.error("ferry: unexpected error:", err);
     return c.json<ErrorBody>({ error: { code: "internal", message: "Internal error" } }, 500);

@@ -34,8 +34,39 @@ export interface ErrorBody {
   error: { code: string; message: string; field?: string; reasons?: string[] };
 }
 
-/** Builds the error body and status for a thrown engine or transport error; null for others. */
-export function domainError(e: unknown): { status: ContentfulStatusCode; body: ErrorBody } | null {
+/**
+ * An error answer raised by ferry's own middleware and routes (a refused host, a
+ * cross-origin request, a lockout, a wrong method): its status, code, message and
+ * any headers the answer needs (Allow, Retry-After).
+ */
+export class ApiError extends Error {
+  override readonly name = "ApiError";
+  constructor(
+    readonly status: ContentfulStatusCode,
+    readonly code: string,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+/** What {@link domainError} builds: status, JSON body and extra headers. */
+export interface ErrorAnswer {
+  status: ContentfulStatusCode;
+  body: ErrorBody;
+  headers?: Record<string, string>;
+}
+
+/** Builds the error answer for a thrown API, engine or transport error; null for others. */
+export function domainError(e: unknown): ErrorAnswer | null {
+  if (e instanceof ApiError) {
+    return {
+      status: e.status,
+      body: { error: { code: e.code, message: e.message } },
+      headers: e.headers,
+    };
+  }
   if (e instanceof EngineError) {
     const body: ErrorBody = { error: { code: e.code, message: e.message } };
     const reasons = e.details?.reasons;

@@ -205,6 +205,34 @@ export const BlockerIdParam = z.object({
   id: z.string().min(1).max(64).openapi({ param: { name: "id", in: "path" }, example: "1" }),
 });
 
+/**
+ * A whole-number query parameter (query values arrive as text) whose errors read
+ * as sentences: `required: <what> …`, `expected <what> as a whole number, got "abc"`,
+ * `must be at least 1`. OpenAPI documents it as an integer with its bounds.
+ */
+export function queryInteger(what: string, bounds: { min: number; max?: number }) {
+  const range = bounds.max === undefined
+    ? `at least ${bounds.min}`
+    : `from ${bounds.min} to ${bounds.max}`;
+  let schema = z.number({
+    error: (issue) =>
+      issue.code === "invalid_type"
+        ? issue.input === undefined
+          ? `required: ${what}, a whole number ${range}`
+          : `expected ${what} as a whole number ${range}, got ${JSON.stringify(issue.input)}`
+        : issue.code === "too_small"
+        ? `${what} must be at least ${bounds.min}`
+        : issue.code === "too_big"
+        ? `${what} must be at most ${bounds.max}`
+        : undefined,
+  }).int().min(bounds.min);
+  if (bounds.max !== undefined) schema = schema.max(bounds.max);
+  return z.preprocess(
+    (v) => typeof v === "string" && /^\d{1,16}$/.test(v) ? Number(v) : v,
+    schema,
+  );
+}
+
 /** The JSON error responses a route may give, for createRoute. */
 export function errorResponses(...statuses: (400 | 403 | 404 | 409 | 502)[]) {
   const descriptions = {

@@ -8,6 +8,7 @@ import {
   DiskDigestSchema,
   errorResponses,
   jsonResponse,
+  queryInteger,
   VmInfoSchema,
 } from "./schemas.ts";
 
@@ -78,8 +79,12 @@ export const MAX_RAM_READ = 16 << 20;
 
 const RamQuery = z.object({
   block: z.string().min(1).max(255).optional().openapi({ example: "pc.ram" }),
-  offset: z.coerce.number().int().min(0).default(0).openapi({ example: 0 }),
-  length: z.coerce.number().int().min(1).max(MAX_RAM_READ).openapi({ example: 4096 }),
+  offset: queryInteger("the byte offset to read from", { min: 0 }).default(0).openapi({
+    example: 0,
+  }),
+  length: queryInteger("the number of bytes to read", { min: 1, max: MAX_RAM_READ }).openapi({
+    example: 4096,
+  }),
 });
 
 const ram = createRoute({
@@ -111,17 +116,18 @@ export function vmRoutes(deps: { engine: Engine; vm: VmInspector }) {
     })
     .openapi(ram, (c) => {
       const q = c.req.valid("query");
+      const offset = q.offset;
       const name = q.block ?? engine.guest.blocks[0].name;
       const block = engine.guest.blocks.find((b) => b.name === name);
       if (!block) throw new HTTPException(404, { message: `No RAM block "${name}"` });
-      if (q.offset + q.length > block.length) {
+      if (offset + q.length > block.length) {
         throw new HTTPException(400, {
-          message: `Range 0x${q.offset.toString(16)}+0x${
+          message: `Range 0x${offset.toString(16)}+0x${
             q.length.toString(16)
           } lies beyond block "${name}"`,
         });
       }
-      const bytes = block.bytes.slice(q.offset, q.offset + q.length);
+      const bytes = block.bytes.slice(offset, offset + q.length);
       return c.body(bytes, 200, { "content-type": "application/octet-stream" });
     })
     .openapi(digest, async (c) => {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { CliError, HELP, isLoopback, parseFlags } from "../cli.ts";
+import { CliError, HELP, parseFlags } from "../cli.ts";
 
 Deno.test("parseFlags() applies the documented defaults", () => {
   const c = parseFlags([]);
@@ -13,6 +13,9 @@ Deno.test("parseFlags() applies the documented defaults", () => {
   assert.equal(c.allowExec, false);
   assert.equal(c.prefault, true);
   assert.equal(c.incoming, undefined);
+  assert.equal(c.token, undefined, "no token given: ferry generates one");
+  assert.equal(c.tokenFile, undefined);
+  assert.deepEqual(c.allowedHosts, []);
 });
 
 Deno.test("parseFlags() reads every flag", () => {
@@ -31,6 +34,12 @@ Deno.test("parseFlags() reads every flag", () => {
     "--paused",
     "--allow-exec",
     "--no-prefault",
+    "--token-file",
+    "/run/user/1000/f.token",
+    "--allowed-host",
+    "ferry.lan",
+    "--allowed-host",
+    "fe80::1",
   ]);
   assert.equal(c.hostname, "::1");
   assert.equal(c.port, 0);
@@ -42,6 +51,8 @@ Deno.test("parseFlags() reads every flag", () => {
   assert.equal(c.paused, true);
   assert.equal(c.allowExec, true);
   assert.equal(c.prefault, false);
+  assert.equal(c.tokenFile, "/run/user/1000/f.token");
+  assert.deepEqual(c.allowedHosts, ["ferry.lan", "fe80::1"]);
 });
 
 Deno.test("parseFlags() skips the '--' that deno task passes through", () => {
@@ -57,7 +68,13 @@ for (
     [["--listen", "127.0.0.1:70000"], /65535/],
     [["--workload", "spin"], /--workload/],
     [["--fill", "ones"], /--fill "ones"/],
-    [["--listen", "0.0.0.0:8080"], /token/],
+    [["--token", "a"], /at least 16 characters \(this one has 1\)/],
+    [["--token", "short-token"], /at least 16 characters/],
+    [["--token", "a-long-enough-token", "--token-file", "/tmp/t"], /--token-file/],
+    [["--token-file", "relative/t.token"], /absolute/],
+    [["--token-file", "/tmp/dir/"], /absolute file path/],
+    [["--allowed-host", "evil.example/x"], /--allowed-host "evil\.example\/x"/],
+    [["--allowed-host", ""], /--allowed-host/],
   ] as [string[], RegExp][]
 ) {
   Deno.test(`parseFlags() rejects ${args.join(" ")} with a one-line message`, () => {
@@ -70,14 +87,33 @@ for (
   });
 }
 
-Deno.test("parseFlags() allows a non-loopback address with a token from the environment", () => {
-  const c = parseFlags(["--listen", "0.0.0.0:8080"], { FERRY_TOKEN: "s3cret" });
-  assert.equal(c.token, "s3cret");
+Deno.test("parseFlags() takes the token from --token, else FERRY_TOKEN (empty is unset)", () => {
+  assert.equal(
+    parseFlags([], { FERRY_TOKEN: "env-token-0123456789" }).token,
+    "env-token-0123456789",
+  );
+  assert.equal(
+    parseFlags(["--token", "flag-token-0123456789"], { FERRY_TOKEN: "env-token-0123456789" }).token,
+    "flag-token-0123456789",
+  );
+  assert.equal(parseFlags([], { FERRY_TOKEN: "" }).token, undefined);
 });
 
-Deno.test("isLoopback() knows loopback names and addresses", () => {
-  for (const h of ["127.0.0.1", "127.1.2.3", "localhost", "::1"]) assert.ok(isLoopback(h), h);
-  for (const h of ["0.0.0.0", "10.0.0.1", "::", "example.com"]) assert.ok(!isLoopback(h), h);
+Deno.test("parseFlags() refuses a short FERRY_TOKEN without repeating it", () => {
+  assert.throws(() => parseFlags([], { FERRY_TOKEN: "hunter2" }), (e: unknown) => {
+    assert.ok(e instanceof CliError);
+    assert.match(e.message, /FERRY_TOKEN: a token needs at least 16 characters/);
+    assert.ok(!e.message.includes("hunter2"));
+    return true;
+  });
+});
+
+Deno.test("parseFlags() allows a non-loopback address: every request needs the token anyway", () => {
+  const generated = parseFlags(["--listen", "0.0.0.0:8080"]);
+  assert.equal(generated.hostname, "0.0.0.0");
+  assert.equal(generated.token, undefined);
+  const given = parseFlags(["--listen", "0.0.0.0:8080"], { FERRY_TOKEN: "s3cret-s3cret-s3cret" });
+  assert.equal(given.token, "s3cret-s3cret-s3cret");
 });
 
 Deno.test("HELP documents every flag", () => {
@@ -93,6 +129,9 @@ Deno.test("HELP documents every flag", () => {
       "--no-prefault",
       "--allow-exec",
       "--token",
+      "--token-file",
+      "--allowed-host",
+      "FERRY_TOKEN",
       "--help",
     ]
   ) assert.ok(HELP.includes(flag), flag);

@@ -39,7 +39,7 @@ const context = await chromium.launchPersistentContext(userDataDir, {
 });
 try {
   const page = await context.newPage();
-  await page.goto(`${src.url}/`);
+  await page.goto(`${src.url}/#token=${src.token}`);
   await page.waitForSelector('#connection[data-state="live"]');
   await page.fill("#param-speed", "64M");
   await page.fill("#param-downtime", "50ms");

@@ -4,13 +4,16 @@
  *   deno task migrate -- --api URL --to URI [--speed 1G] [--downtime 30ms] [--xbzrle]
  *                        [--auto-converge] [--watch]
  *   deno task status  -- [--api URL] [--watch] [--json]
+ *   deno task token   -- [--api URL]
  *
- * `migrate` exits 0 only when the migration completed; `FERRY_TOKEN` is sent as a
- * bearer token.
+ * `migrate` exits 0 only when the migration completed. The API token is `--token`,
+ * else `FERRY_TOKEN`, else the token file of a ferry on this machine (loopback API).
  */
 import { readSse } from "./sse.ts";
 import { parseArgs } from "node:util";
 import { parseSize } from "../vm/ram.ts";
+import { defaultTokenFile, readTokenFile, TokenFileError } from "../api_token.ts";
+import { isLoopbackHost } from "../routes/host_check.ts";
 
 /** A bad command line: printed on one line, exit status 2. */
 export class UsageError extends Error {
@@ -35,8 +38,9 @@ completed (1 when it failed or was cancelled or the API refused, 2 for a bad com
   --auto-converge     enable the auto_converge capability first
   --watch             draw a live progress bar (throughput, remaining, ETA) from the event stream
   --timeout TIME      give up (exit 1, migration left running) after this long, e.g. 5min
-  -h, --help          this text
-Environment: FERRY_TOKEN is sent as "Authorization: Bearer …".`;
+  --token TOKEN       the API token (default $FERRY_TOKEN, else the token file of the ferry
+                      on this machine's --api port)
+  -h, --help          this text`;
 
 export const STATUS_HELP = `Usage: deno task status -- [options]
 
@@ -45,8 +49,74 @@ Prints the current (or last) migration of a ferry, and its incoming side when ar
   --api URL    the ferry's API (default $FERRY_API or http://127.0.0.1:8080)
   --watch      follow an active migration with a progress bar until it ends
   --json       print GET /migrations/current as JSON
+  --token TOKEN  the API token (default $FERRY_TOKEN, else the token file of the ferry
+                 on this machine's --api port)
+  -h, --help   this text`;
+
+export const TOKEN_HELP = `Usage: deno task token -- [--api URL]
+
+Prints the API token a ferry on this machine generated (it was started without --token
+or FERRY_TOKEN, by this user), read from its token file:
+$XDG_RUNTIME_DIR/ferry/api-PORT.token, else $HOME/.local/state/ferry/api-PORT.token.
+
+  --api URL    the ferry's API (default $FERRY_API or http://127.0.0.1:8080)
   -h, --help   this text
-Environment: FERRY_TOKEN is sent as "Authorization: Bearer …".`;
+
+  export FERRY_TOKEN=$(deno task -q token)
+  curl -H "Authorization: Bearer $FERRY_TOKEN" http://127.0.0.1:8080/vm`;
+
+/** The environment ferryctl reads. */
+export type Env = Record<string, string | undefined>;
+
+/** An API token and where it came from, for messages. */
+export interface ResolvedToken {
+  readonly token: string | undefined;
+  /** "--token", "FERRY_TOKEN", the token file's path, or "" when none was found. */
+  readonly source: string;
+  /** The token file looked for, when the API is on this machine. */
+  readonly file?: string;
+}
+
+/** Parses --api (or its default) into a URL, refusing anything but http(s). */
+function apiUrl(base: string): URL {
+  let url: URL;
+  try {
+    url = new URL(base);
+  } catch {
+    throw new UsageError(`Invalid --api "${base}": expected a URL like http://127.0.0.1:8080`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new UsageError(`Invalid --api "${base}": expected an http:// or https:// URL`);
+  }
+  return url;
+}
+
+/** The token file a ferry serving `api` would have written, when `api` is on this machine. */
+export function tokenFileFor(api: string, env: Env): string | undefined {
+  const url = apiUrl(api);
+  if (!isLoopbackHost(url.hostname)) return undefined;
+  const port = Number(url.port || (url.protocol === "https:" ? 443 : 80));
+  return defaultTokenFile(port, { XDG_RUNTIME_DIR: env.XDG_RUNTIME_DIR, HOME: env.HOME });
+}
+
+/**
+ * The API token to send to `api`: `flag` (--token), else FERRY_TOKEN, else the
+ * token file a ferry on this machine wrote for that port (none for a remote API).
+ */
+export function resolveToken(api: string, flag: string | undefined, env: Env): ResolvedToken {
+  if (flag) return { token: flag, source: "--token" };
+  if (env.FERRY_TOKEN) return { token: env.FERRY_TOKEN, source: "FERRY_TOKEN" };
+  const file = tokenFileFor(api, env);
+  if (file === undefined) return { token: undefined, source: "" };
+  let token: string | undefined;
+  try {
+    token = readTokenFile(file);
+  } catch (e) {
+    if (!(e instanceof TokenFileError)) throw e;
+    throw new ApiError(`${e.message} (pass --token or set FERRY_TOKEN)`);
+  }
+  return token === undefined ? { token, source: "", file } : { token, source: file, file };
+}
 
 // deno-lint-ignore no-explicit-any
 type Json = any;
@@ -173,19 +243,24 @@ export function summaryTable(info: Json, params?: Json): string {
 export class FerryApi {
   readonly base: string;
   readonly #token: string | undefined;
+  readonly #source: ResolvedToken;
 
-  constructor(base: string, token?: string) {
-    let url: URL;
-    try {
-      url = new URL(base);
-    } catch {
-      throw new UsageError(`Invalid --api "${base}": expected a URL like http://127.0.0.1:8080`);
-    }
-    if (url.protocol !== "http:" && url.protocol !== "https:") {
-      throw new UsageError(`Invalid --api "${base}": expected an http:// or https:// URL`);
-    }
-    this.base = url.href.replace(/\/$/, "");
-    this.#token = token || undefined;
+  /** `token` is a token, or how one was resolved (for what a 401 should say). */
+  constructor(base: string, token?: string | ResolvedToken) {
+    this.base = apiUrl(base).href.replace(/\/$/, "");
+    this.#source = typeof token === "object"
+      ? token
+      : { token: token || undefined, source: token ? "FERRY_TOKEN" : "" };
+    this.#token = this.#source.token || undefined;
+  }
+
+  /** What to add to a 401: which token was refused, or how to give one. */
+  #unauthorizedHint(): string {
+    const { source, file } = this.#source;
+    if (this.#token) return ` (the token from ${source} was refused)`;
+    return ` (no token: pass --token, set FERRY_TOKEN${
+      file ? `, or run as the user whose ferry wrote ${file}` : ""
+    })`;
   }
 
   headers(extra: Record<string, string> = {}): Record<string, string> {
@@ -218,11 +293,8 @@ export class FerryApi {
     let message = `${method} ${path} answered ${res.status}`;
     if (err?.code) message += ` ${err.code}: ${err.message}`;
     else if (text) message += `: ${text.slice(0, 200)}`;
-    if (res.status === 401) {
-      message += this.#token
-        ? " (FERRY_TOKEN was refused)"
-        : " (this ferry needs a token: set FERRY_TOKEN)";
-    }
+    // A lockout (429) only holds back requests without the right token.
+    if (res.status === 401 || res.status === 429) message += this.#unauthorizedHint();
     throw new ApiError(message);
   }
 
@@ -236,7 +308,7 @@ export class FerryApi {
       await res.body?.cancel();
       throw new ApiError(
         `GET /migrations/events answered ${res.status}${
-          res.status === 401 ? " (set FERRY_TOKEN)" : ""
+          res.status === 401 || res.status === 429 ? this.#unauthorizedHint() : ""
         }`,
       );
     }
@@ -374,6 +446,7 @@ export async function migrate(args: string[], env: Record<string, string | undef
     "auto-converge": { type: "boolean", default: false },
     watch: { type: "boolean", default: false },
     timeout: { type: "string" },
+    token: { type: "string" },
     help: { type: "boolean", short: "h", default: false },
   });
   if (values.help) {
@@ -394,7 +467,8 @@ export async function migrate(args: string[], env: Record<string, string | undef
   const deadline = values.timeout !== undefined
     ? Date.now() + parseDuration(String(values.timeout))
     : undefined;
-  const api = new FerryApi(String(values.api ?? env.FERRY_API ?? DEFAULT_API), env.FERRY_TOKEN);
+  const base = String(values.api ?? env.FERRY_API ?? DEFAULT_API);
+  const api = new FerryApi(base, resolveToken(base, values.token, env));
 
   const caps: Record<string, boolean> = {};
   if (values.xbzrle) caps.xbzrle = true;
@@ -438,13 +512,15 @@ export async function status(args: string[], env: Record<string, string | undefi
     api: { type: "string" },
     watch: { type: "boolean", default: false },
     json: { type: "boolean", default: false },
+    token: { type: "string" },
     help: { type: "boolean", short: "h", default: false },
   });
   if (values.help) {
     io.out(`${STATUS_HELP}\n`);
     return 0;
   }
-  const api = new FerryApi(String(values.api ?? env.FERRY_API ?? DEFAULT_API), env.FERRY_TOKEN);
+  const base = String(values.api ?? env.FERRY_API ?? DEFAULT_API);
+  const api = new FerryApi(base, resolveToken(base, values.token, env));
   let info = await api.call("GET", "/migrations/current");
   if (values.watch && !FINAL.has(info.status) && info.status !== "none") {
     const abort = new AbortController();
@@ -467,6 +543,41 @@ export async function status(args: string[], env: Record<string, string | undefi
     ].filter(Boolean);
     io.out(`${rows.join(", ")}\n`);
   }
+  return 0;
+}
+
+/** `token`: prints the token from the token file of a ferry on this machine; returns the exit status. */
+export function token(args: string[], env: Env, io: Io): number {
+  const { values } = parse(args, {
+    api: { type: "string" },
+    help: { type: "boolean", short: "h", default: false },
+  });
+  if (values.help) {
+    io.out(`${TOKEN_HELP}\n`);
+    return 0;
+  }
+  const base = String(values.api ?? env.FERRY_API ?? DEFAULT_API);
+  const file = tokenFileFor(base, env);
+  if (file === undefined) {
+    throw new ApiError(
+      isLoopbackHost(apiUrl(base).hostname)
+        ? "neither XDG_RUNTIME_DIR nor HOME is set: cannot find the token file"
+        : `${base} is not on this machine: its token file is on the machine that runs it`,
+    );
+  }
+  let found: string | undefined;
+  try {
+    found = readTokenFile(file);
+  } catch (e) {
+    if (!(e instanceof TokenFileError)) throw e;
+    throw new ApiError(e.message);
+  }
+  if (found === undefined) {
+    throw new ApiError(
+      `no token file ${file}: is a ferry of this user listening on ${base}, started without --token or FERRY_TOKEN?`,
+    );
+  }
+  io.out(`${found}\n`);
   return 0;
 }
 
@@ -498,7 +609,8 @@ export async function run(
   try {
     if (command === "migrate") return await migrate(args, env, io);
     if (command === "status") return await status(args, env, io);
-    throw new UsageError(`Unknown command "${command ?? ""}": expected migrate or status`);
+    if (command === "token") return token(args, env, io);
+    throw new UsageError(`Unknown command "${command ?? ""}": expected migrate, status or token`);
   } catch (e) {
     if (e instanceof UsageError) {
       io.err(`ferry ${command ?? ""}: ${e.message}\n`);
@@ -517,6 +629,8 @@ if (import.meta.main) {
     await run(Deno.args, {
       FERRY_API: Deno.env.get("FERRY_API"),
       FERRY_TOKEN: Deno.env.get("FERRY_TOKEN"),
+      XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR"),
+      HOME: Deno.env.get("HOME"),
     }),
   );
 }

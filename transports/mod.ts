@@ -10,7 +10,7 @@ import { connectFile, listenFile } from "./file.ts";
 import { connectTcp, listenTcp } from "./tcp.ts";
 import { type Channel, type Listener, TransportError, type Transports } from "./transport.ts";
 import { connectUnix, listenUnix } from "./unix.ts";
-import { type MigrationUri, parseUri } from "./uri.ts";
+import { type MigrationUri, parseUri, type UriDirection } from "./uri.ts";
 
 export * from "./transport.ts";
 export * from "./uri.ts";
@@ -52,24 +52,25 @@ function checkExecAllowed(allowExec: boolean): void {
  * (bad URIs and unknown schemes fail there, with `bad-uri` / `unknown-protocol`)
  * and dispatches it to its transport: tcp:, unix:, exec: (`exec-disabled`
  * unless `allowExec`), fd: (`bad-fd` for a descriptor ferry did not inherit)
- * and file:. `validate(uri)` raises those errors synchronously without opening
- * anything.
+ * and file:. `validate(uri, direction)` raises those errors synchronously without
+ * opening anything; `connect` and `listen` check their own direction (tcp: port 0
+ * is `bad-uri` to connect to).
  */
 export function createTransports(options: TransportsOptions = {}): Transports {
   const allowExec = options.allowExec ?? false;
-  const check = (uri: string): MigrationUri => {
-    const parsed = parseUri(uri);
+  const check = (uri: string, direction?: UriDirection): MigrationUri => {
+    const parsed = parseUri(uri, direction);
     if (parsed.scheme === "exec") checkExecAllowed(allowExec);
     if (parsed.scheme === "fd") inspectFd(parsed.fd);
     return parsed;
   };
   return {
-    validate(uri: string): void {
-      check(uri);
+    validate(uri: string, direction?: UriDirection): void {
+      check(uri, direction);
     },
     connect(uri: string, signal?: AbortSignal): Promise<Channel> {
       try {
-        switch (check(uri).scheme) {
+        switch (check(uri, "connect").scheme) {
           case "tcp":
             return connectTcp(uri, signal);
           case "unix":
@@ -87,7 +88,7 @@ export function createTransports(options: TransportsOptions = {}): Transports {
     },
     listen(uri: string): Promise<Listener> {
       try {
-        switch (check(uri).scheme) {
+        switch (check(uri, "listen").scheme) {
           case "tcp":
             return listenTcp(uri);
           case "unix":

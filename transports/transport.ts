@@ -40,9 +40,10 @@ export interface Listener extends Disposable {
 export interface Transports {
   /**
    * Checks synchronously that `uri` parses and that this ferry may use it (e.g.
-   * exec: needs --allow-exec), throwing a TransportError; nothing is opened.
+   * exec: needs --allow-exec), throwing a TransportError; nothing is opened. With
+   * a `direction`, also that the URI is valid that way (no tcp: port 0 to connect).
    */
-  validate(uri: string): void;
+  validate(uri: string, direction?: "connect" | "listen"): void;
   /** Connects to a destination for an outgoing migration. */
   connect(uri: string, signal?: AbortSignal): Promise<Channel>;
   /** Binds a listener for an incoming migration. */

@@ -14,6 +14,16 @@ export const SCHEMES = ["tcp", "unix", "exec", "fd", "file"] as const;
 /** One of the schemes in {@link SCHEMES}. */
 export type Scheme = typeof SCHEMES[number];
 
+/**
+ * What a URI is parsed for: `connect` (an outgoing migration) or `listen` (an
+ * incoming one). Some URIs are only valid one way: tcp: port 0 picks a free port
+ * when listening but names no peer to connect to.
+ */
+export type UriDirection = "connect" | "listen";
+
+/** Longest socket path the kernel accepts (`sun_path` is 108 bytes with the NUL; unix.ts's limit). */
+const UNIX_PATH_LIMIT = 107;
+
 function bad(uri: string, why: string): TransportError {
   return new TransportError("bad-uri", `Invalid migration URI "${uri}": ${why}`);
 }
@@ -25,7 +35,7 @@ function parsePort(uri: string, text: string): number {
   return port;
 }
 
-function parseTcp(uri: string, rest: string): MigrationUri {
+function parseTcp(uri: string, rest: string, direction?: UriDirection): MigrationUri {
   let host: string;
   let portText: string;
   if (rest.startsWith("[")) {
@@ -42,7 +52,28 @@ function parseTcp(uri: string, rest: string): MigrationUri {
   }
   if (host === "") throw bad(uri, "host is empty");
   if (!/^[A-Za-z0-9._:%-]+$/.test(host)) throw bad(uri, `host "${host}" has invalid characters`);
-  return { scheme: "tcp", host, port: parsePort(uri, portText) };
+  const port = parsePort(uri, portText);
+  if (port === 0 && direction === "connect") {
+    throw bad(
+      uri,
+      'port 0 only means "any free port" when listening: give the destination\'s port',
+    );
+  }
+  return { scheme: "tcp", host, port };
+}
+
+function parseUnix(uri: string, path: string): MigrationUri {
+  if (path === "") throw bad(uri, "path is empty");
+  // Absolute like file: paths, so a URI means the same socket whatever ferry's working directory.
+  if (!path.startsWith("/")) throw bad(uri, `path "${path}" must be absolute`);
+  const bytes = new TextEncoder().encode(path).length;
+  if (bytes > UNIX_PATH_LIMIT) {
+    throw bad(
+      uri,
+      `path is ${bytes} bytes, longer than the ${UNIX_PATH_LIMIT} a unix socket allows`,
+    );
+  }
+  return { scheme: "unix", path };
 }
 
 function parseFile(uri: string, rest: string): MigrationUri {
@@ -62,11 +93,13 @@ function parseFile(uri: string, rest: string): MigrationUri {
 }
 
 /**
- * Parses a migration URI (`tcp:HOST:PORT`, `unix:PATH`, `exec:CMD`, `fd:N`,
- * `file:PATH[,offset=N]`). Throws a TransportError with code `bad-uri` for a
+ * Parses a migration URI (`tcp:HOST:PORT`, `unix:/PATH`, `exec:CMD`, `fd:N`,
+ * `file:/PATH[,offset=N]`). Throws a TransportError with code `bad-uri` for a
  * malformed URI of a known scheme and `unknown-protocol` for any other scheme.
+ * With a `direction`, a URI only valid the other way is `bad-uri` too (tcp: port 0
+ * to connect); without one, either way is accepted.
  */
-export function parseUri(uri: string): MigrationUri {
+export function parseUri(uri: string, direction?: UriDirection): MigrationUri {
   const colon = uri.indexOf(":");
   if (colon <= 0) {
     throw new TransportError(
@@ -78,10 +111,9 @@ export function parseUri(uri: string): MigrationUri {
   const rest = uri.slice(colon + 1);
   switch (scheme) {
     case "tcp":
-      return parseTcp(uri, rest);
+      return parseTcp(uri, rest, direction);
     case "unix":
-      if (rest === "") throw bad(uri, "path is empty");
-      return { scheme: "unix", path: rest };
+      return parseUnix(uri, rest);
     case "exec":
       if (rest.trim() === "") throw bad(uri, "command is empty");
       return { scheme: "exec", command: rest };

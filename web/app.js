@@ -211,6 +211,20 @@ export function describeEvent(type, data) {
   }
 }
 
+/**
+ * The token in a page URL's fragment (`#token=…`, the link ferry prints at start),
+ * or null. A fragment never leaves the browser, so the token is not sent in a URL.
+ */
+export function tokenFromFragment(hash) {
+  const m = /^#(?:.*&)?token=([^&]*)/.exec(hash ?? "");
+  if (!m || m[1] === "") return null;
+  try {
+    return decodeURIComponent(m[1]);
+  } catch {
+    return null;
+  }
+}
+
 /** The message of an API error body, or a generic one. */
 export function errorMessage(status, body) {
   const e = body?.error;
@@ -230,6 +244,13 @@ const STALL_MS = 40_000;
 class Dashboard {
   constructor(doc) {
     this.doc = doc;
+    // A token handed over in the link ferry printed: kept for this tab, then taken out
+    // of the address bar (and so out of the history and of any copied link).
+    const handed = tokenFromFragment(globalThis.location?.hash);
+    if (handed !== null) {
+      sessionStorage.setItem(TOKEN_KEY, handed);
+      globalThis.history?.replaceState(null, "", location.pathname + location.search);
+    }
     this.token = sessionStorage.getItem(TOKEN_KEY) ?? "";
     this.tokenRequired =
       doc.querySelector('meta[name="ferry-token-required"]')?.getAttribute("content") === "true";
@@ -286,7 +307,10 @@ class Dashboard {
     } catch {
       parsed = undefined;
     }
-    if (res.status === 401) this.askToken(this.token ? "The token was refused." : "");
+    // 429: this address is locked out after wrong tokens, and ours is one of them.
+    if (res.status === 401 || res.status === 429) {
+      this.askToken(this.token ? "The token was refused." : "");
+    }
     return { status: res.status, body: parsed };
   }
 
@@ -337,7 +361,7 @@ class Dashboard {
           cache: "no-store",
           signal: controller.signal,
         });
-        if (res.status === 401) {
+        if (res.status === 401 || res.status === 429) {
           await res.body?.cancel();
           this.askToken(this.token ? "The token was refused." : "");
           return;

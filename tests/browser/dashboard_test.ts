@@ -107,7 +107,8 @@ Deno.test({
       if (!r.url().startsWith(src.url) && !r.url().startsWith("data:")) foreign.push(r.url());
     });
 
-    await page.goto(`${src.url}/`);
+    // The link a ferry prints carries its token in the fragment.
+    await page.goto(`${src.url}/#token=${src.token}`);
     await page.waitForSelector('#connection[data-state="live"]');
     assert.equal(await text(page, "#status"), "none");
     await page.waitForFunction(() =>
@@ -214,7 +215,7 @@ Deno.test({
       if (r.url().endsWith("/migrations/events")) eventRequests.push(r.headers());
     });
 
-    await page.goto(`${proxy.url}/`);
+    await page.goto(`${proxy.url}/#token=${src.token}`);
     await page.waitForSelector('#connection[data-state="live"]');
     await page.waitForFunction(() =>
       document.getElementById("vm-state")?.textContent === "guest: running"
@@ -250,7 +251,7 @@ Deno.test({
   name: "dashboard: a ferry with --token serves the page, which asks for the token",
   ignore,
   async fn() {
-    await using src = await FerryProcess.start(["--ram", "8M", "--token", "s3cret-token"]);
+    await using src = await FerryProcess.start(["--ram", "8M", "--token", "s3cret-token-0123"]);
     const denied = await fetch(`${src.url}/migrations/current`);
     await denied.body?.cancel();
     assert.equal(denied.status, 401, "the API still needs the token");
@@ -268,7 +269,7 @@ Deno.test({
       document.getElementById("token-error")?.textContent === "The token was refused."
     );
 
-    await page.fill("#token-input", "s3cret-token");
+    await page.fill("#token-input", "s3cret-token-0123");
     await page.click('#token-form button[type="submit"]');
     await page.waitForSelector('#connection[data-state="live"]');
     await page.waitForFunction(() =>
@@ -277,7 +278,7 @@ Deno.test({
     assert.equal(await text(page, "#status"), "none");
     assert.equal(
       await page.evaluate(() => sessionStorage.getItem("ferry-token")),
-      "s3cret-token",
+      "s3cret-token-0123",
     );
     // A reload keeps the token for this tab.
     await page.reload();
@@ -285,7 +286,41 @@ Deno.test({
     assert.equal(await page.locator("#token-panel").isHidden(), true);
 
     assert.deepEqual(errors.page, []);
-    // The wrong token's 401s are the only errors the browser reports.
-    for (const e of errors.console) assert.match(e, /401/);
+    // The wrong token's 401s (and 429s while its address is locked out) are the only errors.
+    for (const e of errors.console) assert.match(e, /401|429/);
+  },
+});
+
+Deno.test({
+  name:
+    "dashboard: the link a ferry prints (#token=…) connects at once and leaves no token in the address bar",
+  ignore,
+  async fn() {
+    const runtime = await Deno.makeTempDir({ prefix: "ferry-xdg-" });
+    try {
+      await using src = await FerryProcess.start(["--ram", "8M"], { XDG_RUNTIME_DIR: runtime }, {
+        token: false,
+      });
+      const link = /^ferry: dashboard (\S+)$/m.exec(src.output())?.[1];
+      assert.ok(link?.endsWith(`/#token=${src.token}`), src.output());
+
+      await using browser = await launch();
+      const page = await browser.context.newPage();
+      const errors = watchErrors(page);
+      await page.goto(link!);
+      await page.waitForSelector('#connection[data-state="live"]');
+      await page.waitForFunction(() =>
+        document.getElementById("vm-state")?.textContent === "guest: running"
+      );
+      assert.equal(await page.locator("#token-panel").isHidden(), true, "it did not ask");
+      assert.equal(page.url(), `${src.url}/`, "the fragment is gone from the address bar");
+      assert.equal(await page.evaluate(() => sessionStorage.getItem("ferry-token")), src.token);
+      // A state change from the page passes the origin check (same origin).
+      await page.click("#vm-stop");
+      await src.waitFor("/vm", (b) => b.run_state === "paused");
+      assert.deepEqual(errors, { console: [], page: [] });
+    } finally {
+      await Deno.remove(runtime, { recursive: true });
+    }
   },
 });

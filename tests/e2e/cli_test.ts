@@ -36,11 +36,13 @@ Deno.test("main.ts prints the API URL and, with --incoming, the real address", a
 });
 
 Deno.test("main.ts with --token refuses requests without the bearer token", async () => {
-  await using f = await FerryProcess.start(["--ram", "8M", "--token", "t0ken"]);
+  await using f = await FerryProcess.start(["--ram", "8M", "--token", "t0ken-t0ken-t0ken"]);
+  assert.match(f.output(), /dashboard http:\/\/127\.0\.0\.1:\d+\/ \(it asks for the/);
+  assert.doesNotMatch(f.output(), /t0ken-t0ken-t0ken|API token in/, "a given token is not printed");
   const denied = await fetch(`${f.url}/vm`);
   await denied.body?.cancel();
   assert.equal(denied.status, 401);
-  const ok = await fetch(`${f.url}/vm`, { headers: { authorization: "Bearer t0ken" } });
+  const ok = await fetch(`${f.url}/vm`, { headers: { authorization: "Bearer t0ken-t0ken-t0ken" } });
   assert.equal(ok.status, 200);
   assert.equal((await ok.json()).run_state, "running");
 });

@@ -4,7 +4,7 @@
  * event-stream clients watching one migration.
  */
 import assert from "node:assert/strict";
-import { FerryProcess } from "../../bench/ferry_process.ts";
+import { type FerryClient, FerryProcess } from "../../bench/ferry_process.ts";
 import {
   destinationFinal,
   migrateAndCompare,
@@ -70,8 +70,8 @@ Deno.test("concurrency: PATCH parameters racing a start applies (200) and the ru
 });
 
 /** Reads one SSE client until it saw a `state` event to a final state; returns the states. */
-async function watch(url: string, signal: AbortSignal): Promise<string[]> {
-  const res = await fetch(`${url}/migrations/events`, { signal });
+async function watch(ferry: FerryClient, signal: AbortSignal): Promise<string[]> {
+  const res = await ferry.fetch("/migrations/events", { signal });
   assert.equal(res.status, 200);
   const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
   const states: string[] = [];
@@ -104,7 +104,7 @@ Deno.test("concurrency: 100 event-stream clients all see a migration from setup 
   await using src = await FerryProcess.start(["--ram", "32M", "--fill", "random"]);
   await using dst = await startDestination("32M");
   const abort = new AbortController();
-  const clients = Array.from({ length: 100 }, () => watch(src.url, abort.signal));
+  const clients = Array.from({ length: 100 }, () => watch(src, abort.signal));
   try {
     // Every client is connected once the ferry has answered 100 hellos; then migrate.
     await new Promise((r) => setTimeout(r, 500));

@@ -64,8 +64,8 @@ async function firstBytes(ferry: FerryProcess, range: number): Promise<Uint8Arra
   const out = new Uint8Array(range / 4096);
   const chunk = 16 << 20;
   for (let off = 0; off < range; off += chunk) {
-    const res = await fetch(
-      `${ferry.url}/vm/ram?offset=${off}&length=${Math.min(chunk, range - off)}`,
+    const res = await ferry.fetch(
+      `/vm/ram?offset=${off}&length=${Math.min(chunk, range - off)}`,
     );
     assert.equal(res.status, 200);
     const bytes = new Uint8Array(await res.arrayBuffer());

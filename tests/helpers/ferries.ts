@@ -80,7 +80,7 @@ export function destinationFinal(dst: FerryClient, timeoutMs = 60_000): Promise<
 
 /** Reads byte 0 of the pages of [0, range) through GET /vm/ram. */
 export async function readRange(f: FerryClient, range: number): Promise<Uint8Array> {
-  const res = await fetch(`${f.url}/vm/ram?offset=0&length=${range}`);
+  const res = await f.fetch(`/vm/ram?offset=0&length=${range}`);
   assert.equal(res.status, 200);
   return new Uint8Array(await res.arrayBuffer());
 }

@@ -229,12 +229,53 @@ Deno.test("GET / answers the dashboard page as HTML when one is configured", asy
   await engine.close();
 });
 
-Deno.test("unknown method on a known path answers 404 with the JSON error shape", async () => {
+Deno.test("a wrong method on a known path answers 405 method-not-allowed with Allow", async () => {
   const { app, engine } = testApp();
-  const res = await call(app, "DELETE", "/vm");
-  assert.equal(res.status, 404);
-  assert.equal(res.body.error.code, "not-found");
-  assert.match(res.body.error.message, /DELETE \/vm/);
+  const cases: [string, string, string][] = [
+    ["DELETE", "/vm", "GET, HEAD"],
+    ["GET", "/vm/stop", "POST"],
+    ["PUT", "/migrations/current", "GET, HEAD, DELETE"],
+    ["GET", "/migrations/blockers/7", "DELETE"],
+    ["PATCH", "/migrations/capabilities", "GET, HEAD, PUT"],
+  ];
+  for (const [method, path, allow] of cases) {
+    const res = await app.request(path, { method });
+    assert.equal(res.status, 405, `${method} ${path}`);
+    assert.equal(res.headers.get("allow"), allow, `${method} ${path}`);
+    const body = await res.json();
+    assert.equal(body.error.code, "method-not-allowed");
+    assert.match(body.error.message, new RegExp(`${method} is not allowed on ${path}`));
+  }
+  // An unknown path is still 404.
+  const missing = await call(app, "DELETE", "/nowhere");
+  assert.equal(missing.status, 404);
+  assert.equal(missing.body.error.code, "not-found");
+  await engine.close();
+});
+
+Deno.test("a wrong method's Allow lists exactly the methods the registered routes take", async () => {
+  const { app, engine } = testApp();
+  const byPath = new Map<string, Set<string>>();
+  for (const r of app.routes) {
+    if (r.method === "ALL") continue;
+    const methods = byPath.get(r.path) ?? new Set<string>();
+    methods.add(r.method);
+    if (r.method === "GET") methods.add("HEAD");
+    byPath.set(r.path, methods);
+  }
+  for (const [pattern, methods] of byPath) {
+    const path = pattern.replace(/:(\w+)/g, "1");
+    const wrong = ["GET", "POST", "PUT", "PATCH", "DELETE"].find((m) => !methods.has(m));
+    if (!wrong) continue;
+    const res = await app.request(path, { method: wrong });
+    await res.body?.cancel();
+    assert.equal(res.status, 405, `${wrong} ${path}`);
+    assert.deepEqual(
+      new Set(res.headers.get("allow")!.split(", ")),
+      methods,
+      `${wrong} ${path}`,
+    );
+  }
   await engine.close();
 });
 

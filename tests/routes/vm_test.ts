@@ -133,3 +133,36 @@ Deno.test("GET /vm/ram beyond the block or of an unknown block answers a JSON er
   assert.equal(missing.body.error.field, "length");
   await engine.close();
 });
+
+Deno.test("GET /vm/ram without length says, in a sentence, that length is required and what it is", async () => {
+  const { app, engine } = testApp({ ram: 1 << 20 });
+  const missing = await call(app, "GET", "/vm/ram?offset=0");
+  assert.equal(missing.status, 400);
+  assert.deepEqual(missing.body.error, {
+    code: "invalid-request",
+    field: "length",
+    message:
+      'Invalid field "length": required: the number of bytes to read, a whole number from 1 to 16777216',
+  });
+  assert.doesNotMatch(missing.body.error.message, /NaN|expected number/);
+  await engine.close();
+});
+
+Deno.test("GET /vm/ram with a length or offset that is not a whole number names the value", async () => {
+  const { app, engine } = testApp({ ram: 1 << 20 });
+  const cases: [string, string, RegExp][] = [
+    ["length=abc", "length", /expected the number of bytes to read as a whole number .*got "abc"/],
+    ["length=1.5", "length", /got "1\.5"/],
+    ["length=0", "length", /the number of bytes to read must be at least 1/],
+    ["length=16777217", "length", /must be at most 16777216/],
+    ["length=4&offset=-1", "offset", /expected the byte offset to read from .*got "-1"/],
+  ];
+  for (const [query, field, message] of cases) {
+    const res = await call(app, "GET", `/vm/ram?${query}`);
+    assert.equal(res.status, 400, query);
+    assert.equal(res.body.error.field, field, query);
+    assert.match(res.body.error.message, message, query);
+    assert.doesNotMatch(res.body.error.message, /NaN/, query);
+  }
+  await engine.close();
+});

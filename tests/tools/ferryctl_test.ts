@@ -1,12 +1,15 @@
 import assert from "node:assert/strict";
+import { generateToken } from "../../api_token.ts";
 import { FerryProcess } from "../../bench/ferry_process.ts";
 import {
   FerryApi,
   type Io,
   parseDuration,
   progressLine,
+  resolveToken,
   run,
   summaryTable,
+  tokenFileFor,
   UsageError,
 } from "../../tools/ferryctl.ts";
 
@@ -26,29 +29,40 @@ function capture(tty = false): Io & { stdout: string; stderr: string } {
   return io;
 }
 
+/** Two ferries sharing one API token (`env` gives it to the CLI as FERRY_TOKEN). */
 async function pair(extraSrc: string[] = []) {
-  const dst = await FerryProcess.start([
-    "--ram",
-    "16M",
-    "--incoming",
-    "tcp:127.0.0.1:0",
-    "--no-autostart",
-  ]);
-  const src = await FerryProcess.start([
-    "--ram",
-    "16M",
-    "--fill",
-    "random",
-    "--workload",
-    "random:rate=2M",
-    ...extraSrc,
-  ]);
+  const token = generateToken();
+  const dst = await FerryProcess.start(
+    [
+      "--ram",
+      "16M",
+      "--incoming",
+      "tcp:127.0.0.1:0",
+      "--no-autostart",
+    ],
+    {},
+    { token },
+  );
+  const src = await FerryProcess.start(
+    [
+      "--ram",
+      "16M",
+      "--fill",
+      "random",
+      "--workload",
+      "random:rate=2M",
+      ...extraSrc,
+    ],
+    {},
+    { token },
+  );
   for (let i = 0; !dst.incoming && i < 200; i++) await new Promise((r) => setTimeout(r, 10));
   assert.ok(dst.incoming);
   return {
     src,
     dst,
     to: dst.incoming,
+    env: { FERRY_TOKEN: token },
     async [Symbol.asyncDispose]() {
       await src[Symbol.asyncDispose]();
       await dst[Symbol.asyncDispose]();
@@ -177,7 +191,7 @@ Deno.test("migrate --watch against real ferries: progress lines, summary table, 
       "300ms",
       "--watch",
     ],
-    {},
+    p.env,
     io,
   );
   assert.equal(code, 0, io.stdout + io.stderr);
@@ -201,13 +215,13 @@ Deno.test("migrate --watch against real ferries: progress lines, summary table, 
 
   // status prints the finished migration.
   const st = capture();
-  assert.equal(await run(["status", "--api", p.src.url], {}, st), 0);
+  assert.equal(await run(["status", "--api", p.src.url], p.env, st), 0);
   assert.match(st.stdout, /\| status +\| completed +\|/);
   const json = capture();
-  assert.equal(await run(["status", "--api", p.src.url, "--json"], {}, json), 0);
+  assert.equal(await run(["status", "--api", p.src.url, "--json"], p.env, json), 0);
   assert.equal(JSON.parse(json.stdout).status, "completed");
   const inc = capture();
-  assert.equal(await run(["status", "--api", p.dst.url], {}, inc), 0);
+  assert.equal(await run(["status", "--api", p.dst.url], p.env, inc), 0);
   assert.match(inc.stdout, /\| status +\| none +\|/);
   assert.match(inc.stdout, /incoming: completed, on tcp:127\.0\.0\.1:\d+, [\d.]+ MiB received/);
 });
@@ -215,7 +229,11 @@ Deno.test("migrate --watch against real ferries: progress lines, summary table, 
 Deno.test("migrate to a port nobody listens on exits 1 with the failure in the summary", async () => {
   await using src = await FerryProcess.start(["--ram", "8M"]);
   const io = capture();
-  const code = await run(["migrate", "--api", src.url, "--to", "tcp:127.0.0.1:9"], {}, io);
+  const code = await run(
+    ["migrate", "--api", src.url, "--to", "tcp:127.0.0.1:9"],
+    { FERRY_TOKEN: src.token },
+    io,
+  );
   assert.equal(code, 1);
   assert.match(io.stdout, /ferry: migration setup → failed: /);
   assert.match(io.stdout, /\| status +\| failed +\|/);
@@ -225,10 +243,10 @@ Deno.test("migrate to a port nobody listens on exits 1 with the failure in the s
 Deno.test("migrate exits 1 when the migration is cancelled meanwhile; status --watch follows it", async () => {
   await using p = await pair();
   const io = capture();
-  const running = run(["migrate", "--api", p.src.url, "--to", p.to, "--speed", "1M"], {}, io);
+  const running = run(["migrate", "--api", p.src.url, "--to", p.to, "--speed", "1M"], p.env, io);
   await p.src.waitFor("/migrations/current", (b) => b.status === "active");
   const watcher = capture();
-  const watching = run(["status", "--api", p.src.url, "--watch"], {}, watcher);
+  const watching = run(["status", "--api", p.src.url, "--watch"], p.env, watcher);
   await new Promise((r) => setTimeout(r, 1200));
   assert.equal((await p.src.api("DELETE", "/migrations/current")).status, 202);
   assert.equal(await running, 1);
@@ -244,7 +262,7 @@ Deno.test("migrate --timeout gives up with exit 1 and leaves the migration runni
   const io = capture();
   const code = await run(
     ["migrate", "--api", p.src.url, "--to", p.to, "--speed", "1M", "--timeout", "600ms"],
-    {},
+    p.env,
     io,
   );
   assert.equal(code, 1);
@@ -256,7 +274,7 @@ Deno.test("migrate --timeout gives up with exit 1 and leaves the migration runni
 Deno.test("migrate --xbzrle either enables XBZRLE or reports why not, and exits non-zero then", async () => {
   await using p = await pair();
   const io = capture();
-  const code = await run(["migrate", "--api", p.src.url, "--to", p.to, "--xbzrle"], {}, io);
+  const code = await run(["migrate", "--api", p.src.url, "--to", p.to, "--xbzrle"], p.env, io);
   const caps = await p.src.api("GET", "/migrations/capabilities");
   if (caps.body.xbzrle) {
     assert.equal(code, 0, io.stdout + io.stderr);
@@ -274,25 +292,113 @@ Deno.test("migrate --xbzrle either enables XBZRLE or reports why not, and exits 
 });
 
 Deno.test("FERRY_TOKEN is sent as a bearer token; without it the CLI says so", async () => {
-  await using src = await FerryProcess.start(["--ram", "8M", "--token", "tok-123"]);
+  const secret = "tok-123-tok-123-tok";
+  await using src = await FerryProcess.start(["--ram", "8M", "--token", secret]);
   const denied = capture();
   assert.equal(await run(["status", "--api", src.url], {}, denied), 1);
-  assert.match(denied.stderr, /answered 401\b.*set FERRY_TOKEN/);
+  assert.match(denied.stderr, /answered 401\b.*no token: pass --token, set FERRY_TOKEN/);
   const wrong = capture();
-  assert.equal(await run(["status", "--api", src.url], { FERRY_TOKEN: "nope" }, wrong), 1);
-  assert.match(wrong.stderr, /FERRY_TOKEN was refused/);
+  assert.equal(
+    await run(["status", "--api", src.url], { FERRY_TOKEN: "nope-nope-nope-nope" }, wrong),
+    1,
+  );
+  assert.match(wrong.stderr, /the token from FERRY_TOKEN was refused/);
   const ok = capture();
-  assert.equal(await run(["status", "--api", src.url], { FERRY_TOKEN: "tok-123" }, ok), 0);
+  assert.equal(await run(["status", "--api", src.url], { FERRY_TOKEN: secret }, ok), 0);
   assert.match(ok.stdout, /\| status +\| none +\|/);
+  // --token comes before FERRY_TOKEN.
+  const flag = capture();
+  assert.equal(
+    await run(["status", "--api", src.url, "--token", secret], { FERRY_TOKEN: "nope" }, flag),
+    0,
+  );
   // migrate needs it for the event stream too.
   const mig = capture();
   const code = await run(
     ["migrate", "--api", src.url, "--to", "tcp:127.0.0.1:9"],
-    { FERRY_TOKEN: "tok-123" },
+    { FERRY_TOKEN: secret },
     mig,
   );
   assert.equal(code, 1);
   assert.match(mig.stdout, /\| status +\| failed +\|/);
+});
+
+/** A ferry that generated its own token into a private XDG_RUNTIME_DIR. */
+async function generatedTokenFerry() {
+  const runtime = Deno.makeTempDirSync({ prefix: "ferry-xdg-" });
+  const src = await FerryProcess.start(["--ram", "8M"], { XDG_RUNTIME_DIR: runtime }, {
+    token: false,
+  });
+  return {
+    src,
+    runtime,
+    async [Symbol.asyncDispose]() {
+      await src[Symbol.asyncDispose]();
+      Deno.removeSync(runtime, { recursive: true });
+    },
+  };
+}
+
+Deno.test("without --token or FERRY_TOKEN the CLI reads the token file of the ferry on that loopback port", async () => {
+  await using f = await generatedTokenFerry();
+  const port = new URL(f.src.url).port;
+  const file = `${f.runtime}/ferry/api-${port}.token`;
+  assert.equal(resolveToken(f.src.url, undefined, { XDG_RUNTIME_DIR: f.runtime }).source, file);
+  const ok = capture();
+  assert.equal(await run(["status", "--api", f.src.url], { XDG_RUNTIME_DIR: f.runtime }, ok), 0);
+  assert.match(ok.stdout, /\| status +\| none +\|/);
+  // localhost is the same machine; FERRY_TOKEN still wins over the file.
+  const local = `http://localhost:${port}`;
+  assert.equal(resolveToken(local, undefined, { XDG_RUNTIME_DIR: f.runtime }).token, f.src.token);
+  // No file where it looked: the 401 says where that was.
+  const other = capture();
+  assert.equal(
+    await run(["status", "--api", f.src.url], { XDG_RUNTIME_DIR: `${f.runtime}/elsewhere` }, other),
+    1,
+  );
+  assert.match(other.stderr, /no token: .*ferry wrote .*elsewhere\/ferry\/api-\d+\.token/);
+  const wrong = capture();
+  const env = { XDG_RUNTIME_DIR: f.runtime, FERRY_TOKEN: "nope-nope-nope-nope" };
+  assert.equal(await run(["status", "--api", f.src.url], env, wrong), 1);
+  assert.match(wrong.stderr, /answered 401 .*the token from FERRY_TOKEN was refused/);
+  // Locked out for a moment now; the right token still gets through at once.
+  assert.equal(
+    await run(["status", "--api", f.src.url], { XDG_RUNTIME_DIR: f.runtime }, capture()),
+    0,
+  );
+});
+
+Deno.test("the token file is only looked for when the API is on this machine", () => {
+  const env = { XDG_RUNTIME_DIR: "/run/user/1000", HOME: "/home/a" };
+  assert.equal(tokenFileFor("http://127.0.0.1:8080", env), "/run/user/1000/ferry/api-8080.token");
+  assert.equal(tokenFileFor("http://[::1]:9", env), "/run/user/1000/ferry/api-9.token");
+  assert.equal(tokenFileFor("http://localhost", env), "/run/user/1000/ferry/api-80.token");
+  assert.equal(
+    tokenFileFor("http://127.0.0.1:8080", { HOME: "/home/a" }),
+    "/home/a/.local/state/ferry/api-8080.token",
+  );
+  assert.equal(tokenFileFor("http://10.0.0.5:8080", env), undefined);
+  assert.equal(tokenFileFor("http://ferry.example:8080", env), undefined);
+  assert.deepEqual(resolveToken("http://10.0.0.5:8080", undefined, env), {
+    token: undefined,
+    source: "",
+  });
+});
+
+Deno.test("token prints the generated token; it fails clearly where there is none", async () => {
+  await using f = await generatedTokenFerry();
+  const io = capture();
+  assert.equal(await run(["token", "--api", f.src.url], { XDG_RUNTIME_DIR: f.runtime }, io), 0);
+  assert.equal(io.stdout, `${f.src.token}\n`);
+  const none = capture();
+  assert.equal(
+    await run(["token", "--api", "http://127.0.0.1:9"], { XDG_RUNTIME_DIR: f.runtime }, none),
+    1,
+  );
+  assert.match(none.stderr, /^ferry token: no token file .*api-9\.token/);
+  const remote = capture();
+  assert.equal(await run(["token", "--api", "http://10.0.0.5:8080"], {}, remote), 1);
+  assert.match(remote.stderr, /not on this machine/);
 });
 
 Deno.test("status against nothing exits 1 naming the address", async () => {
@@ -307,11 +413,11 @@ Deno.test("status against nothing exits 1 naming the address", async () => {
 Deno.test("deno task migrate / deno task status: real exit codes", async () => {
   await using p = await pair();
   const root = new URL("../../", import.meta.url).pathname;
-  const task = (args: string[], env: Record<string, string> = {}) =>
+  const task = (args: string[]) =>
     new Deno.Command(Deno.execPath(), {
       args: ["task", "-q", ...args],
       cwd: root,
-      env,
+      env: p.env,
       stdout: "piped",
       stderr: "piped",
     }).output();
@@ -324,6 +430,26 @@ Deno.test("deno task migrate / deno task status: real exit codes", async () => {
   const st = await task(["status", "--", "--api", p.src.url]);
   assert.equal(st.code, 0);
   assert.match(new TextDecoder().decode(st.stdout), /\| status +\| failed +\|/);
+});
+
+Deno.test("deno task token / deno task status find a generated token with the tasks' permissions", async () => {
+  await using f = await generatedTokenFerry();
+  const root = new URL("../../", import.meta.url).pathname;
+  const task = (args: string[]) =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["task", "-q", ...args],
+      cwd: root,
+      env: { XDG_RUNTIME_DIR: f.runtime, FERRY_TOKEN: "" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+  const dec = new TextDecoder();
+  const tok = await task(["token", "--", "--api", f.src.url]);
+  assert.equal(tok.code, 0, dec.decode(tok.stderr));
+  assert.equal(dec.decode(tok.stdout), `${f.src.token}\n`);
+  const st = await task(["status", "--", "--api", f.src.url]);
+  assert.equal(st.code, 0, dec.decode(st.stderr));
+  assert.match(dec.decode(st.stdout), /\| status +\| none +\|/);
 });
 
 Deno.test("a capability the ferry refuses is reported with its code and reason; nothing starts", async () => {

@@ -63,6 +63,30 @@ Deno.test("createTransports().validate() accepts tcp: and unix: without opening 
   transports.validate("unix:/nonexistent/dir/x.sock");
 });
 
+Deno.test("createTransports().validate() refuses tcp: port 0 to connect to, not to listen on", async () => {
+  const transports = createTransports();
+  await assertTransportError(
+    () => transports.validate("tcp:127.0.0.1:0", "connect"),
+    "bad-uri",
+    "port 0",
+  );
+  transports.validate("tcp:127.0.0.1:0", "listen");
+  transports.validate("tcp:127.0.0.1:0"); // no direction: either way
+  // connect() checks its own direction: bad-uri at once, not a failed connection later.
+  await assertTransportError(() => transports.connect("tcp:127.0.0.1:0"), "bad-uri", "port 0");
+  using listener = await transports.listen("tcp:127.0.0.1:0");
+  assert.match(listener.address, /:[1-9]\d*$/);
+});
+
+Deno.test("createTransports() refuses relative and over-long unix: paths before opening anything", async () => {
+  const transports = createTransports();
+  await assertTransportError(() => transports.validate("unix:rel.sock"), "bad-uri", "absolute");
+  await assertTransportError(() => transports.listen("unix:rel.sock"), "bad-uri", "absolute");
+  const long = `unix:/tmp/${"x".repeat(110)}`;
+  await assertTransportError(() => transports.validate(long), "bad-uri", "longer than");
+  await assertTransportError(() => transports.connect(long), "bad-uri", "longer than");
+});
+
 Deno.test("createTransports() connect() failures keep the connect-failed code", async () => {
   const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = probe.addr.port;

@@ -43,10 +43,37 @@ Deno.test("parseUri() refuses malformed tcp: URIs with bad-uri", async () => {
   await assertTransportError(() => parseUri("tcp:a b:4444"), "bad-uri", "invalid characters");
 });
 
-Deno.test("parseUri() reads unix:PATH, absolute or relative", async () => {
+Deno.test("parseUri() accepts tcp: port 0 to listen on, but not to connect to", async () => {
+  assert.equal((parseUri("tcp:127.0.0.1:0", "listen") as { port: number }).port, 0);
+  assert.equal((parseUri("tcp:127.0.0.1:0") as { port: number }).port, 0);
+  await assertTransportError(
+    () => parseUri("tcp:127.0.0.1:0", "connect"),
+    "bad-uri",
+    "port 0",
+    "when listening",
+  );
+  await assertTransportError(() => parseUri("tcp:[::1]:00", "connect"), "bad-uri", "port 0");
+  assert.equal((parseUri("tcp:127.0.0.1:1", "connect") as { port: number }).port, 1);
+});
+
+Deno.test("parseUri() reads unix:PATH with an absolute path", async () => {
   assert.deepEqual(parseUri("unix:/run/ferry.sock"), { scheme: "unix", path: "/run/ferry.sock" });
-  assert.deepEqual(parseUri("unix:ferry.sock"), { scheme: "unix", path: "ferry.sock" });
   await assertTransportError(() => parseUri("unix:"), "bad-uri", "path is empty");
+});
+
+Deno.test("parseUri() refuses a relative unix: path, as it does a relative file: path", async () => {
+  await assertTransportError(() => parseUri("unix:ferry.sock"), "bad-uri", "must be absolute");
+  await assertTransportError(() => parseUri("unix:./ferry.sock"), "bad-uri", "must be absolute");
+  await assertTransportError(() => parseUri("unix:~/ferry.sock"), "bad-uri", "must be absolute");
+});
+
+Deno.test("parseUri() refuses a unix: path longer than the 107 bytes sun_path holds", async () => {
+  const fits = `/tmp/${"x".repeat(107 - 5)}`;
+  assert.equal(new TextEncoder().encode(fits).length, 107);
+  assert.deepEqual(parseUri(`unix:${fits}`), { scheme: "unix", path: fits });
+  await assertTransportError(() => parseUri(`unix:${fits}y`), "bad-uri", "108 bytes", "107");
+  // Bytes, not characters: a slash and 54 two-byte characters are 109 bytes.
+  await assertTransportError(() => parseUri(`unix:/${"é".repeat(54)}`), "bad-uri", "109 bytes");
 });
 
 Deno.test("parseUri() keeps an exec: command verbatim and refuses an empty one", async () => {

@@ -15,6 +15,7 @@ import {
   ProgressTracker,
   SseParser,
   throughputOf,
+  tokenFromFragment,
 } from "../../web/app.js";
 import { buildDashboard, loadDashboard } from "../../web/dashboard.ts";
 
@@ -168,3 +169,14 @@ Deno.test("buildDashboard refuses files it cannot inline safely", () => {
 function indexHtml(): string {
   return Deno.readTextFileSync(new URL("../../web/index.html", import.meta.url));
 }
+
+Deno.test("tokenFromFragment reads #token=… (the link ferry prints), decoded; null otherwise", () => {
+  assert.equal(tokenFromFragment("#token=abc_DEF-123"), "abc_DEF-123");
+  assert.equal(tokenFromFragment("#x=1&token=a%2Bb"), "a+b");
+  assert.equal(tokenFromFragment("#token=abc&x=1"), "abc");
+  for (
+    const hash of ["", "#", "#token=", "#mytoken=abc", "?token=abc", undefined, "#token=%E0%A4%A"]
+  ) {
+    assert.equal(tokenFromFragment(hash), null, String(hash));
+  }
+});
