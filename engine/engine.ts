@@ -217,7 +217,7 @@ export class Engine {
     if (state === "inmigrate" || state === "finish-migrate") {
       throw new EngineError("guest-incomplete", `Cannot migrate a guest in state "${state}"`);
     }
-    this.#transports.validate(uri);
+    this.#transports.validate(uri, "connect");
     this.#migration = new Migration(uri, {
       guest: this.#guest,
       transports: this.#transports,
@@ -288,7 +288,7 @@ export class Engine {
         `Cannot arm an incoming migration while the guest is "${state}": stop it first (POST /vm/stop)`,
       );
     }
-    this.#transports.validate(uri);
+    this.#transports.validate(uri, "listen");
     const incoming = new IncomingMigration(uri, {
       guest: this.#guest,
       transports: this.#transports,

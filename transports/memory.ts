@@ -1,5 +1,5 @@
 import { type Channel, type Listener, TransportError, type Transports } from "./transport.ts";
-import { parseUri } from "./uri.ts";
+import { parseUri, type UriDirection } from "./uri.ts";
 
 /** Default buffer of an in-memory channel direction: 1 MiB unread before writes wait. */
 export const DEFAULT_MEMORY_CAPACITY = 1 << 20;
@@ -287,9 +287,9 @@ export class MemoryTransports implements Transports {
     this.#capacity = options.capacity ?? DEFAULT_MEMORY_CAPACITY;
   }
 
-  /** Checks that `uri` parses (any scheme is accepted, none is opened). */
-  validate(uri: string): void {
-    parseUri(uri);
+  /** Checks that `uri` parses for `direction` (any scheme is accepted, none is opened). */
+  validate(uri: string, direction?: UriDirection): void {
+    parseUri(uri, direction);
   }
 
   /**

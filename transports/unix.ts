@@ -1,10 +1,9 @@
 import { acceptConn, ConnChannel, describeNetError, raceAbort } from "./channel.ts";
 import { type Channel, type Listener, TransportError } from "./transport.ts";
-import { parseUri } from "./uri.ts";
+import { MAX_UNIX_PATH_BYTES, parseUri } from "./uri.ts";
 import { raiseUnixSendBuffers } from "./send_buffer.ts";
 
-/** Longest socket path the kernel accepts: `sun_path` is 108 bytes including the NUL. */
-export const MAX_UNIX_PATH_BYTES = 107;
+export { MAX_UNIX_PATH_BYTES };
 
 function parseUnixPath(uri: string): string {
   const parsed = parseUri(uri);

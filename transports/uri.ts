@@ -21,8 +21,8 @@ export type Scheme = typeof SCHEMES[number];
  */
 export type UriDirection = "connect" | "listen";
 
-/** Longest socket path the kernel accepts (`sun_path` is 108 bytes with the NUL; unix.ts's limit). */
-const UNIX_PATH_LIMIT = 107;
+/** Longest socket path the kernel accepts: `sun_path` is 108 bytes including the NUL. */
+export const MAX_UNIX_PATH_BYTES = 107;
 
 function bad(uri: string, why: string): TransportError {
   return new TransportError("bad-uri", `Invalid migration URI "${uri}": ${why}`);
@@ -67,10 +67,10 @@ function parseUnix(uri: string, path: string): MigrationUri {
   // Absolute like file: paths, so a URI means the same socket whatever ferry's working directory.
   if (!path.startsWith("/")) throw bad(uri, `path "${path}" must be absolute`);
   const bytes = new TextEncoder().encode(path).length;
-  if (bytes > UNIX_PATH_LIMIT) {
+  if (bytes > MAX_UNIX_PATH_BYTES) {
     throw bad(
       uri,
-      `path is ${bytes} bytes, longer than the ${UNIX_PATH_LIMIT} a unix socket allows`,
+      `path is ${bytes} bytes, longer than the ${MAX_UNIX_PATH_BYTES} a unix socket allows`,
     );
   }
   return { scheme: "unix", path };

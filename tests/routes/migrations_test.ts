@@ -132,3 +132,13 @@ Deno.test("unknown routes answer 404 with the JSON error shape", async () => {
   assert.equal(res.body.error.code, "not-found");
   await engine.close();
 });
+
+Deno.test("POST /migrations to tcp: port 0 answers 400 bad-uri naming uri (port 0 is for listening)", async () => {
+  const { app, engine } = testApp();
+  const res = await call(app, "POST", "/migrations", { uri: "tcp:127.0.0.1:0" });
+  assert.equal(res.status, 400);
+  assert.equal(res.body.error.code, "bad-uri");
+  assert.equal(res.body.error.field, "uri");
+  assert.equal(engine.current().status, "none");
+  await engine.close();
+});
