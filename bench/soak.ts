@@ -1,15 +1,18 @@
 /**
  * Soak test: randomized, fault-injected migrations between real ferries.
  *
- *   deno task soak -- --runs 200 [--seed 1] [--ram 16M] [--quiet]
+ *   deno task soak -- --runs 200 [--seed 1] [--ram 16M] [--faults flip,cut] [--quiet]
  *
  * Each run picks a transport (tcp or unix), a source workload and a fault — none,
- * a cut at a random byte offset, a cut just before the end, a cut when the
- * destination answers, a stall, SIGKILL of either side, or a cancel — and checks
- * the outcome: a migration the fault did not reach completes with equal RAM
- * digests; one it reached fails (or is cancelled) on the source, whose guest runs
- * again with its RAM intact, and fails on the destination, which refuses to start
- * and can be re-armed. It prints: completed, failed as expected, guests intact,
+ * a cut at a random byte offset, one flipped bit at a random byte offset, a cut
+ * just before the end, a cut when the destination answers, a stall, SIGKILL of
+ * either side, or a cancel (`--faults` keeps only the kinds named) — and checks
+ * the outcome: a migration that completes has equal RAM digests on both sides,
+ * and a cut or stall never lets it complete; one the fault reached fails (or is
+ * cancelled) on the source, whose guest runs again with its RAM intact, and fails
+ * on the destination, which refuses to start and can be re-armed (or, when the
+ * fault fell inside the 8-byte stream header, drops that connection and goes on
+ * listening). It prints: completed, failed as expected, guests intact,
  * bytes lost (must be 0) and hangs (must be 0), and exits 1 if any is wrong.
  */
 import { parseArgs } from "node:util";
@@ -27,6 +30,8 @@ export interface SoakOptions {
   log?: (line: string) => void;
   /** How long a side may take to reach a final state before the run counts as a hang. */
   deadlineMs?: number;
+  /** Only these fault kinds (default: all). */
+  faults?: readonly string[];
 }
 
 /** What a soak found. */
@@ -45,6 +50,10 @@ export interface SoakResult {
   bytesLost: number;
   /** Sides that never reached a final state (must be 0). */
   hangs: number;
+  /** Runs whose damaged stream (a flipped bit) the integrity check caught, on both sides. */
+  integrityCaught: number;
+  /** Runs whose fault fell inside the stream header: the destination dropped the connection. */
+  refused: number;
   /** Runs per fault kind. */
   faults: Record<string, number>;
   /** Descriptions of every run that did not behave. */
@@ -55,6 +64,7 @@ type Kind = "tcp" | "unix";
 type Fault =
   | "none"
   | "cut"
+  | "flip"
   | "cut-before-end"
   | "cut-on-answer"
   | "stall"
@@ -72,6 +82,7 @@ const WORKLOADS: readonly [string, string[], number][] = [
 const FAULTS: readonly [Fault, number][] = [
   ["none", 10],
   ["cut", 35],
+  ["flip", 35],
   ["cut-before-end", 8],
   ["cut-on-answer", 5],
   ["stall", 10],
@@ -218,6 +229,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
   const deadline = opts.deadlineMs ?? 30_000;
   const log = opts.log ?? (() => {});
   const rand = prng(opts.seed);
+  const faults = opts.faults ? FAULTS.filter(([f]) => opts.faults!.includes(f)) : FAULTS;
+  if (faults.length === 0) throw new Error(`no such fault kinds: ${opts.faults}`);
   const dir = await Deno.makeTempDir({ prefix: "ferry-soak-" });
   const pool = new Pool(ram, dir);
   const result: SoakResult = {
@@ -229,6 +242,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
     guestsIntact: 0,
     bytesLost: 0,
     hangs: 0,
+    integrityCaught: 0,
+    refused: 0,
     faults: {},
     problems: [],
   };
@@ -239,7 +254,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
       // Every random choice is drawn up front, so a seed fixes the whole schedule.
       const kind: Kind = rand() < 0.5 ? "tcp" : "unix";
       const w = Math.floor(rand() * WORKLOADS.length);
-      const fault = pickWeighted(rand, FAULTS);
+      const fault = pickWeighted(rand, faults);
       const where = rand();
       const limited = rand() < 0.5;
       result.faults[fault] = (result.faults[fault] ?? 0) + 1;
@@ -290,6 +305,10 @@ async function oneRun(pool: Pool, p: RunPlan, r: SoakResult): Promise<string> {
     case "cut":
       plan.cutAt = Math.floor(p.where * estimate * 1.05); // some land past the end: no fault
       break;
+    case "flip":
+      plan.flipAt = Math.floor(p.where * estimate * 1.05);
+      plan.flipMask = 1 << Math.floor((p.where * 1e6) % 8);
+      break;
     case "cut-before-end":
       plan.cutBeforeEnd = 1 + Math.floor(p.where * 8192);
       break;
@@ -338,7 +357,10 @@ async function oneRun(pool: Pool, p: RunPlan, r: SoakResult): Promise<string> {
     const d = killed === "destination" ? null : await waitUntil(
       dst,
       "/migrations/incoming",
-      (b) => b.status !== "active" && b.status !== "listening",
+      (b) =>
+        (b.status !== "active" && b.status !== "listening") ||
+        (b.status === "listening" && (b.refused_peers ?? 0) > 0 && s !== null &&
+          FINAL.has(s.status)),
       p.deadline,
     );
     if (killed !== "source" && !s) {
@@ -352,6 +374,22 @@ async function oneRun(pool: Pool, p: RunPlan, r: SoakResult): Promise<string> {
       await pool.drop(src);
       await pool.drop(dst);
       return problem("the destination never reached a final state (hang)");
+    }
+
+    // The fault fell inside the stream header: the destination dropped the
+    // connection and still listens for the real source.
+    if (d?.status === "listening") {
+      if (s?.status !== "failed") {
+        return problem(`source ${s?.status} while the destination listens`);
+      }
+      await dst.api("DELETE", "/migrations/incoming");
+      r.refused++;
+      r.failedAsExpected++;
+      if (wasRunning) {
+        const vm = (await src.api("GET", "/vm")).body;
+        if (vm.run_state !== "running") return problem(`source guest is ${vm.run_state}`);
+      }
+      return `failed / connection refused: ${s.error_desc}`.slice(0, 160);
     }
 
     // Both completed: the fault did not reach the stream (or came too late). Compare RAM.
@@ -384,7 +422,7 @@ async function oneRun(pool: Pool, p: RunPlan, r: SoakResult): Promise<string> {
     }
 
     // Failed or cancelled: only a fault may cause that.
-    const faulted = proxy.wasCut || proxy.wasStalled || killed !== null ||
+    const faulted = proxy.wasCut || proxy.wasStalled || proxy.flipped || killed !== null ||
       (p.fault === "cancel" && cancelAnswer === 202);
     if (!faulted) {
       return problem(`failed without a fault: ${s?.error_desc ?? d?.error_desc ?? "?"}`);
@@ -416,6 +454,12 @@ async function oneRun(pool: Pool, p: RunPlan, r: SoakResult): Promise<string> {
       if (start.status !== 409) return problem("the destination started a partial guest");
     }
     r.failedAsExpected++;
+    if (p.fault === "flip" && /Integrity check failed/.test(d?.error_desc ?? "")) {
+      if (!s?.error_desc?.includes(d!.error_desc)) {
+        return problem(`the source does not report the destination's reason: ${s?.error_desc}`);
+      }
+      r.integrityCaught++;
+    }
     return `${s?.status ?? "killed"} / ${d?.status ?? "killed"}: ${
       s?.error_desc ?? d?.error_desc ?? ""
     }`.slice(0, 160);
@@ -431,6 +475,7 @@ if (import.meta.main) {
       runs: { type: "string", default: "200" },
       seed: { type: "string", default: String(Date.now() % 100000) },
       ram: { type: "string", default: "16M" },
+      faults: { type: "string" },
       quiet: { type: "boolean", default: false },
     },
   });
@@ -442,6 +487,7 @@ if (import.meta.main) {
     runs,
     seed,
     ram: values.ram,
+    ...(values.faults ? { faults: values.faults.split(",") } : {}),
     log: values.quiet ? undefined : (l) => console.log(l),
   });
   const s = ((performance.now() - t0) / 1000).toFixed(1);
@@ -453,6 +499,8 @@ soak finished in ${s} s (seed ${seed})
   guests intact        ${r.guestsIntact} of ${r.guestsChecked} checked after a fault
   bytes lost           ${r.bytesLost}
   hangs                ${r.hangs}
+  integrity caught     ${r.integrityCaught}   (flips whose damage both sides reported by name)
+  refused at header    ${r.refused}   (faults inside the 8-byte header: connection dropped)
   faults               ${JSON.stringify(r.faults)}`);
   for (const p of r.problems) console.log(`  PROBLEM ${p}`);
   const ok = r.bytesLost === 0 && r.hangs === 0 && r.problems.length === 0 &&

@@ -33,11 +33,19 @@ export interface DigestSums {
 }
 
 /**
+ * A unit written with content digesting to d is recorded as d ^ WRITTEN, so that
+ * one never written (0) differs from one written with zeroes: a destination page
+ * whose record went astray keeps what it held before, and must not pass for the
+ * zero page the source sent.
+ */
+export const WRITTEN = 0x9e3779b9;
+
+/**
  * The latest digest of each of `units` units (RAM pages or disk chunks), and the
- * running sums over them. A unit never written digests as all zeroes, to 0.
+ * running sums over them. A unit never written counts as 0.
  */
 export class DigestTable {
-  /** Latest digest of each unit. */
+  /** Latest entry of each unit: its content digest ^ WRITTEN, or 0 if never written. */
   readonly digests: Uint32Array;
   #sum = 0;
   #weighted = 0;
@@ -47,8 +55,9 @@ export class DigestTable {
     this.digests = new Uint32Array(units);
   }
 
-  /** Records that unit `i` now holds content digesting to `d`. */
-  set(i: number, d: number): void {
+  /** Records that unit `i` now holds content digesting to `digest`. */
+  set(i: number, digest: number): void {
+    const d = (digest ^ WRITTEN) >>> 0;
     const old = this.digests[i];
     if (old === d) return;
     this.digests[i] = d;

@@ -388,7 +388,7 @@ export class RamSaver {
         w.u8(0);
         this.stats.duplicate++;
         cache.lookup(key)?.fill(0);
-        if (table !== null && table.digests[page] !== 0) table.set(page, 0);
+        table?.set(page, 0);
         continue;
       }
       if (!this.#bulk) {
@@ -488,7 +488,6 @@ export class RamSaver {
     if (bits === -1 && touched === 0 && cont && max >= 32) {
       // A whole word of never-written pages: 32 ZERO records differing only in the
       // offset's bytes 5 and 6 (base is a multiple of 32 pages). MAX_RECORD > 288.
-      // Their digests stay 0: a page never written was never sent non-zero.
       const hi = base >>> 20;
       const b4 = (base >>> 12) & 0xff;
       const b5 = (base >>> 4) & 0xff;
@@ -504,6 +503,7 @@ export class RamSaver {
         buf[pos + 8] = 0;
       }
       w.pos = pos;
+      if (table !== null) { for (let i = 0; i < 32; i++) table.set(base + i, 0); }
       this.#dirty -= 32;
       this.stats.duplicate += 32;
       return 0;
@@ -536,7 +536,7 @@ export class RamSaver {
       if (zero) {
         buf[pos++] = 0;
         zeros++;
-        if (table !== null && table.digests[page] !== 0) table.set(page, 0);
+        table?.set(page, 0);
       } else {
         buf.set(bytes.subarray(offset, offset + PAGE_SIZE), pos);
         if (table !== null) table.set(page, kernels!.digest(buf, pos, PAGE_SIZE));
@@ -680,7 +680,7 @@ export class RamLoader {
           );
         }
         if (block.isTouched(page)) block.bytes.fill(0, addr, addr + PAGE_SIZE);
-        if (table !== null && table.digests[page] !== 0) table.set(page, 0);
+        table?.set(page, 0);
         this.stats.zeroPages++;
       } else if (kind === RamFlag.XBZRLE) {
         await this.#loadXbzrle(r, block, addr, at);
@@ -726,7 +726,7 @@ export class RamLoader {
       if (flags === (RamFlag.ZERO | RamFlag.CONTINUE)) {
         if (buf[pos + 8] !== 0) break;
         if ((touched[page >>> 5] & bit) !== 0) bytes.fill(0, addr, addr + PAGE_SIZE);
-        if (table !== null && table.digests[page] !== 0) table.set(page, 0);
+        table?.set(page, 0);
         pos += 9;
         zeros++;
       } else if (flags === (RamFlag.PAGE | RamFlag.CONTINUE)) {

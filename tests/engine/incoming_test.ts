@@ -594,6 +594,23 @@ Deno.test("loadStream() with verify: a damaged byte in page content fails, namin
   }
 });
 
+Deno.test("loadStream() with verify: a page whose record went astray keeps stale content and fails, naming it", async () => {
+  // The ZERO record of pc.ram page 3 carries page 2's offset (a damaged header):
+  // page 3 never arrives, and the destination still holds what was there before.
+  const pages = new Map([["pc.ram", new Map<number, Uint8Array>()], ["vga.vram", new Map()]]);
+  const b = afterStart().part(0);
+  for (let p = 0; p < 8; p++) b.zero((p === 3 ? 2 : p) * PAGE, p === 0 ? "pc.ram" : null);
+  for (let p = 0; p < 4; p++) b.zero(p * PAGE, p === 0 ? "vga.vram" : null);
+  b.eos().footer(0).end(0).eos().footer(0).vcpu(1, 5n).eof();
+  b.vmdescription(vmdescWithIntegrity(integrityRecordFor(SMALL_BLOCKS, pages, 5n)));
+  const guest = smallGuest();
+  guest.fillRandom(21); // stale content everywhere
+  const err = await load(b.build(), guest, Infinity, true).then(() => null, (e) => e);
+  assert.ok(err instanceof IntegrityError, `${err}`);
+  assert.equal(err.where, "pc.ram");
+  assert.equal(err.unit, 3);
+});
+
 Deno.test("loadStream() with verify: a changed device state or integrity record fails; without a record it fails unless verify is off", async () => {
   const enc = buildValidStream();
   const counter = new Uint8Array(8);

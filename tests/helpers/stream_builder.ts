@@ -261,7 +261,11 @@ export function integrityRecordFor(
 ): IntegrityRecord {
   const digests = new MigrationDigests(blocks.map(([name, len]) => ({ name, pages: len / PAGE })));
   for (const { block, table } of digests.ram) {
-    for (const [p, data] of pages.get(block) ?? []) table.set(p, digestTs(data, 0, PAGE));
+    const sent = pages.get(block);
+    for (let p = 0; p < table.units; p++) {
+      const data = sent?.get(p);
+      table.set(p, data ? digestTs(data, 0, PAGE) : 0); // every page is sent, zero or not
+    }
   }
   const state = new Uint8Array(8);
   new DataView(state.buffer).setBigUint64(0, counter);
