@@ -83,7 +83,16 @@ export async function runFerry(spec: ScenarioSpec, opts: FerryRunOptions = {}): 
     await src.api("PUT", "/migrations/capabilities", {
       xbzrle: spec.xbzrle !== undefined,
       auto_converge: spec.autoConverge === true,
+      verify: spec.verify !== false,
     });
+    if (spec.verify === false) {
+      // The destination reads its capabilities when armed: disarm, change, arm again.
+      await dst.api("DELETE", "/migrations/incoming");
+      await dst.api("PUT", "/migrations/capabilities", { verify: false });
+      const armed = await dst.api("POST", "/migrations/incoming", { uri });
+      if (armed.status !== 202) throw new Error(`re-arming: ${JSON.stringify(armed.body)}`);
+      dst.incoming = armed.body.address;
+    }
     await src.api("PATCH", "/migrations/parameters", {
       max_bandwidth: Math.round(spec.maxBandwidth),
       downtime_limit: spec.downtimeLimitMs,

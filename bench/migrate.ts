@@ -6,7 +6,7 @@
  *
  *   deno task bench                     # everything (≈15 min): bulk, running, ab, then codec/snapshots/link
  *   deno task bench --quick             # 1 run per bulk scenario, 3 per distribution, no 4 GiB
- *   deno task bench --only bulk         # a group (bulk, running, ab, extra) or a scenario name substring
+ *   deno task bench --only bulk         # a group (bulk, running, ab, integrity, extra) or a scenario name substring
  *   deno task bench --no-qemu           # ferry only
  *   deno task bench --json out.json     # also write every run as JSON
  */
@@ -26,7 +26,7 @@ const GiB = 2 ** 30;
 /** A scenario of the suite: what to run, how often, and what ferry must reach. */
 interface Scenario {
   readonly name: string;
-  readonly group: "bulk" | "running" | "ab";
+  readonly group: "bulk" | "running" | "ab" | "integrity";
   readonly spec: ScenarioSpec;
   /** DESIGN §6 target for ferry's total time, seconds. */
   readonly targetS?: number;
@@ -97,6 +97,15 @@ const AB: Scenario[] = [300, 30].flatMap((limit) =>
     },
   }))
 );
+
+/**
+ * The cost of the `verify` capability: the same scenario with it on and off, in
+ * alternation (ferry only; QEMU has no such check).
+ */
+const INTEGRITY: Scenario[] = [
+  { ...bulk("random-1g-tcp", GiB, "tcp", 0.5), group: "integrity" },
+  { ...RUNNING.find((s) => s.name === "dirty-50M-30ms")!, group: "integrity" },
+];
 
 const fmt = {
   s: (x: number) =>
@@ -332,6 +341,56 @@ if (abSel.length) {
       fmt.ratio(t(r.ferry), t(r.qemu)),
     ], w));
   }
+}
+
+// ---- integrity: verify on against off ----
+const intSel = values.only === "integrity" || (!values.only && !values.quick) ? INTEGRITY : [];
+if (intSel.length) {
+  const n = Math.max(runs, 5);
+  console.log(
+    `\n# The verify capability (integrity digests), on against off — ${n} runs each, alternated`,
+  );
+  const w = [16, 22, 22, 9, 22, 22, 12];
+  console.log(row([
+    "scenario",
+    "total on p50 (range)",
+    "total off p50 (range)",
+    "cost",
+    "downtime on p50 (range)",
+    "downtime off p50 (range)",
+    "added",
+  ], w));
+  for (const s of intSel) {
+    const on: FerryRun[] = [];
+    const off: FerryRun[] = [];
+    for (let i = 0; i < n; i++) {
+      for (const verify of i % 2 === 0 ? [true, false] : [false, true]) {
+        const r = await runFerry({ ...s.spec, verify });
+        (verify ? on : off).push(r);
+        log.push({
+          scenario: `${s.name} verify=${verify}`,
+          engine: "ferry",
+          run: { ...r, apiLatenciesMs: undefined } as MigrationRun,
+        });
+      }
+    }
+    const spread = (xs: number[], f: (x: number) => string) =>
+      `${f(median(xs))} (${f(Math.min(...xs))}–${f(Math.max(...xs))})`;
+    const t = (xs: FerryRun[]) => xs.filter((x) => x.completed).map((x) => x.totalS);
+    const d = (xs: FerryRun[]) => xs.filter((x) => x.completed).map((x) => x.downtimeMs);
+    console.log(row([
+      s.name,
+      spread(t(on), fmt.s),
+      spread(t(off), fmt.s),
+      `${((median(t(on)) / median(t(off)) - 1) * 100).toFixed(1)}%`,
+      spread(d(on), fmt.ms),
+      spread(d(off), fmt.ms),
+      fmt.ms(median(d(on)) - median(d(off))),
+    ], w));
+  }
+  console.log(
+    "cost = median total with verify ÷ without − 1; added = difference of the median downtimes.",
+  );
 }
 
 if (values.json) await Deno.writeTextFile(values.json, JSON.stringify(log, null, 1));

@@ -16,10 +16,13 @@ const LINE = 80;
 /** Assembles the kernels' text format (SIMD on) into a validated binary. */
 export async function assembleKernels(): Promise<Uint8Array> {
   const wabt = await wabtInit();
-  const module = wabt.parseWat("kernels.wat", await Deno.readTextFile(WAT), { simd: true });
+  // Two memories (the kernels' own and a shared block of guest RAM).
+  const features = { simd: true, multi_memory: true, threads: true };
+  const module = wabt.parseWat("kernels.wat", await Deno.readTextFile(WAT), features);
   try {
     module.resolveNames();
-    module.validate();
+    // wabt's typings omit validate()'s feature argument; without it multi-memory is refused.
+    (module.validate as (features: unknown) => void).call(module, features);
     const { buffer } = module.toBinary({ log: false, write_debug_names: false });
     const bytes = new Uint8Array(buffer);
     if (!WebAssembly.validate(bytes)) throw new Error("kernels.wat: V8 rejects the binary");

@@ -25,6 +25,12 @@ export class RamBlock {
   readonly touched: Uint32Array;
   /** Number of pages. */
   readonly pages: number;
+  /**
+   * The shared WebAssembly memory that holds `bytes` (up to 4 GiB), so kernels can
+   * move pages in and out of it directly; null for a block rebuilt from another's
+   * buffers (a worker's view) or one too large.
+   */
+  readonly memory: WebAssembly.Memory | null;
 
   constructor(readonly name: string, readonly length: number, shared?: RamBlockShared) {
     if (name.length === 0 || name.length > 255) {
@@ -39,15 +45,19 @@ export class RamBlock {
     const words = Math.ceil(this.pages / 32);
     if (
       shared &&
-      (shared.ram.byteLength !== length || shared.dirty.byteLength !== words * 4 ||
+      (shared.length !== length || shared.ram.byteLength < length ||
+        shared.dirty.byteLength !== words * 4 ||
         shared.touched.byteLength !== words * 4)
     ) {
       throw new RamError(
         `Cannot create RAM block "${name}": shared buffers do not match length ${length}`,
       );
     }
-    this.bytes = new Uint8Array(shared?.ram ?? new SharedArrayBuffer(length));
-    this.words = new Int32Array(this.bytes.buffer);
+    this.memory = shared ? null : sharedMemory(length);
+    const ram = shared?.ram ?? (this.memory?.buffer as SharedArrayBuffer | undefined) ??
+      new SharedArrayBuffer(length);
+    this.bytes = new Uint8Array(ram, 0, length);
+    this.words = new Int32Array(ram, 0, length >> 2);
     this.dirty = new Uint32Array(shared?.dirty ?? new SharedArrayBuffer(words * 4));
     this.touched = new Uint32Array(shared?.touched ?? new SharedArrayBuffer(words * 4));
   }
@@ -55,6 +65,7 @@ export class RamBlock {
   /** The shared buffers, to hand to a worker that rebuilds the block on its side. */
   get shared(): RamBlockShared {
     return {
+      length: this.length,
       ram: this.bytes.buffer as SharedArrayBuffer,
       dirty: this.dirty.buffer as SharedArrayBuffer,
       touched: this.touched.buffer as SharedArrayBuffer,
@@ -111,8 +122,27 @@ export class RamBlock {
   }
 }
 
-/** The SharedArrayBuffers behind a RamBlock. */
+/** Largest block held in a WebAssembly memory: 65536 pages of 64 KiB. */
+const MAX_WASM_MEMORY = 2 ** 32;
+
+/**
+ * A shared WebAssembly memory of at least `length` bytes (its buffer is a
+ * SharedArrayBuffer workers can use as any other), or null when too large or
+ * the engine has no shared memories.
+ */
+function sharedMemory(length: number): WebAssembly.Memory | null {
+  if (length > MAX_WASM_MEMORY || typeof WebAssembly !== "object") return null;
+  const pages = Math.ceil(length / 65536);
+  try {
+    return new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+  } catch {
+    return null;
+  }
+}
+
+/** The SharedArrayBuffers behind a RamBlock (`ram` may be longer than the block: a WebAssembly memory's whole buffer). */
 export interface RamBlockShared {
+  length: number;
   ram: SharedArrayBuffer;
   dirty: SharedArrayBuffer;
   touched: SharedArrayBuffer;

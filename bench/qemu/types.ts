@@ -30,6 +30,8 @@ export interface ScenarioSpec {
   readonly downtimeLimitMs: number;
   readonly xbzrle?: { readonly cacheBytes: number };
   readonly autoConverge?: boolean;
+  /** ferry's `verify` capability on both ends (default true; QEMU has none). */
+  readonly verify?: boolean;
   /** Give up after this many seconds and report `completed: false` ("never completes"). */
   readonly timeoutS: number;
 }

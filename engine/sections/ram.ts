@@ -473,7 +473,11 @@ export class RamSaver {
     max: number,
   ): number {
     const buf = w.buf;
-    const kernels = table !== null ? kernelsFor(buf) : null;
+    const kernels = kernelsFor(buf);
+    // Straight from guest RAM into the buffer, digested on the way (one pass), when
+    // both live in WebAssembly memories; else a copy, then a digest with `verify`.
+    const mover = kernels.owns(buf) ? kernels.moverFor(block.memory) : null;
+    const at0 = buf.byteOffset;
     const limit = buf.length - MAX_RECORD;
     let pos = w.pos;
     if (pos > limit) return bits;
@@ -538,8 +542,13 @@ export class RamSaver {
         zeros++;
         table?.set(page, 0);
       } else {
-        buf.set(bytes.subarray(offset, offset + PAGE_SIZE), pos);
-        if (table !== null) table.set(page, kernels!.digest(buf, pos, PAGE_SIZE));
+        if (mover !== null) {
+          const digest = mover.copyDigest(offset, at0 + pos, PAGE_SIZE);
+          if (table !== null) table.set(page, digest);
+        } else {
+          buf.set(bytes.subarray(offset, offset + PAGE_SIZE), pos);
+          if (table !== null) table.set(page, kernels.digest(buf, pos, PAGE_SIZE));
+        }
         pos += PAGE_SIZE;
         normals++;
       }
@@ -687,8 +696,16 @@ export class RamLoader {
         table?.set(page, this.#kernels.digest(block.bytes, addr, PAGE_SIZE));
       } else {
         if (r.avail < PAGE_SIZE) await r.need(PAGE_SIZE);
-        table?.set(page, kernelsFor(r.buf).digest(r.buf, r.pos, PAGE_SIZE));
-        block.bytes.set(r.take(PAGE_SIZE), addr);
+        const kernels = kernelsFor(r.buf);
+        const mover = kernels.owns(r.buf) ? kernels.moverFor(block.memory) : null;
+        if (mover !== null) {
+          const digest = mover.digestCopy(r.buf.byteOffset + r.pos, addr, PAGE_SIZE);
+          r.pos += PAGE_SIZE;
+          table?.set(page, digest);
+        } else {
+          table?.set(page, kernels.digest(r.buf, r.pos, PAGE_SIZE));
+          block.bytes.set(r.take(PAGE_SIZE), addr);
+        }
         block.markTouched(page);
         this.stats.normalPages++;
       }
@@ -706,6 +723,8 @@ export class RamLoader {
     const table = this.#lastTable;
     const buf = r.buf;
     const kernels = kernelsFor(buf);
+    const mover = kernels.owns(buf) ? kernels.moverFor(block.memory) : null;
+    const at0 = buf.byteOffset;
     const end = r.end;
     const bytes = block.bytes;
     const touched = block.touched;
@@ -731,8 +750,13 @@ export class RamLoader {
         zeros++;
       } else if (flags === (RamFlag.PAGE | RamFlag.CONTINUE)) {
         if (end - pos < 8 + PAGE_SIZE) break;
-        if (table !== null) table.set(page, kernels.digest(buf, pos + 8, PAGE_SIZE));
-        bytes.set(buf.subarray(pos + 8, pos + 8 + PAGE_SIZE), addr);
+        if (mover !== null) {
+          const digest = mover.digestCopy(at0 + pos + 8, addr, PAGE_SIZE);
+          if (table !== null) table.set(page, digest);
+        } else {
+          if (table !== null) table.set(page, kernels.digest(buf, pos + 8, PAGE_SIZE));
+          bytes.set(buf.subarray(pos + 8, pos + 8 + PAGE_SIZE), addr);
+        }
         touched[page >>> 5] |= bit;
         pos += 8 + PAGE_SIZE;
         normals++;

@@ -38,11 +38,25 @@ export interface Kernels {
   /**
    * The content digest of `buf[pos, pos + len)` (see {@link digestTs}); fastest
    * when `buf` lies in this set's memory (`arena`, `scratch`) and `len` is a
-   * multiple of 32.
+   * multiple of 64.
    */
   digest(buf: Uint8Array, pos: number, len: number): number;
   /** True when `buf` lies in this set's memory, so digest() reads it in place. */
   owns(buf: Uint8Array): boolean;
+  /**
+   * Moves pages between this set's memory and `ram`, a block of guest RAM held in a
+   * shared WebAssembly memory, digesting them on the way; null for the TS kernels
+   * or a block without such a memory (then copy and digest apart).
+   */
+  moverFor(ram: WebAssembly.Memory | null): PageMover | null;
+}
+
+/** Copies a page between a kernel set's memory and guest RAM and digests it, in one pass. */
+export interface PageMover {
+  /** Copies `len` bytes (a multiple of 64) from guest RAM at `ramAt` to the set's memory at `memAt`; their digest. */
+  copyDigest(ramAt: number, memAt: number, len: number): number;
+  /** Copies `len` bytes (a multiple of 64) from the set's memory at `memAt` to guest RAM at `ramAt`; their digest. */
+  digestCopy(memAt: number, ramAt: number, len: number): number;
 }
 
 /** Options of createKernels(). */
@@ -158,38 +172,54 @@ class TsKernels implements Kernels {
   owns(buf: Uint8Array): boolean {
     return buf.buffer === this.arena.buffer || buf.buffer === this.scratch.buffer;
   }
+
+  moverFor(): PageMover | null {
+    return null;
+  }
 }
+
+/** Each sum's mixer constants: [shift, multiplier, shift, multiplier, shift]. */
+const MIXERS: readonly (readonly [number, number, number, number, number])[] = [
+  [16, 0x85ebca6b, 13, 0xc2b2ae35, 16], // a0
+  [16, 0x7feb352d, 15, 0x846ca68b, 16], // b0
+  [17, 0xed5ad4bb, 11, 0xac4c1b51, 15], // a1
+  [15, 0x2c1b3c6d, 12, 0x297a2d39, 15], // b1
+  [16, 0x21f0aaad, 15, 0x735a2d97, 15], // a2
+  [15, 0xd168aaad, 15, 0xaf723597, 15], // b2
+  [16, 0x45d9f3b, 16, 0x45d9f3b, 16], // a3
+  [16, 0x9e3779b1, 15, 0x85ebca77, 16], // b3
+];
 
 /**
  * ferry's content digest of `buf[pos, pos + len)`, zero-padded to a multiple of
- * 32 bytes: four Fletcher-style sums over 32-bit little-endian lanes (`a += v;
- * b += a` for each 16-byte half of every 32-byte step); each sum goes through its
- * own non-linear mixer, so that no change of one sum can cancel a change of
- * another; the four lanes are folded with rotations and finished with murmur3's
- * fmix32. All-zero input digests to 0, and every one-byte change changes the
- * digest. It detects accidental damage as a CRC-32 does; it is not a
- * cryptographic hash. The reference for the SIMD kernel `digest` of kernels.wat.
+ * 64 bytes: in every 64-byte step, each 16-byte slot k (0-3) adds its four 32-bit
+ * little-endian lanes to its own Fletcher pair (`a_k += v; b_k += a_k`); each of
+ * the eight sums goes through its own non-linear mixer, so that no change of one
+ * sum can cancel a change of another; the mixed sums are xored, the four lanes
+ * folded with rotations and finished with murmur3's fmix32. All-zero input
+ * digests to 0, and every one-byte change changes the digest. It detects
+ * accidental damage as a CRC-32 does; it is not a cryptographic hash. The
+ * reference for the SIMD kernel `digest` of kernels.wat.
  */
 export function digestTs(buf: Uint8Array, pos: number, len: number): number {
-  const a = [0, 0, 0, 0], b = [0, 0, 0, 0], c = [0, 0, 0, 0], d = [0, 0, 0, 0];
+  // sums[2k] = a_k, sums[2k + 1] = b_k, four lanes each.
+  const sums = Array.from({ length: 8 }, () => [0, 0, 0, 0]);
   const end = pos + len;
   const lane = (at: number): number =>
     at + 4 <= end
       ? (buf[at] | buf[at + 1] << 8 | buf[at + 2] << 16 | buf[at + 3] << 24)
       : (at < end ? buf[at] : 0) | (at + 1 < end ? buf[at + 1] << 8 : 0) |
         (at + 2 < end ? buf[at + 2] << 16 : 0);
-  for (let p = pos; p < end; p += 32) {
-    for (let i = 0; i < 4; i++) {
-      a[i] = (a[i] + lane(p + 4 * i)) | 0;
-      b[i] = (b[i] + a[i]) | 0;
-      c[i] = (c[i] + lane(p + 16 + 4 * i)) | 0;
-      d[i] = (d[i] + c[i]) | 0;
+  for (let p = pos; p < end; p += 64) {
+    for (let k = 0; k < 4; k++) {
+      const a = sums[2 * k], b = sums[2 * k + 1];
+      for (let i = 0; i < 4; i++) {
+        a[i] = (a[i] + lane(p + 16 * k + 4 * i)) | 0;
+        b[i] = (b[i] + a[i]) | 0;
+      }
     }
   }
-  const x = [0, 1, 2, 3].map((i) =>
-    mix(a[i], 16, 0x85ebca6b, 13, 0xc2b2ae35, 16) ^ mix(b[i], 16, 0x7feb352d, 15, 0x846ca68b, 16) ^
-    mix(c[i], 17, 0xed5ad4bb, 11, 0xac4c1b51, 15) ^ mix(d[i], 15, 0x2c1b3c6d, 12, 0x297a2d39, 15)
-  );
+  const x = [0, 1, 2, 3].map((i) => sums.reduce((acc, s, j) => acc ^ mix(s[i], ...MIXERS[j]), 0));
   const rotl = (v: number, r: number) => (v << r) | (v >>> (32 - r));
   const h = x[0] ^ rotl(x[1], 8) ^ rotl(x[2], 16) ^ rotl(x[3], 24);
   return mix(h, 16, 0x85ebca6b, 13, 0xc2b2ae35, 16) >>> 0;
@@ -246,6 +276,8 @@ const DECODE_ERRORS = [
 
 interface KernelExports {
   readonly err_pos: WebAssembly.Global;
+  copy_digest(src: number, dst: number, len: number): number;
+  digest_copy(src: number, dst: number, len: number): number;
   xbzrle_encode(old: number, cur: number, dst: number, dlen: number, len: number): number;
   xbzrle_decode(src: number, slen: number, page: number, len: number, apply: number): number;
   is_zero(p: number, len: number): number;
@@ -253,22 +285,34 @@ interface KernelExports {
   digest(p: number, len: number): number;
 }
 
+/** The guest RAM an instance bound to no block imports: one shared page. */
+let standIn: WebAssembly.Memory | null = null;
+
+function instantiate(memory: WebAssembly.Memory, ram: WebAssembly.Memory): KernelExports {
+  compiled ??= new WebAssembly.Module(KERNELS_WASM);
+  const instance = new WebAssembly.Instance(compiled, { env: { memory, ram } });
+  return instance.exports as unknown as KernelExports;
+}
+
 /** The SIMD kernels: one instance with its own memory (scratch area + arena). */
 class WasmKernels implements Kernels {
   readonly kind = KernelKind.WASM;
   readonly arena: Uint8Array;
   readonly scratch: Uint8Array;
+  readonly #memory: WebAssembly.Memory;
   readonly #mem: Uint8Array;
   readonly #buffer: ArrayBufferLike;
   readonly #x: KernelExports;
+  /** One instance per block of guest RAM it moves pages to and from. */
+  readonly #movers = new WeakMap<WebAssembly.Memory, PageMover>();
 
   constructor(arenaBytes: number) {
     const memory = new WebAssembly.Memory({
       initial: Math.ceil((ARENA + arenaBytes + SLACK) / WASM_PAGE),
     });
-    compiled ??= new WebAssembly.Module(KERNELS_WASM);
-    const instance = new WebAssembly.Instance(compiled, { env: { memory } });
-    this.#x = instance.exports as unknown as KernelExports;
+    standIn ??= new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
+    this.#memory = memory;
+    this.#x = instantiate(memory, standIn);
     // The memory never grows, so these views stay valid for the instance's life.
     this.#buffer = memory.buffer;
     this.#mem = new Uint8Array(this.#buffer);
@@ -346,12 +390,12 @@ class WasmKernels implements Kernels {
   }
 
   digest(buf: Uint8Array, pos: number, len: number): number {
-    if (buf.buffer === this.#buffer && (len & 31) === 0) {
+    if (buf.buffer === this.#buffer && (len & 63) === 0) {
       return this.#x.digest(buf.byteOffset + pos, len) >>> 0;
     }
     if (len > SCAN_CAP) return digestTs(buf, pos, len);
-    // Copied in, zero-padded to the next 32 bytes.
-    const padded = (len + 31) & ~31;
+    // Copied in, zero-padded to the next 64 bytes.
+    const padded = (len + 63) & ~63;
     this.#mem.set(buf.subarray(pos, pos + len), SCAN);
     this.#mem.fill(0, SCAN + len, SCAN + padded);
     return this.#x.digest(SCAN, padded) >>> 0;
@@ -359,6 +403,20 @@ class WasmKernels implements Kernels {
 
   owns(buf: Uint8Array): boolean {
     return buf.buffer === this.#buffer;
+  }
+
+  moverFor(ram: WebAssembly.Memory | null): PageMover | null {
+    if (ram === null) return null;
+    let mover = this.#movers.get(ram);
+    if (!mover) {
+      const x = instantiate(this.#memory, ram);
+      mover = {
+        copyDigest: (ramAt, memAt, len) => x.copy_digest(ramAt, memAt, len) >>> 0,
+        digestCopy: (memAt, ramAt, len) => x.digest_copy(memAt, ramAt, len) >>> 0,
+      };
+      this.#movers.set(ram, mover);
+    }
+    return mover;
   }
 
   #decodeError(code: number, len: number): XbzrleError {

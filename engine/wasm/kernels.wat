@@ -3,13 +3,20 @@
 ;; `deno task build:wasm`; engine/wasm/kernels.ts is the JS side (memory layout,
 ;; copies in and out, error messages) and the pure-TS fallback.
 ;;
-;; The memory is imported so that each instance (one per XBZRLE page cache) gets
-;; its own, sized for its cache. Every pointer is a byte offset into it. Callers
-;; leave at least 16 readable bytes after any buffer passed in (the encoder's
-;; copy of a changed run reads whole 16-byte vectors), and give the encoder an
-;; output buffer with 16 writable bytes of slack after `dlen`.
+;; The memory is imported so that each instance (one per XBZRLE page cache, one
+;; for the pool of stream buffers) gets its own, sized for its use. Every pointer
+;; is a byte offset into it unless a kernel says otherwise. Callers leave at least
+;; 16 readable bytes after any buffer passed in (the encoder's copy of a changed
+;; run reads whole 16-byte vectors), and give the encoder an output buffer with 16
+;; writable bytes of slack after `dlen`.
+;;
+;; A second, shared memory `ram` is a block of guest RAM (vm/ram.ts allocates
+;; blocks as shared WebAssembly memories): `copy_digest` and `digest_copy` move a
+;; page between it and the instance's own memory and digest it on the way, in one
+;; pass. An instance bound to no block gets a one-page stand-in.
 (module
-  (import "env" "memory" (memory 1))
+  (import "env" "memory" (memory $mem 1))
+  (import "env" "ram" (memory $ram 1 65536 shared))
 
   ;; Byte of the encoding at which xbzrle_decode found an error.
   (global $err_pos (export "err_pos") (mut i32) (i32.const 0))
@@ -301,53 +308,50 @@
     (local.set $v (i32x4.mul (local.get $v) (i32x4.splat (local.get $m2))))
     (v128.xor (local.get $v) (i32x4.shr_u (local.get $v) (local.get $s3))))
 
-  ;; ferry's content digest of `len` bytes at `p` (`len` a multiple of 32): four
-  ;; Fletcher-style sums over 32-bit little-endian lanes (a += v, b += a for each
-  ;; half of every 32-byte step); each sum goes through its own non-linear mixer
-  ;; (so that no change of a sum can cancel a change of another), the lanes are
-  ;; folded with rotations and finished with murmur3's fmix32. All-zero input
-  ;; digests to 0. Every one-byte change changes the digest; it detects accidental
-  ;; damage as a CRC-32 does and is not a cryptographic hash.
-  (func (export "digest") (param $p i32) (param $len i32) (result i32)
-    (local $end i32) (local $a v128) (local $b v128) (local $c v128) (local $d v128)
+  ;; ferry's content digest (engine/wasm/kernels.ts, digestTs, is its reference):
+  ;; in every 64-byte step, each 16-byte slot k (0-3) adds its four 32-bit
+  ;; little-endian lanes to its own Fletcher pair (a_k += v; b_k += a_k), four
+  ;; independent chains; $fold then passes each of the eight sums through its own
+  ;; non-linear mixer (so that no change of one sum can cancel a change of
+  ;; another), xors them, folds the four lanes with rotations and finishes with
+  ;; murmur3's fmix32. All-zero input digests to 0. Every one-byte change changes
+  ;; the digest; it detects accidental damage as a CRC-32 does and is not a
+  ;; cryptographic hash. Lengths are multiples of 64.
+  (func $fold (param $a0 v128) (param $b0 v128) (param $a1 v128) (param $b1 v128)
+    (param $a2 v128) (param $b2 v128) (param $a3 v128) (param $b3 v128) (result i32)
     (local $x v128) (local $h i32)
-    (local.set $end (i32.add (local.get $p) (local.get $len)))
-    ;; Two 32-byte steps per turn (fewer loop instructions), then a last one if any.
-    (block $done
-      (loop $step
-        (br_if $done (i32.gt_u (i32.add (local.get $p) (i32.const 64)) (local.get $end)))
-        (local.set $a (i32x4.add (local.get $a) (v128.load (local.get $p))))
-        (local.set $b (i32x4.add (local.get $b) (local.get $a)))
-        (local.set $c (i32x4.add (local.get $c) (v128.load offset=16 (local.get $p))))
-        (local.set $d (i32x4.add (local.get $d) (local.get $c)))
-        (local.set $a (i32x4.add (local.get $a) (v128.load offset=32 (local.get $p))))
-        (local.set $b (i32x4.add (local.get $b) (local.get $a)))
-        (local.set $c (i32x4.add (local.get $c) (v128.load offset=48 (local.get $p))))
-        (local.set $d (i32x4.add (local.get $d) (local.get $c)))
-        (local.set $p (i32.add (local.get $p) (i32.const 64)))
-        (br $step)))
-    (if (i32.lt_u (local.get $p) (local.get $end))
-      (then
-        (local.set $a (i32x4.add (local.get $a) (v128.load (local.get $p))))
-        (local.set $b (i32x4.add (local.get $b) (local.get $a)))
-        (local.set $c (i32x4.add (local.get $c) (v128.load offset=16 (local.get $p))))
-        (local.set $d (i32x4.add (local.get $d) (local.get $c)))))
     (local.set $x
       (v128.xor
         (v128.xor
-          (call $mix (local.get $a)
-            (i32.const 16) (i32.const 0x85ebca6b) (i32.const 13) (i32.const 0xc2b2ae35)
-            (i32.const 16))
-          (call $mix (local.get $b)
-            (i32.const 16) (i32.const 0x7feb352d) (i32.const 15) (i32.const 0x846ca68b)
-            (i32.const 16)))
+          (v128.xor
+            (call $mix (local.get $a0)
+              (i32.const 16) (i32.const 0x85ebca6b) (i32.const 13) (i32.const 0xc2b2ae35)
+              (i32.const 16))
+            (call $mix (local.get $b0)
+              (i32.const 16) (i32.const 0x7feb352d) (i32.const 15) (i32.const 0x846ca68b)
+              (i32.const 16)))
+          (v128.xor
+            (call $mix (local.get $a1)
+              (i32.const 17) (i32.const 0xed5ad4bb) (i32.const 11) (i32.const 0xac4c1b51)
+              (i32.const 15))
+            (call $mix (local.get $b1)
+              (i32.const 15) (i32.const 0x2c1b3c6d) (i32.const 12) (i32.const 0x297a2d39)
+              (i32.const 15))))
         (v128.xor
-          (call $mix (local.get $c)
-            (i32.const 17) (i32.const 0xed5ad4bb) (i32.const 11) (i32.const 0xac4c1b51)
-            (i32.const 15))
-          (call $mix (local.get $d)
-            (i32.const 15) (i32.const 0x2c1b3c6d) (i32.const 12) (i32.const 0x297a2d39)
-            (i32.const 15)))))
+          (v128.xor
+            (call $mix (local.get $a2)
+              (i32.const 16) (i32.const 0x21f0aaad) (i32.const 15) (i32.const 0x735a2d97)
+              (i32.const 15))
+            (call $mix (local.get $b2)
+              (i32.const 15) (i32.const 0xd168aaad) (i32.const 15) (i32.const 0xaf723597)
+              (i32.const 15)))
+          (v128.xor
+            (call $mix (local.get $a3)
+              (i32.const 16) (i32.const 0x45d9f3b) (i32.const 16) (i32.const 0x45d9f3b)
+              (i32.const 16))
+            (call $mix (local.get $b3)
+              (i32.const 16) (i32.const 0x9e3779b1) (i32.const 15) (i32.const 0x85ebca77)
+              (i32.const 16))))))
     (local.set $h
       (i32.xor
         (i32.xor
@@ -361,4 +365,87 @@
     (local.set $h (i32.xor (local.get $h) (i32.shr_u (local.get $h) (i32.const 13))))
     (local.set $h (i32.mul (local.get $h) (i32.const 0xc2b2ae35)))
     (i32.xor (local.get $h) (i32.shr_u (local.get $h) (i32.const 16))))
+
+  ;; The digest of `len` bytes at `p` of the instance's own memory.
+  (func (export "digest") (param $p i32) (param $len i32) (result i32)
+    (local $end i32) (local $a0 v128) (local $b0 v128) (local $a1 v128) (local $b1 v128)
+    (local $a2 v128) (local $b2 v128) (local $a3 v128) (local $b3 v128)
+    (local.set $end (i32.add (local.get $p) (local.get $len)))
+    (block $done
+      (loop $step
+        (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+        (local.set $a0 (i32x4.add (local.get $a0) (v128.load $mem (local.get $p))))
+        (local.set $a1 (i32x4.add (local.get $a1) (v128.load $mem offset=16 (local.get $p))))
+        (local.set $a2 (i32x4.add (local.get $a2) (v128.load $mem offset=32 (local.get $p))))
+        (local.set $a3 (i32x4.add (local.get $a3) (v128.load $mem offset=48 (local.get $p))))
+        (local.set $b0 (i32x4.add (local.get $b0) (local.get $a0)))
+        (local.set $b1 (i32x4.add (local.get $b1) (local.get $a1)))
+        (local.set $b2 (i32x4.add (local.get $b2) (local.get $a2)))
+        (local.set $b3 (i32x4.add (local.get $b3) (local.get $a3)))
+        (local.set $p (i32.add (local.get $p) (i32.const 64)))
+        (br $step)))
+    (call $fold (local.get $a0) (local.get $b0) (local.get $a1) (local.get $b1)
+      (local.get $a2) (local.get $b2) (local.get $a3) (local.get $b3)))
+
+  ;; Copies `len` bytes from `src` of the guest RAM to `dst` of the instance's own
+  ;; memory (a page into a stream buffer); returns their digest.
+  (func (export "copy_digest") (param $src i32) (param $dst i32) (param $len i32) (result i32)
+    (local $end i32) (local $v v128) (local $a0 v128) (local $b0 v128) (local $a1 v128)
+    (local $b1 v128) (local $a2 v128) (local $b2 v128) (local $a3 v128) (local $b3 v128)
+    (local.set $end (i32.add (local.get $src) (local.get $len)))
+    (block $done
+      (loop $step
+        (br_if $done (i32.ge_u (local.get $src) (local.get $end)))
+        (local.set $v (v128.load $ram (local.get $src)))
+        (v128.store $mem (local.get $dst) (local.get $v))
+        (local.set $a0 (i32x4.add (local.get $a0) (local.get $v)))
+        (local.set $v (v128.load $ram offset=16 (local.get $src)))
+        (v128.store $mem offset=16 (local.get $dst) (local.get $v))
+        (local.set $a1 (i32x4.add (local.get $a1) (local.get $v)))
+        (local.set $v (v128.load $ram offset=32 (local.get $src)))
+        (v128.store $mem offset=32 (local.get $dst) (local.get $v))
+        (local.set $a2 (i32x4.add (local.get $a2) (local.get $v)))
+        (local.set $v (v128.load $ram offset=48 (local.get $src)))
+        (v128.store $mem offset=48 (local.get $dst) (local.get $v))
+        (local.set $a3 (i32x4.add (local.get $a3) (local.get $v)))
+        (local.set $b0 (i32x4.add (local.get $b0) (local.get $a0)))
+        (local.set $b1 (i32x4.add (local.get $b1) (local.get $a1)))
+        (local.set $b2 (i32x4.add (local.get $b2) (local.get $a2)))
+        (local.set $b3 (i32x4.add (local.get $b3) (local.get $a3)))
+        (local.set $src (i32.add (local.get $src) (i32.const 64)))
+        (local.set $dst (i32.add (local.get $dst) (i32.const 64)))
+        (br $step)))
+    (call $fold (local.get $a0) (local.get $b0) (local.get $a1) (local.get $b1)
+      (local.get $a2) (local.get $b2) (local.get $a3) (local.get $b3)))
+
+  ;; Copies `len` bytes from `src` of the instance's own memory to `dst` of the
+  ;; guest RAM (a page out of a stream buffer); returns their digest.
+  (func (export "digest_copy") (param $src i32) (param $dst i32) (param $len i32) (result i32)
+    (local $end i32) (local $v v128) (local $a0 v128) (local $b0 v128) (local $a1 v128)
+    (local $b1 v128) (local $a2 v128) (local $b2 v128) (local $a3 v128) (local $b3 v128)
+    (local.set $end (i32.add (local.get $src) (local.get $len)))
+    (block $done
+      (loop $step
+        (br_if $done (i32.ge_u (local.get $src) (local.get $end)))
+        (local.set $v (v128.load $mem (local.get $src)))
+        (v128.store $ram (local.get $dst) (local.get $v))
+        (local.set $a0 (i32x4.add (local.get $a0) (local.get $v)))
+        (local.set $v (v128.load $mem offset=16 (local.get $src)))
+        (v128.store $ram offset=16 (local.get $dst) (local.get $v))
+        (local.set $a1 (i32x4.add (local.get $a1) (local.get $v)))
+        (local.set $v (v128.load $mem offset=32 (local.get $src)))
+        (v128.store $ram offset=32 (local.get $dst) (local.get $v))
+        (local.set $a2 (i32x4.add (local.get $a2) (local.get $v)))
+        (local.set $v (v128.load $mem offset=48 (local.get $src)))
+        (v128.store $ram offset=48 (local.get $dst) (local.get $v))
+        (local.set $a3 (i32x4.add (local.get $a3) (local.get $v)))
+        (local.set $b0 (i32x4.add (local.get $b0) (local.get $a0)))
+        (local.set $b1 (i32x4.add (local.get $b1) (local.get $a1)))
+        (local.set $b2 (i32x4.add (local.get $b2) (local.get $a2)))
+        (local.set $b3 (i32x4.add (local.get $b3) (local.get $a3)))
+        (local.set $src (i32.add (local.get $src) (i32.const 64)))
+        (local.set $dst (i32.add (local.get $dst) (i32.const 64)))
+        (br $step)))
+    (call $fold (local.get $a0) (local.get $b0) (local.get $a1) (local.get $b1)
+      (local.get $a2) (local.get $b2) (local.get $a3) (local.get $b3)))
 )

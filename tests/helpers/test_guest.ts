@@ -71,7 +71,7 @@ export class TestGuest implements Guest {
   fillRandom(seed = 1): void {
     let x = seed >>> 0 || 1;
     for (const b of this.blocks) {
-      const words = new Uint32Array(b.bytes.buffer);
+      const words = new Uint32Array(b.bytes.buffer, 0, b.length / 4);
       for (let i = 0; i < words.length; i++) {
         x ^= x << 13;
         x ^= x >>> 17;
