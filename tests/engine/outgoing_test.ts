@@ -309,6 +309,27 @@ function dirtyOnSleep(ctx: OutgoingContext, guest: TestGuest, pages: number, per
   };
 }
 
+/**
+ * A running 512-page guest whose migration stalls: 1 MiB per window against 400
+ * pages dirtied per window (fewer when throttled), with `params` on top.
+ */
+function stallingMigration(seed: number, params: Partial<Parameters>) {
+  const guest = new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
+  guest.fillRandom(seed);
+  guest.start();
+  const ch = new CaptureChannel();
+  const c = context(guest, ch, { max_bandwidth: 10 << 20, ...params });
+  dirtyOnSleep(c.ctx, guest, 512, 400);
+  return { guest, ch, ...c };
+}
+
+/** Loads what `ch` captured into a fresh guest and checks its RAM equals `guest`'s. */
+async function assertArrivedWhole(ch: CaptureChannel, guest: TestGuest): Promise<void> {
+  const dst = new TestGuest(guest.blocks.map((b) => [b.name, b.length]));
+  await loadStream(new StreamReader(new BytesChannel(ch.bytes())), dst);
+  assert.equal(await ramDigest(dst), await ramDigest(guest));
+}
+
 Deno.test("runPrecopy(): a round trip at or above downtime_limit warns once and switches over at the floor instead of iterating forever", async () => {
   const guest = new TestGuest([["pc.ram", 256 * PAGE_SIZE]]);
   guest.fillRandom(11);
@@ -340,13 +361,7 @@ Deno.test("runPrecopy(): a round trip at or above downtime_limit warns once and 
 });
 
 Deno.test("runPrecopy(): a guest dirtying faster than the link stalls; stall_action fail ends it after stall_windows windows, the guest never stopped", async () => {
-  const guest = new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
-  guest.fillRandom(12);
-  guest.start();
-  const ch = new CaptureChannel();
-  // 1 MiB per window (256 pages) against 400 pages dirtied per window.
-  const { ctx, windows } = context(guest, ch, { max_bandwidth: 10 << 20, stall_windows: 20 });
-  dirtyOnSleep(ctx, guest, 512, 400);
+  const { guest, ctx, windows } = stallingMigration(12, { stall_windows: 20 });
   await writeSetup(ctx);
   await assert.rejects(
     runPrecopy(ctx),
@@ -359,36 +374,22 @@ Deno.test("runPrecopy(): a guest dirtying faster than the link stalls; stall_act
 });
 
 Deno.test("runPrecopy(): stall_action switchover forces the stop-and-copy, warns, and the stream is complete", async () => {
-  const guest = new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
-  guest.fillRandom(13);
-  guest.start();
-  const ch = new CaptureChannel();
-  const { ctx, calls } = context(guest, ch, {
-    max_bandwidth: 10 << 20,
+  const { guest, ch, ctx, calls } = stallingMigration(13, {
     stall_windows: 20,
     stall_action: "switchover",
   });
-  dirtyOnSleep(ctx, guest, 512, 400);
   await writeSetup(ctx);
   await runPrecopy(ctx);
   assert.equal(guest.runState, "postmigrate");
   assert.deepEqual(calls.filter((c) => c.startsWith("warn")), ["warn stalled-switchover"]);
-  const dst = new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
-  await loadStream(new StreamReader(new BytesChannel(ch.bytes())), dst);
-  assert.equal(await ramDigest(dst), await ramDigest(guest));
+  await assertArrivedWhole(ch, guest);
 });
 
 Deno.test("runPrecopy(): stall_action throttle engages auto-converge and steps the throttle up at each stall until the guest slows enough to converge", async () => {
-  const guest = new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
-  guest.fillRandom(14);
-  guest.start();
-  const ch = new CaptureChannel();
-  const { ctx, calls } = context(guest, ch, {
-    max_bandwidth: 10 << 20,
+  const { guest, ch, ctx, calls } = stallingMigration(14, {
     stall_windows: 20,
     stall_action: "throttle",
   });
-  dirtyOnSleep(ctx, guest, 512, 400);
   await writeSetup(ctx);
   await runPrecopy(ctx);
   assert.equal(guest.runState, "postmigrate");
@@ -399,9 +400,7 @@ Deno.test("runPrecopy(): stall_action throttle engages auto-converge and steps t
   // Each stall steps the throttle once; auto-converge, now engaged, may step it too.
   const stalls = calls.filter((c) => c === "warn stalled-throttle").length;
   assert.ok(stalls >= 1 && stalls <= steps.length, `${stalls} stalls, steps ${steps}`);
-  const dst = new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
-  await loadStream(new StreamReader(new BytesChannel(ch.bytes())), dst);
-  assert.equal(await ramDigest(dst), await ramDigest(guest));
+  await assertArrivedWhole(ch, guest);
 });
 
 Deno.test("runPrecopy(): stall_action throttle fails once the throttle is at its maximum and the migration still stalls", async () => {

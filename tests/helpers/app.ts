@@ -1,12 +1,22 @@
 import { Engine } from "../../engine/engine.ts";
-import { createApp } from "../../routes/app.ts";
+import { type AppDeps, createApp } from "../../routes/app.ts";
 import type { VmInspector } from "../../routes/vm.ts";
 import { MemoryTransports } from "../../transports/memory.ts";
 import { PAGE_SIZE } from "../../vm/ram.ts";
 import { ramDigest, TestGuest } from "./test_guest.ts";
 
-/** An in-process API over a TestGuest and memory transports, for route tests via app.request. */
-export function testApp(opts: { ram?: number; transports?: MemoryTransports } = {}) {
+/**
+ * An in-process API over a TestGuest and memory transports, for route tests via
+ * app.request; `app` adds or overrides what the API is built from (a token, host
+ * names, a dashboard page, …).
+ */
+export function testApp(
+  opts: {
+    ram?: number;
+    transports?: MemoryTransports;
+    app?: Partial<Omit<AppDeps, "engine" | "vm">>;
+  } = {},
+) {
   const guest = new TestGuest([["pc.ram", opts.ram ?? 1 << 20]]);
   const transports = opts.transports ?? new MemoryTransports();
   // Ids from 1, so the route tests can name them.
@@ -25,7 +35,7 @@ export function testApp(opts: { ram?: number; transports?: MemoryTransports } = 
       sha256: await ramDigest(guest),
     }),
   };
-  const app = createApp({ engine, vm, keepAliveMs: 50 });
+  const app = createApp({ engine, vm, keepAliveMs: 50, ...opts.app });
   return { app, engine, guest, transports };
 }
 

@@ -1,39 +1,20 @@
 import assert from "node:assert/strict";
-import { Engine } from "../../engine/engine.ts";
-import { createApp } from "../../routes/app.ts";
 import {
   canonicalHost,
   type HostCheckOptions,
   isLoopbackHost,
   isWildcardHost,
 } from "../../routes/host_check.ts";
-import { MemoryTransports } from "../../transports/memory.ts";
-import { PAGE_SIZE } from "../../vm/ram.ts";
-import { TestGuest } from "../helpers/test_guest.ts";
+import { testApp } from "../helpers/app.ts";
 
 /** An API over a running TestGuest whose RAM holds a recognisable secret, with `hosts`. */
 function appFor(hosts?: HostCheckOptions) {
-  const guest = new TestGuest([["pc.ram", 1 << 20]]);
-  guest.blocks[0].bytes.set(new TextEncoder().encode("guest-secret"), 0);
-  guest.start();
-  const engine = new Engine({ guest, transports: new MemoryTransports() });
-  const app = createApp({
-    engine,
-    vm: {
-      info: () => ({
-        run_state: guest.runState,
-        ram_size: guest.blocks[0].length,
-        page_size: PAGE_SIZE,
-        workload: "idle",
-        throttle: 0,
-        ops: 0,
-      }),
-      digest: () => Promise.resolve({ blocks: [], sha256: "" }),
-    },
-    dashboard: "<!doctype html><title>ferry</title>",
-    ...(hosts ? { hosts } : {}),
+  const t = testApp({
+    app: { dashboard: "<!doctype html><title>ferry</title>", ...(hosts ? { hosts } : {}) },
   });
-  return { app, engine, guest };
+  t.guest.blocks[0].bytes.set(new TextEncoder().encode("guest-secret"), 0);
+  t.guest.start();
+  return t;
 }
 
 async function statusFor(app: ReturnType<typeof appFor>["app"], host: string, path = "/vm") {

@@ -1,11 +1,7 @@
 import assert from "node:assert/strict";
-import { Engine } from "../../engine/engine.ts";
-import { createApp } from "../../routes/app.ts";
 import { AuthBackoff } from "../../routes/auth_backoff.ts";
-import { MemoryTransports } from "../../transports/memory.ts";
-import { PAGE_SIZE } from "../../vm/ram.ts";
+import { testApp } from "../helpers/app.ts";
 import { FakeClock } from "../helpers/fake_clock.ts";
-import { TestGuest } from "../helpers/test_guest.ts";
 
 const TOKEN = "owner-Token_0123456789";
 
@@ -13,26 +9,10 @@ const TOKEN = "owner-Token_0123456789";
 function lockedApp() {
   const clock = new FakeClock(5000);
   const backoff = new AuthBackoff({ now: clock.now });
-  const guest = new TestGuest([["pc.ram", 1 << 20]]);
-  guest.start();
-  const engine = new Engine({ guest, transports: new MemoryTransports() });
-  const app = createApp({
-    engine,
-    vm: {
-      info: () => ({
-        run_state: guest.runState,
-        ram_size: guest.blocks[0].length,
-        page_size: PAGE_SIZE,
-        workload: "idle",
-        throttle: 0,
-        ops: 0,
-      }),
-      digest: () => Promise.resolve({ blocks: [], sha256: "" }),
-    },
-    dashboard: "<!doctype html><title>ferry</title>",
-    token: TOKEN,
-    authBackoff: backoff,
+  const { app, engine, guest } = testApp({
+    app: { dashboard: "<!doctype html><title>ferry</title>", token: TOKEN, authBackoff: backoff },
   });
+  guest.start();
   /** A request from `address` (as Deno.serve reports it) with `token`, if any. */
   const from = async (address: string, token?: string, path = "/vm", method = "GET") => {
     const res = await app.request(
