@@ -126,8 +126,8 @@ async function load(stream: Uint8Array, verify = false): Promise<void> {
     undefined,
     verify ? new MigrationDigests([dest]) : undefined,
   );
-  await loader.load(r, true);
-  await loader.load(r, false);
+  await loader.load(r, "start");
+  await loader.load(r, "part");
 }
 
 Deno.bench("save 256 MiB random → null channel", { group: "save", n: 30, warmup: 3 }, async () => {

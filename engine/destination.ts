@@ -8,6 +8,7 @@ import { DEFAULT_PARAMETERS } from "./params.ts";
 import { destinationSwitchover, errorMessage, pongMessage } from "./return_path.ts";
 import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 import { acceptStream, HEADER_DEADLINE_MS } from "./incoming_gate.ts";
+import type { SectionRegistry } from "./sections/section.ts";
 
 /** States of the incoming side. */
 export const INCOMING_STATES = [
@@ -53,6 +54,8 @@ export interface IncomingDeps {
   readonly verify?: boolean;
   /** Page records the stream may carry, as a multiple of the guest's pages (read at accept). */
   readonly pageBudget?: () => number;
+  /** The sections this destination takes (default: ferry's own). */
+  readonly sections?: SectionRegistry;
   /** Every state transition. */
   onStateChange(from: IncomingStatus, to: IncomingStatus, error?: string): void;
 }
@@ -196,6 +199,7 @@ export class IncomingMigration {
         verify: this.#deps.verify ?? false,
         maxRecords: (this.#deps.pageBudget?.() ?? Infinity) *
           guest.blocks.reduce((n, b) => n + b.pages, 0),
+        ...(this.#deps.sections ? { sections: this.#deps.sections } : {}),
       });
       if (result.returnPath) await destinationSwitchover(reader, this.#channel);
       this.#received = reader.received;

@@ -3,6 +3,8 @@ import type { Guest, RunState } from "../vm/guest.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { type IncomingInfo, IncomingMigration, type IncomingStatus } from "./destination.ts";
 import { EngineError } from "./errors.ts";
+import type { SectionRegistry } from "./sections/section.ts";
+import { defaultSections } from "./sections/registry.ts";
 import { Migration, type MigrationInfo, type MigrationStatus } from "./migration.ts";
 import { bootEventId, DEFAULT_HISTORY, Notifier } from "./notifier.ts";
 import {
@@ -61,6 +63,8 @@ export interface EngineDeps {
    * every few ms so the API answers during a full-speed stream. Default: a timer.
    */
   readonly turn?: () => Promise<void>;
+  /** The sections this engine sends and takes (default: ferry's own, defaultSections()). */
+  readonly sections?: SectionRegistry;
   /**
    * Id of the first event (default {@link bootEventId}: from the wall clock, so ids
    * never repeat across restarts and a reconnecting SSE client is never replayed
@@ -82,6 +86,7 @@ export class Engine {
   readonly #clock: Clock;
   readonly #autostart: boolean;
   readonly #turn: (() => Promise<void>) | undefined;
+  readonly #sections: SectionRegistry;
   #params: Parameters = { ...DEFAULT_PARAMETERS };
   #caps: Capabilities = { ...DEFAULT_CAPABILITIES };
   #blockers = new Map<string, Blocker>();
@@ -99,6 +104,7 @@ export class Engine {
     this.#clock = deps.clock ?? systemClock;
     this.#autostart = deps.autostart ?? true;
     this.#turn = deps.turn;
+    this.#sections = deps.sections ?? defaultSections();
     this.#unsubscribeGuest = this.#guest.onRunStateChange((from, to) =>
       this.events.emit({ type: "runstate", from, to, time: Date.now() })
     );
@@ -224,6 +230,7 @@ export class Engine {
       clock: this.#clock,
       params: () => this.#params,
       capabilities: { ...this.#caps },
+      sections: this.#sections,
       ...(this.#turn ? { turn: this.#turn } : {}),
       ...(opts.blk || opts.inc ? { block: { incremental: Boolean(opts.inc) } } : {}),
       hooks: {
@@ -297,6 +304,7 @@ export class Engine {
       progressTimeout: () => this.#params.progress_timeout,
       verify: this.#caps.verify,
       pageBudget: () => this.#params.incoming_page_budget,
+      sections: this.#sections,
       ...(this.#turn ? { turn: this.#turn } : {}),
       onStateChange: (from, to, error) =>
         this.events.emit({

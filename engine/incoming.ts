@@ -3,17 +3,16 @@ import {
   MACHINE_TYPE,
   QEVM_MAGIC,
   QEVM_VERSION,
-  RAM_SECTION_VERSION,
   Section,
   SectionName,
-  VCPU_SECTION_VERSION,
 } from "./format/constants.ts";
 import { StreamError, type StreamReader } from "./format/reader.ts";
 import { RamLoader } from "./sections/ram.ts";
-import { BLOCK_SECTION_NAME, BLOCK_SECTION_VERSION, BlockLoader } from "./sections/block.ts";
-import { loadVcpu } from "./sections/vcpu.ts";
+import type { SectionRegistry } from "./sections/section.ts";
+import { defaultSections } from "./sections/registry.ts";
 import { MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PING } from "./return_path.ts";
 import { IntegrityError, MigrationDigests, parseIntegrityRecord } from "./integrity.ts";
+import { sharedKernels } from "./wasm/kernels.ts";
 
 /** Largest vmdescription JSON accepted (QEMU's own are far smaller). */
 export const MAX_VMDESC_BYTES = 1 << 20;
@@ -50,6 +49,8 @@ export interface LoadOptions {
   readonly verify?: boolean;
   /** Most page records the stream may carry before it is cut (default: no limit). */
   readonly maxRecords?: number;
+  /** The sections this ferry takes (default: its own, defaultSections()). */
+  readonly sections?: SectionRegistry;
 }
 
 interface OpenSection {
@@ -74,8 +75,16 @@ export async function loadStream(
   const { onBytes, onPing } = options;
   for (const block of guest.blocks) block.syncDirty(new Uint32Array(block.dirty.length));
   const digests = options.verify ? new MigrationDigests(guest.blocks) : undefined;
-  const ram = new RamLoader(guest.blocks, undefined, digests, options.maxRecords);
-  const block = new BlockLoader(guest.disk, digests);
+  const registry = options.sections ?? defaultSections();
+  const loadCtx = {
+    guest,
+    maxRecords: options.maxRecords ?? Infinity,
+    ...(digests ? { digests } : {}),
+  };
+  /** A loader per registered section, made up front (each one says at EOF what it misses). */
+  const loaders = new Map(
+    registry.entries.map(({ section }) => [section.name, section.loader(loadCtx)]),
+  );
   await r.need(8);
   const magic = r.be32();
   if (magic !== QEVM_MAGIC) {
@@ -86,7 +95,6 @@ export async function loadStream(
     throw new StreamError(4, `unsupported stream version ${version}, expected ${QEVM_VERSION}`);
   }
   const sections = new Map<number, OpenSection>();
-  let vcpuLoaded = false;
   let sawSection = false;
   let returnPath = false;
   for (;;) {
@@ -124,46 +132,32 @@ export async function loadStream(
         if (instance !== 0) {
           throw new StreamError(at, `section "${name}" has instance ${instance}, expected 0`);
         }
-        if (type === Section.START && name === BLOCK_SECTION_NAME) {
-          if (ver !== BLOCK_SECTION_VERSION) {
-            throw new StreamError(
-              at,
-              `section "block" version ${ver}, expected ${BLOCK_SECTION_VERSION}`,
-            );
-          }
-          if ([...sections.values()].some((s) => s.name === name)) {
-            throw new StreamError(at, `section "${name}" started twice`);
-          }
-          sections.set(id, { name, ended: false });
-          block.start(at);
-          await block.load(r);
-        } else if (type === Section.START) {
-          if (name !== SectionName.RAM) throw new StreamError(at, `unknown live section "${name}"`);
-          if (ver !== RAM_SECTION_VERSION) {
-            throw new StreamError(
-              at,
-              `section "ram" version ${ver}, expected ${RAM_SECTION_VERSION}`,
-            );
-          }
-          if ([...sections.values()].some((s) => s.name === name)) {
-            throw new StreamError(at, `section "${name}" started twice`);
-          }
-          sections.set(id, { name, ended: false });
-          await ram.load(r, true);
-        } else {
-          if (name !== SectionName.VCPU) {
-            throw new StreamError(at, `unknown device section "${name}"`);
-          }
-          if (ver !== VCPU_SECTION_VERSION) {
-            throw new StreamError(
-              at,
-              `section "vcpu" version ${ver}, expected ${VCPU_SECTION_VERSION}`,
-            );
-          }
-          if (vcpuLoaded) throw new StreamError(at, `section "vcpu" sent twice`);
-          sections.set(id, { name, ended: true });
-          await loadVcpu(r, guest, digests);
-          vcpuLoaded = true;
+        const kind = type === Section.START ? "live" : "device";
+        const section = registry.get(name)?.section;
+        if (!section || section.kind !== kind) {
+          throw new StreamError(at, `unknown ${kind} section "${name}"`);
+        }
+        if (ver !== section.version) {
+          throw new StreamError(
+            at,
+            `section "${name}" version ${ver}, expected ${section.version}`,
+          );
+        }
+        if ([...sections.values()].some((s) => s.name === name)) {
+          throw new StreamError(
+            at,
+            `section "${name}" ${kind === "live" ? "started" : "sent"} twice`,
+          );
+        }
+        sections.set(id, { name, ended: kind === "device" });
+        const payload = await loaders.get(name)!.load(r, kind === "live" ? "start" : "full", at);
+        if (kind === "device" && digests && payload) {
+          digests.addDevice(
+            name,
+            0,
+            payload.length,
+            sharedKernels().digest(payload, 0, payload.length),
+          );
         }
         await footer(r, id);
         break;
@@ -178,8 +172,7 @@ export async function loadStream(
           throw new StreamError(at, `section id ${id} ("${section.name}") already ended`);
         }
         if (type === Section.END) section.ended = true;
-        if (section.name === BLOCK_SECTION_NAME) await block.load(r);
-        else await ram.load(r, false);
+        await loaders.get(section.name)!.load(r, type === Section.END ? "end" : "part", at);
         await footer(r, id);
         break;
       }
@@ -222,23 +215,23 @@ export async function loadStream(
             );
           }
         }
-        if (!ram.sizesSeen) throw new StreamError(at, `stream ended without a "ram" section`);
-        if (!vcpuLoaded) {
-          throw new StreamError(at, `stream ended without the "vcpu" device section`);
-        }
+        // A section that must have come says so now.
+        for (const loader of loaders.values()) loader.finish(at);
         const description = await readDescription(r);
         if (!returnPath && !(await r.atEnd())) {
           throw new StreamError(r.offset, "unexpected bytes after the vmdescription");
         }
         if (digests) verifyIntegrity(digests, description);
-        // The image is durable (fsynced, incomplete marker removed) before the
+        // What a section wrote durably (a disk image) is committed before the
         // caller can report the migration completed.
-        await block.finish();
+        for (const loader of loaders.values()) await loader.commit?.();
         onBytes?.(r.received);
+        const ram = loaders.get(SectionName.RAM);
+        const stats = ram instanceof RamLoader ? ram.stats : { zeroPages: 0, normalPages: 0 };
         return {
           bytes: r.offset,
-          zeroPages: ram.stats.zeroPages,
-          normalPages: ram.stats.normalPages,
+          zeroPages: stats.zeroPages,
+          normalPages: stats.normalPages,
           description,
           returnPath,
         };

@@ -1,14 +1,16 @@
 import type { Channel, Transports } from "../transports/transport.ts";
 import type { Guest } from "../vm/guest.ts";
-import { PAGE_SIZE } from "../vm/ram.ts";
+import { PAGE_SIZE } from "./format/constants.ts";
 import type { Clock } from "./clock.ts";
 import { describeError } from "./errors.ts";
 import { StreamWriter } from "./format/writer.ts";
-import { runPrecopy, writeSetup } from "./outgoing.ts";
+import { createSavers, runPrecopy, writeSetup } from "./outgoing.ts";
 import type { Capabilities, Parameters } from "./params.ts";
 import type { WindowStats } from "./rate_limiter.ts";
-import { RamSaver } from "./sections/ram.ts";
+import type { RamSaver } from "./sections/ram.ts";
 import { BlockSaver } from "./sections/block.ts";
+import type { SectionRegistry } from "./sections/section.ts";
+import { defaultSections } from "./sections/registry.ts";
 import { sendOpenReturnPath, sendPing, SourceReturnPath, usesReturnPath } from "./return_path.ts";
 import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 import { MigrationDigests } from "./integrity.ts";
@@ -149,6 +151,8 @@ export interface MigrationDeps {
   readonly block?: { readonly incremental: boolean };
   /** Gives the event loop one I/O turn (see StreamOptions.turn); default a timer. */
   readonly turn?: () => Promise<void>;
+  /** The sections to send (default: ferry's own, defaultSections()). */
+  readonly sections?: SectionRegistry;
 }
 
 /**
@@ -325,22 +329,21 @@ export class Migration {
       this.#writer = writer;
       const caps = this.#deps.capabilities;
       const digests = caps.verify ? new MigrationDigests(guest.blocks) : undefined;
-      this.#ram = new RamSaver(guest.blocks, clock.now, {
-        ...(caps.xbzrle ? { xbzrleCacheSize: this.#deps.params().xbzrle_cache_size } : {}),
+      const savers = createSavers(this.#deps.sections ?? defaultSections(), {
+        guest,
+        now: clock.now,
+        params: this.#deps.params(),
+        capabilities: caps,
+        ...(this.#deps.block ? { block: this.#deps.block } : {}),
         ...(digests ? { digests } : {}),
       });
-      if (this.#deps.block && guest.disk) {
-        this.#block = new BlockSaver(guest.disk, {
-          incremental: this.#deps.block.incremental,
-          zeroBlocks: caps.zero_blocks,
-          ...(digests ? { digests } : {}),
-        });
-      }
+      this.#ram = savers.ram;
+      const block = savers.live.find((e) => e.saver instanceof BlockSaver)?.saver;
+      this.#block = block instanceof BlockSaver ? block : null;
       const ctx = {
         guest,
         writer,
-        ram: this.#ram,
-        block: this.#block,
+        savers,
         digests,
         clock,
         params: this.#deps.params,

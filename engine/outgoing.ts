@@ -1,28 +1,57 @@
+/**
+ * The migration loop (QEMU's migration_thread and qemu_savevm_state_*): it writes
+ * the stream's framing and asks each section's saver, through the registry, for
+ * its payloads (docs/ARCHITECTURE.md, "Flow of one migration").
+ * @module
+ */
 import type { Guest, RunState } from "../vm/guest.ts";
 import type { Clock } from "./clock.ts";
-import {
-  MACHINE_TYPE,
-  RAM_SECTION_VERSION,
-  Section,
-  SectionName,
-  VCPU_SECTION_VERSION,
-} from "./format/constants.ts";
+import { MACHINE_TYPE, PAGE_SIZE, Section } from "./format/constants.ts";
 import type { StreamWriter } from "./format/writer.ts";
-import { PAGE_SIZE } from "../vm/ram.ts";
 import type { Capabilities, Parameters } from "./params.ts";
 import { AutoConverge, MAX_THROTTLE } from "./auto_converge.ts";
 import { StallDetector, StallError } from "./stall.ts";
 import { RateLimiter, type WindowStats } from "./rate_limiter.ts";
 import { RamSaver } from "./sections/ram.ts";
-import { describeVcpu, saveVcpu } from "./sections/vcpu.ts";
-import { BLOCK_SECTION_NAME, BLOCK_SECTION_VERSION, type BlockSaver } from "./sections/block.ts";
+import type { DeviceSaver, LiveSaver, SaveContext, SectionRegistry } from "./sections/section.ts";
 import type { MigrationDigests } from "./integrity.ts";
+import { sharedKernels } from "./wasm/kernels.ts";
 
-/** Section ids ferry assigns, in registration order (QEMU numbers them the same way). */
-export const SectionId = { RAM: 0, VCPU: 1, BLOCK: 2 } as const;
+/** A section's saver for one migration, with what its framing needs. */
+interface SaverEntry<T> {
+  readonly id: number;
+  readonly name: string;
+  readonly version: number;
+  readonly saver: T;
+}
 
-/** Most block bytes one loop turn sends before RAM gets its turn (both share the budget). */
-const BLOCK_TURN_BYTES = 8 << 20;
+/** The savers of one migration: its live sections, its device sections, and `ram` among them. */
+export interface Savers {
+  /** Live sections in the order of a round: those with a per-turn cap first, then by id. */
+  readonly live: readonly SaverEntry<LiveSaver>[];
+  readonly devices: readonly SaverEntry<DeviceSaver>[];
+  /** The `ram` section's saver: the loop reads its dirty-log passes. */
+  readonly ram: RamSaver;
+}
+
+/** Asks every registered section for its saver; sections that return null are not carried. */
+export function createSavers(registry: SectionRegistry, ctx: SaveContext): Savers {
+  const live: SaverEntry<LiveSaver>[] = [];
+  const devices: SaverEntry<DeviceSaver>[] = [];
+  for (const { id, section } of registry.entries) {
+    const saver = section.saver(ctx);
+    if (saver === null) continue;
+    const entry = { id, name: section.name, version: section.version };
+    if (section.kind === "live") live.push({ ...entry, saver: saver as LiveSaver });
+    else devices.push({ ...entry, saver: saver as DeviceSaver });
+  }
+  const ram = live.find((e) => e.saver instanceof RamSaver)?.saver;
+  if (!(ram instanceof RamSaver)) throw new Error(`no "ram" section is registered`);
+  live.sort((a, b) =>
+    Number(b.saver.turnBytes !== undefined) - Number(a.saver.turnBytes !== undefined)
+  );
+  return { live, devices, ram };
+}
 
 /** What the migration loop reports while it runs. */
 export interface OutgoingProgress {
@@ -44,9 +73,8 @@ export interface OutgoingProgress {
 export interface OutgoingContext {
   readonly guest: Guest;
   readonly writer: StreamWriter;
-  readonly ram: RamSaver;
-  /** The `block` live section, with blk/inc. */
-  readonly block?: BlockSaver | null;
+  /** The sections this migration carries (createSavers). */
+  readonly savers: Savers;
   /** With `verify`: the digests the sections keep, sent in the vmdescription. */
   readonly digests?: MigrationDigests | null;
   readonly clock: Clock;
@@ -79,22 +107,18 @@ export async function writeSetup(ctx: OutgoingContext): Promise<void> {
   const w = ctx.writer;
   await w.header();
   await w.configuration(MACHINE_TYPE);
-  await w.sectionStart(Section.START, SectionId.RAM, SectionName.RAM, 0, RAM_SECTION_VERSION);
-  ctx.ram.sync(); // clear the guest's log: the migration bitmap already has every page
-  await ctx.ram.setup(w);
-  await w.footer(SectionId.RAM);
-  if (ctx.block) {
-    await w.sectionStart(
-      Section.START,
-      SectionId.BLOCK,
-      BLOCK_SECTION_NAME,
-      0,
-      BLOCK_SECTION_VERSION,
-    );
-    await ctx.block.setup(w);
-    await w.footer(SectionId.BLOCK);
+  ctx.savers.ram.sync(); // clear the guest's log: the migration bitmap already has every page
+  for (const { id, name, version, saver } of byId(ctx.savers.live)) {
+    await w.sectionStart(Section.START, id, name, 0, version);
+    await saver.setup(w);
+    await w.footer(id);
   }
   await w.flush();
+}
+
+/** Entries in section id order (the order of START, END and FULL sections). */
+function byId<T extends { readonly id: number }>(entries: readonly T[]): T[] {
+  return [...entries].sort((a, b) => a.id - b.id);
 }
 
 /**
@@ -119,7 +143,8 @@ export const FLOOR_SYNCS = 3;
  *   migration, switches over now, or steps the throttle up.
  */
 export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> {
-  const { writer: w, ram, clock, signal } = ctx;
+  const { writer: w, clock, signal } = ctx;
+  const { ram, live } = ctx.savers;
   const limiter = new RateLimiter(clock.now, () => ctx.params().max_bandwidth, w.bytes);
   let maxSize = 0;
   let lastSyncs = ram.stats.dirtySyncCount;
@@ -137,8 +162,9 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
   for (;;) {
     signal.throwIfAborted();
     if (!limiter.exceeded(w.bytes)) {
-      // Disk bytes pending count with RAM's in the switchover decision.
-      const pending = ram.pending(maxSize) + (ctx.block?.pending() ?? 0);
+      // Every live section's pending bytes count in the switchover decision.
+      const pendingBy = live.map((e) => e.saver.pending(maxSize));
+      const pending = pendingBy.reduce((a, b) => a + b, 0);
       if (ram.stats.dirtySyncCount !== lastSyncs) {
         lastSyncs = ram.stats.dirtySyncCount;
         ctx.progress.pass(lastSyncs, ram.dirtyPages);
@@ -153,18 +179,13 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
       // With XBZRLE the encoding time, not the wire, can be what exceeds the limit.
       const busy = ram.pendingBusyMs > ctx.params().downtime_limit - rtt;
       if (!settle && pending > 0 && (pending >= maxSize || busy)) {
-        if (ctx.block && ctx.block.remainingBytes > 0) {
-          const turnEnd = w.bytes + BLOCK_TURN_BYTES;
-          await w.sectionPart(Section.PART, SectionId.BLOCK);
-          await ctx.block.iterate(
-            w,
-            () => w.bytes >= turnEnd || limiter.exceeded(w.bytes) || signal.aborted,
-          );
-          await w.footer(SectionId.BLOCK);
+        // One round: each live section with something pending writes a PART.
+        for (let i = 0; i < live.length; i++) {
+          if (pendingBy[i] === 0 && live[i].saver !== ram) continue;
+          await w.sectionPart(Section.PART, live[i].id);
+          await live[i].saver.iterate(w, () => limiter.exceeded(w.bytes) || signal.aborted);
+          await w.footer(live[i].id);
         }
-        await w.sectionPart(Section.PART, SectionId.RAM);
-        await ram.iterate(w, () => limiter.exceeded(w.bytes) || signal.aborted);
-        await w.footer(SectionId.RAM);
         await w.flush();
       } else if (ctx.drain && drainedAt !== w.bytes) {
         // Converged on paper: let the pipe empty while the guest still runs, then
@@ -203,12 +224,13 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
             `(${(e as Error).message}): keeping ${ram.cacheSize} bytes`,
         );
       }
-      const pendingBytes = ram.pendingWireBytes + (ctx.block?.remainingBytes ?? 0);
+      const pendingBytes = ram.pendingWireBytes +
+        live.reduce((n, e) => n + (e.saver === ram ? 0 : e.saver.backlogBytes), 0);
       const expected = window.bandwidth > 0
         ? Math.max(pendingBytes / window.bandwidth, ram.pendingBusyMs) + rtt
         : Infinity;
       ctx.progress.window(window, expected);
-      if (!settle && stall.observe(ram.backlogBytes + (ctx.block?.remainingBytes ?? 0))) {
+      if (!settle && stall.observe(live.reduce((n, e) => n + e.saver.backlogBytes, 0))) {
         const why = ` (the guest dirtied ${ram.stats.dirtyPagesRate} pages/s)`;
         if (params.stall_action === "switchover") {
           settle = true;
@@ -256,26 +278,28 @@ function newAutoConverge(ctx: OutgoingContext): AutoConverge {
 
 /** Stops the guest, sends what is left and the device state, ends the stream. */
 async function complete(ctx: OutgoingContext): Promise<OutgoingResult> {
-  const { writer: w, ram, guest, clock } = ctx;
+  const { writer: w, guest, clock } = ctx;
+  const { ram } = ctx.savers;
   const before: RunState = guest.runState;
   const wasRunning = before === "running";
   const stoppedAt = clock.now();
   guest.stop("finish-migrate");
   ctx.progress.stopped(stoppedAt);
   try {
-    await w.sectionPart(Section.END, SectionId.RAM);
-    await ram.complete(w);
-    await w.footer(SectionId.RAM);
-    if (ctx.block) {
-      await w.sectionPart(Section.END, SectionId.BLOCK);
-      await ctx.block.complete(w);
-      await w.footer(SectionId.BLOCK);
+    for (const { id, saver } of byId(ctx.savers.live)) {
+      await w.sectionPart(Section.END, id);
+      await saver.complete(w);
+      await w.footer(id);
     }
     ctx.progress.pass(ram.stats.dirtySyncCount, 0);
-    await w.sectionStart(Section.FULL, SectionId.VCPU, SectionName.VCPU, 0, VCPU_SECTION_VERSION);
-    await saveVcpu(w, guest, ctx.digests ?? undefined);
-    await w.footer(SectionId.VCPU);
-    await w.end(vmDescription(guest, ctx.digests ?? undefined));
+    for (const { id, name, version, saver } of byId(ctx.savers.devices)) {
+      const state = saver.state();
+      ctx.digests?.addDevice(name, 0, state.length, sharedKernels().digest(state, 0, state.length));
+      await w.sectionStart(Section.FULL, id, name, 0, version);
+      await w.write(state);
+      await w.footer(id);
+    }
+    await w.end(vmDescription(ctx.savers, ctx.digests ?? undefined));
     await w.drain();
     await w.channel.finish();
   } catch (e) {
@@ -290,17 +314,17 @@ async function complete(ctx: OutgoingContext): Promise<OutgoingResult> {
 }
 
 /**
- * The vmdescription JSON: page size and every device section's fields (QEMU's
- * format), plus, with `verify`, ferry's integrity record under `ferry.integrity`
- * (QEMU's analyzer ignores keys it does not know).
+ * The vmdescription JSON: page size and every device section's description
+ * (QEMU's format), plus, with `verify`, ferry's integrity record under
+ * `ferry.integrity` (QEMU's analyzer ignores keys it does not know).
  */
 export function vmDescription(
-  guest: Guest,
+  savers: Pick<Savers, "devices">,
   digests?: MigrationDigests,
 ): Record<string, unknown> {
   return {
     page_size: PAGE_SIZE,
-    devices: [describeVcpu(guest, VCPU_SECTION_VERSION)],
+    devices: byId(savers.devices).map((d) => d.saver.describe()),
     ...(digests ? { ferry: { integrity: digests.record() } } : {}),
   };
 }

@@ -9,7 +9,8 @@
  */
 import type { Transports } from "../transports/transport.ts";
 import type { DeviceField, Guest, RunState } from "../vm/guest.ts";
-import { PAGE_SIZE, RamBlock } from "../vm/ram.ts";
+import { RamBlock } from "../vm/ram.ts";
+import { PAGE_SIZE } from "./format/constants.ts";
 import { Engine } from "./engine.ts";
 
 /**

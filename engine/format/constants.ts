@@ -17,6 +17,15 @@ export const Section = {
   FOOTER: 0x7e,
 } as const;
 
+/**
+ * The page size of the stream (QEMU's TARGET_PAGE_SIZE on x86): every RAM record
+ * carries one page of this many bytes. The guest's own page size (vm/ram.ts) is
+ * the same; a test holds them equal.
+ */
+export const PAGE_SIZE = 4096;
+/** log2(PAGE_SIZE). */
+export const PAGE_SHIFT = 12;
+
 /** Flag bits in the low bits of a RAM record's be64 `offset | flags`. */
 export const RamFlag = {
   ZERO: 0x02,

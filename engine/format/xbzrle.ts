@@ -1,4 +1,4 @@
-import { PAGE_SIZE } from "../../vm/ram.ts";
+import { PAGE_SIZE } from "./constants.ts";
 
 /** The byte before an XBZRLE record's length (QEMU's ENCODING_FLAG_XBZRLE). */
 export const ENCODING_FLAG_XBZRLE = 0x01;

@@ -10,6 +10,7 @@ import { StreamError, type StreamReader } from "../format/reader.ts";
 import type { StreamWriter } from "../format/writer.ts";
 import { kernelsFor } from "../format/buffers.ts";
 import type { DigestTable, MigrationDigests } from "../integrity.ts";
+import type { LiveSaver, Section, SectionLoader } from "./section.ts";
 
 /** Flag bits in the low 9 bits of a block record's header. */
 export const BlockFlag = {
@@ -29,6 +30,8 @@ export const BLOCK_SECTION_NAME = "block";
 export const BLOCK_SECTION_VERSION = 1;
 
 const TWO32 = 0x100000000;
+/** Most block bytes one loop turn sends before RAM gets its turn (both share the budget). */
+const BLOCK_TURN_BYTES = 8 << 20;
 /** The loader starts a background fsync after every this many chunks written. */
 const FLUSH_EVERY_CHUNKS = 16;
 /** At most this many chunks are written past a background fsync still in flight. */
@@ -59,7 +62,8 @@ export interface BlockSaverOptions {
  * written-since-base bitmap for inc), iterate() sends dirty chunks under a budget,
  * complete() sends the rest once the guest is stopped.
  */
-export class BlockSaver {
+export class BlockSaver implements LiveSaver {
+  readonly turnBytes = BLOCK_TURN_BYTES;
   readonly #disk: Disk;
   readonly #bitmap: Uint32Array;
   readonly #scratch: Uint8Array | null;
@@ -116,6 +120,11 @@ export class BlockSaver {
     return this.remainingBytes;
   }
 
+  /** Bytes left if the guest stopped now. */
+  get backlogBytes(): number {
+    return this.remainingBytes;
+  }
+
   /** Writes the START payload: just EOS (as QEMU's block_save_setup). */
   async setup(w: StreamWriter): Promise<void> {
     const before = w.bytes;
@@ -124,12 +133,16 @@ export class BlockSaver {
     this.stats.transferred += w.bytes - before;
   }
 
-  /** Sends dirty chunks until `stop()` says so or none are left; then PROGRESS and EOS. */
+  /**
+   * Sends dirty chunks until `stop()` says so, `turnBytes` went out, or none are
+   * left; then PROGRESS and EOS.
+   */
   async iterate(w: StreamWriter, stop: () => boolean): Promise<number> {
     const before = w.bytes;
+    const turnEnd = before + this.turnBytes;
     this.sync();
     let sent = 0;
-    while (this.#dirty > 0 && !stop()) {
+    while (this.#dirty > 0 && !stop() && w.bytes < turnEnd) {
       await this.#sendNext(w);
       sent++;
     }
@@ -220,7 +233,7 @@ export interface BlockLoadStats {
  * bounds) and writes chunks into the local image; nothing past the image is ever
  * written. The image is marked incomplete by start() and committed by finish().
  */
-export class BlockLoader {
+export class BlockLoader implements SectionLoader {
   readonly stats: BlockLoadStats = { chunks: 0, zeroChunks: 0, progress: 0 };
   #started = false;
   #zero: Uint8Array | null = null;
@@ -250,8 +263,13 @@ export class BlockLoader {
     this.#table = this.#digests?.trackDisk(this.disk.name, this.disk.chunks) ?? null;
   }
 
-  /** Reads records up to and including EOS. */
-  async load(r: StreamReader): Promise<void> {
+  /** Reads records up to and including EOS; a START first marks the disk incomplete. */
+  async load(
+    r: StreamReader,
+    phase: "start" | "part" | "end" | "full" = "part",
+    at = 0,
+  ): Promise<void> {
+    if (phase === "start") this.start(at);
     const disk = this.disk!;
     for (;;) {
       await r.need(8);
@@ -325,8 +343,30 @@ export class BlockLoader {
     }
   }
 
-  /** The stream is complete: fsync the image and remove its incomplete marker. */
-  async finish(): Promise<void> {
+  /** At EOF: a stream need not carry a disk. */
+  finish(): void {}
+
+  /** The stream is complete and checked: fsync the image and remove its incomplete marker. */
+  async commit(): Promise<void> {
     if (this.#started) await this.disk!.commit();
   }
 }
+
+/**
+ * The `block` live section: carried only with `blk` or `inc` (a disk to copy);
+ * a destination takes it only when its guest has a disk.
+ */
+export const blockSection: Section = {
+  name: BLOCK_SECTION_NAME,
+  version: BLOCK_SECTION_VERSION,
+  kind: "live",
+  saver: (ctx) =>
+    ctx.block && ctx.guest.disk
+      ? new BlockSaver(ctx.guest.disk, {
+        incremental: ctx.block.incremental,
+        zeroBlocks: ctx.capabilities.zero_blocks,
+        ...(ctx.digests ? { digests: ctx.digests } : {}),
+      })
+      : null,
+  loader: (ctx) => new BlockLoader(ctx.guest.disk, ctx.digests),
+};

@@ -10,7 +10,7 @@
  * its pages in the arena and its snapshot in `scratch`, so encoding a page copies
  * nothing but the encoding itself out.
  */
-import { PAGE_SIZE } from "../../vm/ram.ts";
+import { PAGE_SIZE } from "../format/constants.ts";
 import { xbzrleDecode, xbzrleEncode, XbzrleError } from "../format/xbzrle.ts";
 import { KERNELS_WASM_BASE64 } from "./kernels_wasm.ts";
 

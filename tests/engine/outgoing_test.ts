@@ -3,12 +3,13 @@ import { StreamReader } from "../../engine/format/reader.ts";
 import { StreamWriter } from "../../engine/format/writer.ts";
 import { loadStream } from "../../engine/incoming.ts";
 import {
+  createSavers,
   type OutgoingContext,
   runPrecopy,
-  SectionId,
   vmDescription,
   writeSetup,
 } from "../../engine/outgoing.ts";
+import { defaultSections } from "../../engine/sections/registry.ts";
 import { DEFAULT_CAPABILITIES, DEFAULT_PARAMETERS, type Parameters } from "../../engine/params.ts";
 import type { WindowStats } from "../../engine/rate_limiter.ts";
 import { RamSaver } from "../../engine/sections/ram.ts";
@@ -108,7 +109,12 @@ function context(guest: TestGuest, ch: CaptureChannel, params: Partial<Parameter
   const ctx: OutgoingContext = {
     guest,
     writer: new StreamWriter(ch, 1 << 20),
-    ram: new RamSaver(guest.blocks, clock.now),
+    savers: createSavers(defaultSections(), {
+      guest,
+      now: clock.now,
+      params: { ...DEFAULT_PARAMETERS, ...params },
+      capabilities: DEFAULT_CAPABILITIES,
+    }),
     clock,
     params: () => ({ ...DEFAULT_PARAMETERS, ...params }),
     signal: new AbortController().signal,
@@ -155,9 +161,13 @@ Deno.test("writeSetup() writes header, configuration and the ram START section, 
     4,
   ]);
   assert.equal(ch.writes, 1, "one flush");
-  assert.equal(ctx.ram.stats.dirtySyncCount, 1, "the guest's dirty log was cleared at setup");
-  assert.equal(SectionId.RAM, 0);
-  assert.equal(SectionId.VCPU, 1);
+  assert.equal(
+    ctx.savers.ram.stats.dirtySyncCount,
+    1,
+    "the guest's dirty log was cleared at setup",
+  );
+  assert.equal(defaultSections().get("ram")!.id, 0);
+  assert.equal(defaultSections().get("vcpu")!.id, 1);
 });
 
 Deno.test("runPrecopy() writes START → PART… → END → FULL vcpu → EOF → vmdescription and leaves the guest postmigrate", async () => {
@@ -180,10 +190,10 @@ Deno.test("runPrecopy() writes START → PART… → END → FULL vcpu → EOF �
   assert.ok(parts.length >= 1 && parts.every((p) => p.startsWith("PART 0 +")), parts.join());
   assert.equal(parts.reduce((n, p) => n + Number(p.split("+")[1]), 0), 256);
   assert.deepEqual(JSON.parse(s.at(-1)!.slice("VMDESCRIPTION ".length)), TEST_GUEST_VMDESC);
-  assert.deepEqual(vmDescription(guest), TEST_GUEST_VMDESC);
+  assert.deepEqual(vmDescription(ctx.savers), TEST_GUEST_VMDESC);
   assert.equal(calls[0], "active");
   assert.ok(calls.includes("stopped 0"));
-  assert.equal(calls.at(-1), `pass ${ctx.ram.stats.dirtySyncCount} 0`);
+  assert.equal(calls.at(-1), `pass ${ctx.savers.ram.stats.dirtySyncCount} 0`);
   assert.equal(guest.stops, 1);
 
   // The engine's own loader accepts what the engine wrote.
@@ -437,10 +447,11 @@ Deno.test("runPrecopy(): an XBZRLE cache resize that fails keeps the old cache a
   ram.resizeCache = (bytes: number) => {
     if (bytes !== ram.cacheSize) throw new RangeError("Array buffer allocation failed");
   };
-  await writeSetup({ ...ctx, ram });
+  const savers = { ...ctx.savers, ram, live: [{ id: 0, name: "ram", version: 4, saver: ram }] };
+  await writeSetup({ ...ctx, savers });
   await runPrecopy({
     ...ctx,
-    ram,
+    savers,
     params: () => ({ ...ctx.params(), xbzrle_cache_size: 1 << 20 }),
   });
   assert.equal(guest.runState, "postmigrate");

@@ -112,7 +112,8 @@ Deno.test("BlockSaver → BlockLoader copies an image; zero_blocks sends empty c
         await loader.load(r); // PART
         await loader.load(r); // END
         assert.equal(loader.stats.progress, 100);
-        await loader.finish();
+        loader.finish();
+        await loader.commit();
         assert.equal(dst.incomplete, false);
         assert.equal((await dst.digest()).sha256, (await src.digest()).sha256);
       });

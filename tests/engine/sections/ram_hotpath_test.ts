@@ -167,8 +167,8 @@ for (const [what, make] of shapes) {
       }
       const r = new StreamReader(new Source(stream, step), 1 << 20);
       const loader = new RamLoader(dst);
-      await loader.load(r, true);
-      await loader.load(r, false);
+      await loader.load(r, "start");
+      await loader.load(r, "part");
       assert.equal(r.avail, 0, `step ${step}: all consumed`);
       for (let i = 0; i < blocks.length; i++) {
         assertSameBytes(dst[i].bytes, blocks[i].bytes, `step ${step}: block ${blocks[i].name}`);
@@ -215,9 +215,9 @@ Deno.test("RamLoader fast path stops at a bad record and the error names its off
   copy[bad + 8] = 5; // fill byte of the 42nd ZERO record
   const r = new StreamReader(new Source(copy, 1 << 20));
   const loader = new RamLoader([new RamBlock("pc.ram", 64 * PAGE_SIZE)]);
-  await loader.load(r, true);
+  await loader.load(r, "start");
   await assert.rejects(
-    () => loader.load(r, false),
+    () => loader.load(r, "part"),
     (e: Error) => e.message.includes(`0x${bad.toString(16)}`) && /fill byte 0x5/.test(e.message),
   );
   assert.equal(loader.stats.zeroPages, 41);

@@ -327,9 +327,9 @@ Deno.test("RamSaver → RamLoader round trip of a two-block guest with writes be
   dst.fillRandom(1234); // stale RAM: zero pages must be cleared
   const loader = new RamLoader(dst.blocks);
   const r = new StreamReader(new BytesChannel(bytes, 1000), 1 << 16);
-  await loader.load(r, true);
+  await loader.load(r, "start");
   assert.equal(loader.sizesSeen, true);
-  for (let i = 1; i < payloads; i++) await loader.load(r, false);
+  for (let i = 1; i < payloads; i++) await loader.load(r, "part");
   assert.equal(await r.atEnd(), true);
   assert.equal(await ramDigest(dst), await ramDigest(guest));
   assert.equal(loader.stats.normalPages, saver.stats.normal);

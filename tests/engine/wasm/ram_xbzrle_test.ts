@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { StreamReader } from "../../../engine/format/reader.ts";
 import { StreamWriter } from "../../../engine/format/writer.ts";
-import { PageCache } from "../../../engine/page_cache.ts";
+import { PageCache } from "../../../engine/sections/page_cache.ts";
 import { RamLoader, RamSaver } from "../../../engine/sections/ram.ts";
 import { createKernels, KernelKind } from "../../../engine/wasm/kernels.ts";
 import { PAGE_SIZE, RamBlock } from "../../../vm/ram.ts";
@@ -57,9 +57,9 @@ async function load(stream: Uint8Array, kind: KernelKind): Promise<Uint8Array> {
   const dest = new RamBlock("pc.ram", PAGES * PAGE_SIZE);
   const loader = new RamLoader([dest], createKernels({ kind }));
   const r = new StreamReader(new BytesChannel(stream, 3000));
-  await loader.load(r, true);
+  await loader.load(r, "start");
   while (r.avail > 0 || (await r.need(1).then(() => true, () => false))) {
-    await loader.load(r, false);
+    await loader.load(r, "part");
   }
   assert.ok(loader.stats.xbzrlePages > 50);
   return dest.bytes.slice();

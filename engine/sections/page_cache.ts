@@ -1,10 +1,10 @@
-import { PAGE_SIZE } from "../vm/ram.ts";
+import { PAGE_SIZE } from "../format/constants.ts";
 import {
   createKernels,
   type KernelKind,
   type Kernels,
   selectedKernelKind,
-} from "./wasm/kernels.ts";
+} from "../wasm/kernels.ts";
 
 /** Syncs a cached page stays protected from replacement by another page (QEMU's CACHED_PAGE_LIFETIME). */
 export const CACHED_PAGE_LIFETIME = 2;

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { CACHED_PAGE_LIFETIME, PageCache } from "../../engine/page_cache.ts";
+import { CACHED_PAGE_LIFETIME, PageCache } from "../../../engine/sections/page_cache.ts";
 
 const PAGE = 4096;
 

@@ -1,0 +1,544 @@
+/**
+ * The outgoing half of QEMU's `ram` live section (ram_save_setup, ram_save_pending,
+ * ram_save_iterate, ram_save_complete): docs/ARCHITECTURE.md, "Sections".
+ * @module
+ */
+import { fullBitmap, isZeroPage, popcount32, type RamBlock } from "../../vm/ram.ts";
+import { PAGE_SHIFT, PAGE_SIZE, RamFlag } from "../format/constants.ts";
+import type { StreamWriter } from "../format/writer.ts";
+import { ENCODING_FLAG_XBZRLE } from "../format/xbzrle.ts";
+import { PageCache } from "./page_cache.ts";
+import type { KernelKind } from "../wasm/kernels.ts";
+import { kernelsFor } from "../format/buffers.ts";
+import type { DigestTable, MigrationDigests } from "../integrity.ts";
+import type { LiveSaver } from "./section.ts";
+import { MAX_RECORD, nameBytes, PLAIN_RECORD, putHeader, putName } from "./ram_records.ts";
+
+/** QEMU's MAX_WAIT: one iteration never runs longer than this many ms. */
+export const MAX_ITERATE_MS = 50;
+
+/** Counters the RAM section keeps; they feed `ram` in the migration info. */
+export interface RamStats {
+  /** Zero pages sent as ZERO records (QEMU's "duplicate"). */
+  duplicate: number;
+  /** Pages sent in full. */
+  normal: number;
+  /** Bytes the RAM section put on the wire. */
+  transferred: number;
+  /** Dirty-log syncs done. */
+  dirtySyncCount: number;
+  /** Guest pages dirtied per second over the last ≥1 s of syncs. */
+  dirtyPagesRate: number;
+  /** XBZRLE counters; null when XBZRLE is off. */
+  xbzrle: XbzrleStats | null;
+}
+
+/** XBZRLE counters (QEMU's xbzrle-cache info). */
+export interface XbzrleStats {
+  /** Bytes of XBZRLE records sent. */
+  bytes: number;
+  /** Pages sent as XBZRLE records. */
+  pages: number;
+  /** Dirty pages not found in the cache (sent plainly, then cached). */
+  cacheMiss: number;
+  /** Cache lookups made (hits + misses). */
+  lookups: number;
+  /** Pages whose encoding would have been larger than the page (sent plainly). */
+  overflow: number;
+  /** Dirty pages identical to their cached copy (nothing sent). */
+  unchanged: number;
+}
+
+/** Options of a RamSaver. */
+export interface RamSaverOptions {
+  /** Turns XBZRLE on with a page cache of this many bytes. */
+  readonly xbzrleCacheSize?: number;
+  /** XBZRLE kernels (wasm or TS); default: selectedKernelKind(). */
+  readonly kernels?: KernelKind;
+  /** With `verify`: digests every page as it is sent (one table per block, in order). */
+  readonly digests?: MigrationDigests;
+}
+
+/** What one iterate() call did. */
+export interface IterateResult {
+  /** Pages sent. */
+  readonly pages: number;
+  /** True when a full sweep found no more dirty pages. */
+  readonly passDone: boolean;
+}
+
+/**
+ * The outgoing half of QEMU's `ram` live section: a migration bitmap per block,
+ * all ones at the start; iterate() sends dirty pages under a budget; complete()
+ * sends everything left once the guest is stopped.
+ */
+export class RamSaver implements LiveSaver {
+  readonly #blocks: readonly RamBlock[];
+  readonly #bitmaps: Uint32Array[];
+  readonly #now: () => number;
+  /** Bitmap words in all blocks (one sweep). */
+  readonly #totalWords: number;
+  #dirty: number;
+  #block = 0;
+  #word = 0;
+  #last: RamBlock | null = null;
+  #periodStart: number;
+  #periodDirty = 0;
+  /** XBZRLE state: the page cache (and its snapshot page), each block's first global page. */
+  #cache: PageCache | null = null;
+  readonly #blockBase: number[] = [];
+  /** True during the first sweep (QEMU's ram_bulk_stage): no XBZRLE yet. */
+  #bulk = true;
+  /** Estimated wire bytes per dirty page, from what recent pages cost. */
+  #wirePerPage = PLAIN_RECORD;
+  #passPages = 0;
+  #passBytes = 0;
+  /** ms spent sending pages of the current pass after the bulk stage (sleeps and API turns excluded). */
+  #passBusyMs = 0;
+  /** Busy ms per page of the last whole pass (0 until one finished). */
+  #busyMsPerPage = 0;
+  /** Pages the last sync marked dirty (auto-converge reads it). */
+  lastSyncAdded = 0;
+  /** Per-block digest tables with `verify`, else null. */
+  readonly #tables: (DigestTable | null)[];
+  readonly stats: RamStats = {
+    duplicate: 0,
+    normal: 0,
+    transferred: 0,
+    dirtySyncCount: 0,
+    dirtyPagesRate: 0,
+    xbzrle: null,
+  };
+
+  constructor(blocks: readonly RamBlock[], now: () => number, options: RamSaverOptions = {}) {
+    if (options.xbzrleCacheSize !== undefined) {
+      this.#cache = new PageCache(options.xbzrleCacheSize, options.kernels);
+      this.stats.xbzrle = {
+        bytes: 0,
+        pages: 0,
+        cacheMiss: 0,
+        lookups: 0,
+        overflow: 0,
+        unchanged: 0,
+      };
+      let base = 0;
+      for (const b of blocks) {
+        this.#blockBase.push(base);
+        base += b.pages;
+      }
+    }
+    this.#blocks = blocks;
+    this.#now = now;
+    this.#tables = blocks.map((_, i) => options.digests?.ram[i].table ?? null);
+    this.#bitmaps = blocks.map((b) => fullBitmap(b.pages));
+    this.#dirty = blocks.reduce((n, b) => n + b.pages, 0);
+    this.#totalWords = this.#bitmaps.reduce((n, m) => n + m.length, 0);
+    this.#periodStart = now();
+  }
+
+  /** Dirty pages still to send. */
+  get dirtyPages(): number {
+    return this.#dirty;
+  }
+
+  /** Bytes of RAM in all blocks. */
+  get totalBytes(): number {
+    return this.#blocks.reduce((n, b) => n + b.length, 0);
+  }
+
+  /**
+   * Bytes that would still have to go if the guest stopped now: pages dirty in the
+   * migration bitmap or in the guest's log since the last sync (what stall
+   * detection watches: unlike `remainingBytes`, it does not drop to nothing at the
+   * end of every pass).
+   */
+  get backlogBytes(): number {
+    let pages = 0;
+    for (let i = 0; i < this.#blocks.length; i++) {
+      const map = this.#bitmaps[i];
+      const log = this.#blocks[i].dirty;
+      for (let w = 0; w < map.length; w++) {
+        const bits = map[w] | log[w];
+        if (bits !== 0) pages += popcount32(bits);
+      }
+    }
+    return pages * PAGE_SIZE;
+  }
+
+  /** Bytes still to send if every dirty page went in full (QEMU's "remaining"). */
+  get remainingBytes(): number {
+    return this.#dirty * PAGE_SIZE;
+  }
+
+  /**
+   * Bytes the dirty pages are expected to cost on the wire. Without XBZRLE that is
+   * the full page (as QEMU); with it, what the pages sent since the bulk stage cost
+   * on average — so the switchover decision compares wire bytes with the wire
+   * bandwidth, which is what lets an XBZRLE migration converge.
+   */
+  get pendingWireBytes(): number {
+    return this.#cache ? Math.ceil(this.#dirty * this.#wirePerPage) : this.remainingBytes;
+  }
+
+  /**
+   * With XBZRLE: how long (ms) sending the dirty pages is expected to take at the
+   * busy rate of the last pass; 0 without XBZRLE. Delta-encoding costs CPU that
+   * the few bytes it puts on the wire do not show, so the wire estimate alone
+   * would switch over with an encode pass longer than the downtime limit ahead.
+   */
+  get pendingBusyMs(): number {
+    return this.#cache ? this.#dirty * this.#busyMsPerPage : 0;
+  }
+
+  /** Effective XBZRLE cache size in bytes (0 when XBZRLE is off). */
+  get cacheSize(): number {
+    return this.#cache?.sizeBytes ?? 0;
+  }
+
+  /** Resizes the XBZRLE cache (QEMU's migrate_set_cache_size), keeping what fits. */
+  resizeCache(bytes: number): void {
+    if (this.#cache && bytes !== this.#cache.sizeBytes) this.#cache = this.#cache.resized(bytes);
+  }
+
+  /**
+   * Pulls the guest's dirty logs into the migration bitmap (KVM's dirty log sync)
+   * and updates the dirty-page rate. Returns the pages newly marked dirty.
+   */
+  sync(): number {
+    let added = 0;
+    for (let i = 0; i < this.#blocks.length; i++) {
+      added += this.#blocks[i].syncDirty(this.#bitmaps[i]);
+    }
+    this.#dirty += added;
+    this.#periodDirty += added;
+    this.lastSyncAdded = added;
+    this.stats.dirtySyncCount++;
+    if (this.#passPages > 0) {
+      this.#wirePerPage = Math.max(1, this.#passBytes / this.#passPages);
+      this.#busyMsPerPage = this.#passBusyMs / this.#passPages;
+      this.#passPages = 0;
+      this.#passBytes = 0;
+    }
+    this.#passBusyMs = 0;
+    const now = this.#now();
+    if (now - this.#periodStart >= 1000) {
+      this.stats.dirtyPagesRate = Math.round(
+        (this.#periodDirty * 1000) / (now - this.#periodStart),
+      );
+      this.#periodStart = now;
+      this.#periodDirty = 0;
+    }
+    return added;
+  }
+
+  /**
+   * QEMU's ram_save_pending: bytes still to send; when that is below `maxSize`
+   * the dirty log is synced first so the switchover decision sees fresh numbers.
+   */
+  pending(maxSize: number): number {
+    // "Nothing left" is only believed after a fresh sync: without this, a pass that
+    // ends inside the first window (max_size still 0, e.g. a mostly-zero guest)
+    // would switch over with everything dirtied meanwhile still unsent.
+    if (this.pendingWireBytes < maxSize || this.#dirty === 0) this.sync();
+    return this.pendingWireBytes;
+  }
+
+  /** Writes the START payload: total size, every block's name and length, EOS. */
+  async setup(w: StreamWriter): Promise<void> {
+    const start = w.bytes;
+    await w.room(8);
+    w.be64(this.totalBytes + RamFlag.MEM_SIZE);
+    for (const b of this.#blocks) {
+      await w.room(1 + 255 + 8);
+      w.str8(b.name);
+      w.be64(b.length);
+    }
+    await w.room(8);
+    w.be64(RamFlag.EOS);
+    this.#last = null;
+    this.stats.transferred += w.bytes - start;
+  }
+
+  /**
+   * Sends dirty pages until `stop()` says the window's budget is spent, MAX_ITERATE_MS
+   * pass, or a full sweep finds nothing more; then writes EOS. (QEMU's ram_save_iterate.)
+   */
+  async iterate(w: StreamWriter, stop: () => boolean): Promise<IterateResult> {
+    const started = this.#now();
+    const before = w.bytes;
+    let pages = 0;
+    let passDone = false;
+    this.#last = null;
+    while (!stop()) {
+      const t0 = this.#now();
+      const sent = await this.#sendSome(w, 64);
+      if (!this.#bulk) this.#passBusyMs += this.#now() - t0;
+      pages += sent;
+      if (sent < 64) {
+        passDone = true;
+        break;
+      }
+      if (this.#now() - started > MAX_ITERATE_MS) break;
+      // Socket writes that complete at once never return to the event loop; the
+      // writer gives the API a turn every few ms of real time.
+      await w.breathe();
+    }
+    await w.room(8);
+    w.be64(RamFlag.EOS);
+    this.stats.transferred += w.bytes - before;
+    return { pages, passDone };
+  }
+
+  /** Syncs once more and sends every dirty page, without limits; then EOS. The guest is stopped. */
+  async complete(w: StreamWriter): Promise<number> {
+    const before = w.bytes;
+    this.sync();
+    this.#last = null;
+    let pages = 0;
+    for (;;) {
+      const sent = await this.#sendSome(w, 4096);
+      pages += sent;
+      if (sent < 4096) break;
+    }
+    await w.room(8);
+    w.be64(RamFlag.EOS);
+    this.stats.transferred += w.bytes - before;
+    return pages;
+  }
+
+  /**
+   * Sends up to `max` dirty pages, continuing from the cursor and wrapping around
+   * once; returns how many it sent (fewer than `max` means no dirty page is left).
+   */
+  async #sendSome(w: StreamWriter, max: number): Promise<number> {
+    let sent = 0;
+    if (this.#dirty === 0) return 0;
+    const nblocks = this.#blocks.length;
+    // At most one full sweep over all blocks plus the starting word again; every
+    // step to the next block also takes one turn, so a sweep costs words + blocks.
+    let wordsLeft = this.#totalWords + nblocks + 1;
+    while (sent < max && this.#dirty > 0 && wordsLeft-- > 0) {
+      const map = this.#bitmaps[this.#block];
+      if (this.#word >= map.length) {
+        this.#word = 0;
+        this.#block = (this.#block + 1) % nblocks;
+        if (this.#block === 0) this.#bulk = false;
+        continue;
+      }
+      let bits = map[this.#word];
+      if (bits === 0) {
+        this.#word++;
+        continue;
+      }
+      const block = this.#blocks[this.#block];
+      const table = this.#tables[this.#block];
+      while (bits !== 0 && sent < max) {
+        if (w.free < MAX_RECORD) await w.flush();
+        const before = bits;
+        bits = this.#cache
+          ? this.#sendBitsXbzrle(w, block, table, this.#word, bits, max - sent)
+          : this.#sendBits(w, block, table, this.#word, bits, max - sent);
+        sent += popcount32((before ^ bits) >>> 0);
+      }
+      map[this.#word] = bits;
+      if (bits === 0) this.#word++;
+    }
+    if (this.#dirty === 0 && this.#block === 0 && this.#word === 0) this.#bulk = false;
+    return sent;
+  }
+
+  /**
+   * #sendBits with XBZRLE: after the bulk stage, a dirty page found in the cache
+   * goes as an XBZRLE record encoded against the cached copy (or not at all when
+   * unchanged); a miss or an overflow goes plainly. Every page sent non-zero is
+   * cached as the exact bytes sent, and a zero page's cached copy is zeroed, so
+   * the cache always equals what the destination holds.
+   */
+  #sendBitsXbzrle(
+    w: StreamWriter,
+    block: RamBlock,
+    table: DigestTable | null,
+    word: number,
+    bits: number,
+    max: number,
+  ): number {
+    const cache = this.#cache!;
+    const xb = this.stats.xbzrle!;
+    // The snapshot and the cached pages share the kernels' memory: encoding copies nothing in.
+    const snap = cache.scratch;
+    const kernels = cache.kernels;
+    const buf = w.buf;
+    const limit = buf.length - MAX_RECORD;
+    const age = this.stats.dirtySyncCount;
+    const keyBase = this.#blockBase[this.#blocks.indexOf(block)];
+    let handled = 0;
+    const start = w.bytes;
+    bits |= 0;
+    while (bits !== 0 && handled < max && w.pos <= limit) {
+      const low = bits & -bits;
+      bits ^= low;
+      handled++;
+      const page = (word << 5) + (31 - Math.clz32(low));
+      const offset = page * PAGE_SIZE;
+      const key = keyBase + page;
+      const zero = (block.touched[word] & low) === 0 ||
+        isZeroPage(block.words, page << (PAGE_SHIFT - 2));
+      if (zero) {
+        this.#header(w, block, offset, RamFlag.ZERO);
+        w.u8(0);
+        this.stats.duplicate++;
+        cache.lookup(key)?.fill(0);
+        table?.set(page, 0);
+        continue;
+      }
+      if (!this.#bulk) {
+        xb.lookups++;
+        const old = cache.lookup(key);
+        if (old) {
+          snap.set(block.bytes.subarray(offset, offset + PAGE_SIZE));
+          const headerAt = w.pos;
+          const lastBefore = this.#last;
+          this.#header(w, block, offset, RamFlag.XBZRLE);
+          const lenAt = w.pos + 1;
+          const n = kernels.xbzrleEncode(old, snap, buf.subarray(lenAt + 2, lenAt + 2 + PAGE_SIZE));
+          if (n === 0) {
+            w.pos = headerAt; // identical: nothing goes out
+            this.#last = lastBefore;
+            xb.unchanged++;
+            continue;
+          }
+          if (n > 0) {
+            buf[w.pos] = ENCODING_FLAG_XBZRLE;
+            buf[lenAt] = n >>> 8;
+            buf[lenAt + 1] = n;
+            w.pos = lenAt + 2 + n;
+            xb.pages++;
+            xb.bytes += w.pos - headerAt;
+            old.set(snap);
+            table?.set(page, kernels.digest(snap, 0, PAGE_SIZE));
+            continue;
+          }
+          // Overflow: send the snapshot plainly instead.
+          w.pos = headerAt;
+          this.#last = lastBefore;
+          xb.overflow++;
+          this.#header(w, block, offset, RamFlag.PAGE);
+          buf.set(snap, w.pos);
+          w.pos += PAGE_SIZE;
+          this.stats.normal++;
+          old.set(snap);
+          table?.set(page, kernels.digest(snap, 0, PAGE_SIZE));
+          continue;
+        }
+        xb.cacheMiss++;
+      }
+      this.#header(w, block, offset, RamFlag.PAGE);
+      const at = w.pos;
+      buf.set(block.bytes.subarray(offset, offset + PAGE_SIZE), at);
+      w.pos += PAGE_SIZE;
+      this.stats.normal++;
+      cache.insert(key, buf.subarray(at, at + PAGE_SIZE), age);
+      table?.set(page, kernelsFor(buf).digest(buf, at, PAGE_SIZE));
+    }
+    this.#dirty -= handled;
+    if (!this.#bulk) {
+      this.#passPages += handled;
+      this.#passBytes += w.bytes - start;
+    }
+    return bits >>> 0;
+  }
+
+  /** Writes a record header (and the block name unless CONTINUE applies). */
+  #header(w: StreamWriter, block: RamBlock, offset: number, flag: number): void {
+    const cont = this.#last === block;
+    w.pos = putHeader(w.buf, w.pos, offset, flag | (cont ? RamFlag.CONTINUE : 0));
+    if (!cont) {
+      w.pos = putName(w.buf, w.pos, nameBytes(block.name));
+      this.#last = block;
+    }
+  }
+
+  /**
+   * Writes the pages whose bits are set in `bits` (bitmap word `word` of `block`),
+   * lowest first, while the writer's buffer has room for a record and fewer than
+   * `max` were written. Returns the bits still to send. One tight loop per word:
+   * untouched pages (known zero) cost a 9-byte record and no scan.
+   */
+  #sendBits(
+    w: StreamWriter,
+    block: RamBlock,
+    table: DigestTable | null,
+    word: number,
+    bits: number,
+    max: number,
+  ): number {
+    const buf = w.buf;
+    const kernels = kernelsFor(buf);
+    // Straight from guest RAM into the buffer, digested on the way (one pass), when
+    // both live in WebAssembly memories; else a copy, then a digest with `verify`.
+    const mover = kernels.owns(buf) ? kernels.moverFor(block.memory) : null;
+    const at0 = buf.byteOffset;
+    const limit = buf.length - MAX_RECORD;
+    let pos = w.pos;
+    if (pos > limit) return bits;
+    const touched = block.touched[word];
+    const words = block.words;
+    const bytes = block.bytes;
+    const base = word << 5;
+    let zeros = 0;
+    let normals = 0;
+    let cont = this.#last === block;
+    bits |= 0;
+    if (bits === -1 && touched === 0 && cont && max >= 32) {
+      // A whole word of never-written pages: 32 ZERO records (MAX_RECORD > 288).
+      const first = base * PAGE_SIZE;
+      for (let i = 0; i < 32; i++) {
+        pos = putHeader(buf, pos, first + i * PAGE_SIZE, RamFlag.ZERO | RamFlag.CONTINUE);
+        buf[pos++] = 0;
+      }
+      w.pos = pos;
+      if (table !== null) { for (let i = 0; i < 32; i++) table.set(base + i, 0); }
+      this.#dirty -= 32;
+      this.stats.duplicate += 32;
+      return 0;
+    }
+    while (bits !== 0 && zeros + normals < max && pos <= limit) {
+      const low = bits & -bits;
+      bits ^= low;
+      const page = base + (31 - Math.clz32(low));
+      const offset = page * PAGE_SIZE;
+      const zero = (touched & low) === 0 || isZeroPage(words, page << (PAGE_SHIFT - 2));
+      pos = putHeader(
+        buf,
+        pos,
+        offset,
+        (zero ? RamFlag.ZERO : RamFlag.PAGE) | (cont ? RamFlag.CONTINUE : 0),
+      );
+      if (!cont) {
+        pos = putName(buf, pos, nameBytes(block.name));
+        this.#last = block;
+        cont = true;
+      }
+      if (zero) {
+        buf[pos++] = 0;
+        zeros++;
+        table?.set(page, 0);
+      } else {
+        if (mover !== null) {
+          const digest = mover.copyDigest(offset, at0 + pos, PAGE_SIZE);
+          if (table !== null) table.set(page, digest);
+        } else {
+          buf.set(bytes.subarray(offset, offset + PAGE_SIZE), pos);
+          if (table !== null) table.set(page, kernels.digest(buf, pos, PAGE_SIZE));
+        }
+        pos += PAGE_SIZE;
+        normals++;
+      }
+    }
+    w.pos = pos;
+    this.#dirty -= zeros + normals;
+    this.stats.duplicate += zeros;
+    this.stats.normal += normals;
+    return bits >>> 0;
+  }
+}

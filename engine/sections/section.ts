@@ -1,0 +1,142 @@
+/**
+ * The section interface, in the shape of QEMU's SaveVMHandlers
+ * (docs/ARCHITECTURE.md, "Sections"). A section is one named part of the savevm
+ * stream. Its saver writes it for one migration; its loader reads it for one
+ * load. The outgoing loop (engine/outgoing.ts) and the loader (engine/incoming.ts)
+ * know no section by name: they dispatch through a {@link SectionRegistry}.
+ *
+ * There are two kinds:
+ * - `live` sections (QEMU's iterative ones: `ram`, `block`) go out as START, then
+ *   PART sections while the guest runs, then END once it is stopped;
+ * - `device` sections (`vcpu`) go out once, as FULL, with the guest stopped, and
+ *   are described in the vmdescription JSON.
+ * @module
+ */
+import type { Guest } from "../../vm/guest.ts";
+import type { StreamReader } from "../format/reader.ts";
+import type { StreamWriter } from "../format/writer.ts";
+import type { MigrationDigests } from "../integrity.ts";
+import type { Capabilities, Parameters } from "../params.ts";
+
+/** What a saver is made from: the migration's guest, settings and digests. */
+export interface SaveContext {
+  readonly guest: Guest;
+  /** The engine's clock, ms. */
+  readonly now: () => number;
+  readonly params: Readonly<Parameters>;
+  readonly capabilities: Readonly<Capabilities>;
+  /** Block migration: `blk` copies the whole disk, `inc` what changed since a shared base. */
+  readonly block?: { readonly incremental: boolean };
+  /** With `verify`: where savers record what they send. */
+  readonly digests?: MigrationDigests;
+}
+
+/** What a loader is made from. */
+export interface LoadContext {
+  readonly guest: Guest;
+  /** With `verify`: where loaders record what they write. */
+  readonly digests?: MigrationDigests;
+  /** Most page records a stream may carry (a stream that never ends is cut). */
+  readonly maxRecords: number;
+}
+
+/** The outgoing half of a live section (QEMU's save_setup, state_pending, save_live_iterate, save_live_complete). */
+export interface LiveSaver {
+  /**
+   * At most this many bytes per iterate() before the next section's turn. Sections
+   * with a cap go first in each round, so `ram`, which takes the rest of the
+   * window, cannot starve them.
+   */
+  readonly turnBytes?: number;
+  /** Writes the START payload. */
+  setup(w: StreamWriter): Promise<void>;
+  /**
+   * Bytes still to send as they would go on the wire (QEMU's pending estimate);
+   * `maxSize` is what a switchover may send now: below it a saver may refresh its
+   * view (a dirty-log sync) before answering.
+   */
+  pending(maxSize: number): number;
+  /** Bytes left if the guest stopped now, counting what it dirtied since the last look. */
+  readonly backlogBytes: number;
+  /** Writes a PART payload until `stop()` says the window's budget is spent (or nothing is left). */
+  iterate(w: StreamWriter, stop: () => boolean): Promise<unknown>;
+  /** Writes the END payload: everything left, with the guest stopped. */
+  complete(w: StreamWriter): Promise<unknown>;
+}
+
+/** The outgoing half of a device section (QEMU's vmsd save). */
+export interface DeviceSaver {
+  /**
+   * The FULL payload, taken with the guest stopped. The loop writes it, and with
+   * `verify` digests it: a device section needs no integrity code of its own.
+   */
+  state(): Uint8Array;
+  /** The section's entry in the vmdescription JSON (QEMU's vmsd description). */
+  describe(): Record<string, unknown>;
+}
+
+/** The incoming half of a section, for one load (QEMU's load_state). */
+export interface SectionLoader {
+  /**
+   * Reads one payload: `start` (a live section's START), `part`, `end`, or `full`
+   * (a device section). `at` is the stream offset of its section header. A device
+   * section returns the payload bytes it read, which the loader digests with
+   * `verify`.
+   */
+  load(
+    r: StreamReader,
+    phase: "start" | "part" | "end" | "full",
+    at: number,
+  ): Promise<Uint8Array | void>;
+  /** At EOF: a section that must have arrived and did not throws a StreamError at `at`. */
+  finish(at: number): void;
+  /** Once the whole stream checked out (integrity included): makes durable what the section wrote. */
+  commit?(): Promise<void>;
+}
+
+/** A section kind: its name and version, and the halves it makes per migration. */
+export interface Section {
+  /** The section's idstr in the stream ("ram", "block", "vcpu"). */
+  readonly name: string;
+  readonly version: number;
+  readonly kind: "live" | "device";
+  /**
+   * The saver for one migration, or null when this migration does not carry the
+   * section (`block` without `blk`/`inc`). Live sections make a LiveSaver,
+   * device sections a DeviceSaver.
+   */
+  saver(ctx: SaveContext): LiveSaver | DeviceSaver | null;
+  /** The loader for one load. */
+  loader(ctx: LoadContext): SectionLoader;
+}
+
+/**
+ * The sections a ferry speaks, in registration order, which is also their
+ * section id in the stream (QEMU numbers its handlers the same way). A new
+ * section is one file and one `register` line.
+ */
+export class SectionRegistry {
+  readonly #sections: Section[] = [];
+
+  constructor(sections: readonly Section[] = []) {
+    for (const s of sections) this.register(s);
+  }
+
+  /** Adds a section under the next section id; a name may be registered once. */
+  register(section: Section): this {
+    if (this.get(section.name)) throw new Error(`section "${section.name}" registered twice`);
+    this.#sections.push(section);
+    return this;
+  }
+
+  /** Every section with its id, in order. */
+  get entries(): readonly { readonly id: number; readonly section: Section }[] {
+    return this.#sections.map((section, id) => ({ id, section }));
+  }
+
+  /** The section of this name, if registered. */
+  get(name: string): { readonly id: number; readonly section: Section } | undefined {
+    const id = this.#sections.findIndex((s) => s.name === name);
+    return id < 0 ? undefined : { id, section: this.#sections[id] };
+  }
+}
