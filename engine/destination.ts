@@ -5,36 +5,11 @@ import { describeError } from "./errors.ts";
 import { StreamReader } from "./format/reader.ts";
 import { loadStream } from "./incoming.ts";
 import { DEFAULT_PARAMETERS } from "./params.ts";
+import type { IncomingInfo, IncomingStatus } from "./contract.ts";
 import { destinationSwitchover, errorMessage, pongMessage } from "./return_path.ts";
 import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 import { acceptStream, HEADER_DEADLINE_MS } from "./incoming_gate.ts";
 import type { SectionRegistry } from "./sections/section.ts";
-
-/** States of the incoming side. */
-export const INCOMING_STATES = [
-  "none",
-  "listening",
-  "active",
-  "completed",
-  "failed",
-  "cancelled",
-] as const;
-
-/** One of {@link INCOMING_STATES}. */
-export type IncomingStatus = typeof INCOMING_STATES[number];
-
-/** What GET /migrations/incoming answers. */
-export interface IncomingInfo {
-  status: IncomingStatus;
-  uri?: string;
-  address?: string;
-  bytes_received: number;
-  total_time?: number;
-  error_desc?: string;
-  pages?: { zero: number; normal: number };
-  /** Connections dropped because they sent no stream header in time (or garbage). */
-  refused_peers?: number;
-}
 
 /** Everything an incoming migration depends on. */
 export interface IncomingDeps {

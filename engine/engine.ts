@@ -1,11 +1,12 @@
 import type { Transports } from "../transports/transport.ts";
 import type { Guest, RunState } from "../vm/guest.ts";
 import { type Clock, systemClock } from "./clock.ts";
-import { type IncomingInfo, IncomingMigration, type IncomingStatus } from "./destination.ts";
+import { IncomingMigration } from "./destination.ts";
+import type { IncomingInfo, IncomingStatus, MigrationInfo, MigrationStatus } from "./contract.ts";
 import { EngineError } from "./errors.ts";
 import type { SectionRegistry } from "./sections/section.ts";
 import { defaultSections } from "./sections/registry.ts";
-import { Migration, type MigrationInfo, type MigrationStatus } from "./migration.ts";
+import { Migration } from "./migration.ts";
 import { bootEventId, DEFAULT_HISTORY, Notifier } from "./notifier.ts";
 import {
   type Capabilities,

@@ -14,20 +14,7 @@ import { defaultSections } from "./sections/registry.ts";
 import { sendOpenReturnPath, sendPing, SourceReturnPath, usesReturnPath } from "./return_path.ts";
 import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 import { MigrationDigests } from "./integrity.ts";
-
-/** Outgoing migration states, QEMU's names (its ERROR is reported as "failed"). */
-export const MIGRATION_STATES = [
-  "none",
-  "setup",
-  "active",
-  "cancelling",
-  "cancelled",
-  "completed",
-  "failed",
-] as const;
-
-/** One of {@link MIGRATION_STATES}. */
-export type MigrationStatus = typeof MIGRATION_STATES[number];
+import type { MigrationInfo, MigrationStatus, MigrationWarning } from "./contract.ts";
 
 /** States after which nothing more happens. */
 export const FINAL_STATES: ReadonlySet<MigrationStatus> = new Set([
@@ -51,62 +38,6 @@ const TRANSITIONS: Record<MigrationStatus, readonly MigrationStatus[]> = {
 /** True when the state machine allows `from → to`. */
 export function canTransition(from: MigrationStatus, to: MigrationStatus): boolean {
   return TRANSITIONS[from].includes(to);
-}
-
-/** RAM progress, QEMU's query-migrate `ram` fields. */
-export interface RamInfo {
-  transferred: number;
-  remaining: number;
-  total: number;
-  duplicate: number;
-  skipped: number;
-  normal: number;
-  normal_bytes: number;
-  dirty_pages_rate: number;
-  mbps: number;
-  dirty_sync_count: number;
-  pages_per_second: number;
-  page_size: number;
-}
-
-/** XBZRLE cache statistics, QEMU's query-migrate `xbzrle-cache` fields. */
-export interface XbzrleCacheInfo {
-  cache_size: number;
-  bytes: number;
-  pages: number;
-  cache_miss: number;
-  cache_miss_rate: number;
-  overflow: number;
-}
-
-/** Disk progress with blk/inc, QEMU's query-migrate `disk` fields. */
-export interface DiskInfo {
-  transferred: number;
-  remaining: number;
-  total: number;
-}
-
-/** What GET /migrations/current answers (QEMU's query-migrate). */
-export interface MigrationInfo {
-  status: MigrationStatus;
-  uri?: string;
-  total_time?: number;
-  setup_time?: number;
-  expected_downtime?: number;
-  downtime?: number;
-  error_desc?: string;
-  ram?: RamInfo;
-  disk?: DiskInfo;
-  xbzrle_cache?: XbzrleCacheInfo;
-  cpu_throttle_percentage?: number;
-  /** What the operator should know: the limit cannot be met, a stall action was taken. */
-  warnings?: MigrationWarning[];
-}
-
-/** One warning of a migration (also sent as a `warning` event). */
-export interface MigrationWarning {
-  code: string;
-  message: string;
 }
 
 /**

@@ -1,41 +1,14 @@
 import { EngineError } from "./errors.ts";
+import {
+  type Capabilities,
+  PARAMETER_LIMITS,
+  type Parameters,
+  STALL_ACTIONS,
+  type StallAction,
+} from "./contract.ts";
 
-/** Tunables of QEMU's migrate_set_speed / _downtime / _cache_size, plus throttle steps. */
-export interface Parameters {
-  /** Bytes per second the migration may send (QEMU's max-bandwidth). */
-  max_bandwidth: number;
-  /** Longest acceptable guest pause at switchover, in ms. */
-  downtime_limit: number;
-  /** Bytes of XBZRLE page cache. */
-  xbzrle_cache_size: number;
-  /** First auto-converge throttle step, percent. */
-  cpu_throttle_initial: number;
-  /** Further auto-converge throttle steps, percent. */
-  cpu_throttle_increment: number;
-  /**
-   * Milliseconds a migration may go without moving a byte before it fails (like
-   * KubeVirt's progressTimeout): on the source, no bytes accepted by the channel; on
-   * the destination, no bytes received from the peer.
-   */
-  progress_timeout: number;
-  /**
-   * Windows (100 ms each) in which what is left to send reaches no new low before
-   * the migration counts as stalled and `stall_action` is taken; 0 never.
-   */
-  stall_windows: number;
-  /** What a stall does: fail the migration, switch over now, or throttle the guest (more). */
-  stall_action: StallAction;
-  /**
-   * On a destination: page records an incoming stream may carry, as a multiple of
-   * the guest's pages, before it is cut as one that would never end.
-   */
-  incoming_page_budget: number;
-}
-
-/** What a stalled migration does (the `stall_action` parameter). */
-export const STALL_ACTIONS = ["fail", "switchover", "throttle"] as const;
-/** One of {@link STALL_ACTIONS}. */
-export type StallAction = typeof STALL_ACTIONS[number];
+export type { Capabilities, Parameters, StallAction } from "./contract.ts";
+export { PARAMETER_LIMITS, STALL_ACTIONS } from "./contract.ts";
 
 /** The seed's defaults. */
 export const DEFAULT_PARAMETERS: Readonly<Parameters> = {
@@ -50,15 +23,6 @@ export const DEFAULT_PARAMETERS: Readonly<Parameters> = {
   incoming_page_budget: 64,
 };
 
-/** Migration capabilities (QEMU's migrate-set-capabilities), plus ferry's `verify`. */
-export interface Capabilities {
-  xbzrle: boolean;
-  auto_converge: boolean;
-  zero_blocks: boolean;
-  rdma_pin_all: boolean;
-  verify: boolean;
-}
-
 /** QEMU's capabilities off, as QEMU starts; ferry's `verify` on (turn it off only for peers that cannot speak it). */
 export const DEFAULT_CAPABILITIES: Readonly<Capabilities> = {
   xbzrle: false,
@@ -71,26 +35,6 @@ export const DEFAULT_CAPABILITIES: Readonly<Capabilities> = {
 /** Why each capability ferry cannot honour yet is refused (never accepted and ignored). */
 export const UNSUPPORTED_CAPABILITIES: Readonly<Partial<Record<keyof Capabilities, string>>> = {
   rdma_pin_all: "there is no RDMA transport in Deno, so RDMA page pinning cannot be offered",
-};
-
-/** The numeric parameters. */
-export type NumericParameter = Exclude<keyof Parameters, "stall_action">;
-
-/**
- * The range of every numeric parameter: the one table the engine's checks and the
- * API schema both use. `xbzrle_cache_size` is further bounded by the guest's RAM.
- */
-export const PARAMETER_LIMITS: Readonly<
-  Record<NumericParameter, readonly [min: number, max: number]>
-> = {
-  max_bandwidth: [1, Number.MAX_SAFE_INTEGER],
-  downtime_limit: [1, 2_000_000],
-  xbzrle_cache_size: [4096, 64 * 2 ** 30],
-  cpu_throttle_initial: [1, 99],
-  cpu_throttle_increment: [1, 99],
-  progress_timeout: [10, 86_400_000],
-  stall_windows: [0, 10_000_000],
-  incoming_page_budget: [2, 1_000_000],
 };
 
 /**

@@ -1,7 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { HTTPException } from "hono/http-exception";
 import type { Engine } from "../engine/engine.ts";
-import type { RunState } from "../vm/guest.ts";
+import type { VmInfo } from "../engine/contract.ts";
 import { newRouter } from "./router.ts";
 import {
   DigestSchema,
@@ -14,14 +14,7 @@ import {
 
 /** What the VM routes read from the guest beyond the engine's Guest interface. */
 export interface VmInspector {
-  info(): {
-    readonly run_state: RunState;
-    readonly ram_size: number;
-    readonly page_size: number;
-    readonly workload: string;
-    readonly throttle: number;
-    readonly ops: number;
-  };
+  info(): VmInfo;
   digest(): Promise<{
     readonly blocks: readonly {
       readonly name: string;

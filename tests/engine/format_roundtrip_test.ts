@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
 import { Engine } from "../../engine/engine.ts";
-import type { MigrationInfo } from "../../engine/migration.ts";
-import type { IncomingInfo } from "../../engine/destination.ts";
+import type { IncomingInfo, MigrationInfo } from "../../engine/contract.ts";
 import type { Parameters } from "../../engine/params.ts";
 import { MemoryTransports } from "../../transports/memory.ts";
 import { PAGE_SIZE } from "../../vm/ram.ts";

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import type { Clock } from "../../engine/clock.ts";
 import { Engine, type EngineEvent } from "../../engine/engine.ts";
-import { canTransition, MIGRATION_STATES, type MigrationStatus } from "../../engine/migration.ts";
+import { canTransition } from "../../engine/migration.ts";
+import { MIGRATION_STATES, type MigrationStatus } from "../../engine/contract.ts";
 import { StreamReader } from "../../engine/format/reader.ts";
 import { loadStream } from "../../engine/incoming.ts";
 import { pongMessage } from "../../engine/return_path.ts";
