@@ -1,4 +1,5 @@
 import type { Channel } from "./transport.ts";
+import { SerialWrites } from "./serial_writes.ts";
 
 /**
  * Turns a socket error from Deno into a short, readable reason ("connection
@@ -88,8 +89,8 @@ export class ConnChannel implements Channel {
   #failure: Error | undefined;
   /** The error that ended the write side (reads go on until the peer's data ends). */
   #writeFailure: Error | undefined;
-  /** Tail of the write queue: each write starts after the previous one settled. */
-  #writeTail: Promise<unknown> = Promise.resolve();
+  /** Queued writes, one at a time. */
+  readonly #writes = new SerialWrites();
 
   /** Wraps `conn`; `peer` is the URI shown in logs and errors ("tcp:127.0.0.1:4444"). */
   constructor(conn: Deno.Conn, readonly peer: string) {
@@ -110,9 +111,7 @@ export class ConnChannel implements Channel {
    * error closes the channel and rejects with a message naming the peer.
    */
   write(chunk: Uint8Array): Promise<void> {
-    const run = this.#writeTail.then(() => this.#writeAll(chunk));
-    this.#writeTail = run.catch(() => {});
-    return run;
+    return this.#writes.run(() => this.#writeAll(chunk));
   }
 
   async #writeAll(chunk: Uint8Array): Promise<void> {
@@ -156,7 +155,7 @@ export class ConnChannel implements Channel {
   async finish(): Promise<void> {
     if (this.#closed) throw this.#closedError("finish");
     try {
-      await this.#writeTail;
+      await this.#writes.idle;
       if (this.#closed) throw this.#closedError("finish");
       try {
         await this.#conn.closeWrite();

@@ -11,6 +11,7 @@
 import { type ShellOptions, ShellProcess } from "./shell.ts";
 import { type Channel, type Listener, TransportError } from "./transport.ts";
 import { parseUri } from "./uri.ts";
+import { SerialWrites } from "./serial_writes.ts";
 
 /** How long a command that broke its stdin pipe gets to exit before it is reported as still running. */
 const EARLY_EXIT_WAIT_MS = 2000;
@@ -161,7 +162,8 @@ abstract class ExecChannel implements Channel {
 /** The outgoing side: ferry writes the command's stdin. */
 class ExecWriteChannel extends ExecChannel {
   readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
-  #writeTail: Promise<unknown> = Promise.resolve();
+  /** Queued writes, one at a time. */
+  readonly #writes = new SerialWrites();
 
   constructor(proc: ShellProcess) {
     super(proc);
@@ -170,9 +172,7 @@ class ExecWriteChannel extends ExecChannel {
 
   /** Writes `chunk` to the command's stdin; writes are queued, never interleaved. */
   write(chunk: Uint8Array): Promise<void> {
-    const run = this.#writeTail.then(() => this.#write(chunk));
-    this.#writeTail = run.catch(() => {});
-    return run;
+    return this.#writes.run(() => this.#write(chunk));
   }
 
   async #write(chunk: Uint8Array): Promise<void> {
@@ -197,7 +197,7 @@ class ExecWriteChannel extends ExecChannel {
   async finish(): Promise<void> {
     this.check("finish");
     try {
-      await this.#writeTail;
+      await this.#writes.idle;
       this.check("finish");
       try {
         await this.interruptible(this.#writer.close());

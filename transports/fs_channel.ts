@@ -7,6 +7,7 @@
  */
 import { describeNetError } from "./channel.ts";
 import type { Channel } from "./transport.ts";
+import { SerialWrites } from "./serial_writes.ts";
 
 /** Bytes written between background fdatasyncs of a file that is fsynced at the end. */
 export const SYNC_EVERY_BYTES = 64 << 20;
@@ -45,7 +46,8 @@ export class FsChannel implements Channel {
   #closed = false;
   #committed = false;
   #failure: Error | undefined;
-  #writeTail: Promise<unknown> = Promise.resolve();
+  /** Queued writes, one at a time. */
+  readonly #writes = new SerialWrites();
   #eof = false;
   #fileClosed = false;
   #unsynced = 0;
@@ -71,9 +73,7 @@ export class FsChannel implements Channel {
 
   /** Writes every byte of `chunk`; concurrent calls are queued, never interleaved. */
   write(chunk: Uint8Array): Promise<void> {
-    const run = this.#writeTail.then(() => this.#writeAll(chunk));
-    this.#writeTail = run.catch(() => {});
-    return run;
+    return this.#writes.run(() => this.#writeAll(chunk));
   }
 
   async #writeAll(chunk: Uint8Array): Promise<void> {
@@ -124,7 +124,7 @@ export class FsChannel implements Channel {
   async finish(): Promise<void> {
     if (this.#closed) throw this.#closedError("finish");
     try {
-      await this.#writeTail;
+      await this.#writes.idle;
       await this.#syncing;
       if (this.#closed) throw this.#closedError("finish");
       try {

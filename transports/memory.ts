@@ -1,5 +1,6 @@
 import { type Channel, type Listener, TransportError, type Transports } from "./transport.ts";
 import { parseUri, type UriDirection } from "./uri.ts";
+import { SerialWrites } from "./serial_writes.ts";
 
 /** Default buffer of an in-memory channel direction: 1 MiB unread before writes wait. */
 export const DEFAULT_MEMORY_CAPACITY = 1 << 20;
@@ -76,7 +77,8 @@ export class MemoryChannel implements Channel {
   readonly #pair: PairState;
   readonly #capacity: number;
   #closed = false;
-  #writeTail: Promise<unknown> = Promise.resolve();
+  /** Queued writes, one at a time. */
+  readonly #writes = new SerialWrites();
   /** The error of a failed write, rethrown by finish() (the stream did not get through). */
   #writeFailure: Error | undefined;
 
@@ -110,9 +112,7 @@ export class MemoryChannel implements Channel {
    * this end is closed, the other end closed, or the pair failed.
    */
   write(chunk: Uint8Array): Promise<void> {
-    const run = this.#writeTail.then(() => this.#write(chunk));
-    this.#writeTail = run.catch(() => {});
-    return run;
+    return this.#writes.run(() => this.#write(chunk));
   }
 
   async #write(chunk: Uint8Array): Promise<void> {
@@ -150,7 +150,7 @@ export class MemoryChannel implements Channel {
    */
   async finish(): Promise<void> {
     this.#checkOpen("finish");
-    await this.#writeTail;
+    await this.#writes.idle;
     this.#checkOpen("finish");
     this.close();
     if (this.#writeFailure) throw this.#writeFailure;

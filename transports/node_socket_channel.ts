@@ -8,6 +8,7 @@
 import type { Socket } from "node:net";
 import { describeNetError } from "./channel.ts";
 import type { Channel } from "./transport.ts";
+import { SerialWrites } from "./serial_writes.ts";
 
 /** Bytes buffered from the socket before reading pauses (backpressure). */
 const READ_HIGH_WATER = 8 << 20;
@@ -22,7 +23,8 @@ export class NodeSocketChannel implements Channel {
   #closed = false;
   #failure: Error | undefined;
   #wake: (() => void) | null = null;
-  #writeTail: Promise<unknown> = Promise.resolve();
+  /** Queued writes, one at a time. */
+  readonly #writes = new SerialWrites();
 
   /**
    * Wraps `socket`, made with `new Socket({ fd, readable, writable, allowHalfOpen: true })`
@@ -58,9 +60,7 @@ export class NodeSocketChannel implements Channel {
 
   /** Writes every byte of `chunk`, resolving once the socket took it; writes are queued. */
   write(chunk: Uint8Array): Promise<void> {
-    const run = this.#writeTail.then(() => this.#write(chunk));
-    this.#writeTail = run.catch(() => {});
-    return run;
+    return this.#writes.run(() => this.#write(chunk));
   }
 
   async #write(chunk: Uint8Array): Promise<void> {
@@ -109,7 +109,7 @@ export class NodeSocketChannel implements Channel {
   async finish(): Promise<void> {
     this.#check("finish");
     try {
-      await this.#writeTail;
+      await this.#writes.idle;
       this.#check("finish");
       await this.#until((resolve) => this.#socket.end(() => resolve()));
       this.#check("finish");

@@ -330,14 +330,12 @@ export class RamSaver implements LiveSaver {
         this.#word++;
         continue;
       }
-      const block = this.#blocks[this.#block];
-      const table = this.#tables[this.#block];
       while (bits !== 0 && sent < max) {
         if (w.free < MAX_RECORD) await w.flush();
         const before = bits;
         bits = this.#cache
-          ? this.#sendBitsXbzrle(w, block, table, this.#word, bits, max - sent)
-          : this.#sendBits(w, block, table, this.#word, bits, max - sent);
+          ? this.#sendBitsXbzrle(w, bits, max - sent)
+          : this.#sendBits(w, bits, max - sent);
         sent += popcount32((before ^ bits) >>> 0);
       }
       map[this.#word] = bits;
@@ -354,14 +352,10 @@ export class RamSaver implements LiveSaver {
    * cached as the exact bytes sent, and a zero page's cached copy is zeroed, so
    * the cache always equals what the destination holds.
    */
-  #sendBitsXbzrle(
-    w: StreamWriter,
-    block: RamBlock,
-    table: DigestTable | null,
-    word: number,
-    bits: number,
-    max: number,
-  ): number {
+  #sendBitsXbzrle(w: StreamWriter, bits: number, max: number): number {
+    const block = this.#blocks[this.#block];
+    const table = this.#tables[this.#block];
+    const word = this.#word;
     const cache = this.#cache!;
     const xb = this.stats.xbzrle!;
     // The snapshot and the cached pages share the kernels' memory: encoding copies nothing in.
@@ -459,19 +453,15 @@ export class RamSaver implements LiveSaver {
   }
 
   /**
-   * Writes the pages whose bits are set in `bits` (bitmap word `word` of `block`),
+   * Writes the pages whose bits are set in `bits` (the cursor's bitmap word),
    * lowest first, while the writer's buffer has room for a record and fewer than
    * `max` were written. Returns the bits still to send. One tight loop per word:
    * untouched pages (known zero) cost a 9-byte record and no scan.
    */
-  #sendBits(
-    w: StreamWriter,
-    block: RamBlock,
-    table: DigestTable | null,
-    word: number,
-    bits: number,
-    max: number,
-  ): number {
+  #sendBits(w: StreamWriter, bits: number, max: number): number {
+    const block = this.#blocks[this.#block];
+    const table = this.#tables[this.#block];
+    const word = this.#word;
     const buf = w.buf;
     const kernels = kernelsFor(buf);
     // Straight from guest RAM into the buffer, digested on the way (one pass), when
