@@ -54,6 +54,17 @@ const HTTP_CODES: Record<number, string> = {
 /** ferry's version, reported by /openapi.json. */
 export const VERSION = "0.1.0";
 
+/** The head of the OpenAPI document (the rest comes from the routes' zod schemas). */
+export const OPENAPI_HEAD = {
+  openapi: "3.1.0",
+  info: {
+    title: "ferry",
+    version: VERSION,
+    description:
+      "Live migration of a guest between ferry services (QEMU's migration controller as REST + SSE)",
+  },
+} as const;
+
 /**
  * Builds the whole REST + SSE API: mounts every route group, renders every error
  * as `{ error: { code, message } }`, and serves the OpenAPI document generated
@@ -104,15 +115,7 @@ export function createApp(deps: AppDeps) {
   app.route("/", blockerRoutes(deps));
   app.route("/", eventRoutes(deps));
   app.route("/", vmRoutes(deps));
-  app.doc31("/openapi.json", {
-    openapi: "3.1.0",
-    info: {
-      title: "ferry",
-      version: VERSION,
-      description:
-        "Live migration of a guest between ferry services (QEMU's migration controller as REST + SSE)",
-    },
-  });
+  app.doc31("/openapi.json", OPENAPI_HEAD);
   app.get(
     "/",
     (c) =>
