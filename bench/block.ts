@@ -8,7 +8,7 @@
  *   deno task bench:block [-- --runs 3] [-- --disk-size 1G] [-- --ram 256M]
  */
 import { parseArgs } from "node:util";
-import { FerryProcess } from "./ferry_process.ts";
+import { FerryProcess } from "../testing/ferry_process.ts";
 import { parseSize } from "../vm/ram.ts";
 import { median } from "./stats.ts";
 

@@ -13,7 +13,7 @@ import {
   type Kernels,
   WASM_SIMD_SUPPORTED,
 } from "../engine/wasm/kernels.ts";
-import { FerryProcess } from "./ferry_process.ts";
+import { FerryProcess } from "../testing/ferry_process.ts";
 
 const PAGE = 4096;
 const PAGES = 16384; // 64 MiB of pages

@@ -4,7 +4,7 @@
  * prints the final statistics and compares the RAM digests of both guests.
  * Exits 0 only when the digests match.
  */
-import { FerryProcess } from "./ferry_process.ts";
+import { FerryProcess } from "../testing/ferry_process.ts";
 import { readSse } from "../tools/sse.ts";
 
 const MiB = 1 << 20;

@@ -3,7 +3,7 @@
  * processes on this host and reports it as a {@link MigrationRun}, the same shape
  * the QEMU side (`bench/qemu/mod.ts`) fills, so the suite can print ratios.
  */
-import { FerryProcess } from "./ferry_process.ts";
+import { FerryProcess } from "../testing/ferry_process.ts";
 import type { MigrationRun, ScenarioSpec } from "./qemu/types.ts";
 import { peakRss } from "./stats.ts";
 

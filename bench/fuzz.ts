@@ -35,8 +35,8 @@ import {
   StreamBuilder,
   T,
   TEST_GUEST_VMDESC,
-} from "../tests/helpers/stream_builder.ts";
-import { TestGuest } from "../tests/helpers/test_guest.ts";
+} from "../testing/stream_builder.ts";
+import { TestGuest } from "../testing/test_guest.ts";
 
 /** Options of {@link runFuzz}. */
 export interface FuzzOptions {

@@ -32,7 +32,7 @@
  */
 import { parseArgs } from "node:util";
 import { DelayRelay, type DelayRelayStats } from "./delay_relay.ts";
-import { FerryProcess } from "./ferry_process.ts";
+import { FerryProcess } from "../testing/ferry_process.ts";
 
 const NS = "ferry-dst";
 const VETH_ROOT = "ferry-v0";

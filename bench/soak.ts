@@ -16,8 +16,8 @@
  * bytes lost (must be 0) and hangs (must be 0), and exits 1 if any is wrong.
  */
 import { parseArgs } from "node:util";
-import { FerryClient, FerryProcess } from "./ferry_process.ts";
-import { type FaultPlan, FaultProxy } from "../tests/helpers/fault_proxy.ts";
+import { FerryClient, FerryProcess } from "../testing/ferry_process.ts";
+import { type FaultPlan, FaultProxy } from "../testing/fault_proxy.ts";
 import { abInvariantViolation } from "../vm/ab_check.ts";
 
 /** Options of {@link runSoak}. */

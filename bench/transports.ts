@@ -7,7 +7,7 @@
  * `exec:cat F`. Every restore's RAM digest is checked against the source's.
  */
 import { parseArgs } from "node:util";
-import { FerryProcess } from "./ferry_process.ts";
+import { FerryProcess } from "../testing/ferry_process.ts";
 import { median } from "./stats.ts";
 
 const UNLIMITED = 100_000_000_000;

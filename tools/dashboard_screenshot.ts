@@ -8,7 +8,7 @@
  * Needs /usr/bin/chromium (apt-get install chromium).
  */
 import { chromium } from "playwright-core";
-import { FerryProcess } from "../bench/ferry_process.ts";
+import { FerryProcess } from "../testing/ferry_process.ts";
 
 // deno-lint-ignore no-explicit-any
 declare const document: any;

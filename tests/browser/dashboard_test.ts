@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import type { BrowserContext, Page } from "playwright-core";
-import { FerryProcess } from "../../bench/ferry_process.ts";
+import { FerryProcess } from "../../testing/ferry_process.ts";
 import { formatMs } from "../../web/app.js";
 import { BlipProxy } from "./_blip_proxy.ts";
 

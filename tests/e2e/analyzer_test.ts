@@ -7,7 +7,7 @@
  * python3, the test is skipped.
  */
 import assert from "node:assert/strict";
-import { FerryProcess } from "../../bench/ferry_process.ts";
+import { FerryProcess } from "../../testing/ferry_process.ts";
 import { sourceFinal } from "../helpers/ferries.ts";
 
 const ANALYZER = Deno.env.get("FERRY_ANALYZER") ??

@@ -4,7 +4,7 @@
  * block migration leaving the destination image marked incomplete.
  */
 import assert from "node:assert/strict";
-import { type FerryClient, FerryProcess } from "../../bench/ferry_process.ts";
+import { type FerryClient, FerryProcess } from "../../testing/ferry_process.ts";
 import {
   destinationFinal,
   setParams,

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { FerryProcess } from "../../bench/ferry_process.ts";
+import { FerryProcess } from "../../testing/ferry_process.ts";
 
 const main = new URL("../../main.ts", import.meta.url).pathname;
 

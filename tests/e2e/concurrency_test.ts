@@ -4,7 +4,7 @@
  * event-stream clients watching one migration.
  */
 import assert from "node:assert/strict";
-import { type FerryClient, FerryProcess } from "../../bench/ferry_process.ts";
+import { type FerryClient, FerryProcess } from "../../testing/ferry_process.ts";
 import {
   destinationFinal,
   migrateAndCompare,

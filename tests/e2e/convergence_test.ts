@@ -5,8 +5,8 @@
  * downtime it can reach, instead of iterating forever.
  */
 import assert from "node:assert/strict";
-import { FerryProcess } from "../../bench/ferry_process.ts";
-import { FaultProxy } from "../helpers/fault_proxy.ts";
+import { FerryProcess } from "../../testing/ferry_process.ts";
+import { FaultProxy } from "../../testing/fault_proxy.ts";
 import {
   destinationFinal,
   setParams,

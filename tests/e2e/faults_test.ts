@@ -7,8 +7,8 @@
  * can be armed again, and a second migration succeeds byte for byte.
  */
 import assert from "node:assert/strict";
-import { FerryProcess } from "../../bench/ferry_process.ts";
-import { type FaultPlan, FaultProxy } from "../helpers/fault_proxy.ts";
+import { FerryProcess } from "../../testing/ferry_process.ts";
+import { type FaultPlan, FaultProxy } from "../../testing/fault_proxy.ts";
 import {
   assertDestinationFailed,
   assertSourceIntact,

@@ -5,7 +5,7 @@
  * disturbing it.
  */
 import assert from "node:assert/strict";
-import { FerryProcess } from "../../bench/ferry_process.ts";
+import { FerryProcess } from "../../testing/ferry_process.ts";
 import {
   destinationFinal,
   setParams,

@@ -6,8 +6,8 @@
  * both sides say which block and page.
  */
 import assert from "node:assert/strict";
-import { FerryProcess } from "../../bench/ferry_process.ts";
-import { FaultProxy } from "../helpers/fault_proxy.ts";
+import { FerryProcess } from "../../testing/ferry_process.ts";
+import { FaultProxy } from "../../testing/fault_proxy.ts";
 import {
   assertDestinationFailed,
   assertSourceIntact,

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { FerryProcess } from "../../bench/ferry_process.ts";
+import { FerryProcess } from "../../testing/ferry_process.ts";
 
 /** Unlimited in practice: 100 GB/s, as the QEMU comparison runs use. */
 const UNLIMITED = 100_000_000_000;

@@ -5,7 +5,7 @@
  * bodies, exec: behind --allow-exec, and nothing secret in any answer or event.
  */
 import assert from "node:assert/strict";
-import { FerryProcess } from "../../bench/ferry_process.ts";
+import { FerryProcess } from "../../testing/ferry_process.ts";
 import { parseFlags } from "../../cli.ts";
 import { rawRequest } from "../helpers/raw_http.ts";
 import { withTimeout } from "../helpers/wait.ts";

@@ -3,7 +3,7 @@
  * case proves the destination's RAM digest equals the source's.
  */
 import assert from "node:assert/strict";
-import { type FerryClient, FerryProcess, FerryShell } from "../../bench/ferry_process.ts";
+import { type FerryClient, FerryProcess, FerryShell } from "../../testing/ferry_process.ts";
 import { processesMatching, waitGone } from "../transports/_processes.ts";
 
 /** Unlimited in practice: 100 GB/s, as the QEMU comparison runs use. */

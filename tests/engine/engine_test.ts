@@ -9,8 +9,8 @@ import {
 } from "../../engine/params.ts";
 import { MemoryTransports } from "../../transports/memory.ts";
 import { TransportError } from "../../transports/transport.ts";
-import { ramDigest, TestGuest } from "../helpers/test_guest.ts";
-import { buildValidStream } from "../helpers/stream_builder.ts";
+import { ramDigest, TestGuest } from "../../testing/test_guest.ts";
+import { buildValidStream } from "../../testing/stream_builder.ts";
 
 const URI = "tcp:memory:6666";
 

@@ -4,7 +4,7 @@ import type { IncomingInfo, MigrationInfo } from "../../engine/contract.ts";
 import type { Parameters } from "../../engine/params.ts";
 import { MemoryTransports } from "../../transports/memory.ts";
 import { PAGE_SIZE } from "../../vm/ram.ts";
-import { ramDigest, TestGuest } from "../helpers/test_guest.ts";
+import { ramDigest, TestGuest } from "../../testing/test_guest.ts";
 import { withTimeout } from "../helpers/wait.ts";
 
 interface Outcome {

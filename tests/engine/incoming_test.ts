@@ -14,8 +14,8 @@ import {
   T,
   TEST_GUEST_VMDESC,
   vmdescWithIntegrity,
-} from "../helpers/stream_builder.ts";
-import { TestGuest } from "../helpers/test_guest.ts";
+} from "../../testing/stream_builder.ts";
+import { TestGuest } from "../../testing/test_guest.ts";
 
 const TOTAL = SMALL_BLOCKS.reduce((n, [, len]) => n + len, 0);
 

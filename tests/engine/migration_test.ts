@@ -10,7 +10,7 @@ import type { Channel, Listener, Transports } from "../../transports/transport.t
 import { MemoryTransports } from "../../transports/memory.ts";
 import { PAGE_SIZE } from "../../vm/ram.ts";
 import { FakeClock } from "../helpers/fake_clock.ts";
-import { ramDigest, TestGuest } from "../helpers/test_guest.ts";
+import { ramDigest, TestGuest } from "../../testing/test_guest.ts";
 import { tick, withTimeout } from "../helpers/wait.ts";
 
 const URI = "tcp:memory:5555";

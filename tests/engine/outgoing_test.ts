@@ -16,8 +16,8 @@ import { RamSaver } from "../../engine/sections/ram.ts";
 import { PAGE_SIZE } from "../../vm/ram.ts";
 import { BytesChannel, CaptureChannel } from "../helpers/byte_channels.ts";
 import { FakeClock } from "../helpers/fake_clock.ts";
-import { ramDigest, TestGuest } from "../helpers/test_guest.ts";
-import { TEST_GUEST_VMDESC } from "../helpers/stream_builder.ts";
+import { ramDigest, TestGuest } from "../../testing/test_guest.ts";
+import { TEST_GUEST_VMDESC } from "../../testing/stream_builder.ts";
 
 /** Walks a savevm stream by DESIGN §4 and summarises its sections, independently of the loader. */
 function sections(bytes: Uint8Array): string[] {

@@ -12,8 +12,8 @@ import {
 import { ProgressTimeoutError, ProgressWatchdog, WatchedChannel } from "../../engine/watchdog.ts";
 import { channelPair, MemoryTransports } from "../../transports/memory.ts";
 import type { Channel, Listener, Transports } from "../../transports/transport.ts";
-import { buildValidStream, SMALL_BLOCKS, StreamBuilder, T } from "../helpers/stream_builder.ts";
-import { ramDigest, TestGuest } from "../helpers/test_guest.ts";
+import { buildValidStream, SMALL_BLOCKS, StreamBuilder, T } from "../../testing/stream_builder.ts";
+import { ramDigest, TestGuest } from "../../testing/test_guest.ts";
 import { tick, withTimeout } from "../helpers/wait.ts";
 
 const URI = "tcp:memory:7777";

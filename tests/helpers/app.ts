@@ -3,7 +3,7 @@ import { type AppDeps, createApp } from "../../routes/app.ts";
 import type { VmInspector } from "../../routes/vm.ts";
 import { MemoryTransports } from "../../transports/memory.ts";
 import { PAGE_SIZE } from "../../vm/ram.ts";
-import { ramDigest, TestGuest } from "./test_guest.ts";
+import { ramDigest, TestGuest } from "../../testing/test_guest.ts";
 
 /**
  * An in-process API over a TestGuest and memory transports, for route tests via

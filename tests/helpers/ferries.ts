@@ -5,7 +5,7 @@
  * destination failed and re-armable, a second migration byte-exact).
  */
 import assert from "node:assert/strict";
-import { FerryClient, FerryProcess } from "../../bench/ferry_process.ts";
+import { FerryClient, FerryProcess } from "../../testing/ferry_process.ts";
 import { abInvariantViolation } from "../../vm/ab_check.ts";
 
 /** Unlimited in practice: 100 GB/s. */

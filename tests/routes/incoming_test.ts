@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { IncomingInfoSchema } from "../../routes/schemas.ts";
 import { MemoryTransports } from "../../transports/memory.ts";
 import { call, testApp } from "../helpers/app.ts";
-import { ramDigest } from "../helpers/test_guest.ts";
+import { ramDigest } from "../../testing/test_guest.ts";
 import { sourceApp } from "./_helpers.ts";
 
 Deno.test("GET /migrations/incoming answers status none and 0 bytes before arming", async () => {

@@ -5,7 +5,7 @@ import type { VmInspector } from "../../routes/vm.ts";
 import { MemoryTransports } from "../../transports/memory.ts";
 import type { Channel, Listener, Transports } from "../../transports/transport.ts";
 import { PAGE_SIZE } from "../../vm/ram.ts";
-import { TestGuest } from "../helpers/test_guest.ts";
+import { TestGuest } from "../../testing/test_guest.ts";
 import { withTimeout } from "../helpers/wait.ts";
 
 const TOKEN = "s3cret-Token_42";

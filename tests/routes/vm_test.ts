@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { DigestSchema, VmInfoSchema } from "../../routes/schemas.ts";
 import { call, testApp } from "../helpers/app.ts";
-import { ramDigest } from "../helpers/test_guest.ts";
+import { ramDigest } from "../../testing/test_guest.ts";
 
 Deno.test("GET /vm answers run state, RAM size, page size, workload, throttle and ops", async () => {
   const { app, engine } = testApp({ ram: 2 << 20 });

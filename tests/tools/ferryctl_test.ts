@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { generateToken } from "../../api_token.ts";
-import { FerryProcess } from "../../bench/ferry_process.ts";
+import { FerryProcess } from "../../testing/ferry_process.ts";
 import {
   FerryApi,
   type Io,

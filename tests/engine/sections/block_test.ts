@@ -11,8 +11,8 @@ import {
   SMALL_BLOCKS,
   StreamBuilder,
   TEST_GUEST_VMDESC,
-} from "../../helpers/stream_builder.ts";
-import { TestGuest } from "../../helpers/test_guest.ts";
+} from "../../../testing/stream_builder.ts";
+import { TestGuest } from "../../../testing/test_guest.ts";
 
 const MIB = DISK_CHUNK;
 

@@ -4,7 +4,7 @@ import { StreamWriter } from "../../../engine/format/writer.ts";
 import { countBits, MAX_ITERATE_MS, RamLoader, RamSaver } from "../../../engine/sections/ram.ts";
 import { PAGE_SIZE } from "../../../vm/ram.ts";
 import { BytesChannel, CaptureChannel } from "../../helpers/byte_channels.ts";
-import { ramDigest, TestGuest } from "../../helpers/test_guest.ts";
+import { ramDigest, TestGuest } from "../../../testing/test_guest.ts";
 
 /** One RAM record as DESIGN §4 lays it out, decoded independently of the engine's reader. */
 interface Rec {

@@ -4,7 +4,7 @@ import { defaultSections } from "../../../engine/sections/registry.ts";
 import { createSavers, vmDescription } from "../../../engine/outgoing.ts";
 import { DEFAULT_CAPABILITIES, DEFAULT_PARAMETERS } from "../../../engine/params.ts";
 import { MemoryTransports } from "../../../transports/memory.ts";
-import { TestGuest } from "../../helpers/test_guest.ts";
+import { TestGuest } from "../../../testing/test_guest.ts";
 import { LedPanel, ledSection } from "./_led_section.ts";
 
 const URI = "tcp:dst:4444";

@@ -1,14 +1,15 @@
 /**
- * Builds savevm v3 streams byte by byte from DESIGN.md §4, independently of the
+ * Builds QEMU savevm v3 migration streams byte by byte, independently of the
  * engine's writer, so loader tests can produce valid streams and every kind of
  * broken one. Every helper that ends a record or section piece records the offset
  * in `boundaries` (truncation tests cut the stream there).
+ * @module
  */
 
-import { type IntegrityRecord, MigrationDigests } from "../../engine/integrity.ts";
-import { digestTs } from "../../engine/wasm/kernels.ts";
+import { type IntegrityRecord, MigrationDigests } from "../engine/integrity.ts";
+import { digestTs } from "../engine/wasm/kernels.ts";
 
-/** Section type bytes (DESIGN §4), written out here on purpose. */
+/** Section type bytes of the stream format, written out here on purpose. */
 export const T = {
   EOF: 0x00,
   START: 0x01,
@@ -22,7 +23,7 @@ export const T = {
   FOOTER: 0x7e,
 } as const;
 
-/** RAM record flags (DESIGN §4). */
+/** RAM record flags. */
 export const F = {
   ZERO: 0x02,
   MEM_SIZE: 0x04,
@@ -32,7 +33,7 @@ export const F = {
   XBZRLE: 0x40,
 } as const;
 
-/** Block record flags (DESIGN §4, `block` section). */
+/** Block record flags (the `block` section). */
 export const BF = {
   DEVICE_BLOCK: 0x01,
   EOS: 0x02,

@@ -21,6 +21,7 @@
  *
  * Bytes from the destination back to the source (the return path) are forwarded
  * unchanged unless the proxy is stalled or cut.
+ * @module
  */
 
 /** What to do to the source → destination stream. */

@@ -1,5 +1,9 @@
-import type { DeviceField, Guest, RunState } from "../../vm/guest.ts";
-import { PAGE_SIZE, RamBlock } from "../../vm/ram.ts";
+/**
+ * An in-process Guest without a vCPU worker, for engine tests and the loader fuzzer.
+ * @module
+ */
+import type { DeviceField, Guest, RunState } from "../vm/guest.ts";
+import { PAGE_SIZE, RamBlock } from "../vm/ram.ts";
 
 /**
  * A Guest without a vCPU worker, for engine tests: RAM blocks in shared memory,

@@ -1,3 +1,8 @@
+/**
+ * Runs real ferry processes (`main.ts`) for end-to-end tests, benchmarks and tools, and
+ * talks to their API: {@link FerryProcess}, {@link FerryClient}, {@link FerryShell}.
+ * @module
+ */
 import { generateToken } from "../api_token.ts";
 
 /** The API URL a ferry prints on stdout (`ferry: API on http://…`), if `line` is that line. */
