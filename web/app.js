@@ -122,38 +122,72 @@ export function classifyInfo(current, info, source) {
   return "same";
 }
 
-/** Parses a Server-Sent Events stream fed in arbitrary text chunks. */
-export class SseParser {
-  #buffer = "";
+const SSE_LINE_END = /\r\n?|\n/g;
 
-  /** Feeds text; returns the complete frames it finished ({id?, event, data} or {comment}). */
-  push(text) {
-    this.#buffer += text.replace(/\r\n?/g, "\n");
-    const frames = [];
-    let end;
-    while ((end = this.#buffer.indexOf("\n\n")) >= 0) {
-      const block = this.#buffer.slice(0, end);
-      this.#buffer = this.#buffer.slice(end + 2);
-      const frame = { event: "message" };
-      const data = [];
-      let comment;
-      for (const line of block.split("\n")) {
-        if (line.startsWith(":")) {
-          comment = line.slice(1).trim();
-          continue;
-        }
-        const colon = line.indexOf(":");
-        const field = colon < 0 ? line : line.slice(0, colon);
-        const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-        if (field === "data") data.push(value);
-        else if (field === "event") frame.event = value;
-        else if (field === "id") frame.id = value;
-        else if (field === "retry" && /^\d+$/.test(value)) frame.retry = Number(value);
-      }
-      if (data.length) frames.push({ ...frame, data: data.join("\n") });
-      else if (comment !== undefined) frames.push({ comment });
+/**
+ * Parses a Server-Sent Events stream fed in chunks of bytes (or of text) by the
+ * WHATWG EventSource rules: CRLF, LF or CR line ends, one leading BOM skipped,
+ * `data:` lines joined with "\n", an `id:` with NUL ignored, `retry:` only when all
+ * digits, an event dispatched only by a blank line. tools/sse.ts is the same parser.
+ */
+export class SseParser {
+  /** The reconnection time the stream asked for (`retry:`), ms. */
+  retry = undefined;
+  /** The last event ID buffer: the latest valid `id:` value. */
+  lastEventId = "";
+  #decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+  #started = false;
+  #afterCr = false;
+  #line = "";
+  #type = "";
+  #data = "";
+
+  /** Feeds a chunk; returns the events it completed ({event, data, id}) and comments ({comment}). */
+  push(chunk) {
+    let text = typeof chunk === "string" ? chunk : this.#decoder.decode(chunk, { stream: true });
+    const out = [];
+    if (text === "") return out;
+    if (!this.#started) {
+      this.#started = true;
+      if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
     }
-    return frames;
+    let start = 0;
+    if (this.#afterCr && text.charCodeAt(0) === 10) start = 1; // the LF of a split CRLF
+    this.#afterCr = false;
+    SSE_LINE_END.lastIndex = start;
+    for (let m; (m = SSE_LINE_END.exec(text));) {
+      const line = this.#line + text.slice(start, m.index);
+      this.#line = "";
+      start = SSE_LINE_END.lastIndex;
+      if (m[0] === "\r" && start === text.length) this.#afterCr = true;
+      this.#processLine(line, out);
+    }
+    this.#line += text.slice(start);
+    return out;
+  }
+
+  #processLine(line, out) {
+    if (line === "") {
+      const data = this.#data;
+      if (data !== "") {
+        out.push({ event: this.#type || "message", data: data.slice(0, -1), id: this.lastEventId });
+      }
+      this.#type = "";
+      this.#data = "";
+      return;
+    }
+    const colon = line.indexOf(":");
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value.charCodeAt(0) === 32) value = value.slice(1);
+    if (colon === 0) {
+      out.push({ comment: value });
+      return;
+    }
+    const field = colon < 0 ? line : line.slice(0, colon);
+    if (field === "event") this.#type = value;
+    else if (field === "data") this.#data += value + "\n";
+    else if (field === "id" && !value.includes("\0")) this.lastEventId = value;
+    else if (field === "retry" && /^[0-9]+$/.test(value)) this.retry = Number(value);
   }
 }
 
@@ -355,7 +389,7 @@ class Dashboard {
       try {
         this.setConnection(this.lastEventId === null ? "connecting" : "reconnecting");
         const headers = this.headers({ accept: "text/event-stream" });
-        if (this.lastEventId !== null) headers["last-event-id"] = this.lastEventId;
+        if (this.lastEventId) headers["last-event-id"] = this.lastEventId;
         const res = await fetch("migrations/events", {
           headers,
           cache: "no-store",
@@ -370,7 +404,7 @@ class Dashboard {
         this.setConnection("live");
         delay = 500;
         const parser = new SseParser();
-        const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+        const reader = res.body.getReader();
         const arm = () => {
           clearTimeout(watchdog);
           watchdog = setTimeout(() => controller.abort(), STALL_MS);
@@ -396,7 +430,7 @@ class Dashboard {
 
   onFrame(frame) {
     if (frame.comment !== undefined) return;
-    if (frame.id !== undefined) this.lastEventId = frame.id;
+    this.lastEventId = frame.id;
     let data;
     try {
       data = JSON.parse(frame.data);

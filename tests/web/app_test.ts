@@ -91,11 +91,12 @@ Deno.test("SseParser splits frames across chunks, joins data lines, keeps ids an
   assert.deepEqual(
     p.push(":1}\nid: 0\nretry: 1000\n\n: keep-alive\n\nevent: state\r\ndata: x\r\n"),
     [
-      { event: "hello", data: '{"a":1}', id: "0", retry: 1000 },
+      { event: "hello", data: '{"a":1}', id: "0" },
       { comment: "keep-alive" },
     ],
   );
-  assert.deepEqual(p.push("data: y\n\n"), [{ event: "state", data: "x\ny" }]);
+  assert.equal(p.retry, 1000);
+  assert.deepEqual(p.push("data: y\n\n"), [{ event: "state", data: "x\ny", id: "0" }]);
 });
 
 Deno.test("chart axes: nice maxima in the unit the labels use; points inside the box", () => {
