@@ -13,7 +13,7 @@ import { createTransports } from "./transports/mod.ts";
 import { openLoopTurn } from "./transports/loop_turn.ts";
 import { warmStreamBuffers } from "./engine/format/buffers.ts";
 import { warmUp } from "./engine/warmup.ts";
-import { raiseUnixSendBuffers } from "./transports/send_buffer.ts";
+import { warmUpSendBuffer } from "./transports/send_buffer.ts";
 import { Vm } from "./vm/vm.ts";
 import { DiskError } from "./vm/disk.ts";
 import { loadDashboard } from "./web/dashboard.ts";
@@ -58,8 +58,8 @@ async function main(): Promise<number> {
   // first real one (it would otherwise pay for it inside its downtime).
   await warmUp(transports, turn);
   // Loads libc and lists the descriptors once, so the first unix: migration does
-  // not pay ~6 ms for it in its setup (it raises nothing now: no unix sockets yet).
-  raiseUnixSendBuffers();
+  // not pay ~6 ms for it in its setup.
+  warmUpSendBuffer();
   const engine = new Engine({
     guest: vm,
     transports,

@@ -16,7 +16,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { raiseUnixSendBuffers } from "../transports/send_buffer.ts";
+import { openSockets, raiseSendBuffer } from "../transports/send_buffer.ts";
 import { digestBlocks } from "../vm/digest.ts";
 import { fillRam } from "../vm/fill.ts";
 import { RamBlock } from "../vm/ram.ts";
@@ -160,10 +160,14 @@ async function send(
   fillRam(block, "random");
   const ram = block.bytes;
   const t0 = performance.now();
+  const before = openSockets();
   using conn = connect.startsWith("unix:")
     ? await Deno.connect({ transport: "unix", path: connect.slice(5) })
     : await Deno.connect({ hostname: "127.0.0.1", port: Number(connect.split(":").at(-1)) });
-  if (!noRaise) raiseUnixSendBuffers(); // as ferry's unix transport does
+  // As ferry's unix transport does.
+  if (!noRaise && conn.remoteAddr.transport === "unix") {
+    raiseSendBuffer(conn.remoteAddr.path, before);
+  }
   const bufs = [new Uint8Array(BUFFER), new Uint8Array(BUFFER)];
   const pending: (Promise<void> | null)[] = [null, null];
   let tail: Promise<void> = Promise.resolve();

@@ -7,10 +7,11 @@
  * migration here (BENCHMARKS.md). Without the permission, or off Linux, it does
  * nothing and the transport works as before.
  *
- * A Deno connection does not expose its file descriptor, so the function raises
- * every unix stream socket of the process whose send buffer is smaller: a bigger
- * buffer only lets a writer queue more, which is harmless for ferry's other unix
- * sockets (an incoming stream's return path).
+ * A Deno connection does not expose its file descriptor, so the socket is found
+ * among the process's descriptors: the unix stream socket that did not exist before
+ * the connect and whose peer address (`getpeername`) is the one the connection
+ * reports; the newest (highest) such descriptor when there are several. Every other
+ * socket of the process keeps its buffer.
  * @module
  */
 
@@ -28,58 +29,161 @@ const SO_SNDBUF = 7;
 const SO_DOMAIN = 39;
 const AF_UNIX = 1;
 const SOCK_STREAM = 1;
+/** sizeof(struct sockaddr_un): a 2-byte family and a 108-byte path. */
+const SOCKADDR_UN_BYTES = 110;
+const FD_DIR = "/proc/self/fd";
 
 /** True when this process may call libc and list its descriptors (Linux, `--allow-ffi`). */
 function available(): boolean {
   if (Deno.build.os !== "linux") return false;
   try {
     return Deno.permissions.querySync({ name: "ffi" }).state === "granted" &&
-      Deno.permissions.querySync({ name: "read", path: "/proc/self/fd" }).state === "granted";
+      Deno.permissions.querySync({ name: "read", path: FD_DIR }).state === "granted";
   } catch {
     return false;
   }
 }
 
+/** The libc calls this module makes, on reusable buffers. */
+class Libc {
+  readonly #lib = Deno.dlopen("libc.so.6", {
+    setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+    getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+    getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  });
+  readonly #value = new Int32Array(1);
+  readonly #valueBytes = new Uint8Array(this.#value.buffer);
+  readonly #length = new Uint32Array(1);
+  readonly #lengthBytes = new Uint8Array(this.#length.buffer);
+  readonly #address = new Uint8Array(SOCKADDR_UN_BYTES);
+
+  /** An int socket option of `fd`; null when it has none (e.g. ENOTSOCK). */
+  get(fd: number, option: number): number | null {
+    this.#length[0] = 4;
+    const rc = this.#lib.symbols.getsockopt(
+      fd,
+      SOL_SOCKET,
+      option,
+      this.#valueBytes,
+      this.#lengthBytes,
+    );
+    return rc === 0 ? this.#value[0] : null;
+  }
+
+  /** Sets SO_SNDBUF of `fd`; true on success. */
+  setSendBuffer(fd: number, bytes: number): boolean {
+    this.#value[0] = bytes;
+    return this.#lib.symbols.setsockopt(fd, SOL_SOCKET, SO_SNDBUF, this.#valueBytes, 4) === 0;
+  }
+
+  /** True when `fd` is a unix stream socket. */
+  isUnixStream(fd: number): boolean {
+    return this.get(fd, SO_DOMAIN) === AF_UNIX && this.get(fd, SO_TYPE) === SOCK_STREAM;
+  }
+
+  /** The filesystem path `fd`'s peer is bound to; null when unconnected, unnamed or abstract. */
+  peerPath(fd: number): string | null {
+    this.#length[0] = SOCKADDR_UN_BYTES;
+    const rc = this.#lib.symbols.getpeername(fd, this.#address, this.#lengthBytes);
+    if (rc !== 0) return null;
+    const path = this.#address.subarray(2, Math.min(this.#length[0], SOCKADDR_UN_BYTES));
+    const nul = path.indexOf(0);
+    if (path.length === 0 || nul === 0) return null;
+    return new TextDecoder().decode(nul < 0 ? path : path.subarray(0, nul));
+  }
+
+  close(): void {
+    this.#lib.close();
+  }
+}
+
 /**
- * Raises the send buffer of every unix stream socket of this process that has
- * less than `bytes` to `bytes`. Returns the descriptors raised (empty when
- * there was none, or when FFI is not allowed here).
+ * Runs `use` with libc loaded (and unloaded after: a library kept loaded would count
+ * as a leaked resource in every test that connects); `fallback` when FFI is not
+ * allowed here or anything fails.
  */
-export function raiseUnixSendBuffers(bytes = UNIX_SEND_BUFFER): number[] {
-  if (!available()) return [];
-  let lib;
+function withLibc<T>(use: (libc: Libc) => T, fallback: T): T {
+  if (!available()) return fallback;
+  let libc: Libc;
   try {
-    lib = Deno.dlopen("libc.so.6", {
-      setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
-      getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
-    });
+    libc = new Libc();
   } catch {
-    return [];
+    return fallback;
   }
   try {
-    const value = new Int32Array(1);
-    const length = new Uint32Array(1);
-    const valueBytes = new Uint8Array(value.buffer);
-    const lengthBytes = new Uint8Array(length.buffer);
-    const get = (fd: number, option: number): number | null => {
-      length[0] = 4;
-      const rc = lib.symbols.getsockopt(fd, SOL_SOCKET, option, valueBytes, lengthBytes);
-      return rc === 0 ? value[0] : null;
-    };
-    const raised: number[] = [];
-    for (const entry of Deno.readDirSync("/proc/self/fd")) {
-      const fd = Number(entry.name);
-      // A descriptor that is not a socket fails getsockopt with ENOTSOCK.
-      if (get(fd, SO_DOMAIN) !== AF_UNIX || get(fd, SO_TYPE) !== SOCK_STREAM) continue;
-      // The kernel reports twice what was set: compare with the doubled request.
-      if ((get(fd, SO_SNDBUF) ?? 0) >= 2 * bytes) continue;
-      value[0] = bytes;
-      if (lib.symbols.setsockopt(fd, SOL_SOCKET, SO_SNDBUF, valueBytes, 4) === 0) raised.push(fd);
-    }
-    return raised;
+    return use(libc);
   } catch {
-    return [];
+    return fallback;
   } finally {
-    lib.close();
+    libc.close();
   }
+}
+
+/** The descriptors open now with what each refers to (`socket:[inode]` for a socket). */
+function descriptors(): Map<number, string> {
+  const open = new Map<number, string>();
+  for (const entry of Deno.readDirSync(FD_DIR)) {
+    try {
+      open.set(Number(entry.name), Deno.readLinkSync(`${FD_DIR}/${entry.name}`));
+    } catch {
+      // Closed meanwhile (the directory's own descriptor, among others).
+    }
+  }
+  return open;
+}
+
+/**
+ * The sockets this process has open now, by kernel identity (`socket:[inode]`, so
+ * a descriptor number reused meanwhile still counts as new). Taken just before a
+ * unix connect and handed to {@link raiseSendBuffer}, it tells the new socket from
+ * older ones. Empty when FFI is not allowed (nothing will be raised then).
+ */
+export function openSockets(): ReadonlySet<string> {
+  if (!available()) return new Set();
+  try {
+    return new Set([...descriptors().values()].filter((link) => link.startsWith("socket:")));
+  } catch {
+    return new Set();
+  }
+}
+
+/**
+ * Raises the send buffer of the unix stream socket this process just connected to
+ * `peer` (the peer address the connection reports: the path connected to, or the
+ * name the listener was bound under when it was linked there): among the sockets
+ * not in `before` whose peer is `peer` and whose buffer is still smaller, the one
+ * with the highest descriptor. Returns that descriptor, or null when there was
+ * none or FFI is not allowed here.
+ */
+export function raiseSendBuffer(
+  peer: string,
+  before: ReadonlySet<string>,
+  bytes = UNIX_SEND_BUFFER,
+): number | null {
+  return withLibc((libc) => {
+    const fresh = [...descriptors()]
+      .filter(([, link]) => link.startsWith("socket:") && !before.has(link))
+      .map(([fd]) => fd)
+      .sort((a, b) => b - a);
+    for (const fd of fresh) {
+      if (!libc.isUnixStream(fd) || libc.peerPath(fd) !== peer) continue;
+      // The kernel reports twice what was set: compare with the doubled request. A
+      // socket already raised is another connect's to the same peer.
+      if ((libc.get(fd, SO_SNDBUF) ?? 0) >= 2 * bytes) continue;
+      return libc.setSendBuffer(fd, bytes) ? fd : null;
+    }
+    return null;
+  }, null);
+}
+
+/**
+ * Loads libc and walks the descriptors once, raising nothing, so the first unix
+ * migration does not pay for the first load (~6 ms) in its setup.
+ */
+export function warmUpSendBuffer(): void {
+  withLibc((libc) => {
+    for (const fd of descriptors().keys()) {
+      if (libc.isUnixStream(fd)) libc.peerPath(fd);
+    }
+  }, undefined);
 }

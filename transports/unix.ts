@@ -1,7 +1,7 @@
 import { acceptConn, ConnChannel, describeNetError, raceAbort } from "./channel.ts";
 import { type Channel, type Listener, TransportError } from "./transport.ts";
 import { MAX_UNIX_PATH_BYTES, parseUri } from "./uri.ts";
-import { raiseUnixSendBuffers } from "./send_buffer.ts";
+import { openSockets, raiseSendBuffer } from "./send_buffer.ts";
 
 export { MAX_UNIX_PATH_BYTES };
 
@@ -42,6 +42,7 @@ export async function connectUnix(uri: string, signal?: AbortSignal): Promise<Ch
   signal?.throwIfAborted();
   const long = tooLong(path);
   if (long) throw new TransportError("connect-failed", `Cannot connect to ${address}: ${long}`);
+  const before = openSockets();
   let conn: Deno.UnixConn;
   try {
     conn = await raceAbort(
@@ -57,8 +58,10 @@ export async function connectUnix(uri: string, signal?: AbortSignal): Promise<Ch
       { cause: err },
     );
   }
-  // A bigger send buffer when FFI is allowed: far fewer partial writes per stream buffer.
-  raiseUnixSendBuffers();
+  // A bigger send buffer when FFI is allowed: far fewer partial writes per stream
+  // buffer. The peer is named as the kernel reports it: a listener bound elsewhere and
+  // linked to `path` (as ferry's own listener is) reports its bind name.
+  raiseSendBuffer(conn.remoteAddr.path ?? path, before);
   return new ConnChannel(conn, address);
 }
 
