@@ -11,7 +11,8 @@
  * among the process's descriptors: the unix stream socket that did not exist before
  * the connect and whose peer address (`getpeername`) is the one the connection
  * reports; the newest (highest) such descriptor when there are several. Every other
- * socket of the process keeps its buffer.
+ * socket of the process keeps its buffer. The descriptors are listed through libc
+ * too: Deno lets only a fully trusted (`-A`) process read `/proc/self/fd`.
  * @module
  */
 
@@ -33,16 +34,21 @@ const SOCK_STREAM = 1;
 const SOCKADDR_UN_BYTES = 110;
 const FD_DIR = "/proc/self/fd";
 
-/** True when this process may call libc and list its descriptors (Linux, `--allow-ffi`). */
+/** Offset of d_name in glibc's struct dirent on 64-bit Linux (ino, off, reclen, type). */
+const DIRENT_NAME = 19;
+
+/** True when this process may call libc (Linux, `--allow-ffi`). */
 function available(): boolean {
   if (Deno.build.os !== "linux") return false;
   try {
-    return Deno.permissions.querySync({ name: "ffi" }).state === "granted" &&
-      Deno.permissions.querySync({ name: "read", path: FD_DIR }).state === "granted";
+    return Deno.permissions.querySync({ name: "ffi" }).state === "granted";
   } catch {
     return false;
   }
 }
+
+/** `text` as a NUL-terminated C string. */
+const cString = (text: string) => new TextEncoder().encode(`${text}\0`);
 
 /** The libc calls this module makes, on reusable buffers. */
 class Libc {
@@ -50,12 +56,17 @@ class Libc {
     setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
     getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
     getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+    opendir: { parameters: ["buffer"], result: "pointer" },
+    readdir: { parameters: ["pointer"], result: "pointer" },
+    closedir: { parameters: ["pointer"], result: "i32" },
+    readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
   });
   readonly #value = new Int32Array(1);
   readonly #valueBytes = new Uint8Array(this.#value.buffer);
   readonly #length = new Uint32Array(1);
   readonly #lengthBytes = new Uint8Array(this.#length.buffer);
   readonly #address = new Uint8Array(SOCKADDR_UN_BYTES);
+  readonly #link = new Uint8Array(64);
 
   /** An int socket option of `fd`; null when it has none (e.g. ENOTSOCK). */
   get(fd: number, option: number): number | null {
@@ -92,6 +103,32 @@ class Libc {
     return new TextDecoder().decode(nul < 0 ? path : path.subarray(0, nul));
   }
 
+  /** The sockets open now: descriptor → kernel identity (`socket:[inode]`). */
+  sockets(): Map<number, string> {
+    const { opendir, readdir, closedir, readlink } = this.#lib.symbols;
+    const names: string[] = [];
+    const dir = opendir(cString(FD_DIR));
+    if (dir === null) return new Map();
+    try {
+      for (let entry; (entry = readdir(dir)) !== null;) {
+        names.push(new Deno.UnsafePointerView(entry).getCString(DIRENT_NAME));
+      }
+    } finally {
+      closedir(dir);
+    }
+    const sockets = new Map<number, string>();
+    for (const name of names) {
+      if (!/^[0-9]+$/.test(name)) continue; // "." and ".."
+      const n = Number(
+        readlink(cString(`${FD_DIR}/${name}`), this.#link, BigInt(this.#link.length)),
+      );
+      // Closed meanwhile (the directory's own descriptor, among others): n < 0.
+      const link = n > 0 ? new TextDecoder().decode(this.#link.subarray(0, n)) : "";
+      if (link.startsWith("socket:")) sockets.set(Number(name), link);
+    }
+    return sockets;
+  }
+
   close(): void {
     this.#lib.close();
   }
@@ -119,19 +156,6 @@ function withLibc<T>(use: (libc: Libc) => T, fallback: T): T {
   }
 }
 
-/** The descriptors open now with what each refers to (`socket:[inode]` for a socket). */
-function descriptors(): Map<number, string> {
-  const open = new Map<number, string>();
-  for (const entry of Deno.readDirSync(FD_DIR)) {
-    try {
-      open.set(Number(entry.name), Deno.readLinkSync(`${FD_DIR}/${entry.name}`));
-    } catch {
-      // Closed meanwhile (the directory's own descriptor, among others).
-    }
-  }
-  return open;
-}
-
 /**
  * The sockets this process has open now, by kernel identity (`socket:[inode]`, so
  * a descriptor number reused meanwhile still counts as new). Taken just before a
@@ -139,12 +163,7 @@ function descriptors(): Map<number, string> {
  * older ones. Empty when FFI is not allowed (nothing will be raised then).
  */
 export function openSockets(): ReadonlySet<string> {
-  if (!available()) return new Set();
-  try {
-    return new Set([...descriptors().values()].filter((link) => link.startsWith("socket:")));
-  } catch {
-    return new Set();
-  }
+  return withLibc((libc) => new Set(libc.sockets().values()), new Set<string>());
 }
 
 /**
@@ -161,8 +180,8 @@ export function raiseSendBuffer(
   bytes = UNIX_SEND_BUFFER,
 ): number | null {
   return withLibc((libc) => {
-    const fresh = [...descriptors()]
-      .filter(([, link]) => link.startsWith("socket:") && !before.has(link))
+    const fresh = [...libc.sockets()]
+      .filter(([, link]) => !before.has(link))
       .map(([fd]) => fd)
       .sort((a, b) => b - a);
     for (const fd of fresh) {
@@ -182,7 +201,7 @@ export function raiseSendBuffer(
  */
 export function warmUpSendBuffer(): void {
   withLibc((libc) => {
-    for (const fd of descriptors().keys()) {
+    for (const fd of libc.sockets().keys()) {
       if (libc.isUnixStream(fd)) libc.peerPath(fd);
     }
   }, undefined);

@@ -133,6 +133,24 @@ Deno.test({
 });
 
 Deno.test({
+  name: "raiseSendBuffer() works with `deno task start`'s permissions (FFI, no -A)",
+  ignore: !linux || readSysctl("wmem_max") < UNIX_SEND_BUFFER,
+  fn: async () => {
+    const child = new URL("./_send_buffer_child.ts", import.meta.url).pathname;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-read", "--allow-write", "--allow-net", "--allow-ffi", child],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 0, stderr);
+    const { fd, accepted } = JSON.parse(new TextDecoder().decode(out.stdout));
+    assert.equal(typeof fd, "number", stderr);
+    assert.ok(accepted >= 1 << 20, `raised buffer took ${accepted}`);
+  },
+});
+
+Deno.test({
   name: "raiseSendBuffer() does nothing without FFI permission",
   permissions: { ffi: false, read: true, write: true, net: true },
   fn: async () => {
