@@ -314,4 +314,9 @@ export class X86Machine {
     this.#closed = true;
     await this.#emulator.destroy();
   }
+
+  /** {@link destroy}, for `await using`. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.destroy();
+  }
 }

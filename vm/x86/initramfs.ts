@@ -63,12 +63,12 @@ export function initramfsEntries(busybox: Uint8Array): CpioEntry[] {
 }
 
 /** The gzipped cpio archive the kernel unpacks as its root file system. */
-export async function buildInitramfs(busybox: Uint8Array): Promise<Uint8Array> {
+export async function buildInitramfs(busybox: Uint8Array): Promise<Uint8Array<ArrayBuffer>> {
   return await gzip(writeCpio(initramfsEntries(busybox)));
 }
 
 /** Gzips `bytes` (the kernel accepts a gzip-compressed initramfs). */
-export async function gzip(bytes: Uint8Array<ArrayBuffer>): Promise<Uint8Array> {
+export async function gzip(bytes: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer>> {
   const stream = new Blob([bytes]).stream().pipeThrough(new CompressionStream("gzip"));
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
