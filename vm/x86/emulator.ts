@@ -51,7 +51,8 @@ export interface X86MachineOptions {
 
 /** The parts of v86's CPU object this module touches (internals of 0.5.462). */
 interface V86Cpu {
-  wasm_memory: WebAssembly.Memory;
+  /** A WebAssembly.Memory, not shared (so its buffer is a plain ArrayBuffer). */
+  wasm_memory: { readonly buffer: ArrayBuffer };
   mem8: Uint8Array;
   memory_size: Uint32Array;
   is_memory_zeroed: (addr: number, length: number) => boolean;
@@ -133,7 +134,7 @@ export class X86Machine {
   readonly #emulator: V86;
   readonly #cpu: V86Cpu;
   readonly #ramOffset: number;
-  #ramView: Uint8Array | undefined;
+  #ramView: Uint8Array<ArrayBuffer> | undefined;
   #closed = false;
   /** Set when the CPU stopped: RAM may be written behind its TLB and JIT before the next run. */
   #stale = false;
@@ -253,7 +254,7 @@ export class X86Machine {
    * wasm memory, remade when that memory has grown. Only this thread can read it;
    * read or write it only while the machine is stopped to see a consistent state.
    */
-  ram(): Uint8Array {
+  ram(): Uint8Array<ArrayBuffer> {
     this.#open();
     const buffer = this.#cpu.wasm_memory.buffer;
     if (this.#ramView === undefined || this.#ramView.buffer !== buffer) {
@@ -266,7 +267,7 @@ export class X86Machine {
    * Everything but RAM (CPU registers, devices, timers) as v86 state bytes, a few
    * MB. The machine must be stopped.
    */
-  async saveDevices(): Promise<Uint8Array> {
+  async saveDevices(): Promise<Uint8Array<ArrayBuffer>> {
     this.#stopped("saveDevices");
     // v86 packs only the RAM pages it sees as non-zero; seeing none, it packs no RAM.
     const cpu = this.#cpu;
