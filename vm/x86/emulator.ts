@@ -170,6 +170,12 @@ export class X86Machine {
         `memoryBytes ${memoryBytes}: need whole MiB from ${X86_MIN_MEMORY_BYTES} to ${X86_MAX_MEMORY_BYTES}`,
       );
     }
+    // v86 fails inside its own callbacks on an empty image, where no caller can catch it.
+    for (const [name, bytes] of Object.entries({ bios: options.bios, kernel: options.kernel })) {
+      if (bytes !== undefined && bytes.length === 0) {
+        throw new VmError("invalid-argument", `the ${name} image is empty`);
+      }
+    }
     if (options.initrd && !options.kernel) {
       throw new VmError("invalid-argument", "an initrd needs a kernel");
     }

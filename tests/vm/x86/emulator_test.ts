@@ -55,13 +55,27 @@ async function askFortyTwo(machine: X86Machine, log: ConsoleLog): Promise<void> 
   );
 }
 
-Deno.test("X86Machine.create rejects a RAM size v86 would round", async () => {
+Deno.test("X86Machine.create rejects a RAM size v86 would round, an empty image, an initrd alone", async () => {
   for (const memoryBytes of [X86_MIN_MEMORY_BYTES - (1 << 20), 100 * 1024 * 1024 + 4096, 0.5]) {
     await assert.rejects(
       X86Machine.create({ memoryBytes, bios: new Uint8Array() }),
       (e) => e instanceof VmError && e.code === "invalid-argument",
     );
   }
+  await assert.rejects(
+    X86Machine.create({ memoryBytes: X86_MIN_MEMORY_BYTES, bios: new Uint8Array() }),
+    (e) =>
+      e instanceof VmError && e.code === "invalid-argument" &&
+      /bios image is empty/.test(e.message),
+  );
+  await assert.rejects(
+    X86Machine.create({
+      memoryBytes: X86_MIN_MEMORY_BYTES,
+      bios: new Uint8Array(1),
+      initrd: new Uint8Array(1),
+    }),
+    (e) => e instanceof VmError && /an initrd needs a kernel/.test(e.message),
+  );
   assert.equal(V86_VERSION, "0.5.462");
 });
 
