@@ -20,8 +20,9 @@ import {
   readGuestImage,
 } from "../../../vm/x86/guest_image.ts";
 import { GUEST_PROMPT } from "../../../vm/x86/initramfs.ts";
-import { parseTicks, type Tick, tickChainError } from "../../../vm/x86/ticks.ts";
+import { parseTicks, tickChainError } from "../../../vm/x86/ticks.ts";
 import { withTimeout } from "../../helpers/wait.ts";
+import { BOOT_GUARD_MS, fortyTwo, LINES_GUARD_MS, QUESTION, ticksAtLeast } from "./_guest.ts";
 
 const HAVE_IMAGE = guestImagePresent();
 if (!HAVE_IMAGE) {
@@ -31,28 +32,11 @@ if (!HAVE_IMAGE) {
 }
 const NEEDS_IMAGE = " (needs deno task guest:image)";
 
-/** Hang guard for a boot (an emulated boot takes seconds to tens of seconds). */
-const BOOT_GUARD_MS = 600_000;
-/** Hang guard for the guest to print a few more lines. */
-const LINES_GUARD_MS = 300_000;
-
-/** Resolves with the ticks once the console holds at least `count` of them. */
-function ticksAtLeast(log: ConsoleLog, count: number): Promise<Tick[]> {
-  return log.waitFor((text) => {
-    const ticks = parseTicks(text);
-    return ticks.length >= count && ticks;
-  });
-}
-
-/** Types `echo $((6*7))` and resolves once the shell's answer line arrives. */
+/** Types the question and waits for the shell's answer. */
 async function askFortyTwo(machine: X86Machine, log: ConsoleLog): Promise<void> {
   const from = log.text.length;
-  machine.sendConsole("echo $((6*7))\n");
-  await withTimeout(
-    log.waitFor((text) => /(^|\n)42\r?\n/.test(text.slice(from))),
-    LINES_GUARD_MS,
-    "the answer 42",
-  );
+  machine.sendConsole(QUESTION);
+  await fortyTwo(log, from);
 }
 
 Deno.test("X86Machine.create rejects a RAM size v86 would round, an empty image, an initrd alone", async () => {

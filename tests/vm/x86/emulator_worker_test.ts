@@ -11,12 +11,10 @@ import {
   guestImagePresent,
   readGuestImage,
 } from "../../../vm/x86/guest_image.ts";
-import { parseTicks, type Tick, tickChainError } from "../../../vm/x86/ticks.ts";
+import { parseTicks, tickChainError } from "../../../vm/x86/ticks.ts";
 import { withTimeout } from "../../helpers/wait.ts";
 import type { FromWorker, ToWorker } from "./_machine_worker.ts";
-
-const BOOT_GUARD_MS = 600_000;
-const LINES_GUARD_MS = 300_000;
+import { BOOT_GUARD_MS, fortyTwo, LINES_GUARD_MS, QUESTION, ticksAtLeast } from "./_guest.ts";
 
 /** A Worker running one machine, with its console kept in a {@link ConsoleLog}. */
 class MachineWorker {
@@ -53,13 +51,6 @@ class MachineWorker {
   }
 }
 
-function ticksAtLeast(log: ConsoleLog, count: number): Promise<Tick[]> {
-  return log.waitFor((text) => {
-    const ticks = parseTicks(text);
-    return ticks.length >= count && ticks;
-  });
-}
-
 Deno.test({
   name: "X86Machine in Workers: RAM and device state leave one Worker by postMessage and the " +
     "guest goes on in another (needs deno task guest:image)",
@@ -87,12 +78,8 @@ Deno.test({
       );
       await withTimeout(ticksAtLeast(b.log, 3), LINES_GUARD_MS, "ticks in worker B");
       const from = b.log.text.length;
-      b.send("echo $((6*7))\n");
-      await withTimeout(
-        b.log.waitFor((text) => /(^|\n)42\r?\n/.test(text.slice(from))),
-        LINES_GUARD_MS,
-        "the answer 42 from worker B",
-      );
+      b.send(QUESTION);
+      await fortyTwo(b.log, from);
       const all = parseTicks(a.log.text + b.log.text);
       assert.equal(all[0].n, 1);
       assert.equal(tickChainError(all), null);
