@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import type { Clock } from "../../engine/clock.ts";
 import type { MemoryTransports } from "../../transports/memory.ts";
 import { call, testApp } from "../helpers/app.ts";
 
@@ -19,8 +20,8 @@ export async function waitFor(check: () => boolean, what: string, tries = 200, m
 }
 
 /** A second ferry sharing `transports`, its guest filled with random bytes and a counter set. */
-export async function sourceApp(transports: MemoryTransports, ram = 1 << 20) {
-  const src = testApp({ transports, ram });
+export async function sourceApp(transports: MemoryTransports, ram = 1 << 20, clock?: Clock) {
+  const src = testApp({ transports, ram, clock });
   src.guest.fillRandom(11);
   src.guest.blocks[0].bytes.fill(0, 0, ram / 4);
   src.guest.counter = 77n;
