@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import type { BrowserContext, Page } from "playwright-core";
 import { FerryProcess } from "../../testing/ferry_process.ts";
 import { formatMs } from "../../web/app.js";
-import { tick, withTimeout } from "../helpers/wait.ts";
+import { waitUntil } from "../helpers/wait.ts";
 import { BlipProxy } from "./_blip_proxy.ts";
 
 /** The page's document, inside page.evaluate / waitForFunction callbacks (they run in the browser). */
@@ -231,13 +231,7 @@ Deno.test({
     // Meanwhile the guest is stopped: the page is not connected to hear it, and
     // its attempt to reconnect hangs.
     assert.equal((await src.api("POST", "/vm/stop")).status, 200);
-    await withTimeout(
-      (async () => {
-        while (proxy.held === 0) await tick(10);
-      })(),
-      30_000,
-      "the page's attempt to reconnect",
-    );
+    await waitUntil(() => proxy.held > 0, "the page's attempt to reconnect");
     assert.equal(proxy.connections, 0);
     assert.equal(await text(page, "#vm-state"), "guest: running");
     proxy.release();
