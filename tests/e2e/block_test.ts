@@ -111,8 +111,9 @@ Deno.test("blk with a guest writing its disk during the migration converges and 
       "--disk-size",
       "32M",
     ]);
-    // Let the guest write for a while first, then migrate at 24 MiB/s (over a second).
-    await new Promise((r) => setTimeout(r, 300));
+    // Let the guest write for a while first (64 ops, each after 16 KiB of disk
+    // writes), then migrate at 24 MiB/s (over a second).
+    await src.waitFor("/vm", (b) => b.ops >= 64);
     await setParams(src, { max_bandwidth: 24 * MIB, downtime_limit: 300 });
     const started = await src.api("POST", "/migrations", { uri: dst.incoming, blk: true });
     assert.equal(started.status, 202, JSON.stringify(started.body));
