@@ -3,8 +3,8 @@ import { MemoryTransports } from "../../transports/memory.ts";
 import { PROGRESS_INTERVAL_MS } from "../../routes/events.ts";
 import { call, testApp } from "../helpers/app.ts";
 import { FakeClock } from "../helpers/fake_clock.ts";
-import { tick } from "../helpers/wait.ts";
-import { sourceApp, type SseFrame, SseReader, waitFor } from "./_helpers.ts";
+import { tick, waitUntil } from "../helpers/wait.ts";
+import { sourceApp, type SseFrame, SseReader } from "./_helpers.ts";
 
 const FINAL = new Set(["completed", "failed", "cancelled"]);
 
@@ -35,7 +35,7 @@ Deno.test("GET /migrations/events answers text/event-stream starting with a hell
     incoming: { status: "none", bytes_received: 0 },
   });
   await sse.cancel();
-  await waitFor(() => engine.events.size === 0, "the SSE listener to unsubscribe");
+  await waitUntil(() => engine.events.size === 0, "the SSE listener to unsubscribe");
   await engine.close();
 });
 
@@ -94,7 +94,7 @@ Deno.test("GET /migrations/events streams state events in order, pass events and
   assert.equal(quiet.at(-1)?.comment, "keep-alive");
 
   await sse.cancel();
-  await waitFor(() => src.engine.events.size === 0, "the SSE listener to unsubscribe");
+  await waitUntil(() => src.engine.events.size === 0, "the SSE listener to unsubscribe");
   await src.engine.close();
   await dst.engine.close();
 });
@@ -126,7 +126,7 @@ Deno.test("GET /migrations/events on the destination streams incoming events lis
   assert.equal(runstates[0]?.to, "inmigrate");
 
   await sse.cancel();
-  await waitFor(() => dst.engine.events.size === 0, "the SSE listener to unsubscribe");
+  await waitUntil(() => dst.engine.events.size === 0, "the SSE listener to unsubscribe");
   await src.engine.close();
   await dst.engine.close();
 });
@@ -143,7 +143,7 @@ Deno.test("GET /migrations/events reports a failed migration's error in its stat
   assert.match(last.error, /refused/);
   await engine.migration!.done;
   await sse.cancel();
-  await waitFor(() => engine.events.size === 0, "the SSE listener to unsubscribe");
+  await waitUntil(() => engine.events.size === 0, "the SSE listener to unsubscribe");
   await engine.close();
 });
 
@@ -156,7 +156,7 @@ Deno.test("GET /migrations/events sends keep-alive comments while idle", async (
     assert.deepEqual(frame, { comment: "keep-alive" });
   }
   await sse.cancel();
-  await waitFor(() => engine.events.size === 0, "the SSE listener to unsubscribe");
+  await waitUntil(() => engine.events.size === 0, "the SSE listener to unsubscribe");
   await engine.close();
 });
 
@@ -168,14 +168,14 @@ Deno.test("GET /migrations/events serves several clients; each cancel removes on
   await b.next();
   assert.equal(engine.events.size, 2);
   await a.cancel();
-  await waitFor(() => engine.events.size === 1, "one listener to remain");
+  await waitUntil(() => engine.events.size === 1, "one listener to remain");
   await call(app, "POST", "/vm/start");
   const frames = await b.until((f) => f.event === "runstate");
   const runstate = data(frames.at(-1)!);
   assert.equal(runstate.from, "prelaunch");
   assert.equal(runstate.to, "running");
   await b.cancel();
-  await waitFor(() => engine.events.size === 0, "the SSE listeners to unsubscribe");
+  await waitUntil(() => engine.events.size === 0, "the SSE listeners to unsubscribe");
   await engine.close();
 });
 
@@ -210,7 +210,7 @@ function emitProgress(engine: ReturnType<typeof testApp>["engine"], transferred:
 
 async function closeAll(engine: ReturnType<typeof testApp>["engine"], ...readers: SseReader[]) {
   for (const r of readers) await r.cancel();
-  await waitFor(() => engine.events.size === 0, "the SSE listeners to unsubscribe");
+  await waitUntil(() => engine.events.size === 0, "the SSE listeners to unsubscribe");
   await engine.close();
 }
 
@@ -235,7 +235,7 @@ Deno.test("hello carries the id of the last event it covers and a retry hint", a
   const text = new TextDecoder().decode((await reader.read()).value);
   assert.match(text, /^event: hello\ndata: .*\nid: 2\nretry: 1000\n\n/);
   await reader.cancel();
-  await waitFor(() => engine.events.size === 0, "the SSE listener to unsubscribe");
+  await waitUntil(() => engine.events.size === 0, "the SSE listener to unsubscribe");
   await engine.close();
 });
 
@@ -411,7 +411,7 @@ Deno.test("a client that never reads does not slow a migration down", async () =
   // And one over real HTTP whose socket is never read.
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, src.app.fetch);
   const socket = await RawSseClient.open(server.addr.port, "/migrations/events");
-  await waitFor(() => src.engine.events.size === 3, "three listeners");
+  await waitUntil(() => src.engine.events.size === 3, "three listeners");
   await call(src.app, "POST", "/vm/stop");
   const watched = await run("tcp:dst:6001");
   // Not one clock tick more, and the very same stream: nothing waited for a listener.
@@ -422,7 +422,7 @@ Deno.test("a client that never reads does not slow a migration down", async () =
   await stalled.body!.cancel();
   await stalled2.body!.cancel();
   socket.conn.close();
-  await waitFor(() => src.engine.events.size === 0, "the stalled listeners to unsubscribe");
+  await waitUntil(() => src.engine.events.size === 0, "the stalled listeners to unsubscribe");
   await server.shutdown();
   await src.engine.close();
   await dst.engine.close();
@@ -485,9 +485,9 @@ Deno.test("100 concurrent subscribers over real HTTP all follow a migration; dis
   await dst.engine.incoming!.done;
 
   for (const s of sockets) s.conn.close();
-  await waitFor(() => src.engine.events.size === 50, "closed sockets to unsubscribe", 500);
+  await waitUntil(() => src.engine.events.size === 50, "closed sockets to unsubscribe");
   for (const r of readers) await r.cancel();
-  await waitFor(() => src.engine.events.size === 0, "cancelled bodies to unsubscribe", 500);
+  await waitUntil(() => src.engine.events.size === 0, "cancelled bodies to unsubscribe");
   await server.shutdown();
   await src.engine.close();
   await dst.engine.close();
