@@ -79,10 +79,10 @@ export function parseLastEventId(value: string | undefined): number | undefined 
  */
 export function eventRoutes(deps: { engine: Engine; keepAliveMs?: number }) {
   const { engine } = deps;
-  const { clock } = engine;
   const keepAliveMs = deps.keepAliveMs ?? KEEPALIVE_MS;
   return newRouter().openapi(events, (c) =>
     streamSSE(c, async (stream) => {
+      const { clock } = engine;
       let queue: Stamped[] = [];
       /** A snapshot to send before anything queued: hello on connect, reset after a loss. */
       let snapshot: { event: "hello" | "reset"; reason?: string } | null = null;

@@ -34,9 +34,9 @@ function abSource(extra: string[] = []): Promise<FerryProcess> {
   return FerryProcess.start(["--ram", RAM, ...AB, ...extra]);
 }
 
-/** Lets a just-started ab guest dirty a good part of its range (800 pages), so the stream carries real pages. */
+/** Lets a just-started ab guest dirty its whole range (one op per page), so the stream carries real pages. */
 async function warmUp(ab: FerryProcess): Promise<void> {
-  await ab.waitFor("/vm", (b) => b.ops >= 800);
+  await ab.waitFor("/vm", (b) => b.ops >= AB_RANGE / 4096);
 }
 
 Deno.test("faults: a cut at offsets in the header, mid-RAM and when the destination answers fails both sides; then a migration succeeds", async () => {
