@@ -148,6 +148,7 @@ export class IncomingMigration {
       timeout,
       () => this.#channel?.close(),
       "no data arrived from the source",
+      clock,
     );
     try {
       const accepted = await acceptStream(this.#listener!, {
@@ -164,7 +165,7 @@ export class IncomingMigration {
       this.#channel = new WatchedChannel(accepted, watchdog.start());
       this.#startedAt = clock.now();
       this.#transition("active");
-      reader = new StreamReader(this.#channel, undefined, { turn: this.#deps.turn });
+      reader = new StreamReader(this.#channel, undefined, { turn: this.#deps.turn, clock });
       this.#reader = reader;
       const channel = this.#channel;
       const result = await loadStream(reader, guest, {

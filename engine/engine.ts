@@ -56,6 +56,7 @@ export interface MigrateOptions {
 export interface EngineDeps {
   readonly guest: Guest;
   readonly transports: Transports;
+  /** Every timing and timestamp of the engine and its API (default the real clock). */
   readonly clock?: Clock;
   /** Start the guest after an incoming migration (default true). */
   readonly autostart?: boolean;
@@ -67,7 +68,7 @@ export interface EngineDeps {
   /** The sections this engine sends and takes (default: ferry's own, defaultSections()). */
   readonly sections?: SectionRegistry;
   /**
-   * Id of the first event (default {@link bootEventId}: from the wall clock, so ids
+   * Id of the first event (default {@link bootEventId}: from the clock's wall time, so ids
    * never repeat across restarts and a reconnecting SSE client is never replayed
    * another process's events).
    */
@@ -99,16 +100,24 @@ export class Engine {
   readonly #unsubscribeGuest: () => void;
 
   constructor(deps: EngineDeps) {
-    this.events = new Notifier<EngineEvent>(DEFAULT_HISTORY, deps.firstEventId ?? bootEventId());
+    this.#clock = deps.clock ?? systemClock;
+    this.events = new Notifier<EngineEvent>(
+      DEFAULT_HISTORY,
+      deps.firstEventId ?? bootEventId(this.#clock.wall()),
+    );
     this.#guest = deps.guest;
     this.#transports = deps.transports;
-    this.#clock = deps.clock ?? systemClock;
     this.#autostart = deps.autostart ?? true;
     this.#turn = deps.turn;
     this.#sections = deps.sections ?? defaultSections();
     this.#unsubscribeGuest = this.#guest.onRunStateChange((from, to) =>
-      this.events.emit({ type: "runstate", from, to, time: Date.now() })
+      this.events.emit({ type: "runstate", from, to, time: this.#clock.wall() })
     );
+  }
+
+  /** The clock every timing and timestamp of this engine comes from (its API uses it too). */
+  get clock(): Clock {
+    return this.#clock;
   }
 
   /** The guest this engine migrates. */
@@ -240,15 +249,15 @@ export class Engine {
             type: "state",
             from,
             to,
-            time: Date.now(),
+            time: this.#clock.wall(),
             ...(error ? { error } : {}),
           }),
         onPass: (pass, dirty) =>
-          this.events.emit({ type: "pass", pass, dirty_pages: dirty, time: Date.now() }),
+          this.events.emit({ type: "pass", pass, dirty_pages: dirty, time: this.#clock.wall() }),
         onProgress: () =>
-          this.events.emit({ type: "progress", info: this.current(), time: Date.now() }),
+          this.events.emit({ type: "progress", info: this.current(), time: this.#clock.wall() }),
         onWarning: (code, message) =>
-          this.events.emit({ type: "warning", code, message, time: Date.now() }),
+          this.events.emit({ type: "warning", code, message, time: this.#clock.wall() }),
       },
     });
     return this.#migration.info();
@@ -312,7 +321,7 @@ export class Engine {
           type: "incoming",
           from,
           to,
-          time: Date.now(),
+          time: this.#clock.wall(),
           ...(error ? { error } : {}),
           info: incoming.info(),
         }),

@@ -1,7 +1,7 @@
 import type { Channel, Transports } from "../transports/transport.ts";
 import type { Guest } from "../vm/guest.ts";
 import { PAGE_SIZE } from "./format/constants.ts";
-import type { Clock } from "./clock.ts";
+import { type Clock, settledWithin } from "./clock.ts";
 import { describeError } from "./errors.ts";
 import { StreamWriter } from "./format/writer.ts";
 import { createSavers, runPrecopy, writeSetup } from "./outgoing.ts";
@@ -42,20 +42,9 @@ export function canTransition(from: MigrationStatus, to: MigrationStatus): boole
 
 /**
  * Longest a failed migration waits for the destination's reason on the return
- * path, ms of wall-clock time (a safety bound like the watchdog's, independent of
- * the engine's clock: the wait normally ends when the connection does).
+ * path, ms (a safety bound: the wait normally ends when the connection does).
  */
 const REASON_WAIT_MS = 2000;
-
-/** Waits for `p` or `ms` of real time, whichever comes first. */
-async function settledWithin(p: Promise<unknown>, ms: number): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    await Promise.race([p, new Promise((r) => (timer = setTimeout(r, ms)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Callbacks a Migration reports through (the engine wires them to its notifier). */
 export interface MigrationHooks {
@@ -244,10 +233,15 @@ export class Migration {
     // progress_timeout: no byte accepted for that long (connecting included) fails
     // the migration; closing the channel unblocks a write stuck on a stalled peer.
     const returnPath = usesReturnPath(this.uri);
-    const watchdog = new ProgressWatchdog(() => this.#deps.params().progress_timeout, (e) => {
-      this.#abort.abort(e);
-      this.#channel?.close();
-    }, "the destination accepted no data").start();
+    const watchdog = new ProgressWatchdog(
+      () => this.#deps.params().progress_timeout,
+      (e) => {
+        this.#abort.abort(e);
+        this.#channel?.close();
+      },
+      "the destination accepted no data",
+      clock,
+    ).start();
     try {
       this.#channel = new WatchedChannel(
         await transports.connect(this.uri, this.#abort.signal),
@@ -256,7 +250,7 @@ export class Migration {
       );
       if (this.#abort.signal.aborted) this.#channel.close();
       this.#abort.signal.throwIfAborted();
-      const writer = new StreamWriter(this.#channel, undefined, { turn: this.#deps.turn });
+      const writer = new StreamWriter(this.#channel, undefined, { turn: this.#deps.turn, clock });
       this.#writer = writer;
       const caps = this.#deps.capabilities;
       const digests = caps.verify ? new MigrationDigests(guest.blocks) : undefined;
@@ -324,7 +318,7 @@ export class Migration {
       // stream broke, read it (the connection is ending anyway) before closing.
       const rp = this.#returnPath;
       if (rp && !rp.error && this.#state !== "cancelling" && !watchdog.error) {
-        await settledWithin(rp.done, REASON_WAIT_MS);
+        await settledWithin(clock, rp.done, REASON_WAIT_MS);
       }
       this.#channel?.close();
       // The guest may have been stopped for the final pass; the loop restarts it,

@@ -10,7 +10,7 @@ export const DEFAULT_HISTORY = 1024;
  * that one averaged over 100 events per ms (ferry coalesces progress to ~10 a
  * second). 15 digits until the year 2286.
  */
-export function bootEventId(nowMs: number = Date.now()): number {
+export function bootEventId(nowMs: number): number {
   return Math.floor(nowMs) * 100;
 }
 

@@ -11,6 +11,7 @@ import type { Transports } from "../transports/transport.ts";
 import type { DeviceField, Guest, RunState } from "../vm/guest.ts";
 import { RamBlock } from "../vm/ram.ts";
 import { PAGE_SIZE } from "./format/constants.ts";
+import { settledWithin } from "./clock.ts";
 import { Engine } from "./engine.ts";
 
 /**
@@ -89,23 +90,18 @@ export async function warmUp(
   const common = { transports, autostart: false, ...(turn ? { turn } : {}) };
   const source = new Engine({ guest: src, ...common });
   const destination = new Engine({ guest: dst, ...common });
-  let timer: ReturnType<typeof setTimeout> | undefined;
   try {
     source.setParameters({ max_bandwidth: 1e12 });
     const incoming = await destination.listenIncoming(uri);
     source.migrate(incoming.address!);
     const done = Promise.all([source.migration!.done, destination.incoming!.done]);
-    const timeout = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, WARMUP_TIMEOUT_MS);
-    });
-    await Promise.race([done, timeout]);
+    await settledWithin(source.clock, done, WARMUP_TIMEOUT_MS);
     return source.current().status === "completed" &&
       destination.incomingInfo().status === "completed" &&
       sameWords(src.blocks[0].words, dst.blocks[0].words, DATA_PAGES * (PAGE_SIZE / 4));
   } catch {
     return false;
   } finally {
-    clearTimeout(timer);
     await Promise.all([source.close(), destination.close()]).catch(() => {});
   }
 }

@@ -1,4 +1,5 @@
 import type { Channel } from "../transports/transport.ts";
+import type { Clock } from "./clock.ts";
 
 /** The longest a watchdog waits between two looks at the clock (so a lowered timeout applies soon). */
 const MAX_CHECK_MS = 1000;
@@ -21,47 +22,47 @@ export class ProgressTimeoutError extends Error {
  * byte accepted or received calls {@link progress}; when nothing did for the
  * current timeout (read live, so a PATCH applies within a second), it calls
  * `onTimeout` once with a {@link ProgressTimeoutError}, which the owner turns into
- * closing its channel and aborting what it awaits. It measures wall-clock time on
- * purpose: it is a safety net against hangs, independent of the engine's clock.
+ * closing its channel and aborting what it awaits. It is a safety net against
+ * hangs: it only watches the engine's clock (deadlines, never sleeps), so on the
+ * real clock it fires whatever the migration code is stuck on.
  */
 export class ProgressWatchdog {
   readonly #timeoutMs: () => number;
   readonly #onTimeout: (error: ProgressTimeoutError) => void;
   readonly #what: string;
-  readonly #now: () => number;
+  readonly #clock: Clock;
   #last = 0;
-  #timer: ReturnType<typeof setTimeout> | undefined;
-  #running = false;
+  #stop: AbortController | null = null;
   #error: ProgressTimeoutError | null = null;
 
   /**
    * `timeoutMs` is read at every check; `what` says what stopped moving ("the
-   * destination accepted no data"); `now` is for tests.
+   * destination accepted no data"); `clock` is the engine's.
    */
   constructor(
     timeoutMs: () => number,
     onTimeout: (error: ProgressTimeoutError) => void,
     what: string,
-    now: () => number = () => performance.now(),
+    clock: Clock,
   ) {
     this.#timeoutMs = timeoutMs;
     this.#onTimeout = onTimeout;
     this.#what = what;
-    this.#now = now;
+    this.#clock = clock;
   }
 
   /** Starts watching; the time before the first progress counts. Returns this. */
   start(): this {
-    if (this.#running || this.#error) return this;
-    this.#running = true;
-    this.#last = this.#now();
-    this.#schedule(this.#timeoutMs());
+    if (this.#stop || this.#error) return this;
+    this.#stop = new AbortController();
+    this.#last = this.#clock.now();
+    this.#watch(this.#stop.signal);
     return this;
   }
 
   /** Records that bytes moved just now. */
   progress(): void {
-    this.#last = this.#now();
+    this.#last = this.#clock.now();
   }
 
   /** The timeout that fired, or null. */
@@ -69,30 +70,35 @@ export class ProgressWatchdog {
     return this.#error;
   }
 
-  /** Stops watching (always call it when the migration ends: it clears the timer). */
+  /** Stops watching (always call it when the migration ends: it drops the pending deadline). */
   stop(): void {
-    this.#running = false;
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#stop?.abort();
+    this.#stop = null;
   }
 
-  #schedule(ms: number): void {
-    this.#timer = setTimeout(this.#check, Math.max(1, Math.min(ms, MAX_CHECK_MS)));
-  }
-
-  #check = (): void => {
-    this.#timer = undefined;
-    if (!this.#running) return;
-    const limit = this.#timeoutMs();
-    const idle = this.#now() - this.#last;
-    if (idle < limit) {
-      this.#schedule(limit - idle);
+  async #watch(stopped: AbortSignal): Promise<void> {
+    let wait = this.#timeoutMs();
+    for (;;) {
+      try {
+        await this.#clock.until(
+          this.#clock.now() + Math.max(1, Math.min(wait, MAX_CHECK_MS)),
+          stopped,
+        );
+      } catch {
+        return; // stopped
+      }
+      const limit = this.#timeoutMs();
+      const idle = this.#clock.now() - this.#last;
+      if (idle < limit) {
+        wait = limit - idle;
+        continue;
+      }
+      this.#stop = null;
+      this.#error = new ProgressTimeoutError(limit, idle, this.#what);
+      this.#onTimeout(this.#error);
       return;
     }
-    this.#running = false;
-    this.#error = new ProgressTimeoutError(limit, idle, this.#what);
-    this.#onTimeout(this.#error);
-  };
+  }
 }
 
 /** Options of a {@link WatchedChannel}. */

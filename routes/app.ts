@@ -20,7 +20,7 @@ import { type VmInspector, vmRoutes } from "./vm.ts";
 export interface AppDeps {
   readonly engine: Engine;
   readonly vm: VmInspector;
-  /** SSE keep-alive interval (ms); tests shorten it. */
+  /** SSE keep-alive interval (ms of the engine's clock); tests shorten it. */
   readonly keepAliveMs?: number;
   /** The dashboard page served at GET /, if any. */
   readonly dashboard?: string;
@@ -79,7 +79,8 @@ export function createApp(deps: AppDeps) {
   app.use("*", originCheck());
   app.use("*", jsonBodyOnly());
   if (deps.token) {
-    app.use("*", tokenAuth({ token: deps.token, backoff: deps.authBackoff ?? new AuthBackoff() }));
+    const backoff = deps.authBackoff ?? new AuthBackoff({ now: () => deps.engine.clock.now() });
+    app.use("*", tokenAuth({ token: deps.token, backoff }));
   }
   app.use(
     "*",

@@ -1,7 +1,7 @@
 /** Tunables of {@link AuthBackoff}; the defaults suit the API. */
 export interface AuthBackoffOptions {
-  /** Time source in ms (tests inject a fake one). */
-  readonly now?: () => number;
+  /** Time source in ms: the engine's clock (tests inject a fake one). */
+  readonly now: () => number;
   /** Lockout after the first failure (default 100 ms); each further one doubles it. */
   readonly baseMs?: number;
   /** Longest lockout (default 30 s). */
@@ -32,8 +32,8 @@ export class AuthBackoff {
   /** In order of last failure, oldest first. */
   readonly #entries = new Map<string, Entry>();
 
-  constructor(opts: AuthBackoffOptions = {}) {
-    this.#now = opts.now ?? (() => performance.now());
+  constructor(opts: AuthBackoffOptions) {
+    this.#now = opts.now;
     this.#base = opts.baseMs ?? 100;
     this.#max = opts.maxMs ?? 30_000;
     this.#quiet = opts.quietMs ?? 60_000;

@@ -74,13 +74,15 @@ export function parseLastEventId(value: string | undefined): number | undefined 
  * by the engine's notifier, so a client that cannot keep up never slows the engine:
  * a newer progress event replaces an unsent older one, progress goes out at most
  * every {@link PROGRESS_INTERVAL_MS}, and a queue that reaches
- * {@link MAX_QUEUED_EVENTS} is dropped and replaced by one `reset` snapshot.
+ * {@link MAX_QUEUED_EVENTS} is dropped and replaced by one `reset` snapshot. Its
+ * pauses (progress pacing, keep-alive) run on the engine's clock.
  */
 export function eventRoutes(deps: { engine: Engine; keepAliveMs?: number }) {
   const { engine } = deps;
   const keepAliveMs = deps.keepAliveMs ?? KEEPALIVE_MS;
   return newRouter().openapi(events, (c) =>
     streamSSE(c, async (stream) => {
+      const { clock } = engine;
       let queue: Stamped[] = [];
       /** A snapshot to send before anything queued: hello on connect, reset after a loss. */
       let snapshot: { event: "hello" | "reset"; reason?: string } | null = null;
@@ -118,18 +120,15 @@ export function eventRoutes(deps: { engine: Engine; keepAliveMs?: number }) {
         wake?.();
       });
 
-      /** Waits `ms`, or less when an event arrives or the client goes away. */
-      const pause = async (ms: number) => {
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        await new Promise<void>((resolve) => {
-          wake = resolve;
-          timer = setTimeout(resolve, Math.max(0, ms));
-        });
-        clearTimeout(timer);
+      /** Waits until `time` on the engine's clock, or less when an event arrives or the client goes away. */
+      const pause = async (time: number) => {
+        const woken = new AbortController();
+        wake = () => woken.abort();
+        await clock.until(time, woken.signal).catch(() => {});
         wake = null;
       };
 
-      let lastWrite = performance.now();
+      let lastWrite = clock.now();
       let lastProgress = -Infinity;
       try {
         while (!closed && !stream.aborted) {
@@ -150,34 +149,33 @@ export function eventRoutes(deps: { engine: Engine; keepAliveMs?: number }) {
               data: JSON.stringify(data),
               ...(event === "hello" ? { retry: RETRY_MS } : {}),
             });
-            lastWrite = performance.now();
+            lastWrite = clock.now();
             continue;
           }
           const head = queue[0];
           if (head) {
             if (head.type === "progress") {
-              const wait = lastProgress + PROGRESS_INTERVAL_MS - performance.now();
-              if (wait > 0) {
+              const due = lastProgress + PROGRESS_INTERVAL_MS;
+              if (due > clock.now()) {
                 // Events behind it wait too (ids stay in order); a newer progress
                 // replaces it meanwhile.
-                await pause(wait);
+                await pause(due);
                 continue;
               }
-              lastProgress = performance.now();
+              lastProgress = clock.now();
             }
             queue.shift();
             const { id, type, ...rest } = head;
             await stream.writeSSE({ id: String(id), event: type, data: JSON.stringify(rest) });
-            lastWrite = performance.now();
+            lastWrite = clock.now();
             continue;
           }
-          const idle = performance.now() - lastWrite;
-          if (idle < keepAliveMs) {
-            await pause(keepAliveMs - idle);
+          if (clock.now() - lastWrite < keepAliveMs) {
+            await pause(lastWrite + keepAliveMs);
             continue;
           }
           await stream.write(": keep-alive\n\n");
-          lastWrite = performance.now();
+          lastWrite = clock.now();
         }
       } finally {
         unsubscribe();

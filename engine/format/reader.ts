@@ -1,4 +1,5 @@
 import type { Channel } from "../../transports/transport.ts";
+import { systemClock } from "../clock.ts";
 import { returnStreamBuffer, STREAM_BUFFER_SIZE, takeStreamBuffer } from "./buffers.ts";
 import { type StreamOptions, TurnPacer } from "./writer.ts";
 
@@ -39,7 +40,7 @@ export class StreamReader {
   constructor(readonly channel: Channel, size = READ_BUFFER_SIZE, options: StreamOptions = {}) {
     this.buf = takeStreamBuffer(size);
     this.view = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
-    this.#pacer = options.turn ? new TurnPacer(options.turn) : null;
+    this.#pacer = options.turn ? new TurnPacer(options.turn, options.clock ?? systemClock) : null;
   }
 
   /**

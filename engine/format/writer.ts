@@ -1,11 +1,13 @@
+import { timerTurn } from "../../transports/loop_turn.ts";
 import type { Channel } from "../../transports/transport.ts";
+import { type Clock, systemClock } from "../clock.ts";
 import { QEVM_MAGIC, QEVM_VERSION, Section } from "./constants.ts";
 import { returnStreamBuffer, STREAM_BUFFER_SIZE, takeStreamBuffer } from "./buffers.ts";
 
 /** Bytes a writer buffers before handing them to the channel. */
 export const WRITE_BUFFER_SIZE = STREAM_BUFFER_SIZE;
 
-/** Real time stream code runs between event-loop turns when turns are cheap (a {@link StreamOptions.turn} was given), ms. */
+/** Time stream code runs between event-loop turns when turns are cheap (a {@link StreamOptions.turn} was given), ms. */
 export const TURN_MS = 2;
 /** The same with the fallback timer turn, which idles ~2 ms per call, ms. */
 export const TIMER_TURN_MS = 5;
@@ -14,11 +16,13 @@ export const TIMER_TURN_MS = 5;
 export interface StreamOptions {
   /**
    * Lets the event loop poll I/O once (transports/loop_turn.ts). The stream code
-   * calls it every {@link TURN_MS} of real time so the API stays responsive while a
+   * calls it every {@link TURN_MS} of its clock's time so the API stays responsive while a
    * migration runs at full speed; without it the RAM loop alone yields, through a
    * zero-delay timer every {@link TIMER_TURN_MS}, and the loader never does.
    */
   readonly turn?: () => Promise<void>;
+  /** The clock that paces the turns (the engine's; default the real one). */
+  readonly clock?: Clock;
 }
 
 /**
@@ -28,27 +32,26 @@ export interface StreamOptions {
 export class TurnPacer {
   readonly #turn: () => Promise<void>;
   readonly #every: number;
-  #last = performance.now();
+  readonly #clock: Clock;
+  #last: number;
 
-  constructor(turn: (() => Promise<void>) | undefined) {
+  constructor(turn: (() => Promise<void>) | undefined, clock: Clock) {
     this.#turn = turn ?? timerTurn;
     this.#every = turn ? TURN_MS : TIMER_TURN_MS;
+    this.#clock = clock;
+    this.#last = clock.now();
   }
 
   /** True when the code has run for the interval without a turn. */
   due(): boolean {
-    return performance.now() - this.#last >= this.#every;
+    return this.#clock.now() - this.#last >= this.#every;
   }
 
   /** Takes a turn now. */
   async turn(): Promise<void> {
     await this.#turn();
-    this.#last = performance.now();
+    this.#last = this.#clock.now();
   }
-}
-
-function timerTurn(): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, 0));
 }
 
 /**
@@ -85,7 +88,7 @@ export class StreamWriter {
       this.#spare.byteOffset,
       this.#spare.byteLength,
     );
-    this.#pacer = new TurnPacer(options.turn);
+    this.#pacer = new TurnPacer(options.turn, options.clock ?? systemClock);
     this.#cheapTurns = options.turn !== undefined;
   }
 

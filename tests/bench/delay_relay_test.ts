@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { DelayRelay } from "../../bench/delay_relay.ts";
+import { waitUntil } from "../helpers/wait.ts";
+import { settlesWithin } from "../transports/_helpers.ts";
 
 /** A loopback TCP server on port 0 that hands each accepted connection to `handle`. */
 function server(handle: (conn: Deno.TcpConn) => Promise<void>) {
@@ -128,7 +130,7 @@ Deno.test("delay relay: the first byte arrives no earlier than the delay, each w
 });
 
 Deno.test("delay relay: stops reading at maxInFlight, then delivers everything", async () => {
-  const delayMs = 300;
+  const delayMs = 50;
   const maxInFlight = 64 * 1024;
   const data = pattern(256 * 1024 + 5, 3);
   let received: Uint8Array | undefined;
@@ -136,21 +138,24 @@ Deno.test("delay relay: stops reading at maxInFlight, then delivers everything",
     received = await readAll(conn).catch(() => new Uint8Array());
     conn.close();
   });
+  // The relay's clock stands still until the bound is checked, then runs.
+  let frozen: number | null = 0;
   await using relay = DelayRelay.start({
     target: { hostname: "127.0.0.1", port: target.port },
     delayMs,
     maxInFlight,
     readSize: 16 * 1024,
+    now: () => frozen ?? performance.now(),
   });
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.addr.port });
   const writing = writeAll(conn, data).then(() => conn.closeWrite());
-  // Nothing may be written on before delayMs, so the relay can only have read
-  // its bound: it must have paused instead of buffering everything sent.
-  await sleep(delayMs / 2);
+  // Nothing is due while the clock stands still, so the relay can only read its
+  // bound: it must pause instead of buffering everything sent.
+  await waitUntil(() => relay.stats().pauses >= 1, "the relay pausing its reads");
   const early = relay.stats();
   assert.deepEqual(early.readUp, maxInFlight);
   assert.deepEqual(early.bytesUp, 0);
-  assert(early.pauses >= 1, "the relay never paused its reads");
+  frozen = null;
   await writing;
   const echo = await readAll(conn);
   conn.close();
@@ -172,19 +177,28 @@ Deno.test("delay relay: a closing target closes the client, closing the relay dr
     await readAll(conn).catch(() => {});
     conn.close();
   });
+  // The relay's clock: it stands still until the test moves it; each look is counted.
+  let now = 0;
+  let looks = 0;
   const relay = DelayRelay.start({
     target: { hostname: "127.0.0.1", port: target.port },
     delayMs: 10,
     maxInFlight: 4096,
+    now: () => (looks++, now),
   });
   try {
-    // 1. The target ends its side: the client reads EOF (after the delay).
+    // 1. The target ends its side: the client reads EOF, only once the delay passed.
     const a = await Deno.connect({ hostname: "127.0.0.1", port: relay.addr.port });
     await accepted.promise;
     await targetConn!.closeWrite();
-    const t0 = performance.now();
-    assert.deepEqual(await a.read(new Uint8Array(8)), null);
-    assert(performance.now() - t0 >= 9, "EOF was not delayed");
+    const eof = a.read(new Uint8Array(8));
+    // Nothing else moves on this connection: the relay looks at its clock once it
+    // has read the EOF, to stamp it.
+    await waitUntil(() => looks > 0, "the relay reading the EOF");
+    now = 9;
+    assert.equal(await settlesWithin(eof, 20), false, "EOF was not delayed");
+    now = 10;
+    assert.deepEqual(await eof, null);
     a.close();
 
     // 2. A connection still open when the relay closes is dropped: the client sees

@@ -90,6 +90,11 @@ export class BlipProxy implements AsyncDisposable {
     this.#held ??= [];
   }
 
+  /** Connections waiting (unanswered) for release(). */
+  get held(): number {
+    return this.#held?.length ?? 0;
+  }
+
   /** Lets waiting and new connections through. */
   release(): void {
     const held = this.#held ?? [];

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import type { BrowserContext, Page } from "playwright-core";
 import { FerryProcess } from "../../testing/ferry_process.ts";
 import { formatMs } from "../../web/app.js";
+import { waitUntil } from "../helpers/wait.ts";
 import { BlipProxy } from "./_blip_proxy.ts";
 
 /** The page's document, inside page.evaluate / waitForFunction callbacks (they run in the browser). */
@@ -81,13 +82,7 @@ Deno.test({
   name: "dashboard: a migration started from the form moves the progress bar to completed",
   ignore,
   async fn() {
-    await using dst = await FerryProcess.start([
-      "--ram",
-      "64M",
-      "--incoming",
-      "tcp:127.0.0.1:0",
-      "--no-autostart",
-    ]);
+    await using dst = await FerryProcess.destination("64M");
     await using src = await FerryProcess.start([
       "--ram",
       "64M",
@@ -96,8 +91,6 @@ Deno.test({
       "--workload",
       "random:rate=4M,hot=10%:90%",
     ]);
-    for (let i = 0; !dst.incoming && i < 200; i++) await new Promise((r) => setTimeout(r, 10));
-    assert.ok(dst.incoming, "the destination printed its address");
 
     await using browser = await launch();
     const page = await browser.context.newPage();
@@ -119,9 +112,13 @@ Deno.test({
     await page.fill("#param-speed", "32M");
     await page.fill("#param-downtime", "300ms");
     await page.click('#params-form button[type="submit"]');
+    // The page shows the answer to its PATCH (32 MiB/s is also the default: the
+    // downtime limit, 30 ms before, tells the answer arrived).
     await page.waitForFunction(() =>
-      document.getElementById("bandwidth-limit")?.textContent === "32.0 MiB/s"
+      document.getElementById("downtime-limit")?.textContent === "300 ms" &&
+      document.getElementById("param-downtime")?.value === ""
     );
+    assert.equal(await text(page, "#bandwidth-limit"), "32.0 MiB/s");
     const params = await src.api("GET", "/migrations/parameters");
     assert.equal(params.body.max_bandwidth, 32 << 20);
     assert.equal(params.body.downtime_limit, 300);
@@ -191,7 +188,13 @@ Deno.test({
     const info = (await src.api("GET", "/migrations/current")).body;
     assert.equal(await text(page, "#downtime"), formatMs(info.downtime));
 
-    await new Promise((r) => setTimeout(r, 400)); // the bar's width transition
+    // The bar's width transition has ended: the fill spans the whole bar.
+    await page.waitForFunction(() => {
+      const bar = document.getElementById("progress");
+      const fill = document.getElementById("progress-fill");
+      return fill.getAnimations().length === 0 &&
+        fill.getBoundingClientRect().width === bar.getBoundingClientRect().width;
+    });
     await page.screenshot({
       path: new URL("dashboard.png", ARTIFACTS).pathname,
       fullPage: true,
@@ -225,9 +228,11 @@ Deno.test({
     proxy.hold();
     proxy.blip();
     await page.waitForSelector('#connection[data-state="reconnecting"]');
-    // Meanwhile the guest is stopped: the page is not connected to hear it.
+    // Meanwhile the guest is stopped: the page is not connected to hear it, and
+    // its attempt to reconnect hangs.
     assert.equal((await src.api("POST", "/vm/stop")).status, 200);
-    await new Promise((r) => setTimeout(r, 300));
+    await waitUntil(() => proxy.held > 0, "the page's attempt to reconnect");
+    assert.equal(proxy.connections, 0);
     assert.equal(await text(page, "#vm-state"), "guest: running");
     proxy.release();
 

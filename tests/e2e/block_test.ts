@@ -111,8 +111,9 @@ Deno.test("blk with a guest writing its disk during the migration converges and 
       "--disk-size",
       "32M",
     ]);
-    // Let the guest write for a while first, then migrate at 24 MiB/s (over a second).
-    await new Promise((r) => setTimeout(r, 300));
+    // Let the guest write for a while first (64 ops, each after 16 KiB of disk
+    // writes), then migrate at 24 MiB/s (over a second).
+    await src.waitFor("/vm", (b) => b.ops >= 64);
     await setParams(src, { max_bandwidth: 24 * MIB, downtime_limit: 300 });
     const started = await src.api("POST", "/migrations", { uri: dst.incoming, blk: true });
     assert.equal(started.status, 202, JSON.stringify(started.body));
@@ -138,6 +139,7 @@ Deno.test("inc against a shared base sends only the chunks written since the bas
   await withDir(async (dir) => {
     await makeImage(`${dir}/src.img`, 64 * MIB, Array.from({ length: 64 }, (_, i) => i));
     await Deno.copyFile(`${dir}/src.img`, `${dir}/dst.img`); // the shared base
+    await Deno.copyFile(`${dir}/src.img`, `${dir}/base.img`); // to compare with afterwards
     await using src = await FerryProcess.start([
       "--ram",
       "32M",
@@ -147,12 +149,37 @@ Deno.test("inc against a shared base sends only the chunks written since the bas
       `${dir}/src.img`,
     ]);
     await using dst = await startDestination("32M", "tcp", ["--disk", `${dir}/dst.img`]);
-    await new Promise((r) => setTimeout(r, 300)); // ~5 writes: the guest changes a few chunks
+    // A few ops, each after a 4 KiB disk write: the guest changes a few chunks. Then
+    // it stops, so the chunks written since the base are known before the migration:
+    // exactly those go over the wire (plus a few bytes of framing).
+    await src.waitFor("/vm", (b) => b.ops >= 5);
+    assert.equal((await src.api("POST", "/vm/stop")).status, 200);
+    const written = await chunksDiffering(`${dir}/src.img`, `${dir}/base.img`);
+    assert.ok(written >= 1 && written < 32, `${written} chunks written`);
     const info = await blockMigrate(src, dst, { inc: true });
-    assert.ok(info.disk.transferred >= MIB, JSON.stringify(info.disk));
-    assert.ok(info.disk.transferred < 32 * MIB, `inc sent ${info.disk.transferred} bytes`);
+    assert.ok(info.disk.transferred >= written * MIB, JSON.stringify(info.disk));
+    assert.ok(
+      info.disk.transferred < (written + 1) * MIB,
+      `inc sent ${info.disk.transferred} bytes`,
+    );
   });
 });
+
+/** How many 1 MiB chunks of two equally long images differ. */
+async function chunksDiffering(a: string, b: string): Promise<number> {
+  const [x, y] = await Promise.all([Deno.readFile(a), Deno.readFile(b)]);
+  assert.equal(x.length, y.length);
+  let n = 0;
+  for (let off = 0; off < x.length; off += MIB) {
+    for (let i = off; i < off + MIB; i++) {
+      if (x[i] !== y[i]) {
+        n++;
+        break;
+      }
+    }
+  }
+  return n;
+}
 
 Deno.test("zero_blocks sends the empty chunks of a sparse image as ZERO_BLOCK records", async () => {
   await withDir(async (dir) => {

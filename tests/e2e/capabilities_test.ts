@@ -91,10 +91,11 @@ Deno.test("e2e auto-converge: without it a guest dirtying 8x the bandwidth never
   await using _d = dst;
   await src.api("PATCH", "/migrations/parameters", { max_bandwidth: 8 << 20, downtime_limit: 30 });
   await src.api("POST", "/migrations", { uri: dst.incoming });
-  await new Promise((r) => setTimeout(r, 4000));
-  const info = (await src.api("GET", "/migrations/current")).body;
-  assert.equal(info.status, "active", "still iterating");
-  assert.ok(info.ram.dirty_sync_count >= 2);
+  const info = await src.waitFor(
+    "/migrations/current",
+    (b) => b.status !== "active" && b.status !== "setup" || b.ram?.dirty_sync_count >= 4,
+  );
+  assert.equal(info.status, "active", "still iterating after four passes");
   assert.equal((await src.api("DELETE", "/migrations/current")).status, 202);
   const done = await src.waitFor("/migrations/current", (b) => FINAL.includes(b.status));
   assert.equal(done.status, "cancelled");

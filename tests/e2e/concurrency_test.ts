@@ -14,6 +14,7 @@ import {
   startDestination,
   UNLIMITED,
 } from "../helpers/ferries.ts";
+import { waitUntil } from "../helpers/wait.ts";
 
 Deno.test("concurrency: two (and ten) POST /migrations at once → exactly one 202, the others 409 migration-active", async () => {
   await using src = await FerryProcess.start(["--ram", "16M", "--fill", "random"]);
@@ -69,8 +70,15 @@ Deno.test("concurrency: PATCH parameters racing a start applies (200) and the ru
   assert.equal(after.status, 200, "capabilities change again once nothing is active");
 });
 
-/** Reads one SSE client until it saw a `state` event to a final state; returns the states. */
-async function watch(ferry: FerryClient, signal: AbortSignal): Promise<string[]> {
+/**
+ * Reads one SSE client until it saw a `state` event to a final state; returns the
+ * states. `hello` runs when the stream's hello arrives (the client is subscribed).
+ */
+async function watch(
+  ferry: FerryClient,
+  signal: AbortSignal,
+  hello: () => void = () => {},
+): Promise<string[]> {
   const res = await ferry.fetch("/migrations/events", { signal });
   assert.equal(res.status, 200);
   const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
@@ -87,6 +95,7 @@ async function watch(ferry: FerryClient, signal: AbortSignal): Promise<string[]>
         buf = buf.slice(end + 2);
         const event = /^event: (.*)$/m.exec(block)?.[1];
         const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (event === "hello") hello();
         if (event === "state" && data) {
           const to = JSON.parse(data).to;
           states.push(to);
@@ -104,10 +113,11 @@ Deno.test("concurrency: 100 event-stream clients all see a migration from setup 
   await using src = await FerryProcess.start(["--ram", "32M", "--fill", "random"]);
   await using dst = await startDestination("32M");
   const abort = new AbortController();
-  const clients = Array.from({ length: 100 }, () => watch(src, abort.signal));
+  let hellos = 0;
+  const clients = Array.from({ length: 100 }, () => watch(src, abort.signal, () => hellos++));
   try {
     // Every client is connected once the ferry has answered 100 hellos; then migrate.
-    await new Promise((r) => setTimeout(r, 500));
+    await waitUntil(() => hellos === 100, "100 hellos");
     await setParams(src, { max_bandwidth: 60_000_000 });
     const started = await src.api("POST", "/migrations", { uri: dst.incoming });
     assert.equal(started.status, 202);

@@ -34,15 +34,15 @@ function abSource(extra: string[] = []): Promise<FerryProcess> {
   return FerryProcess.start(["--ram", RAM, ...AB, ...extra]);
 }
 
-/** Lets a just-started ab guest dirty its range first, so the stream carries real pages. */
-function warmUp(): Promise<void> {
-  return new Promise((r) => setTimeout(r, 200));
+/** Lets a just-started ab guest dirty its whole range (one op per page), so the stream carries real pages. */
+async function warmUp(ab: FerryProcess): Promise<void> {
+  await ab.waitFor("/vm", (b) => b.ops >= AB_RANGE / 4096);
 }
 
 Deno.test("faults: a cut at offsets in the header, mid-RAM and when the destination answers fails both sides; then a migration succeeds", async () => {
   await using src = await abSource();
   await using dst = await startDestination(RAM);
-  await warmUp();
+  await warmUp(src);
   const cases: { what: string; plan: FaultPlan }[] = [
     { what: "inside the header (byte 5)", plan: { cutAt: 5 } },
     { what: "right after the header and configuration (byte 21)", plan: { cutAt: 21 } },
@@ -84,7 +84,7 @@ Deno.test("faults: a cut at offsets in the header, mid-RAM and when the destinat
 Deno.test("faults: cuts in the last bytes of the stream fail both sides; a cut inside the commit leaves both guests stopped, never both running", async () => {
   await using src = await abSource();
   await using dst = await startDestination(RAM);
-  await warmUp();
+  await warmUp(src);
   await setParams(src, { max_bandwidth: UNLIMITED, downtime_limit: 300 });
   for (
     const [what, cutBeforeEnd] of [
@@ -132,7 +132,7 @@ Deno.test("faults: cuts in the last bytes of the stream fail both sides; a cut i
 Deno.test("faults: a stalled link fails both sides after progress_timeout; a silent peer is dropped and listening goes on", async () => {
   await using src = await abSource();
   await using dst = await startDestination(RAM);
-  await warmUp();
+  await warmUp(src);
   await setParams(src, { max_bandwidth: UNLIMITED, progress_timeout: SHORT });
   await setParams(dst, { progress_timeout: SHORT });
   {
@@ -189,7 +189,7 @@ Deno.test("faults: SIGKILL of the destination mid-stream fails the source, whose
   await using src = await abSource();
   const dst = await startDestination(RAM);
   try {
-    await warmUp();
+    await warmUp(src);
     await setParams(src, { max_bandwidth: 8_000_000, progress_timeout: 5000 });
     await startMigration(src, dst.incoming!);
     await dst.waitFor("/migrations/incoming", (b) => b.bytes_received > 1_000_000);
@@ -209,7 +209,7 @@ Deno.test("faults: SIGKILL of the source mid-stream fails the destination, which
   await using dst = await startDestination(RAM, "unix");
   const first = await abSource();
   try {
-    await warmUp();
+    await warmUp(first);
     await setParams(first, { max_bandwidth: 8_000_000 });
     await startMigration(first, dst.incoming!);
     await dst.waitFor("/migrations/incoming", (b) => b.bytes_received > 1_000_000);
@@ -219,7 +219,7 @@ Deno.test("faults: SIGKILL of the source mid-stream fails the destination, which
   const failed = await assertDestinationFailed(dst, "unix");
   assert.match(failed.error_desc, /truncated|reset|closed/);
   await using second = await abSource();
-  await warmUp();
+  await warmUp(second);
   await migrateAndCompare(second, dst);
   await cleanupUri(dst.incoming);
 });
@@ -227,7 +227,7 @@ Deno.test("faults: SIGKILL of the source mid-stream fails the destination, which
 Deno.test("faults: cancel in every state answers as QEMU's migrate_cancel (202 while it cancels, 200 no-op otherwise)", async () => {
   await using src = await abSource();
   await using dst = await startDestination(RAM);
-  await warmUp();
+  await warmUp(src);
   const cancel = () => src.api("DELETE", "/migrations/current");
 
   // No migration yet: a no-op.

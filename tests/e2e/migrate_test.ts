@@ -118,7 +118,7 @@ for (const kind of ["tcp", "unix"] as const) {
       "--workload",
       `ab:rate=64M,range=16M`,
     ]);
-    await new Promise((r) => setTimeout(r, 300)); // let it dirty memory first
+    await src.waitFor("/vm", (b) => b.ops >= range / 4096); // let it dirty its range first
     const info = await migrate(src, dst, { max_bandwidth: UNLIMITED, downtime_limit: 300 });
     assert.ok(info.ram.dirty_sync_count >= 2);
     await assertSameRam(src, dst);

@@ -11,6 +11,7 @@ import { MemoryTransports } from "../../transports/memory.ts";
 import { TransportError } from "../../transports/transport.ts";
 import { ramDigest, TestGuest } from "../../testing/test_guest.ts";
 import { buildValidStream } from "../../testing/stream_builder.ts";
+import { FakeClock } from "../helpers/fake_clock.ts";
 
 const URI = "tcp:memory:6666";
 
@@ -348,15 +349,20 @@ Deno.test("Engine.close() cancels an armed incoming migration and frees its URI"
 });
 
 Deno.test("Engine numbers events from the wall clock, so a restarted engine never reuses an id", async () => {
-  const before = bootEventId();
-  const first = new Engine({ guest: new TestGuest(), transports: new MemoryTransports() });
+  const clock = new FakeClock();
+  const before = bootEventId(clock.wall());
+  const first = new Engine({ guest: new TestGuest(), transports: new MemoryTransports(), clock });
   first.guest.start();
   first.guest.stop("paused");
   const lastOfFirst = first.events.lastId;
-  assert.ok(first.events.nextId > before, "ids start at the boot id or later");
+  assert.equal(first.events.nextId - 2, before, "ids start at the boot id");
   await first.close();
-  await new Promise((r) => setTimeout(r, 2));
-  const restarted = new Engine({ guest: new TestGuest(), transports: new MemoryTransports() });
+  clock.advance(1); // the restart happens a millisecond later
+  const restarted = new Engine({
+    guest: new TestGuest(),
+    transports: new MemoryTransports(),
+    clock,
+  });
   assert.ok(restarted.events.nextId > lastOfFirst, "the restarted engine starts above");
   assert.equal(restarted.events.since(lastOfFirst), null, "an old id gets a reset, not a replay");
   await restarted.close();

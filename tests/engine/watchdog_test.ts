@@ -14,6 +14,7 @@ import { channelPair, MemoryTransports } from "../../transports/memory.ts";
 import type { Channel, Listener, Transports } from "../../transports/transport.ts";
 import { buildValidStream, SMALL_BLOCKS, StreamBuilder, T } from "../../testing/stream_builder.ts";
 import { ramDigest, TestGuest } from "../../testing/test_guest.ts";
+import { FakeClock } from "../helpers/fake_clock.ts";
 import { tick, withTimeout } from "../helpers/wait.ts";
 
 const URI = "tcp:memory:7777";
@@ -28,50 +29,73 @@ function runningGuest(bytes: number, seed = 3): TestGuest {
 
 // ---- ProgressWatchdog ---------------------------------------------------------------
 
-Deno.test("ProgressWatchdog fires once, with a ProgressTimeoutError, only after progress stopped", async () => {
-  let now = 0;
+Deno.test("ProgressWatchdog fires once, with a ProgressTimeoutError, exactly when progress stopped for the timeout", async () => {
+  const clock = new FakeClock();
   const fired: ProgressTimeoutError[] = [];
-  const dog = new ProgressWatchdog(() => 30, (e) => fired.push(e), "nothing moved", () => now)
+  const dog = new ProgressWatchdog(() => 30, (e) => fired.push(e), "nothing moved", clock)
     .start();
   try {
-    // Virtual time stands still while progress is reported: never fires.
-    for (let i = 0; i < 5; i++) {
-      await tick(40);
+    // Progress every 20 ms keeps it quiet for far longer than the timeout.
+    for (let i = 0; i < 10; i++) {
+      clock.advance(20);
+      await tick();
       dog.progress();
     }
     assert.equal(fired.length, 0);
-    now += 31; // 31 virtual ms without progress
-    await withTimeout(
-      (async () => {
-        while (fired.length === 0) await tick(10);
-      })(),
-      5_000,
-      "the watchdog firing",
-    );
-    assert.equal(fired.length, 1);
+    clock.advance(29);
+    await tick();
+    assert.equal(fired.length, 0, "29 ms without progress: not yet");
+    clock.advance(1);
+    await tick();
+    assert.equal(fired.length, 1, "30 ms without progress: fired");
     assert.ok(fired[0] instanceof ProgressTimeoutError);
-    assert.match(fired[0].message, /progress_timeout is 30 ms\): nothing moved/);
+    assert.match(
+      fired[0].message,
+      /No progress for 30 ms \(progress_timeout is 30 ms\): nothing moved/,
+    );
     assert.equal(dog.error, fired[0]);
-    await tick(50);
+    assert.equal(clock.pending, 0, "nothing left to watch");
+    clock.advance(1_000);
+    await tick();
     assert.equal(fired.length, 1, "fires once");
   } finally {
     dog.stop();
   }
 });
 
-Deno.test("ProgressWatchdog reads the timeout live: raising it postpones the failure", async () => {
-  let now = 0;
+Deno.test("ProgressWatchdog reads the timeout live: raising it postpones the failure, lowering it applies within a second", async () => {
+  const clock = new FakeClock();
   let limit = 30;
   let fired = 0;
-  const dog = new ProgressWatchdog(() => limit, () => fired++, "x", () => now).start();
+  const dog = new ProgressWatchdog(() => limit, () => fired++, "x", clock).start();
   try {
     limit = 1_000_000;
-    now += 100;
-    await tick(80);
-    assert.equal(fired, 0);
+    clock.advance(100);
+    await tick();
+    for (let i = 0; i < 5; i++) {
+      clock.advance(1_000);
+      await tick();
+    }
+    assert.equal(fired, 0, "5100 ms without progress under a raised timeout");
+    limit = 2_000;
+    clock.advance(1_000);
+    await tick();
+    assert.equal(fired, 1, "the lowered timeout applied at the next look");
   } finally {
     dog.stop();
   }
+});
+
+Deno.test("ProgressWatchdog.stop() drops its deadline: it never fires afterwards", async () => {
+  const clock = new FakeClock();
+  let fired = 0;
+  const dog = new ProgressWatchdog(() => 30, () => fired++, "x", clock).start();
+  assert.equal(clock.pending, 1);
+  dog.stop();
+  assert.equal(clock.pending, 0);
+  clock.advance(1_000);
+  await tick();
+  assert.equal(fired, 0);
 });
 
 // ---- WatchedChannel ---------------------------------------------------------------
@@ -113,14 +137,14 @@ Deno.test("WatchedChannel.close() rejects pending reads and writes even when the
 Deno.test("WatchedChannel reports the watchdog's timeout as the failure of a stuck write", async () => {
   const inner = new StuckChannel();
   let ch: WatchedChannel | null = null;
-  const dog = new ProgressWatchdog(() => 20, () => ch!.close(), "the peer is stuck");
+  const clock = new FakeClock();
+  const dog = new ProgressWatchdog(() => 20, () => ch!.close(), "the peer is stuck", clock);
   ch = new WatchedChannel(inner, dog.start());
   try {
-    const err = await withTimeout(
-      ch.write(new Uint8Array(3 << 20)).then(() => null, (e) => e),
-      5_000,
-      "timeout",
-    );
+    const write = ch.write(new Uint8Array(3 << 20)).then(() => null, (e) => e);
+    await tick();
+    clock.advance(20);
+    const err = await withTimeout(write, 5_000, "timeout");
     assert.ok(err instanceof ProgressTimeoutError, String(err));
     assert.match(err.message, /the peer is stuck/);
   } finally {

@@ -1,3 +1,4 @@
+import type { Clock } from "../../engine/clock.ts";
 import { Engine } from "../../engine/engine.ts";
 import { type AppDeps, createApp } from "../../routes/app.ts";
 import type { VmInspector } from "../../routes/vm.ts";
@@ -14,13 +15,14 @@ export function testApp(
   opts: {
     ram?: number;
     transports?: MemoryTransports;
+    clock?: Clock;
     app?: Partial<Omit<AppDeps, "engine" | "vm">>;
   } = {},
 ) {
   const guest = new TestGuest([["pc.ram", opts.ram ?? 1 << 20]]);
   const transports = opts.transports ?? new MemoryTransports();
   // Ids from 1, so the route tests can name them.
-  const engine = new Engine({ guest, transports, firstEventId: 1 });
+  const engine = new Engine({ guest, transports, firstEventId: 1, clock: opts.clock });
   const vm: VmInspector = {
     info: () => ({
       run_state: guest.runState,

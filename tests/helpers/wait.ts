@@ -19,3 +19,16 @@ export async function withTimeout<T>(promise: Promise<T>, ms: number, what: stri
 export function tick(ms = 0): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/**
+ * Resolves once `check` is true, looking after every timer turn; rejects naming
+ * `what` if it is still false after `ms` (a guard so a regression fails the test
+ * instead of hanging it; not a speed assertion).
+ */
+export async function waitUntil(check: () => boolean, what: string, ms = 30_000): Promise<void> {
+  const deadline = performance.now() + ms;
+  while (!check()) {
+    if (performance.now() > deadline) throw new Error(`${what} did not happen within ${ms} ms`);
+    await tick(1);
+  }
+}

@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
 import { MemoryTransports } from "../../transports/memory.ts";
+import { PROGRESS_INTERVAL_MS } from "../../routes/events.ts";
 import { call, testApp } from "../helpers/app.ts";
-import { sleep, sourceApp, type SseFrame, SseReader, waitFor } from "./_helpers.ts";
+import { FakeClock } from "../helpers/fake_clock.ts";
+import { tick, waitUntil } from "../helpers/wait.ts";
+import { sourceApp, type SseFrame, SseReader } from "./_helpers.ts";
 
 const FINAL = new Set(["completed", "failed", "cancelled"]);
 
@@ -32,7 +35,7 @@ Deno.test("GET /migrations/events answers text/event-stream starting with a hell
     incoming: { status: "none", bytes_received: 0 },
   });
   await sse.cancel();
-  await waitFor(() => engine.events.size === 0, "the SSE listener to unsubscribe");
+  await waitUntil(() => engine.events.size === 0, "the SSE listener to unsubscribe");
   await engine.close();
 });
 
@@ -91,7 +94,7 @@ Deno.test("GET /migrations/events streams state events in order, pass events and
   assert.equal(quiet.at(-1)?.comment, "keep-alive");
 
   await sse.cancel();
-  await waitFor(() => src.engine.events.size === 0, "the SSE listener to unsubscribe");
+  await waitUntil(() => src.engine.events.size === 0, "the SSE listener to unsubscribe");
   await src.engine.close();
   await dst.engine.close();
 });
@@ -123,7 +126,7 @@ Deno.test("GET /migrations/events on the destination streams incoming events lis
   assert.equal(runstates[0]?.to, "inmigrate");
 
   await sse.cancel();
-  await waitFor(() => dst.engine.events.size === 0, "the SSE listener to unsubscribe");
+  await waitUntil(() => dst.engine.events.size === 0, "the SSE listener to unsubscribe");
   await src.engine.close();
   await dst.engine.close();
 });
@@ -140,7 +143,7 @@ Deno.test("GET /migrations/events reports a failed migration's error in its stat
   assert.match(last.error, /refused/);
   await engine.migration!.done;
   await sse.cancel();
-  await waitFor(() => engine.events.size === 0, "the SSE listener to unsubscribe");
+  await waitUntil(() => engine.events.size === 0, "the SSE listener to unsubscribe");
   await engine.close();
 });
 
@@ -153,7 +156,7 @@ Deno.test("GET /migrations/events sends keep-alive comments while idle", async (
     assert.deepEqual(frame, { comment: "keep-alive" });
   }
   await sse.cancel();
-  await waitFor(() => engine.events.size === 0, "the SSE listener to unsubscribe");
+  await waitUntil(() => engine.events.size === 0, "the SSE listener to unsubscribe");
   await engine.close();
 });
 
@@ -165,14 +168,14 @@ Deno.test("GET /migrations/events serves several clients; each cancel removes on
   await b.next();
   assert.equal(engine.events.size, 2);
   await a.cancel();
-  await waitFor(() => engine.events.size === 1, "one listener to remain");
+  await waitUntil(() => engine.events.size === 1, "one listener to remain");
   await call(app, "POST", "/vm/start");
   const frames = await b.until((f) => f.event === "runstate");
   const runstate = data(frames.at(-1)!);
   assert.equal(runstate.from, "prelaunch");
   assert.equal(runstate.to, "running");
   await b.cancel();
-  await waitFor(() => engine.events.size === 0, "the SSE listeners to unsubscribe");
+  await waitUntil(() => engine.events.size === 0, "the SSE listeners to unsubscribe");
   await engine.close();
 });
 
@@ -207,7 +210,7 @@ function emitProgress(engine: ReturnType<typeof testApp>["engine"], transferred:
 
 async function closeAll(engine: ReturnType<typeof testApp>["engine"], ...readers: SseReader[]) {
   for (const r of readers) await r.cancel();
-  await waitFor(() => engine.events.size === 0, "the SSE listeners to unsubscribe");
+  await waitUntil(() => engine.events.size === 0, "the SSE listeners to unsubscribe");
   await engine.close();
 }
 
@@ -232,7 +235,7 @@ Deno.test("hello carries the id of the last event it covers and a retry hint", a
   const text = new TextDecoder().decode((await reader.read()).value);
   assert.match(text, /^event: hello\ndata: .*\nid: 2\nretry: 1000\n\n/);
   await reader.cancel();
-  await waitFor(() => engine.events.size === 0, "the SSE listener to unsubscribe");
+  await waitUntil(() => engine.events.size === 0, "the SSE listener to unsubscribe");
   await engine.close();
 });
 
@@ -312,8 +315,9 @@ Deno.test("Last-Event-ID from the future (a restarted ferry) answers reset; garb
   await closeAll(engine, future, garbage, caughtUp);
 });
 
-Deno.test("progress events reach a client at most 10 per second, coalesced to the newest, in id order", async () => {
-  const { app, engine } = testApp();
+Deno.test("progress events reach a client at most one per PROGRESS_INTERVAL_MS, coalesced to the newest, in id order", async () => {
+  const clock = new FakeClock();
+  const { app, engine } = testApp({ clock });
   const sse = await openEvents(app);
   await sse.next();
   const received: { at: number; id: number; event: string; transferred?: number }[] = [];
@@ -324,42 +328,38 @@ Deno.test("progress events reach a client at most 10 per second, coalesced to th
       if (!f.event) continue;
       const d = data(f);
       received.push({
-        at: performance.now(),
+        at: clock.now(),
         id: Number(f.id),
         event: f.event,
         transferred: d.info?.ram?.transferred,
       });
     }
   })();
-  // 300 progress events in ~1.5 s (200/s), a runstate every 50.
-  let n = 0;
-  await new Promise<void>((resolve) => {
-    const timer = setInterval(() => {
-      for (let i = 0; i < 5 && n < 300; i++, n++) {
-        emitProgress(engine, n);
-        if (n % 50 === 49) emitRunstate(engine);
-      }
-      if (n >= 300) {
-        clearInterval(timer);
-        resolve();
-      }
-    }, 25);
-  });
-  await sleep(250);
-  engine.events.emit({ type: "state", from: "active", to: "completed", time: Date.now() });
+  // 300 progress events in 1.5 s of the engine's clock (200/s), a runstate every 50.
+  // Each turn lets the stream write what is due and the reader read it, so a
+  // frame is read at the clock time it was sent.
+  for (let n = 0; n < 300; clock.advance(25)) {
+    for (let i = 0; i < 5; i++, n++) {
+      emitProgress(engine, n);
+      if (n % 50 === 49) emitRunstate(engine);
+    }
+    await tick();
+  }
+  await tick();
+  clock.advance(PROGRESS_INTERVAL_MS);
+  await tick();
+  engine.events.emit({ type: "state", from: "active", to: "completed", time: clock.wall() });
   await reading;
 
   const progress = received.filter((r) => r.event === "progress");
-  const span = (progress.at(-1)!.at - progress[0].at) / 1000;
-  assert.ok(progress.length >= 5, `some progress got through (${progress.length})`);
-  assert.ok(
-    progress.length <= Math.ceil(span * 10) + 2,
-    `${progress.length} progress events in ${span.toFixed(2)} s`,
+  // One as soon as each interval allows it (events kept coming until 1475 ms):
+  // never closer together, never held back longer.
+  assert.deepEqual(
+    progress.map((p) => p.at),
+    Array.from({ length: 1500 / PROGRESS_INTERVAL_MS + 1 }, (_, i) => i * PROGRESS_INTERVAL_MS),
   );
-  for (let i = 1; i < progress.length; i++) {
-    // 100 ms apart when sent; the reader may see two a little closer.
-    assert.ok(progress[i].at - progress[i - 1].at >= 60, "about 100 ms between progress events");
-  }
+  // Each carries the newest progress emitted by then (5 per 25 ms).
+  for (const p of progress.slice(0, -1)) assert.equal(p.transferred, (p.at / 25) * 5 + 4);
   assert.equal(progress.at(-1)!.transferred, 299, "the newest progress is delivered");
   assert.equal(received.filter((r) => r.event === "runstate").length, 6, "nothing else dropped");
   for (let i = 1; i < received.length; i++) assert.ok(received[i].id > received[i - 1].id);
@@ -370,7 +370,7 @@ Deno.test("a stalled client gets a bounded queue: after 5000 events it reads hel
   const { app, engine } = testApp();
   const res = await app.request("/migrations/events");
   // Nobody reads: the first write (hello) blocks, events pile up in the queue.
-  await sleep(20);
+  await tick();
   for (let i = 0; i < 5000; i++) emitRunstate(engine);
   const sse = new SseReader(res.body!);
   const frames = await sse.until((f) => f.comment !== undefined);
@@ -387,20 +387,23 @@ Deno.test("a stalled client gets a bounded queue: after 5000 events it reads hel
 Deno.test("a client that never reads does not slow a migration down", async () => {
   const transports = new MemoryTransports();
   const dst = testApp({ transports, ram: 16 << 20 });
-  const src = await sourceApp(transports, 16 << 20);
+  // The source runs on a virtual clock: only the rate limiter moves it, so a
+  // migration takes the same clock time however busy the machine is.
+  const clock = new FakeClock();
+  const src = await sourceApp(transports, 16 << 20, clock);
   await call(src.app, "PATCH", "/migrations/parameters", { max_bandwidth: 64 << 20 });
   // Baseline: the same migration with nobody listening.
-  const time = async (uri: string) => {
+  const run = async (uri: string) => {
     await call(dst.app, "POST", "/migrations/incoming", { uri });
-    const t0 = performance.now();
     await call(src.app, "POST", "/migrations", { uri });
     await src.engine.migration!.done;
     await dst.engine.incoming!.done;
-    assert.equal(src.engine.current().status, "completed");
+    const info = src.engine.current();
+    assert.equal(info.status, "completed");
     await call(dst.app, "POST", "/vm/stop");
-    return performance.now() - t0;
+    return info;
   };
-  const alone = await time("tcp:dst:6000");
+  const alone = await run("tcp:dst:6000");
   const stalled = await src.app.request("/migrations/events"); // never read
   const stalled2 = await src.app.request("/migrations/events", {
     headers: { "last-event-id": "1" },
@@ -408,17 +411,18 @@ Deno.test("a client that never reads does not slow a migration down", async () =
   // And one over real HTTP whose socket is never read.
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, src.app.fetch);
   const socket = await RawSseClient.open(server.addr.port, "/migrations/events");
-  await waitFor(() => src.engine.events.size === 3, "three listeners");
+  await waitUntil(() => src.engine.events.size === 3, "three listeners");
   await call(src.app, "POST", "/vm/stop");
-  const watched = await time("tcp:dst:6001");
-  assert.ok(
-    watched < alone * 2 + 200,
-    `alone ${alone.toFixed(0)} ms, watched ${watched.toFixed(0)} ms`,
-  );
+  const watched = await run("tcp:dst:6001");
+  // Not one clock tick more, and the very same stream: nothing waited for a listener.
+  assert.ok(alone.total_time! > 0, "the rate limit made the migration take clock time");
+  assert.equal(watched.total_time, alone.total_time);
+  assert.equal(watched.ram!.transferred, alone.ram!.transferred);
+  assert.equal(watched.ram!.dirty_sync_count, alone.ram!.dirty_sync_count);
   await stalled.body!.cancel();
   await stalled2.body!.cancel();
   socket.conn.close();
-  await waitFor(() => src.engine.events.size === 0, "the stalled listeners to unsubscribe");
+  await waitUntil(() => src.engine.events.size === 0, "the stalled listeners to unsubscribe");
   await server.shutdown();
   await src.engine.close();
   await dst.engine.close();
@@ -481,9 +485,9 @@ Deno.test("100 concurrent subscribers over real HTTP all follow a migration; dis
   await dst.engine.incoming!.done;
 
   for (const s of sockets) s.conn.close();
-  await waitFor(() => src.engine.events.size === 50, "closed sockets to unsubscribe", 500);
+  await waitUntil(() => src.engine.events.size === 50, "closed sockets to unsubscribe");
   for (const r of readers) await r.cancel();
-  await waitFor(() => src.engine.events.size === 0, "cancelled bodies to unsubscribe", 500);
+  await waitUntil(() => src.engine.events.size === 0, "cancelled bodies to unsubscribe");
   await server.shutdown();
   await src.engine.close();
   await dst.engine.close();

@@ -12,6 +12,7 @@ import {
   tokenFileFor,
   UsageError,
 } from "../../tools/ferryctl.ts";
+import { waitUntil } from "../helpers/wait.ts";
 
 /** Captures what the CLI prints. */
 function capture(tty = false): Io & { stdout: string; stderr: string } {
@@ -32,17 +33,7 @@ function capture(tty = false): Io & { stdout: string; stderr: string } {
 /** Two ferries sharing one API token (`env` gives it to the CLI as FERRY_TOKEN). */
 async function pair(extraSrc: string[] = []) {
   const token = generateToken();
-  const dst = await FerryProcess.start(
-    [
-      "--ram",
-      "16M",
-      "--incoming",
-      "tcp:127.0.0.1:0",
-      "--no-autostart",
-    ],
-    {},
-    { token },
-  );
+  const dst = await FerryProcess.destination("16M", "tcp:127.0.0.1:0", [], { token });
   const src = await FerryProcess.start(
     [
       "--ram",
@@ -56,8 +47,6 @@ async function pair(extraSrc: string[] = []) {
     {},
     { token },
   );
-  for (let i = 0; !dst.incoming && i < 200; i++) await new Promise((r) => setTimeout(r, 10));
-  assert.ok(dst.incoming);
   return {
     src,
     dst,
@@ -247,13 +236,14 @@ Deno.test("migrate exits 1 when the migration is cancelled meanwhile; status --w
   await p.src.waitFor("/migrations/current", (b) => b.status === "active");
   const watcher = capture();
   const watching = run(["status", "--api", p.src.url, "--watch"], p.env, watcher);
-  await new Promise((r) => setTimeout(r, 1200));
+  const bar = /\[#*-+\] +\d+\.\d% /;
+  await waitUntil(() => bar.test(watcher.stdout), "status --watch drawing progress");
   assert.equal((await p.src.api("DELETE", "/migrations/current")).status, 202);
   assert.equal(await running, 1);
   assert.match(io.stdout, /ferry: migration active → cancelling/);
   assert.match(io.stdout, /\| status +\| cancelled +\|/);
   assert.equal(await watching, 0, "status reports, whatever the outcome");
-  assert.match(watcher.stdout, /\[#*-+\] +\d+\.\d% /, "status --watch drew progress");
+  assert.match(watcher.stdout, bar, "status --watch drew progress");
   assert.match(watcher.stdout, /\| status +\| cancelled +\|/);
 });
 

@@ -42,6 +42,14 @@ Deno.test("FsChannel: background syncs while writing keep the bytes and their or
 Deno.test("FsChannel: close() mid-stream abandons it, even with a sync in flight", async () => {
   using tmp = tempFile();
   const file = await Deno.open(tmp.path, { write: true });
+  // Remember the background syncs, to wait for the interrupted one at the end.
+  const syncs: Promise<void>[] = [];
+  const syncData = file.syncData.bind(file);
+  file.syncData = () => {
+    const sync = syncData();
+    syncs.push(sync);
+    return sync;
+  };
   const steps: string[] = [];
   const ch = new FsChannel(file, "file:test", "write", {
     syncEvery: 1,
@@ -54,7 +62,8 @@ Deno.test("FsChannel: close() mid-stream abandons it, even with a sync in flight
   assert.deepEqual(steps, ["abandoned", "released"]);
   await assertRejectsMatching(ch.write(pattern(1)), /file:test: the channel is closed/);
   await assertRejectsMatching(ch.finish(), /closed/);
-  await new Promise((r) => setTimeout(r, 50)); // let the interrupted sync settle
+  assert.equal(syncs.length, 1, "a sync was in flight");
+  await Promise.allSettled(syncs);
 });
 
 Deno.test("FsChannel: a failing finishing step fails finish() and counts as abandoned", async () => {

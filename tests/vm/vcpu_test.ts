@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { RamBlock } from "../../vm/ram.ts";
 import { Vcpu, VcpuError } from "../../vm/vcpu.ts";
 import { parseWorkload } from "../../vm/workload.ts";
+import { waitUntil } from "../helpers/wait.ts";
 
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -26,7 +27,7 @@ Deno.test("Vcpu.stop() returns after the worker acknowledged: the counter is fin
   const { block, cpu } = await vcpu("ab");
   try {
     cpu.start();
-    await delay(20);
+    await waitUntil(() => cpu.opsCount > 0, "the first ops");
     cpu.stop();
     const ops = cpu.opsCount;
     const byte0 = block.bytes[0];

@@ -5,6 +5,7 @@ import { VCPU_DEVICE_FIELDS, VCPU_DEVICE_STATE_SIZE } from "../../vm/device_stat
 import { PAGE_SIZE, popcount32 } from "../../vm/ram.ts";
 import { Vm, VmError } from "../../vm/vm.ts";
 import { WorkloadError } from "../../vm/workload.ts";
+import { waitUntil } from "../helpers/wait.ts";
 
 const MiB = 1 << 20;
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -65,11 +66,9 @@ Deno.test("Vm.start() runs the vCPU: the op counter increases and dirty bits app
   await using vm = await Vm.create({ ramSize: "4M", workload: "random:rate=0", fill: "zero" });
   vm.start();
   assert.equal(vm.runState, "running");
-  await delay(30);
+  await waitUntil(() => vm.opsCount > 0, "the first ops");
   const first = vm.opsCount;
-  await delay(30);
-  assert.ok(first > 0, "ops after 30 ms");
-  assert.ok(vm.opsCount > first, "ops keep increasing");
+  await waitUntil(() => vm.opsCount > first, "more ops");
   assert.ok(countBits(collectDirty(vm)) > 0, "dirty bits");
   vm.stop("paused");
 });
@@ -77,7 +76,7 @@ Deno.test("Vm.start() runs the vCPU: the op counter increases and dirty bits app
 Deno.test("Vm.stop() halts the vCPU: no op counts, RAM writes or dirty bits after it returns", async () => {
   await using vm = await Vm.create({ ramSize: "4M", workload: "random:rate=0", fill: "zero" });
   vm.start();
-  await delay(30);
+  await waitUntil(() => vm.opsCount > 0, "the first ops");
   vm.stop("paused");
   assert.equal(vm.runState, "paused");
   const ops = vm.opsCount;
@@ -90,28 +89,31 @@ Deno.test("Vm.stop() halts the vCPU: no op counts, RAM writes or dirty bits afte
 });
 
 Deno.test("Vm.stop() returns promptly while a rate-limited workload sleeps between ops", async () => {
-  // 4 KiB/s = one op per second: the worker spends its time in Atomics.wait.
-  await using vm = await Vm.create({ ramSize: MiB, workload: "ab:rate=4K" });
+  // 40 KiB/s = one op every 100 ms: after each op the worker sleeps 100 ms in
+  // Atomics.wait (its longest sleep). The stop comes right as that sleep starts,
+  // so one that ignored the stop would take ~100 ms; a woken one takes µs.
+  await using vm = await Vm.create({ ramSize: MiB, workload: "ab:rate=40K" });
+  const cycles = 7;
   const took: number[] = [];
-  for (let i = 0; i < 7; i++) {
+  for (let i = 0; i < cycles; i++) {
+    const ops = vm.opsCount;
     vm.start();
-    await delay(15);
+    await waitUntil(() => vm.opsCount > ops, `op ${i + 1}`);
     const t0 = performance.now();
     vm.stop("paused");
     took.push(performance.now() - t0);
   }
-  // A sleep that ignored the stop would hold it for up to 100 ms; a woken one takes µs.
-  assert.ok(median(took) < 20, `median stop took ${median(took)} ms`);
-  assert.ok(vm.opsCount <= 7, `ops ${vm.opsCount} at 1 op/s`);
+  assert.ok(median(took) < 50, `median stop took ${median(took)} ms`);
+  // Pacing survives stop and start: no burst of ops owed for the time stopped.
+  assert.ok(vm.opsCount <= 2 * cycles, `ops ${vm.opsCount} in ${cycles} short runs at 10 op/s`);
 });
 
 Deno.test("Vm ab workload keeps the two-adjacent-values invariant and the exact per-page counts", async () => {
   await using vm = await Vm.create({ ramSize: "1M", workload: "ab", fill: "zero" });
   vm.start();
-  await delay(40);
+  await waitUntil(() => vm.opsCount > 256, "one full pass");
   vm.stop("paused");
   const bytes = vm.blocks[0].bytes;
-  assert.ok(vm.opsCount > 256, "at least one full pass");
   assert.equal(abInvariantViolation(bytes, 256), null);
   for (let p = 0; p < 256; p++) {
     assert.equal(bytes[p * PAGE_SIZE], abExpectedByte(vm.opsCount, p, 256), `page ${p}`);
@@ -121,7 +123,7 @@ Deno.test("Vm ab workload keeps the two-adjacent-values invariant and the exact 
 Deno.test("Vm ab workload with a range only touches pages inside the range", async () => {
   await using vm = await Vm.create({ ramSize: "1M", workload: "ab:range=64K" });
   vm.start();
-  await delay(20);
+  await waitUntil(() => vm.opsCount >= 16, "one pass over the range");
   vm.stop("paused");
   const dirty = collectDirty(vm);
   assert.equal(countBits(dirty, 0, 16), 16);
@@ -133,7 +135,7 @@ Deno.test("Vm random workload with hot=10%:90% lands most dirty pages in the hot
   // 16384 pages, hot region = first 1638; ~1024 ops/s so the hot region does not saturate.
   await using vm = await Vm.create({ ramSize: "64M", workload: "random:rate=4M,hot=10%:90%" });
   vm.start();
-  await delay(300);
+  await waitUntil(() => vm.opsCount >= 300, "300 ops");
   vm.stop("paused");
   const dirty = collectDirty(vm);
   const hotPages = Math.floor(16384 * 0.1);
@@ -146,7 +148,7 @@ Deno.test("Vm random workload with hot=10%:90% lands most dirty pages in the hot
 Deno.test("Vm random workload writes `bytes` bytes per op inside one page", async () => {
   await using vm = await Vm.create({ ramSize: "4M", workload: "random:rate=40K,bytes=4096" });
   vm.start();
-  await delay(100);
+  await waitUntil(() => vm.opsCount >= 2, "two ops");
   vm.stop("paused");
   const block = vm.blocks[0];
   const dirty = collectDirty(vm);
@@ -199,7 +201,7 @@ Deno.test("Vm.saveDeviceState() → loadDeviceState() on a second Vm continues t
   await using source = await Vm.create({ ramSize: "1M", workload: "ab:range=512K" });
   await using dest = await Vm.create({ ramSize: "1M", workload: "idle" });
   source.start();
-  await delay(25);
+  await waitUntil(() => source.opsCount > 128, "a pass over the range");
   source.stop("finish-migrate");
   const state = source.saveDeviceState();
   assert.equal(state.length, VCPU_DEVICE_STATE_SIZE);
@@ -210,9 +212,8 @@ Deno.test("Vm.saveDeviceState() → loadDeviceState() on a second Vm continues t
   assert.equal(dest.opsCount, source.opsCount);
   assert.deepEqual(dest.saveDeviceState(), state);
   dest.start();
-  await delay(25);
+  await waitUntil(() => dest.opsCount > source.opsCount, "the destination running on");
   dest.stop("paused");
-  assert.ok(dest.opsCount > source.opsCount, "the destination ran on");
   const bytes = dest.blocks[0].bytes;
   assert.equal(abInvariantViolation(bytes, 128), null);
   // Cursor and counter continued together: every page has exactly the expected count.
@@ -226,7 +227,7 @@ Deno.test("Vm.loadDeviceState() carries a random program's PRNG and replaces the
   await using source = await Vm.create({ ramSize: "1M", workload: "random:rate=0,hot=50%:50%" });
   await using dest = await Vm.create({ ramSize: "1M", workload: "ab", seed: 99 });
   source.start();
-  await delay(10);
+  await waitUntil(() => source.opsCount > 0, "the first ops");
   source.stop("postmigrate");
   dest.loadDeviceState(source.saveDeviceState());
   assert.equal(dest.info().workload, "random:rate=0,hot=50%:50%");
@@ -364,7 +365,8 @@ Deno.test("Vm vCPU writes pages before marking them dirty: a dirty-log copy loop
   copy.set(block.bytes);
   let resent = 0;
   for (let pass = 0; pass < 30; pass++) {
-    await delay(2);
+    const ops = vm.opsCount;
+    await waitUntil(() => vm.opsCount > ops, `ops in pass ${pass}`);
     const map = new Uint32Array(block.dirty.length);
     block.syncDirty(map);
     resent += map.reduce((n, w) => n + popcount32(w), 0);
@@ -374,7 +376,7 @@ Deno.test("Vm vCPU writes pages before marking them dirty: a dirty-log copy loop
   const map = new Uint32Array(block.dirty.length);
   block.syncDirty(map);
   copyDirty(map);
-  assert.ok(resent > 0);
+  assert.ok(resent >= 30, `${resent} pages re-sent`);
   assert.ok(copy.every((b, i) => b === block.bytes[i]), "copy equals RAM");
 });
 

@@ -6,8 +6,9 @@ import {
   warmStreamBuffers,
 } from "../../../engine/format/buffers.ts";
 import { StreamReader } from "../../../engine/format/reader.ts";
-import { StreamWriter } from "../../../engine/format/writer.ts";
+import { StreamWriter, TURN_MS } from "../../../engine/format/writer.ts";
 import { BytesChannel, CaptureChannel } from "../../helpers/byte_channels.ts";
+import { FakeClock } from "../../helpers/fake_clock.ts";
 
 Deno.test("stream buffers: a returned default-size buffer is handed out again; other sizes are not pooled", () => {
   warmStreamBuffers();
@@ -59,23 +60,26 @@ Deno.test("StreamReader.release() returns its buffer; offset and received stay v
   returnStreamBuffer(again);
 });
 
-Deno.test("StreamWriter and StreamReader call the injected turn while they run long", async () => {
+Deno.test("StreamWriter and StreamReader call the injected turn every TURN_MS of their clock", async () => {
   let turns = 0;
   const turn = () => {
     turns++;
     return Promise.resolve();
   };
+  const clock = new FakeClock();
   const ch = new CaptureChannel();
-  const w = new StreamWriter(ch, 64, { turn });
-  const until = performance.now() + 10;
-  while (performance.now() < until) await w.breathe();
-  assert.ok(turns >= 2, `writer turns ${turns}`);
+  const w = new StreamWriter(ch, 64, { turn, clock });
+  for (let ms = 1; ms <= 5 * TURN_MS; ms++) {
+    clock.advance(1);
+    await w.breathe();
+    assert.equal(turns, Math.floor(ms / TURN_MS), `writer turns after ${ms} ms`);
+  }
   turns = 0;
-  const r = new StreamReader(new BytesChannel(new Uint8Array(1 << 16), 1), 16, { turn });
-  const end = performance.now() + 10;
-  while (performance.now() < end) {
+  const r = new StreamReader(new BytesChannel(new Uint8Array(1 << 16), 1), 16, { turn, clock });
+  for (let ms = 1; ms <= 5 * TURN_MS; ms++) {
+    clock.advance(1);
     await r.need(1);
     r.u8();
+    assert.equal(turns, Math.floor(ms / TURN_MS), `reader turns after ${ms} ms`);
   }
-  assert.ok(turns >= 2, `reader turns ${turns}`);
 });
