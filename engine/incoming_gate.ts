@@ -105,7 +105,8 @@ async function readHeader(
   const timer = new AbortController();
   const onStop = () => timer.abort();
   stop.addEventListener("abort", onStop, { once: true });
-  const late = clock.sleep(deadlineMs, timer.signal).then(
+  // A deadline watched, not a pause: a virtual clock does not move for it.
+  const late = clock.until(clock.now() + deadlineMs, timer.signal).then(
     () => `sent no stream header within ${deadlineMs} ms`,
     () => "stopped",
   );

@@ -74,8 +74,12 @@ Deno.test("acceptStream(): a connection that sends nothing for the deadline is d
   const clock = new FakeClock();
   const g = gate(listener, clock);
   const idle = await t.connect(URI);
-  // The deadline is on the injected clock: wait until the gate asked for it.
-  while (!clock.sleeps.includes(HEADER_DEADLINE_MS)) await new Promise((r) => setTimeout(r, 0));
+  // The deadline is on the injected clock: once the gate watches it, move time past it.
+  while (clock.pending === 0) await new Promise((r) => setTimeout(r, 0));
+  clock.advance(HEADER_DEADLINE_MS - 1);
+  await new Promise((r) => setTimeout(r, 0));
+  assert.deepEqual(g.dropped, [], "not before the deadline");
+  clock.advance(1);
   while (g.dropped.length === 0) await new Promise((r) => setTimeout(r, 0));
   assert.match(g.dropped[0], new RegExp(`sent no stream header within ${HEADER_DEADLINE_MS} ms`));
   const src = await t.connect(URI);
@@ -106,7 +110,7 @@ Deno.test("acceptStream(): cancelling drops every waiting connection and rejects
   const listener = await t.listen(URI);
   const g = gate(listener);
   const idle = await t.connect(URI);
-  while (g.clock.sleeps.length === 0) await new Promise((r) => setTimeout(r, 0));
+  while (g.clock.pending === 0) await new Promise((r) => setTimeout(r, 0));
   g.abort.abort(new Error("the incoming migration was cancelled"));
   await assert.rejects(g.result, /cancelled/);
   assert.equal(g.dropped.length, 1);
