@@ -1,4 +1,4 @@
-import type { Channel } from "./transport.ts";
+import { type Channel, TransportError } from "./transport.ts";
 import { SerialWrites } from "./serial_writes.ts";
 
 /**
@@ -72,6 +72,29 @@ export function raceAbort<T>(
       },
     );
   });
+}
+
+/**
+ * Awaits a socket connect, closing a connection that completes after `signal`
+ * aborted (see {@link raceAbort}). A failure rejects with a `connect-failed`
+ * TransportError naming `address` and a readable reason; an abort rejects with
+ * the signal's reason.
+ */
+export async function connectOrFail<C extends Deno.Conn>(
+  connect: Promise<C>,
+  signal: AbortSignal | undefined,
+  address: string,
+): Promise<C> {
+  try {
+    return await raceAbort(connect, signal, (late) => late.close());
+  } catch (err) {
+    if (signal?.aborted && err === signal.reason) throw err;
+    throw new TransportError(
+      "connect-failed",
+      `Cannot connect to ${address}: ${describeNetError(err)}`,
+      { cause: err },
+    );
+  }
 }
 
 /**

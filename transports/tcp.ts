@@ -1,4 +1,4 @@
-import { acceptConn, ConnChannel, describeNetError, raceAbort } from "./channel.ts";
+import { acceptConn, ConnChannel, connectOrFail, describeNetError } from "./channel.ts";
 import { type Channel, type Listener, TransportError } from "./transport.ts";
 import { formatUri, parseUri } from "./uri.ts";
 
@@ -30,23 +30,13 @@ function tcpChannel(conn: Deno.TcpConn): Channel {
 export async function connectTcp(uri: string, signal?: AbortSignal): Promise<Channel> {
   const { host, port } = parseTcpUri(uri);
   signal?.throwIfAborted();
-  let conn: Deno.TcpConn;
-  try {
-    // Deno cancels the connect itself on abort; raceAbort also covers a late
-    // connection (closed, not leaked) if the abort lands as it completes.
-    conn = await raceAbort(
-      Deno.connect({ hostname: host, port, transport: "tcp", signal }),
-      signal,
-      (late) => late.close(),
-    );
-  } catch (err) {
-    if (signal?.aborted && err === signal.reason) throw err;
-    throw new TransportError(
-      "connect-failed",
-      `Cannot connect to ${formatUri({ scheme: "tcp", host, port })}: ${describeNetError(err)}`,
-      { cause: err },
-    );
-  }
+  // Deno cancels the connect itself on abort; connectOrFail also closes a late
+  // connection (not leaked) if the abort lands as it completes.
+  const conn = await connectOrFail(
+    Deno.connect({ hostname: host, port, transport: "tcp", signal }),
+    signal,
+    formatUri({ scheme: "tcp", host, port }),
+  );
   return tcpChannel(conn);
 }
 

@@ -1,4 +1,4 @@
-import { acceptConn, ConnChannel, describeNetError, raceAbort } from "./channel.ts";
+import { acceptConn, ConnChannel, connectOrFail, describeNetError } from "./channel.ts";
 import { type Channel, type Listener, TransportError } from "./transport.ts";
 import { MAX_UNIX_PATH_BYTES, parseUri } from "./uri.ts";
 import { openSockets, raiseSendBuffer } from "./send_buffer.ts";
@@ -43,21 +43,7 @@ export async function connectUnix(uri: string, signal?: AbortSignal): Promise<Ch
   const long = tooLong(path);
   if (long) throw new TransportError("connect-failed", `Cannot connect to ${address}: ${long}`);
   const before = openSockets();
-  let conn: Deno.UnixConn;
-  try {
-    conn = await raceAbort(
-      Deno.connect({ transport: "unix", path }),
-      signal,
-      (late) => late.close(),
-    );
-  } catch (err) {
-    if (signal?.aborted && err === signal.reason) throw err;
-    throw new TransportError(
-      "connect-failed",
-      `Cannot connect to ${address}: ${describeNetError(err)}`,
-      { cause: err },
-    );
-  }
+  const conn = await connectOrFail(Deno.connect({ transport: "unix", path }), signal, address);
   // A bigger send buffer when FFI is allowed: far fewer partial writes per stream
   // buffer. The peer is named as the kernel reports it: a listener bound elsewhere and
   // linked to `path` (as ferry's own listener is) reports its bind name.
