@@ -1,11 +1,11 @@
 /**
  * RAM record headers (docs/ARCHITECTURE.md, "Stream format"): `be64 offset |
  * flags`, then the block name (`u8 len, name`) unless CONTINUE says "the same
- * block as the record before". One encoder for every path that writes them: the
+ * block as the record before". Every path that writes them uses this module: the
  * general one, the plain-page loop and the run of 32 never-written pages.
  * @module
  */
-import { PAGE_SIZE } from "../format/constants.ts";
+import { PAGE_SIZE, RamFlag } from "../format/constants.ts";
 
 /** Largest RAM record: header, block name, XBZRLE flag and length, page. */
 export const MAX_RECORD = 8 + 1 + 255 + 3 + PAGE_SIZE;
@@ -28,6 +28,30 @@ export function putHeader(buf: Uint8Array, pos: number, offset: number, flags: n
   buf[pos + 6] = lo >>> 8;
   buf[pos + 7] = lo;
   return pos + 8;
+}
+
+/**
+ * Writes the 32 ZERO records (`header | ZERO | CONTINUE`, fill byte 0) of the 32
+ * pages from `firstPage`, a multiple of 32, at `pos`; returns pos + 288. The 32
+ * headers differ only in bytes 5 and 6, so they are written as such.
+ */
+export function putZeroWord(buf: Uint8Array, pos: number, firstPage: number): number {
+  const hi = firstPage >>> 20;
+  const b4 = (firstPage >>> 12) & 0xff;
+  const b5 = (firstPage >>> 4) & 0xff;
+  const low = RamFlag.ZERO | RamFlag.CONTINUE;
+  for (let i = 0; i < 32; i++, pos += 9) {
+    buf[pos] = hi >>> 24;
+    buf[pos + 1] = hi >>> 16;
+    buf[pos + 2] = hi >>> 8;
+    buf[pos + 3] = hi;
+    buf[pos + 4] = b4;
+    buf[pos + 5] = b5 + (i >>> 4);
+    buf[pos + 6] = (i & 15) << 4;
+    buf[pos + 7] = low;
+    buf[pos + 8] = 0;
+  }
+  return pos;
 }
 
 /** Writes a block name (`u8 len, bytes`, already encoded) at `pos`; returns the position after it. */

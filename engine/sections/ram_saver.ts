@@ -12,7 +12,14 @@ import type { KernelKind } from "../wasm/kernels.ts";
 import { kernelsFor } from "../format/buffers.ts";
 import type { DigestTable, MigrationDigests } from "../integrity.ts";
 import type { LiveSaver } from "./section.ts";
-import { MAX_RECORD, nameBytes, PLAIN_RECORD, putHeader, putName } from "./ram_records.ts";
+import {
+  MAX_RECORD,
+  nameBytes,
+  PLAIN_RECORD,
+  putHeader,
+  putName,
+  putZeroWord,
+} from "./ram_records.ts";
 
 /** QEMU's MAX_WAIT: one iteration never runs longer than this many ms. */
 export const MAX_ITERATE_MS = 50;
@@ -481,12 +488,7 @@ export class RamSaver implements LiveSaver {
     bits |= 0;
     if (bits === -1 && touched === 0 && cont && max >= 32) {
       // A whole word of never-written pages: 32 ZERO records (MAX_RECORD > 288).
-      const first = base * PAGE_SIZE;
-      for (let i = 0; i < 32; i++) {
-        pos = putHeader(buf, pos, first + i * PAGE_SIZE, RamFlag.ZERO | RamFlag.CONTINUE);
-        buf[pos++] = 0;
-      }
-      w.pos = pos;
+      w.pos = putZeroWord(buf, pos, base);
       if (table !== null) { for (let i = 0; i < 32; i++) table.set(base + i, 0); }
       this.#dirty -= 32;
       this.stats.duplicate += 32;

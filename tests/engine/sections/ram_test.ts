@@ -1,3 +1,4 @@
+import { putHeader, putZeroWord } from "../../../engine/sections/ram_records.ts";
 import assert from "node:assert/strict";
 import { StreamReader } from "../../../engine/format/reader.ts";
 import { StreamWriter } from "../../../engine/format/writer.ts";
@@ -374,5 +375,19 @@ Deno.test("RamSaver.pendingBusyMs prices dirty pages at the last pass's busy tim
       assert.equal(saver.pendingBusyMs, 2 * one, "twice the pages, twice the time");
     }
     await w.drain();
+  }
+});
+
+Deno.test("putZeroWord() writes the same 32 records as putHeader() one by one, at any offset", () => {
+  for (const firstPage of [0, 32, 4096 * 32, 2 ** 21 * 32 + 64]) {
+    const a = new Uint8Array(288);
+    const b = new Uint8Array(288);
+    assert.equal(putZeroWord(a, 0, firstPage), 288);
+    let pos = 0;
+    for (let i = 0; i < 32; i++) {
+      pos = putHeader(b, pos, (firstPage + i) * 4096, 0x02 | 0x20);
+      b[pos++] = 0;
+    }
+    assert.deepEqual(a, b, `first page ${firstPage}`);
   }
 });
