@@ -265,11 +265,9 @@
 
   ;; 1 when `len` bytes at `p` are all zero, else 0; 64 bytes per step.
   (func $is_zero (export "is_zero") (param $p i32) (param $len i32) (result i32)
-    (local $end i32)
-    (local.set $end (i32.add (local.get $p) (local.get $len)))
     (block $tail
       (loop $wide
-        (br_if $tail (i32.gt_u (i32.add (local.get $p) (i32.const 64)) (local.get $end)))
+        (br_if $tail (i32.lt_u (local.get $len) (i32.const 64)))
         (if
           (v128.any_true
             (v128.or
@@ -277,12 +275,14 @@
               (v128.or (v128.load offset=32 (local.get $p)) (v128.load offset=48 (local.get $p)))))
           (then (return (i32.const 0))))
         (local.set $p (i32.add (local.get $p) (i32.const 64)))
+        (local.set $len (i32.sub (local.get $len) (i32.const 64)))
         (br $wide)))
     (block $done
       (loop $byte
-        (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+        (br_if $done (i32.eqz (local.get $len)))
         (if (i32.load8_u (local.get $p)) (then (return (i32.const 0))))
         (local.set $p (i32.add (local.get $p) (i32.const 1)))
+        (local.set $len (i32.sub (local.get $len) (i32.const 1)))
         (br $byte)))
     (i32.const 1))
 
@@ -368,12 +368,11 @@
 
   ;; The digest of `len` bytes at `p` of the instance's own memory.
   (func (export "digest") (param $p i32) (param $len i32) (result i32)
-    (local $end i32) (local $a0 v128) (local $b0 v128) (local $a1 v128) (local $b1 v128)
+    (local $a0 v128) (local $b0 v128) (local $a1 v128) (local $b1 v128)
     (local $a2 v128) (local $b2 v128) (local $a3 v128) (local $b3 v128)
-    (local.set $end (i32.add (local.get $p) (local.get $len)))
     (block $done
       (loop $step
-        (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+        (br_if $done (i32.lt_u (local.get $len) (i32.const 64)))
         (local.set $a0 (i32x4.add (local.get $a0) (v128.load $mem (local.get $p))))
         (local.set $a1 (i32x4.add (local.get $a1) (v128.load $mem offset=16 (local.get $p))))
         (local.set $a2 (i32x4.add (local.get $a2) (v128.load $mem offset=32 (local.get $p))))
@@ -383,6 +382,7 @@
         (local.set $b2 (i32x4.add (local.get $b2) (local.get $a2)))
         (local.set $b3 (i32x4.add (local.get $b3) (local.get $a3)))
         (local.set $p (i32.add (local.get $p) (i32.const 64)))
+        (local.set $len (i32.sub (local.get $len) (i32.const 64)))
         (br $step)))
     (call $fold (local.get $a0) (local.get $b0) (local.get $a1) (local.get $b1)
       (local.get $a2) (local.get $b2) (local.get $a3) (local.get $b3)))
@@ -390,12 +390,11 @@
   ;; Copies `len` bytes from `src` of the guest RAM to `dst` of the instance's own
   ;; memory (a page into a stream buffer); returns their digest.
   (func (export "copy_digest") (param $src i32) (param $dst i32) (param $len i32) (result i32)
-    (local $end i32) (local $v v128) (local $a0 v128) (local $b0 v128) (local $a1 v128)
+    (local $v v128) (local $a0 v128) (local $b0 v128) (local $a1 v128)
     (local $b1 v128) (local $a2 v128) (local $b2 v128) (local $a3 v128) (local $b3 v128)
-    (local.set $end (i32.add (local.get $src) (local.get $len)))
     (block $done
       (loop $step
-        (br_if $done (i32.ge_u (local.get $src) (local.get $end)))
+        (br_if $done (i32.lt_u (local.get $len) (i32.const 64)))
         (local.set $v (v128.load $ram (local.get $src)))
         (v128.store $mem (local.get $dst) (local.get $v))
         (local.set $a0 (i32x4.add (local.get $a0) (local.get $v)))
@@ -414,6 +413,7 @@
         (local.set $b3 (i32x4.add (local.get $b3) (local.get $a3)))
         (local.set $src (i32.add (local.get $src) (i32.const 64)))
         (local.set $dst (i32.add (local.get $dst) (i32.const 64)))
+        (local.set $len (i32.sub (local.get $len) (i32.const 64)))
         (br $step)))
     (call $fold (local.get $a0) (local.get $b0) (local.get $a1) (local.get $b1)
       (local.get $a2) (local.get $b2) (local.get $a3) (local.get $b3)))
@@ -421,12 +421,11 @@
   ;; Copies `len` bytes from `src` of the instance's own memory to `dst` of the
   ;; guest RAM (a page out of a stream buffer); returns their digest.
   (func (export "digest_copy") (param $src i32) (param $dst i32) (param $len i32) (result i32)
-    (local $end i32) (local $v v128) (local $a0 v128) (local $b0 v128) (local $a1 v128)
+    (local $v v128) (local $a0 v128) (local $b0 v128) (local $a1 v128)
     (local $b1 v128) (local $a2 v128) (local $b2 v128) (local $a3 v128) (local $b3 v128)
-    (local.set $end (i32.add (local.get $src) (local.get $len)))
     (block $done
       (loop $step
-        (br_if $done (i32.ge_u (local.get $src) (local.get $end)))
+        (br_if $done (i32.lt_u (local.get $len) (i32.const 64)))
         (local.set $v (v128.load $mem (local.get $src)))
         (v128.store $ram (local.get $dst) (local.get $v))
         (local.set $a0 (i32x4.add (local.get $a0) (local.get $v)))
@@ -445,6 +444,7 @@
         (local.set $b3 (i32x4.add (local.get $b3) (local.get $a3)))
         (local.set $src (i32.add (local.get $src) (i32.const 64)))
         (local.set $dst (i32.add (local.get $dst) (i32.const 64)))
+        (local.set $len (i32.sub (local.get $len) (i32.const 64)))
         (br $step)))
     (call $fold (local.get $a0) (local.get $b0) (local.get $a1) (local.get $b1)
       (local.get $a2) (local.get $b2) (local.get $a3) (local.get $b3)))

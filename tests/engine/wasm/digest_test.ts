@@ -65,3 +65,28 @@ Deno.test("digest: pooled stream buffers are digested in place by the pool's ker
     returnStreamBuffer(buf);
   }
 });
+
+Deno.test("digest: pages move in and out at the very end of a 4 GiB block (no 32-bit wrap)", () => {
+  // A 4 GiB shared memory reserves address space; only the touched pages get backed.
+  let ram: WebAssembly.Memory;
+  try {
+    ram = new WebAssembly.Memory({ initial: 65536, maximum: 65536, shared: true });
+  } catch {
+    return; // an engine that cannot reserve 4 GiB cannot hold such a block either
+  }
+  const mover = wasm.moverFor(ram);
+  assert.ok(mover);
+  const bytes = new Uint8Array(ram.buffer);
+  const last = 2 ** 32 - PAGE;
+  const page = random(PAGE, 7);
+  bytes.set(page, last);
+  wasm.arena.fill(0);
+  const at = wasm.arena.byteOffset;
+  assert.equal(mover.copyDigest(last, at, PAGE), digestTs(page, 0, PAGE));
+  assert.deepEqual(wasm.arena.subarray(0, PAGE), page);
+
+  const other = random(PAGE, 8);
+  wasm.arena.set(other);
+  assert.equal(mover.digestCopy(at, last, PAGE), digestTs(other, 0, PAGE));
+  assert.deepEqual(bytes.subarray(last), other);
+});
