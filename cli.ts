@@ -33,6 +33,10 @@ export interface Config {
   disk?: string;
   /** Size to create the image at when absent (--disk-size). */
   diskSize?: number;
+  /** Which guest runs (--guest). */
+  guest: "synthetic" | "x86";
+  /** The x86 guest's images and command line; unset fields take the built image's. */
+  x86: { kernel?: string; initrd?: string; bios?: string; append?: string };
 }
 
 /** The --help text: every flag, its default, and an example. */
@@ -42,7 +46,10 @@ Usage: deno task start [flags]
 
 Flags:
   --listen HOST:PORT    API address (default 127.0.0.1:8080; port 0 picks a free port)
-  --ram SIZE            guest RAM, e.g. 256M, 1G (default 256M; K/M/G/T are binary units)
+  --guest KIND          synthetic (default): ferry's own vCPU running --workload;
+                        x86: a PC running Linux under v86, with a serial console
+  --ram SIZE            guest RAM, e.g. 256M, 1G (default 256M; K/M/G/T are binary units;
+                        x86: whole MiB from 64M to 2047M)
   --workload SPEC       what the guest's vCPU does (default idle):
                           idle
                           ab[:rate=SIZE][,range=SIZE]    QEMU's a-b test guest
@@ -50,6 +57,12 @@ Flags:
                         rate = bytes of pages dirtied per second (0 = as fast as possible)
                         disk = bytes/s of 4 KiB writes at random offsets of the disk
   --fill MODE           prepare RAM before start: zero, random or pattern (default zero)
+  --kernel PATH         x86: the bzImage to boot (default: the image deno task guest:image
+                        builds in .cache/guest/)
+  --initrd PATH         x86: its initrd (default: the built image's)
+  --append TEXT         x86: the kernel command line (default: serial console, quiet)
+  --bios PATH           x86: SeaBIOS bios.bin (default: the built image's); both ends
+                        of a migration need the same one
   --disk PATH           attach a raw disk image (block migration copies it with blk/inc)
   --disk-size SIZE      create the image at SIZE when absent (multiple of 1M, e.g. 1G)
   --incoming URI        start as a destination waiting on URI: tcp:HOST:PORT, unix:/PATH,
@@ -73,6 +86,7 @@ Flags:
 
 Example:
   deno task start --listen 127.0.0.1:0 --ram 512M --workload random:rate=20M --fill random
+  deno task start --guest x86 --ram 256M   # boots Linux; console at GET /vm/console
   deno task token          # prints the token of the ferry on 127.0.0.1:8080
 `;
 
@@ -96,6 +110,11 @@ export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): 
       allowPositionals: false,
       options: {
         listen: { type: "string", default: "127.0.0.1:8080" },
+        guest: { type: "string", default: "synthetic" },
+        kernel: { type: "string" },
+        initrd: { type: "string" },
+        append: { type: "string" },
+        bios: { type: "string" },
         ram: { type: "string", default: "256M" },
         workload: { type: "string", default: "idle" },
         fill: { type: "string", default: "zero" },
@@ -155,6 +174,34 @@ export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): 
   if (workload.kind === "random" && workload.disk && values.disk === undefined) {
     throw new CliError("Invalid --workload: disk=RATE needs --disk PATH");
   }
+  const guest = values.guest;
+  if (guest !== "synthetic" && guest !== "x86") {
+    throw new CliError(`Invalid --guest "${guest}": expected synthetic or x86`);
+  }
+  const x86: Config["x86"] = {};
+  for (const name of ["kernel", "initrd", "bios", "append"] as const) {
+    const value = values[name];
+    if (value === undefined) continue;
+    if (guest !== "x86") throw new CliError(`--${name} is for the x86 guest: add --guest x86`);
+    if (value === "" && name !== "append") throw new CliError(`Invalid --${name}: empty path`);
+    x86[name] = value;
+  }
+  if (guest === "x86") {
+    if (values.workload !== "idle") {
+      throw new CliError("--workload drives the synthetic guest; the x86 guest runs Linux");
+    }
+    if (values.fill !== "zero") {
+      throw new CliError("--fill prepares the synthetic guest's RAM; the x86 guest boots Linux");
+    }
+    if (ramSize % (1 << 20) !== 0 || ramSize < 64 << 20 || ramSize > 2047 << 20) {
+      throw new CliError(
+        `Invalid --ram "${values.ram}" for the x86 guest: whole MiB from 64M to 2047M`,
+      );
+    }
+    if (values.disk !== undefined) {
+      throw new CliError("--disk is for the synthetic guest (the x86 guest has no disk yet)");
+    }
+  }
   const token = values.token ?? (env.FERRY_TOKEN || undefined);
   // RFC 6750's token68 characters: any other token could never be sent in a header.
   // (The message never repeats the token.)
@@ -204,6 +251,8 @@ export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): 
     tokenFile,
     allowedHosts,
     help: values.help,
+    guest,
+    x86,
     ...(values.disk !== undefined ? { disk: values.disk } : {}),
     ...(diskSize !== undefined ? { diskSize } : {}),
   };

@@ -14,7 +14,11 @@ import { openLoopTurn } from "./transports/loop_turn.ts";
 import { warmStreamBuffers } from "./engine/format/buffers.ts";
 import { warmUp } from "./engine/warmup.ts";
 import { warmUpSendBuffer } from "./transports/send_buffer.ts";
-import { Vm } from "./vm/vm.ts";
+import { Vm, VmError } from "./vm/vm.ts";
+import { X86ImageError } from "./vm/x86/guest_image.ts";
+import { readBootImages } from "./vm/x86/images.ts";
+import { X86Guest } from "./vm/x86/x86_guest.ts";
+import { sectionsFor } from "./engine/sections/registry.ts";
 import { DiskError } from "./vm/disk.ts";
 import { loadDashboard } from "./web/dashboard.ts";
 
@@ -34,17 +38,23 @@ async function main(): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  let vm: Vm;
+  let vm: Vm | X86Guest;
   try {
-    vm = await Vm.create({
-      ramSize: config.ramSize,
-      workload: config.workload,
-      fill: config.fill,
-      prefault: config.prefault,
-      ...(config.disk ? { disk: { path: config.disk, size: config.diskSize } } : {}),
-    });
+    vm = config.guest === "x86"
+      ? await X86Guest.create({
+        ramSize: config.ramSize,
+        prefault: config.prefault,
+        ...(await readBootImages(config.x86)),
+      })
+      : await Vm.create({
+        ramSize: config.ramSize,
+        workload: config.workload,
+        fill: config.fill,
+        prefault: config.prefault,
+        ...(config.disk ? { disk: { path: config.disk, size: config.diskSize } } : {}),
+      });
   } catch (e) {
-    if (!(e instanceof DiskError)) throw e;
+    if (!(e instanceof DiskError || e instanceof X86ImageError || e instanceof VmError)) throw e;
     console.error(`ferry: ${e.message}`);
     return 1;
   }
@@ -62,6 +72,7 @@ async function main(): Promise<number> {
   warmUpSendBuffer();
   const engine = new Engine({
     guest: vm,
+    sections: sectionsFor(vm),
     transports,
     autostart: config.autostart,
     turn,
@@ -74,6 +85,9 @@ async function main(): Promise<number> {
   const app = createApp({
     engine,
     vm,
+    ...(vm instanceof X86Guest
+      ? { console: { buffer: vm.console, send: (text: string) => vm.sendConsole(text) } }
+      : {}),
     dashboard,
     token,
     hosts: { listen: config.hostname, allowed: config.allowedHosts },
@@ -146,7 +160,7 @@ async function main(): Promise<number> {
   console.log(
     `ferry: API on http://${
       bracket(hostname)
-    }:${port} (guest ${config.ramSize} bytes, ${vm.info().workload})`,
+    }:${port} (${vm.info().guest} guest, ${config.ramSize} bytes, ${vm.info().workload})`,
   );
   // A browser reaches a wildcard address through loopback.
   const browse = isWildcardHost(hostname)

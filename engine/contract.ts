@@ -180,15 +180,25 @@ export const ParametersPatchSchema = z.object({
 });
 
 /** GET /vm. */
+/** The kinds of guest a ferry can run (`--guest`). */
+export const GUEST_KINDS = ["synthetic", "x86"] as const;
+
 export const VmInfoSchema = z.object({
+  guest: z.enum(GUEST_KINDS).openapi({
+    description: "synthetic: ferry's own vCPU worker; x86: a Linux PC under v86",
+  }),
   run_state: z.enum(RUN_STATES),
   ram_size: z.number(),
   page_size: z.number(),
-  workload: z.string(),
+  workload: z.string().openapi({ description: "The synthetic guest's workload; `linux` on x86" }),
   throttle: z.number(),
-  ops: z.number(),
+  ops: z.number().nullable().openapi({
+    description: "Guest ops the synthetic vCPU has run; null on x86",
+  }),
 }).openapi("VmInfo");
 
+/** One of {@link GUEST_KINDS}. */
+export type GuestKind = typeof GUEST_KINDS[number];
 /** One of {@link MIGRATION_STATES}. */
 export type MigrationStatus = typeof MIGRATION_STATES[number];
 /** One of {@link INCOMING_STATES}. */

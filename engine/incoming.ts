@@ -1,11 +1,5 @@
 import type { Guest } from "../vm/guest.ts";
-import {
-  MACHINE_TYPE,
-  QEVM_MAGIC,
-  QEVM_VERSION,
-  Section,
-  SectionName,
-} from "./format/constants.ts";
+import { QEVM_MAGIC, QEVM_VERSION, Section, SectionName } from "./format/constants.ts";
 import { StreamError, type StreamReader } from "./format/reader.ts";
 import { RamLoader } from "./sections/ram.ts";
 import type { SectionRegistry } from "./sections/section.ts";
@@ -110,10 +104,10 @@ export async function loadStream(
         if (len > 255) throw new StreamError(at, `machine type name of ${len} bytes (at most 255)`);
         await r.need(len);
         const machine = new TextDecoder().decode(r.take(len));
-        if (machine !== MACHINE_TYPE) {
+        if (machine !== registry.machineType) {
           throw new StreamError(
             at,
-            `machine type "${machine}" does not match this guest's "${MACHINE_TYPE}"`,
+            `machine type "${machine}" does not match this guest's "${registry.machineType}"`,
           );
         }
         sawSection = true;

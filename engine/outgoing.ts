@@ -6,7 +6,7 @@
  */
 import type { Guest, RunState } from "../vm/guest.ts";
 import type { Clock } from "./clock.ts";
-import { MACHINE_TYPE, PAGE_SIZE, Section } from "./format/constants.ts";
+import { PAGE_SIZE, Section } from "./format/constants.ts";
 import type { StreamWriter } from "./format/writer.ts";
 import type { Capabilities, Parameters } from "./params.ts";
 import { AutoConverge, MAX_THROTTLE } from "./auto_converge.ts";
@@ -32,6 +32,8 @@ export interface Savers {
   readonly devices: readonly SaverEntry<DeviceSaver>[];
   /** The `ram` section's saver: the loop reads its dirty-log passes. */
   readonly ram: RamSaver;
+  /** The machine type the configuration section names (the registry's). */
+  readonly machineType: string;
 }
 
 /** Asks every registered section for its saver; sections that return null are not carried. */
@@ -50,7 +52,7 @@ export function createSavers(registry: SectionRegistry, ctx: SaveContext): Saver
   live.sort((a, b) =>
     Number(b.saver.turnBytes !== undefined) - Number(a.saver.turnBytes !== undefined)
   );
-  return { live, devices, ram };
+  return { live, devices, ram, machineType: registry.machineType };
 }
 
 /** What the migration loop reports while it runs. */
@@ -106,7 +108,7 @@ export interface OutgoingResult {
 export async function writeSetup(ctx: OutgoingContext): Promise<void> {
   const w = ctx.writer;
   await w.header();
-  await w.configuration(MACHINE_TYPE);
+  await w.configuration(ctx.savers.machineType);
   ctx.savers.ram.sync(); // clear the guest's log: the migration bitmap already has every page
   for (const { id, name, version, saver } of byId(ctx.savers.live)) {
     await w.sectionStart(Section.START, id, name, 0, version);
@@ -142,6 +144,15 @@ export const FLOOR_SYNCS = 3;
  *   after `stall_windows` windows without a new low, `stall_action` fails the
  *   migration, switches over now, or steps the throttle up.
  */
+/** Names what makes the downtime limit unreachable: the round trip, the final sync, or both. */
+function unachievableWhy(rtt: number, syncMs: number): string {
+  const trip = `the round trip to the destination (${Math.round(rtt)} ms)`;
+  const sync = `the dirty-log sync with the guest stopped (${Math.round(syncMs)} ms)`;
+  if (syncMs < 1) return trip[0].toUpperCase() + trip.slice(1);
+  if (rtt < 1) return sync[0].toUpperCase() + sync.slice(1);
+  return `The round trip (${Math.round(rtt)} ms) plus ${sync}`;
+}
+
 export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> {
   const { writer: w, clock, signal } = ctx;
   const { ram, live } = ctx.savers;
@@ -158,6 +169,8 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
   const stall = new StallDetector(() => ctx.params().stall_windows);
   let converge = ctx.capabilities.auto_converge ? newAutoConverge(ctx) : null;
   let failedCacheSize = -1;
+  /** What a switchover costs besides sending: the final dirty-log sync and the round trip. */
+  const stopCost = () => rtt + ram.lastSyncMs;
   ctx.progress.active();
   for (;;) {
     signal.throwIfAborted();
@@ -177,7 +190,7 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
       // Right after a drain, `pending` is what a switchover would have to send now.
       if (unachievable && drainedAt === w.bytes && floor.observe(pending)) settle = true;
       // With XBZRLE the encoding time, not the wire, can be what exceeds the limit.
-      const busy = ram.pendingBusyMs > ctx.params().downtime_limit - rtt;
+      const busy = ram.pendingBusyMs > ctx.params().downtime_limit - stopCost();
       if (!settle && pending > 0 && (pending >= maxSize || busy)) {
         // One round: each live section with something pending writes a PART.
         for (let i = 0; i < live.length; i++) {
@@ -195,12 +208,12 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
         drainedAt = w.bytes;
         limiter.exclude(clock.now() - waitFrom);
         const limit = ctx.params().downtime_limit;
-        if (rtt >= limit && !unachievable) {
+        if (stopCost() >= limit && !unachievable) {
           unachievable = true;
           ctx.progress.warn(
             "downtime-limit-unachievable",
-            `The round trip to the destination (${Math.round(rtt)} ms) alone exceeds ` +
-              `downtime_limit (${limit} ms): switching over at the smallest downtime reachable`,
+            `${unachievableWhy(rtt, ram.lastSyncMs)} alone exceeds downtime_limit (${limit} ms): ` +
+              `switching over at the smallest downtime reachable`,
           );
         }
         continue;
@@ -211,8 +224,8 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
     const window = limiter.tick(w.bytes);
     if (window) {
       const params = ctx.params();
-      // The switchover handshake's round trip is part of the downtime.
-      maxSize = window.bandwidth * Math.max(0, params.downtime_limit - rtt);
+      // The final sync and the switchover handshake's round trip are part of the downtime.
+      maxSize = window.bandwidth * Math.max(0, params.downtime_limit - stopCost());
       try {
         // A size that could not be had is not tried again at every window.
         if (params.xbzrle_cache_size !== failedCacheSize) ram.resizeCache(params.xbzrle_cache_size);
@@ -227,7 +240,7 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
       const pendingBytes = ram.pendingWireBytes +
         live.reduce((n, e) => n + (e.saver === ram ? 0 : e.saver.backlogBytes), 0);
       const expected = window.bandwidth > 0
-        ? Math.max(pendingBytes / window.bandwidth, ram.pendingBusyMs) + rtt
+        ? Math.max(pendingBytes / window.bandwidth, ram.pendingBusyMs) + stopCost()
         : Infinity;
       ctx.progress.window(window, expected);
       if (!settle && stall.observe(live.reduce((n, e) => n + e.saver.backlogBytes, 0))) {
@@ -284,6 +297,7 @@ async function complete(ctx: OutgoingContext): Promise<OutgoingResult> {
   const wasRunning = before === "running";
   const stoppedAt = clock.now();
   guest.stop("finish-migrate");
+  const marks = { stopped: clock.now(), sent: 0, devices: 0 };
   ctx.progress.stopped(stoppedAt);
   try {
     for (const { id, saver } of byId(ctx.savers.live)) {
@@ -291,14 +305,16 @@ async function complete(ctx: OutgoingContext): Promise<OutgoingResult> {
       await saver.complete(w);
       await w.footer(id);
     }
+    marks.sent = clock.now();
     ctx.progress.pass(ram.stats.dirtySyncCount, 0);
     for (const { id, name, version, saver } of byId(ctx.savers.devices)) {
-      const state = saver.state();
+      const state = await saver.state();
       ctx.digests?.addDevice(name, 0, state.length, sharedKernels().digest(state, 0, state.length));
       await w.sectionStart(Section.FULL, id, name, 0, version);
       await w.write(state);
       await w.footer(id);
     }
+    marks.devices = clock.now();
     await w.end(vmDescription(ctx.savers, ctx.digests ?? undefined));
     await w.drain();
     await w.channel.finish();
@@ -308,7 +324,22 @@ async function complete(ctx: OutgoingContext): Promise<OutgoingResult> {
     else guest.setRunState(before);
     throw e;
   }
-  const downtime = clock.now() - stoppedAt;
+  const end = clock.now();
+  const downtime = end - stoppedAt;
+  const limit = ctx.params().downtime_limit;
+  if (downtime > limit) {
+    // Where the time went, so an operator can tell a slow link from a slow guest.
+    const ms = (x: number) => `${Math.round(x)} ms`;
+    const sync = Math.min(ram.lastSyncMs, marks.sent - marks.stopped);
+    ctx.progress.warn(
+      "downtime-limit-exceeded",
+      `The downtime (${ms(downtime)}) exceeded downtime_limit (${limit} ms): stopping the ` +
+        `guest took ${ms(marks.stopped - stoppedAt)}, the final dirty-log sync ${ms(sync)}, ` +
+        `the last pages ${ms(marks.sent - marks.stopped - sync)}, device state ` +
+        `${ms(marks.devices - marks.sent)}, the end of the stream and the destination's ` +
+        `answer ${ms(end - marks.devices)}`,
+    );
+  }
   guest.setRunState("postmigrate");
   return { downtime, wasRunning };
 }

@@ -20,7 +20,7 @@ export const DEFAULT_PARAMETERS: Readonly<Parameters> = {
   progress_timeout: 60_000,
   stall_windows: 600,
   stall_action: "fail",
-  incoming_page_budget: 64,
+  incoming_page_budget: 4096,
 };
 
 /** QEMU's capabilities off, as QEMU starts; ferry's `verify` on (turn it off only for peers that cannot speak it). */

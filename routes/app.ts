@@ -5,6 +5,7 @@ import type { Engine } from "../engine/engine.ts";
 import { AuthBackoff } from "./auth_backoff.ts";
 import { blockerRoutes } from "./blockers.ts";
 import { capabilityRoutes } from "./capabilities.ts";
+import { consoleRoutes, type GuestConsole } from "./console.ts";
 import { eventRoutes } from "./events.ts";
 import { hostCheck, type HostCheckOptions } from "./host_check.ts";
 import { incomingRoutes } from "./incoming.ts";
@@ -20,6 +21,8 @@ import { type VmInspector, vmRoutes } from "./vm.ts";
 export interface AppDeps {
   readonly engine: Engine;
   readonly vm: VmInspector;
+  /** The guest's serial console, when it has one (the x86 guest). */
+  readonly console?: GuestConsole;
   /** SSE keep-alive interval (ms of the engine's clock); tests shorten it. */
   readonly keepAliveMs?: number;
   /** The dashboard page served at GET /, if any. */
@@ -116,6 +119,7 @@ export function createApp(deps: AppDeps) {
   app.route("/", blockerRoutes(deps));
   app.route("/", eventRoutes(deps));
   app.route("/", vmRoutes(deps));
+  app.route("/", consoleRoutes(deps));
   app.doc31("/openapi.json", OPENAPI_HEAD);
   app.get(
     "/",

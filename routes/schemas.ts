@@ -70,6 +70,22 @@ export const DiskDigestSchema = z.object({
   run_state: z.enum(RUN_STATES),
 }).openapi("DiskDigest");
 
+/** Largest console input in one request. */
+export const MAX_CONSOLE_INPUT_CHARS = 4096;
+
+/** POST /vm/console body. */
+export const ConsoleInputSchema = z.object({
+  input: z.string().min(1).max(MAX_CONSOLE_INPUT_CHARS).openapi({
+    description: "Text typed into the console (a newline ends a command line)",
+    example: "echo $((6*7))\n",
+  }),
+}).strict().openapi("ConsoleInput");
+
+/** POST /vm/console answer. */
+export const ConsoleSentSchema = z.object({
+  sent: z.number().int().openapi({ description: "Characters typed" }),
+}).openapi("ConsoleSent");
+
 /** Blocker id path parameter. */
 export const BlockerIdParam = z.object({
   id: z.string().min(1).max(64).openapi({ param: { name: "id", in: "path" }, example: "1" }),

@@ -120,6 +120,7 @@ export function vmRoutes(deps: { engine: Engine; vm: VmInspector }) {
           } lies beyond block "${name}"`,
         });
       }
+      block.refresh(); // the x86 guest's RAM lives in its emulator: copy what changed
       const bytes = block.bytes.slice(offset, offset + q.length);
       return c.body(bytes, 200, { "content-type": "application/octet-stream" });
     })

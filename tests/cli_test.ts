@@ -16,6 +16,28 @@ Deno.test("parseFlags() applies the documented defaults", () => {
   assert.equal(c.token, undefined, "no token given: ferry generates one");
   assert.equal(c.tokenFile, undefined);
   assert.deepEqual(c.allowedHosts, []);
+  assert.equal(c.guest, "synthetic");
+  assert.deepEqual(c.x86, {});
+});
+
+Deno.test("parseFlags() reads the x86 guest's flags", () => {
+  const c = parseFlags([
+    "--guest",
+    "x86",
+    "--ram",
+    "128M",
+    "--kernel",
+    "/k",
+    "--initrd",
+    "/i",
+    "--bios",
+    "/b",
+    "--append",
+    "console=ttyS0",
+  ]);
+  assert.equal(c.guest, "x86");
+  assert.equal(c.ramSize, 128 << 20);
+  assert.deepEqual(c.x86, { kernel: "/k", initrd: "/i", bios: "/b", append: "console=ttyS0" });
 });
 
 Deno.test("parseFlags() reads every flag", () => {
@@ -75,6 +97,14 @@ for (
     [["--token-file", "/tmp/dir/"], /absolute file path/],
     [["--allowed-host", "evil.example/x"], /--allowed-host "evil\.example\/x"/],
     [["--allowed-host", ""], /--allowed-host/],
+    [["--guest", "arm"], /--guest "arm": expected synthetic or x86/],
+    [["--kernel", "/k"], /--kernel is for the x86 guest: add --guest x86/],
+    [["--guest", "x86", "--ram", "32M"], /whole MiB from 64M to 2047M/],
+    [["--guest", "x86", "--ram", "3G"], /whole MiB from 64M to 2047M/],
+    [["--guest", "x86", "--ram", "100M", "--workload", "ab"], /the x86 guest runs Linux/],
+    [["--guest", "x86", "--fill", "random"], /--fill/],
+    [["--guest", "x86", "--kernel", ""], /--kernel: empty path/],
+    [["--guest", "x86", "--disk", "/tmp/d.img"], /--disk is for the synthetic guest/],
   ] as [string[], RegExp][]
 ) {
   Deno.test(`parseFlags() rejects ${args.join(" ")} with a one-line message`, () => {

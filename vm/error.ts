@@ -12,8 +12,9 @@ export class VmError extends Error {
     /** Stable machine-readable identifier, e.g. `"invalid-device-state"`. */
     readonly code: VmErrorCode,
     message: string,
+    options?: ErrorOptions,
   ) {
-    super(message);
+    super(message, options);
   }
 }
 
@@ -23,6 +24,8 @@ export const VM_ERROR_CODES = [
   "invalid-run-state",
   "invalid-argument",
   "closed",
+  "unsupported",
+  "emulator-failed",
 ] as const;
 
 /** One of {@link VM_ERROR_CODES}. */

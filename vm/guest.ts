@@ -43,6 +43,12 @@ export interface Guest {
   readonly deviceFields: readonly DeviceField[];
   /** The guest's disk, when it has one (block migration copies it). */
   readonly disk?: Disk;
+  /**
+   * An emulated machine's device state (the x86 guest's), which travels in the
+   * `x86` section instead of the synthetic vCPU's `vcpu` section; absent on the
+   * synthetic guest.
+   */
+  readonly machine?: MachineDevices;
   /** Listeners see every run-state change. */
   onRunStateChange(listener: (from: RunState, to: RunState) => void): () => void;
 }
@@ -52,4 +58,32 @@ export interface DeviceField {
   readonly name: string;
   readonly type: "uint8" | "uint16" | "uint32" | "uint64" | "buffer";
   readonly size: number;
+}
+
+/** What an emulated machine's device section carries besides RAM. */
+export interface MachineState {
+  /** The emulator's own state of every device, without RAM. */
+  readonly devices: Uint8Array;
+  /** The tail of the serial console's output, so the destination's console continues it. */
+  readonly console: Uint8Array;
+  /** The console offset of the tail's first byte (bytes printed before it). */
+  readonly consoleOffset: number;
+}
+
+/**
+ * The device state of an emulated machine, taken and loaded on the emulator's own
+ * thread (hence promises). Both ends must run the same emulator version.
+ */
+export interface MachineDevices {
+  /** The emulator and its version, e.g. `v86 0.5.462`; a stream from another is refused. */
+  readonly version: string;
+  /** The state, taken with the guest stopped. */
+  save(): Promise<MachineState>;
+  /** Throws VmError `invalid-device-state` unless `devices` is a state this machine can load. */
+  check(devices: Uint8Array): void;
+  /**
+   * Loads a state from {@link save} of another machine, then the RAM blocks' pages,
+   * leaving the machine stopped and ready to run.
+   */
+  load(state: MachineState): Promise<void>;
 }

@@ -31,6 +31,7 @@ export class RamBlock {
    * buffers (a worker's view) or one too large.
    */
   readonly memory: WebAssembly.Memory | null;
+  #refresh: (() => void) | null = null;
 
   constructor(readonly name: string, readonly length: number, shared?: RamBlockShared) {
     if (name.length === 0 || name.length > 255) {
@@ -73,11 +74,26 @@ export class RamBlock {
   }
 
   /**
+   * For a guest whose RAM lives elsewhere (the x86 guest's emulator memory): the
+   * function that copies the pages changed there into `bytes` and sets their dirty
+   * bits. {@link refresh} and {@link syncDirty} call it; null removes it.
+   */
+  setRefresh(refresh: (() => void) | null): void {
+    this.#refresh = refresh;
+  }
+
+  /** Brings `bytes` and the dirty log up to date with the guest (a no-op where the guest writes `bytes` itself). */
+  refresh(): void {
+    this.#refresh?.();
+  }
+
+  /**
    * Moves the dirty log into `into` (OR) and clears it, word by word with
    * Atomics.exchange so no bit set concurrently is lost; also records the pages in
    * the touched map. Returns how many bits were newly set in `into`.
    */
   syncDirty(into: Uint32Array): number {
+    this.#refresh?.();
     const dirty = this.dirty;
     const touched = this.touched;
     let added = 0;

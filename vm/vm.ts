@@ -46,13 +46,16 @@ export interface VmOptions {
 
 /** What `GET /vm` reports: plain JSON. */
 export interface VmInfo {
+  /** Which guest: ferry's synthetic vCPU, or a Linux PC (vm/x86). */
+  readonly guest: "synthetic" | "x86";
   readonly run_state: RunState;
   readonly ram_size: number;
   readonly page_size: number;
   /** Canonical workload text, e.g. `random:hot=10%:90%`. */
   readonly workload: string;
   readonly throttle: number;
-  readonly ops: number;
+  /** Ops the synthetic vCPU has run; null for x86. */
+  readonly ops: number | null;
 }
 
 /** Listener of run-state changes. */
@@ -248,6 +251,7 @@ export class Vm implements Guest, AsyncDisposable, Disposable {
   /** Plain JSON description for `GET /vm`. */
   info(): VmInfo {
     return {
+      guest: "synthetic",
       run_state: this.#runState,
       ram_size: this.ramSize,
       page_size: PAGE_SIZE,

@@ -43,11 +43,16 @@ export const RAM_FLAG_MASK = 0xfff;
 export const RAM_SECTION_VERSION = 4;
 /** Version of ferry's `vcpu` device section. */
 export const VCPU_SECTION_VERSION = 1;
-/** The machine type named in the configuration section. */
+/** Version of the `x86` device section (the x86 guest's emulator state). */
+export const X86_SECTION_VERSION = 1;
+/** The machine type named in the configuration section: the synthetic guest's. */
 export const MACHINE_TYPE = "ferry-pc";
+/** The x86 guest's machine type (a PC emulated by v86). */
+export const X86_MACHINE_TYPE = "ferry-x86";
 
 /** Section id strings ferry knows. */
 export const SectionName = {
   RAM: "ram",
   VCPU: "vcpu",
+  X86: "x86",
 } as const;

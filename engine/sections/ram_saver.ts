@@ -106,6 +106,12 @@ export class RamSaver implements LiveSaver {
   #busyMsPerPage = 0;
   /** Pages the last sync marked dirty (auto-converge reads it). */
   lastSyncAdded = 0;
+  /**
+   * How long the last sync took (engine clock, ms). The final sync runs with the
+   * guest stopped, so it is part of the downtime: for the x86 guest, whose sync
+   * compares all of RAM, a large part (docs/ARCHITECTURE.md, "The x86 guest").
+   */
+  lastSyncMs = 0;
   /** Per-block digest tables with `verify`, else null. */
   readonly #tables: (DigestTable | null)[];
   readonly stats: RamStats = {
@@ -213,9 +219,11 @@ export class RamSaver implements LiveSaver {
    */
   sync(): number {
     let added = 0;
+    const started = this.#now();
     for (let i = 0; i < this.#blocks.length; i++) {
       added += this.#blocks[i].syncDirty(this.#bitmaps[i]);
     }
+    this.lastSyncMs = this.#now() - started;
     this.#dirty += added;
     this.#periodDirty += added;
     this.lastSyncAdded = added;

@@ -8,11 +8,12 @@
  * There are two kinds:
  * - `live` sections (QEMU's iterative ones: `ram`, `block`) go out as START, then
  *   PART sections while the guest runs, then END once it is stopped;
- * - `device` sections (`vcpu`) go out once, as FULL, with the guest stopped, and
+ * - `device` sections (`vcpu`, `x86`) go out once, as FULL, with the guest stopped, and
  *   are described in the vmdescription JSON.
  * @module
  */
 import type { Guest } from "../../vm/guest.ts";
+import { MACHINE_TYPE } from "../format/constants.ts";
 import type { StreamReader } from "../format/reader.ts";
 import type { StreamWriter } from "../format/writer.ts";
 import type { MigrationDigests } from "../integrity.ts";
@@ -69,8 +70,9 @@ export interface DeviceSaver {
   /**
    * The FULL payload, taken with the guest stopped. The loop writes it, and with
    * `verify` digests it: a device section needs no integrity code of its own.
+   * A device that lives on another thread (the x86 emulator) answers with a promise.
    */
-  state(): Uint8Array;
+  state(): Uint8Array | Promise<Uint8Array>;
   /** The section's entry in the vmdescription JSON (QEMU's vmsd description). */
   describe(): Record<string, unknown>;
 }
@@ -118,7 +120,14 @@ export interface Section {
 export class SectionRegistry {
   readonly #sections: Section[] = [];
 
-  constructor(sections: readonly Section[] = []) {
+  constructor(
+    sections: readonly Section[] = [],
+    /**
+     * The machine type the stream's configuration section names; a destination
+     * refuses a stream of another, before any RAM arrives.
+     */
+    readonly machineType: string = MACHINE_TYPE,
+  ) {
     for (const s of sections) this.register(s);
   }
 

@@ -35,7 +35,7 @@ Deno.test("DEFAULT_PARAMETERS are the seed's (32 MiB/s, 30 ms, 64 MiB cache, thr
     progress_timeout: 60_000,
     stall_windows: 600,
     stall_action: "fail",
-    incoming_page_budget: 64,
+    incoming_page_budget: 4096,
   });
   assert.doesNotThrow(() => validateParameters(DEFAULT_PARAMETERS));
 });

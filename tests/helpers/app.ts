@@ -25,6 +25,7 @@ export function testApp(
   const engine = new Engine({ guest, transports, firstEventId: 1, clock: opts.clock });
   const vm: VmInspector = {
     info: () => ({
+      guest: "synthetic",
       run_state: guest.runState,
       ram_size: guest.blocks[0].length,
       page_size: PAGE_SIZE,

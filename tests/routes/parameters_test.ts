@@ -11,7 +11,7 @@ const DEFAULTS = {
   progress_timeout: 60000,
   stall_windows: 600,
   stall_action: "fail",
-  incoming_page_budget: 64,
+  incoming_page_budget: 4096,
 };
 
 Deno.test("GET /migrations/parameters answers the seed defaults", async () => {

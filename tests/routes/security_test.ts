@@ -16,6 +16,7 @@ function secureApp(opts: { token?: string; digest?: VmInspector["digest"] } = {}
   const engine = new Engine({ guest, transports: new MemoryTransports() });
   const vm: VmInspector = {
     info: () => ({
+      guest: "synthetic",
       run_state: guest.runState,
       ram_size: guest.blocks[0].length,
       page_size: PAGE_SIZE,

@@ -8,6 +8,7 @@ Deno.test("GET /vm answers run state, RAM size, page size, workload, throttle an
   const res = await call(app, "GET", "/vm");
   assert.equal(res.status, 200);
   assert.deepEqual(res.body, {
+    guest: "synthetic",
     run_state: "prelaunch",
     ram_size: 2 << 20,
     page_size: 4096,

@@ -36,6 +36,7 @@ Deno.test("Vm.create starts in prelaunch with one pc.ram block and the vCPU stop
   await delay(30);
   assert.equal(vm.opsCount, 0);
   assert.deepEqual(vm.info(), {
+    guest: "synthetic",
     run_state: "prelaunch",
     ram_size: MiB,
     page_size: 4096,

@@ -51,8 +51,8 @@ export interface X86MachineOptions {
 
 /** The parts of v86's CPU object this module touches (internals of 0.5.462). */
 interface V86Cpu {
-  /** A WebAssembly.Memory, not shared (so its buffer is a plain ArrayBuffer). */
-  wasm_memory: { readonly buffer: ArrayBuffer };
+  /** Not shared, so its buffer is a plain ArrayBuffer only this thread can read. */
+  wasm_memory: WebAssembly.Memory;
   mem8: Uint8Array;
   memory_size: Uint32Array;
   is_memory_zeroed: (addr: number, length: number) => boolean;
@@ -262,11 +262,20 @@ export class X86Machine {
    */
   ram(): Uint8Array<ArrayBuffer> {
     this.#open();
-    const buffer = this.#cpu.wasm_memory.buffer;
+    const buffer = this.#cpu.wasm_memory.buffer as ArrayBuffer;
     if (this.#ramView === undefined || this.#ramView.buffer !== buffer) {
       this.#ramView = new Uint8Array(buffer, this.#ramOffset, this.memoryBytes);
     }
     return this.#ramView;
+  }
+
+  /**
+   * The emulator's WebAssembly memory and where guest physical address 0 sits in
+   * it, for kernels that read guest RAM in place (the x86 guest's page sync).
+   */
+  memory(): { readonly memory: WebAssembly.Memory; readonly offset: number } {
+    this.#open();
+    return { memory: this.#cpu.wasm_memory, offset: this.#ramOffset };
   }
 
   /**
