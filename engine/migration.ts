@@ -261,6 +261,7 @@ export class Migration {
         capabilities: caps,
         ...(this.#deps.block ? { block: this.#deps.block } : {}),
         ...(digests ? { digests } : {}),
+        ...(/^(file|exec):/.test(this.uri) ? { snapshot: true } : {}),
       });
       this.#ram = savers.ram;
       const block = savers.live.find((e) => e.saver instanceof BlockSaver)?.saver;

@@ -24,6 +24,7 @@ export const ramSection: Section = {
     new RamSaver(ctx.guest.blocks, ctx.now, {
       ...(ctx.capabilities.xbzrle ? { xbzrleCacheSize: ctx.params.xbzrle_cache_size } : {}),
       ...(ctx.digests ? { digests: ctx.digests } : {}),
+      ...(ctx.snapshot ? { zeroedAsPages: true } : {}),
     }),
   loader: (ctx) => new RamLoader(ctx.guest.blocks, undefined, ctx.digests, ctx.maxRecords),
 };

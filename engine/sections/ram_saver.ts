@@ -64,6 +64,13 @@ export interface RamSaverOptions {
   readonly kernels?: KernelKind;
   /** With `verify`: digests every page as it is sent (one table per block, in order). */
   readonly digests?: MigrationDigests;
+  /**
+   * A page that went out with data and is zero when sent again goes as a full page
+   * of zeroes, not a ZERO record. Readers that start from zeroed memory and skip
+   * ZERO records (QEMU's analyze-migration.py) then see it zeroed; on for streams
+   * that go to files or commands, which such readers read.
+   */
+  readonly zeroedAsPages?: boolean;
 }
 
 /** What one iterate() call did. */
@@ -114,6 +121,8 @@ export class RamSaver implements LiveSaver {
   lastSyncMs = 0;
   /** Per-block digest tables with `verify`, else null. */
   readonly #tables: (DigestTable | null)[];
+  /** With zeroedAsPages: per block, the pages that went out with data (one bit each). */
+  readonly #sentData: Uint32Array[] | null;
   readonly stats: RamStats = {
     duplicate: 0,
     normal: 0,
@@ -143,6 +152,9 @@ export class RamSaver implements LiveSaver {
     this.#blocks = blocks;
     this.#now = now;
     this.#tables = blocks.map((_, i) => options.digests?.ram[i].table ?? null);
+    this.#sentData = options.zeroedAsPages
+      ? blocks.map((b) => new Uint32Array(Math.ceil(b.pages / 32)))
+      : null;
     this.#bitmaps = blocks.map((b) => fullBitmap(b.pages));
     this.#dirty = blocks.reduce((n, b) => n + b.pages, 0);
     this.#totalWords = this.#bitmaps.reduce((n, m) => n + m.length, 0);
@@ -390,8 +402,11 @@ export class RamSaver implements LiveSaver {
       const page = (word << 5) + (31 - Math.clz32(low));
       const offset = page * PAGE_SIZE;
       const key = keyBase + page;
-      const zero = (block.touched[word] & low) === 0 ||
-        isZeroPage(block.words, page << (PAGE_SHIFT - 2));
+      const sentData = this.#sentData?.[this.#block];
+      const zero = ((block.touched[word] & low) === 0 ||
+        isZeroPage(block.words, page << (PAGE_SHIFT - 2))) &&
+        (sentData === undefined || (sentData[word] & low) === 0);
+      if (!zero && sentData !== undefined) sentData[word] |= low;
       if (zero) {
         this.#header(w, block, offset, RamFlag.ZERO);
         w.u8(0);
@@ -486,6 +501,8 @@ export class RamSaver implements LiveSaver {
     const limit = buf.length - MAX_RECORD;
     let pos = w.pos;
     if (pos > limit) return bits;
+    // A page that went out with data is never a ZERO record again (zeroedAsPages).
+    const sentData = this.#sentData?.[this.#block];
     const touched = block.touched[word];
     const words = block.words;
     const bytes = block.bytes;
@@ -507,7 +524,11 @@ export class RamSaver implements LiveSaver {
       bits ^= low;
       const page = base + (31 - Math.clz32(low));
       const offset = page * PAGE_SIZE;
-      const zero = (touched & low) === 0 || isZeroPage(words, page << (PAGE_SHIFT - 2));
+      let zero = (touched & low) === 0 || isZeroPage(words, page << (PAGE_SHIFT - 2));
+      if (sentData !== undefined) {
+        if (zero && (sentData[word] & low) !== 0) zero = false;
+        else if (!zero) sentData[word] |= low;
+      }
       pos = putHeader(
         buf,
         pos,

@@ -30,6 +30,12 @@ export interface SaveContext {
   readonly block?: { readonly incremental: boolean };
   /** With `verify`: where savers record what they send. */
   readonly digests?: MigrationDigests;
+  /**
+   * The stream goes to a file or a command (file:, exec:), read later by tools
+   * that may start from zeroed memory: RAM sends pages zeroed after they went out
+   * with data as full pages (RamSaverOptions.zeroedAsPages).
+   */
+  readonly snapshot?: boolean;
 }
 
 /** What a loader is made from. */

@@ -37,6 +37,9 @@ const COMMAND_TIMEOUT_MS = 60_000;
 /** How long close() lets the worker destroy its machine before terminating it. */
 const EXIT_TIMEOUT_MS = 2000;
 
+/** Where v86 loads an initrd in guest RAM. */
+const INITRD_ADDRESS = 64 << 20;
+
 /** Console output kept for replay and carried to a migration's destination. */
 export const CONSOLE_HISTORY_BYTES = 64 * 1024;
 
@@ -115,6 +118,17 @@ export class X86Guest implements Guest, MachineDevices, AsyncDisposable {
         `The x86 guest needs whole MiB of RAM from ${X86_MIN_MEMORY_BYTES >> 20} MiB to ${
           X86_MAX_MEMORY_BYTES >> 20
         } MiB, not ${ramSize} bytes`,
+      );
+    }
+    // v86 puts the initrd at 64 MiB: RAM must hold it above that.
+    const initrdTop = INITRD_ADDRESS +
+      Math.ceil((options.initrd?.length ?? 0) / (1 << 20)) * (1 << 20);
+    if (options.initrd && ramSize <= initrdTop) {
+      throw new VmError(
+        "invalid-argument",
+        `The x86 guest loads its initrd at 64 MiB: with this ${
+          Math.ceil(options.initrd.length / (1 << 20))
+        } MiB initrd it needs more than ${initrdTop >> 20} MiB of RAM`,
       );
     }
     const block = new RamBlock("pc.ram", ramSize);

@@ -118,6 +118,33 @@ Deno.test("RamSaver.iterate() sends PAGE with the bytes for a touched non-zero p
   assert.equal(saver.stats.duplicate, 14);
 });
 
+Deno.test("RamSaver with zeroedAsPages sends a page zeroed after it went out with data as a full zero page (readers that skip ZERO records see it zeroed)", async () => {
+  for (const zeroedAsPages of [false, true]) {
+    const guest = new TestGuest([["pc.ram", 4 * PAGE_SIZE]]);
+    const ch = new CaptureChannel();
+    const w = new StreamWriter(ch, 1 << 20);
+    const saver = new RamSaver(guest.blocks, () => 0, { zeroedAsPages });
+    guest.write(PAGE_SIZE, new Uint8Array(PAGE_SIZE).fill(0x5a));
+    saver.sync();
+    await saver.iterate(w, never);
+    parseRecords(await payload(w, ch));
+    guest.write(PAGE_SIZE, new Uint8Array(PAGE_SIZE)); // zeroed after it went out
+    guest.write(2 * PAGE_SIZE, new Uint8Array(8)); // written with zeroes, never with data
+    saver.sync();
+    await saver.iterate(w, never);
+    const { recs } = parseRecords(await payload(w, ch));
+    const rec1 = recs.find((r) => r.offset === PAGE_SIZE)!;
+    const rec2 = recs.find((r) => r.offset === 2 * PAGE_SIZE)!;
+    assert.equal(rec2.flags & ~CONTINUE, ZERO, "a page that never held data stays a ZERO record");
+    if (zeroedAsPages) {
+      assert.equal(rec1.flags & ~CONTINUE, PAGE);
+      assert.deepEqual(rec1.data, new Uint8Array(PAGE_SIZE));
+    } else {
+      assert.equal(rec1.flags & ~CONTINUE, ZERO);
+    }
+  }
+});
+
 Deno.test("RamSaver.iterate() names the block in the first record of a block and uses CONTINUE after it", async () => {
   const { w, ch, saver } = setup([["pc.ram", 40 * PAGE_SIZE], ["vga.vram", 3 * PAGE_SIZE]]);
   await saver.iterate(w, never);

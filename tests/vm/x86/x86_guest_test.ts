@@ -31,13 +31,22 @@ function follow(guest: X86Guest): { log: ConsoleLog; stop: () => void } {
   return { log, stop };
 }
 
-Deno.test("X86Guest.create refuses RAM v86 cannot give exactly", async () => {
+Deno.test("X86Guest.create refuses RAM v86 cannot give exactly, or too little for the initrd", async () => {
   for (const ramSize of [32 << 20, (100 << 20) + 4096, 2048 << 20]) {
     await assert.rejects(
       X86Guest.create({ ramSize, bios: new Uint8Array(1) }),
       (e) => e instanceof VmError && e.code === "invalid-argument" && /whole MiB/.test(e.message),
     );
   }
+  await assert.rejects(
+    X86Guest.create({
+      ramSize: 65 << 20,
+      bios: new Uint8Array(1),
+      kernel: new Uint8Array(1),
+      initrd: new Uint8Array((1 << 20) + 1),
+    }),
+    (e) => e instanceof VmError && /initrd at 64 MiB: .* needs more than 66 MiB/.test(e.message),
+  );
 });
 
 Deno.test({
