@@ -68,7 +68,8 @@ Flags:
   --incoming URI        start as a destination waiting on URI: tcp:HOST:PORT, unix:/PATH,
                         exec:COMMAND (needs --allow-exec), fd:N, file:/PATH[,offset=N]
   --no-autostart        a destination stays paused after loading (QEMU's -S)
-  --paused              a source guest starts paused instead of running
+  --paused              a source guest starts paused instead of running (an x86 guest:
+                        not booted until POST /vm/start)
   --no-prefault         do not fault guest RAM in at start (default: prefault, like -mem-prealloc)
   --allow-exec          allow exec: migration URIs (they run shell commands)
   --token TOKEN         the API token (at least 16 characters; prefer FERRY_TOKEN, which

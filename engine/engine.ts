@@ -216,8 +216,12 @@ export class Engine {
     if (this.#incoming?.isActive || this.#arming) {
       throw new EngineError("incoming-active", "This ferry is waiting for an incoming migration");
     }
-    if (this.#blockers.size > 0) {
-      const reasons = this.blockers.map((b) => b.reason);
+    const guestBlocker = this.#guest.migrationBlocker?.() ?? null;
+    if (this.#blockers.size > 0 || guestBlocker !== null) {
+      const reasons = [
+        ...this.blockers.map((b) => b.reason),
+        ...(guestBlocker ? [guestBlocker] : []),
+      ];
       throw new EngineError("migration-blocked", `Migration is blocked: ${reasons.join("; ")}`, {
         reasons,
       });

@@ -49,6 +49,8 @@ export interface Guest {
    * synthetic guest.
    */
   readonly machine?: MachineDevices;
+  /** Why this guest cannot be migrated right now (its own blocker), or null. */
+  migrationBlocker?(): string | null;
   /** Listeners see every run-state change. */
   onRunStateChange(listener: (from: RunState, to: RunState) => void): () => void;
 }

@@ -257,3 +257,16 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "e2e x86: a guest that never ran cannot be migrated: 409 naming why" + NEEDS_IMAGE,
+  ignore: !HAVE_IMAGE,
+  async fn() {
+    await using src = await x86Ferry(["--paused"]);
+    const res = await src.api("POST", "/migrations", { uri: "tcp:127.0.0.1:9" });
+    assert.equal(res.status, 409);
+    assert.equal(res.body.error.code, "migration-blocked");
+    assert.match(res.body.error.message, /never run: start it/);
+    assert.equal((await src.api("GET", "/vm")).body.run_state, "prelaunch");
+  },
+});

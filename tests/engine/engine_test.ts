@@ -144,6 +144,23 @@ Deno.test("Engine.setCapabilities() while a migration is active answers migratio
 
 // ---- blockers ----------------------------------------------------------------------
 
+Deno.test("Engine: a guest's own blocker refuses migrate with its reason, and lifts with it", async () => {
+  let reason: string | null = "the guest has never run";
+  const guest = Object.assign(new TestGuest(), { migrationBlocker: () => reason });
+  const { engine } = engineFor(guest);
+  try {
+    const err = assertEngineError(() => engine.migrate(URI), "migration-blocked", /never run/);
+    assert.deepEqual(err.details, { reasons: ["the guest has never run"] });
+    assert.equal(engine.current().status, "none");
+    reason = null;
+    engine.setParameters({ max_bandwidth: 1 << 30 });
+    assert.equal(engine.migrate(URI).status, "setup");
+    await engine.migration!.done;
+  } finally {
+    await engine.close();
+  }
+});
+
 Deno.test("Engine blockers: add gives ids, migrate answers migration-blocked with the reasons, remove and not-found", async () => {
   const { engine } = engineFor();
   try {

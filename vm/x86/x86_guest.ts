@@ -84,6 +84,8 @@ export class X86Guest implements Guest, MachineDevices, AsyncDisposable {
   #failure: string | null = null;
   #closed = false;
   #throttle = 0;
+  /** True once the machine has run or loaded a state: v86 cannot restore the state of one that never ran. */
+  #initialized = false;
   #exited: (() => void) | undefined;
 
   get machine(): MachineDevices {
@@ -198,6 +200,7 @@ export class X86Guest implements Guest, MachineDevices, AsyncDisposable {
   start(): void {
     this.#assertOpen("start");
     this.#command("run");
+    this.#initialized = true;
     this.#setState("running");
   }
 
@@ -240,6 +243,13 @@ export class X86Guest implements Guest, MachineDevices, AsyncDisposable {
     return () => {
       this.#listeners.delete(listener);
     };
+  }
+
+  /** A machine that never ran has devices v86 cannot restore elsewhere: start it first. */
+  migrationBlocker(): string | null {
+    return this.#initialized
+      ? null
+      : "the x86 guest has never run: start it (POST /vm/start) before migrating it";
   }
 
   /** Not this guest's: its devices travel through {@link machine}. */
@@ -296,6 +306,7 @@ export class X86Guest implements Guest, MachineDevices, AsyncDisposable {
     const devices = state.devices.slice();
     const reply = await this.#request((id) => ({ type: "load", id, devices }), [devices.buffer]);
     if (reply.type !== "loaded") throw this.#replyError(reply, "load device state");
+    this.#initialized = true;
     this.console.restore(state.console, state.consoleOffset);
   }
 
