@@ -1,6 +1,14 @@
 import { type Channel, TransportError } from "./transport.ts";
 import { SerialWrites } from "./serial_writes.ts";
 
+/** What the TLS alerts a peer sends after checking ferry's certificate mean. */
+const TLS_ALERTS: Record<string, string> = {
+  UnknownCA: "it does not trust the CA of this ferry's certificate (UnknownCA)",
+  BadCertificate: "it does not accept this ferry's certificate, e.g. for its name (BadCertificate)",
+  CertificateExpired: "it finds this ferry's certificate expired (CertificateExpired)",
+  DecryptError: "the handshake did not verify (DecryptError)",
+};
+
 /**
  * Turns a socket error from Deno into a short, readable reason ("connection
  * refused", "host name not resolved", …) for messages like
@@ -35,6 +43,11 @@ export function describeNetError(err: unknown): string {
   if (is(E.BrokenPipe, "EPIPE")) return "broken pipe (the peer closed the connection)";
   if (is(E.NotFound, "ENOENT")) return "no such file or directory";
   if (is(E.NotConnected, "ENOTCONN")) return "not connected";
+  const alert = /received fatal alert: (\w+)/.exec(msg)?.[1];
+  if (alert) return `the peer refused the TLS handshake: ${TLS_ALERTS[alert] ?? alert}`;
+  if (/corrupt message|InvalidContentType|peer is incompatible/i.test(msg)) {
+    return `the peer does not speak TLS (${msg})`;
+  }
   return msg;
 }
 

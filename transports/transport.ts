@@ -32,8 +32,45 @@ export interface Listener extends Disposable {
   readonly peers: "one" | "many";
   /** Resolves with the next connection; rejects once the listener is closed. */
   accept(): Promise<Channel>;
+  /**
+   * Present when peers must prove who they are before their stream is read (the
+   * migration secret's challenge, transports/peer_auth.ts): resolves once `channel`'s
+   * peer proved it, rejects saying why it did not. The destination's gate calls it
+   * within its header deadline, before it reads a byte of the stream.
+   */
+  authenticate?(channel: Channel): Promise<void>;
   /** Stops listening (and removes a unix socket file it created). Idempotent. */
   close(): void;
+}
+
+/**
+ * TLS on `tcp:` (docs/ARCHITECTURE.md, "Transports"): file paths and the name the
+ * destination's certificate must carry. A destination needs `certFile` and
+ * `keyFile`; a source verifies against `caFile` (added to Deno's built-in roots).
+ */
+export interface TlsOptions {
+  /** PEM certificate chain the destination presents. */
+  readonly certFile?: string;
+  /** PEM private key of that certificate. */
+  readonly keyFile?: string;
+  /** PEM CA bundle the source trusts for the destination's certificate. */
+  readonly caFile?: string;
+  /** The name the destination's certificate must be for (default: the URI's host). */
+  readonly hostname?: string;
+}
+
+/**
+ * How a migration's channel is protected, from the engine's parameters. Each
+ * part applies where it can: TLS to `tcp:`, the secret to sockets (`tcp:`,
+ * `unix:`), the snapshot key to one-way streams (`file:`, `exec:`, `fd:`).
+ */
+export interface ChannelSecurity {
+  /** TLS on tcp:. */
+  readonly tls?: TlsOptions;
+  /** File holding the secret both ends of a socket migration prove they know. */
+  readonly secretFile?: string;
+  /** File holding the key a one-way stream is encrypted with (transports/sealed.ts). */
+  readonly snapshotKeyFile?: string;
 }
 
 /** Opens channels for migration URIs; injected into the engine so tests can swap it. */
@@ -44,10 +81,13 @@ export interface Transports {
    * a `direction`, also that the URI is valid that way (no tcp: port 0 to connect).
    */
   validate(uri: string, direction?: "connect" | "listen"): void;
-  /** Connects to a destination for an outgoing migration. */
-  connect(uri: string, signal?: AbortSignal): Promise<Channel>;
-  /** Binds a listener for an incoming migration. */
-  listen(uri: string): Promise<Listener>;
+  /**
+   * Connects to a destination for an outgoing migration, with TLS, the secret's
+   * proof and encryption as `security` asks.
+   */
+  connect(uri: string, signal?: AbortSignal, security?: ChannelSecurity): Promise<Channel>;
+  /** Binds a listener for an incoming migration, protected as `security` asks. */
+  listen(uri: string, security?: ChannelSecurity): Promise<Listener>;
 }
 
 /** Why a transport could not be opened; `code` is the API error code. */
