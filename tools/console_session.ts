@@ -22,6 +22,9 @@ export const KEYSTROKE_BATCH_MS = 5;
 /** The delay before reopening a dropped stream, until the server asks for another (`retry:`). */
 const RECONNECT_MS = 1000;
 
+/** How long input typed before a detach may still take to go (a hung ferry must not hold it). */
+const DETACH_DRAIN_MS = 5000;
+
 /** Reconnections in a row that bring no output before the session gives up. */
 const RECONNECT_ATTEMPTS = 3;
 
@@ -148,6 +151,16 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     const timer = setTimeout(done, ms);
     signal?.addEventListener("abort", done);
   });
+}
+
+/** Waits for `sender` to have sent everything, at most `ms`; rejects with its failure. */
+async function drainWithin(sender: InputSender, ms: number): Promise<void> {
+  const done = new AbortController();
+  try {
+    await Promise.race([sender.drain(), sleep(ms, done.signal)]);
+  } finally {
+    done.abort();
+  }
 }
 
 /** `text` in pieces of at most {@link MAX_INPUT_CHARS}, never splitting a surrogate pair. */
@@ -282,7 +295,7 @@ export async function runConsoleSession(deps: ConsoleSessionDeps): Promise<Conso
     return await Promise.race<ConsoleSessionEnd>([
       output.then((reason) => ({ kind: "ended", reason: reason ?? "aborted" })),
       readInput(reader, sender, tty).then(async (how) => {
-        await sender.drain();
+        await drainWithin(sender, DETACH_DRAIN_MS);
         // At the end of piped input, output goes on: only the stream's end settles the race.
         return how === "detach" ? { kind: "detached" } : new Promise<never>(() => {});
       }),
@@ -298,6 +311,6 @@ export async function runConsoleSession(deps: ConsoleSessionDeps): Promise<Conso
       for (const [name, handler] of handlers) Deno.removeSignalListener(name, handler);
     }
     await output;
-    await sender.drain().catch(() => {});
+    await drainWithin(sender, DETACH_DRAIN_MS).catch(() => {});
   }
 }
