@@ -185,6 +185,18 @@ Deno.test({
         );
         const lastOnSource = maxTick(await terminalText(srcPage));
         assert.ok(lastOnSource >= sourceTicks);
+        // A key typed there is refused by the ferry, and the note says why.
+        const refused = srcPage.waitForResponse((r) =>
+          r.request().method() === "POST" && r.url() === `${src.url}/vm/console`
+        );
+        await srcPage.click("#terminal");
+        await srcPage.keyboard.type("x");
+        assert.equal((await refused).status(), 409);
+        await srcPage.waitForFunction(() =>
+          /^Not sent — invalid-run-state: .*postmigrate/.test(
+            document.getElementById("console-note")?.textContent ?? "",
+          )
+        );
 
         // … and one opened after it arrived: both show the source's output, then new ticks.
         const late = await browser.context.newPage();
@@ -209,7 +221,12 @@ Deno.test({
       },
     );
 
-    for (const e of errors) assert.deepEqual(e, { console: [], page: [] }, "no page errors");
+    for (const e of errors) {
+      assert.deepEqual(e.page, [], "no uncaught errors");
+      // The one refused key is the only request that failed.
+      for (const c of e.console) assert.match(c, /status of 409/);
+    }
+    assert.equal(errors.flatMap((e) => e.console).length <= 1, true, String(errors[0].console));
     assert.deepEqual(foreign, [], "the page loads nothing from anywhere else");
   },
 });
