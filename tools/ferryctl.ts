@@ -5,11 +5,19 @@
  *                        [--auto-converge] [--watch]
  *   deno task status  -- [--api URL] [--watch] [--json]
  *   deno task token   -- [--api URL]
+ *   deno task console -- [--api URL] [--replay BYTES]
  *
- * `migrate` exits 0 only when the migration completed. The API token is `--token`,
+ * `migrate` exits 0 only when the migration completed; `console` attaches the
+ * terminal to the guest's serial console until Ctrl-]. The API token is `--token`,
  * else `FERRY_TOKEN`, else the token file of a ferry on this machine (loopback API).
  */
 import { readSse } from "./sse.ts";
+import {
+  type ConsoleStdin,
+  DETACH_NAME,
+  processStdin,
+  runConsoleSession,
+} from "./console_session.ts";
 import { parseArgs } from "node:util";
 import { parseSize } from "../vm/ram.ts";
 import { defaultTokenFile, readTokenFile, TokenFileError } from "../api_token.ts";
@@ -23,6 +31,12 @@ export class UsageError extends Error {
 /** The API answered an error, or could not be reached: exit status 1. */
 export class ApiError extends Error {
   override readonly name = "ApiError";
+  /** The HTTP status the API answered, when it answered. */
+  readonly status: number | undefined;
+  constructor(message: string, status?: number) {
+    super(message);
+    this.status = status;
+  }
 }
 
 export const MIGRATE_HELP = `Usage: deno task migrate -- --to URI [options]
@@ -64,6 +78,26 @@ $XDG_RUNTIME_DIR/ferry/api-PORT.token, else $HOME/.local/state/ferry/api-PORT.to
 
   export FERRY_TOKEN=$(deno task -q token)
   curl -H "Authorization: Bearer $FERRY_TOKEN" http://127.0.0.1:8080/vm`;
+
+export const CONSOLE_HELP = `Usage: deno task console -- [options]
+
+Attaches this terminal to the guest's serial console (a ferry started with --guest x86):
+what the guest prints goes to stdout, what you type goes to the guest. On a terminal
+every key goes to the guest as typed (Ctrl-C too); ${DETACH_NAME} detaches (exit status 0).
+Piped input goes a line at a time; after it ends, output goes on until ${DETACH_NAME}
+in the input, Ctrl-C, or the end of the stream. A dropped stream is resumed where it
+stopped; a stream that cannot be resumed ends the session (exit status 1).
+
+  --api URL       the ferry's API (default $FERRY_API or http://127.0.0.1:8080)
+  --replay BYTES  console history to print first (default 1024, at most 65536)
+  --token TOKEN   the API token (default $FERRY_TOKEN, else the token file of the ferry
+                  on this machine's --api port)
+  -h, --help      this text
+
+  printf 'echo $((6*7))\\n' | deno task console     # prints the guest's 42 (Ctrl-C to stop)`;
+
+/** Console history `console` prints before what comes next, unless --replay says otherwise. */
+export const DEFAULT_CONSOLE_REPLAY = 1024;
 
 /** The environment ferryctl reads. */
 export type Env = Record<string, string | undefined>;
@@ -275,6 +309,23 @@ export class FerryApi {
     }
   }
 
+  /** The ApiError for an error answer: the request, the status and the error body's code and message. */
+  #answerError(method: string, path: string, res: Response, text: string): ApiError {
+    let parsed: Json;
+    try {
+      parsed = text ? JSON.parse(text) : undefined;
+    } catch {
+      parsed = undefined;
+    }
+    const err = parsed?.error;
+    let message = `${method} ${path} answered ${res.status}`;
+    if (err?.code) message += ` ${err.code}: ${err.message}`;
+    else if (text) message += `: ${text.slice(0, 200)}`;
+    // A lockout (429) only holds back requests without the right token.
+    if (res.status === 401 || res.status === 429) message += this.#unauthorizedHint();
+    return new ApiError(message, res.status);
+  }
+
   /** A JSON call; throws ApiError naming the request, status and the error body. */
   async call(method: string, path: string, body?: unknown): Promise<Json> {
     const res = await this.#fetch(method, path, {
@@ -282,37 +333,37 @@ export class FerryApi {
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await res.text();
-    let parsed: Json;
+    if (!res.ok) throw this.#answerError(method, path, res, text);
     try {
-      parsed = text ? JSON.parse(text) : undefined;
+      return text ? JSON.parse(text) : undefined;
     } catch {
-      parsed = undefined;
+      return undefined;
     }
-    if (res.ok) return parsed;
-    const err = parsed?.error;
-    let message = `${method} ${path} answered ${res.status}`;
-    if (err?.code) message += ` ${err.code}: ${err.message}`;
-    else if (text) message += `: ${text.slice(0, 200)}`;
-    // A lockout (429) only holds back requests without the right token.
-    if (res.status === 401 || res.status === 429) message += this.#unauthorizedHint();
-    throw new ApiError(message);
+  }
+
+  /**
+   * Opens an event stream (GET `path`), resuming after `lastEventId` when given; the
+   * caller reads (and cancels) the body. Throws ApiError as {@link call} does.
+   */
+  async stream(
+    path: string,
+    opts: { signal?: AbortSignal; lastEventId?: string } = {},
+  ): Promise<ReadableStream<Uint8Array>> {
+    const headers: Record<string, string> = { accept: "text/event-stream" };
+    if (opts.lastEventId !== undefined) headers["last-event-id"] = opts.lastEventId;
+    const res = await this.#fetch("GET", path, {
+      headers: this.headers(headers),
+      signal: opts.signal,
+    });
+    if (!res.ok || !res.body) {
+      throw this.#answerError("GET", path, res, await res.text().catch(() => ""));
+    }
+    return res.body;
   }
 
   /** Opens GET /migrations/events; the caller reads (and cancels) the body. */
-  async events(signal?: AbortSignal): Promise<ReadableStream<Uint8Array>> {
-    const res = await this.#fetch("GET", "/migrations/events", {
-      headers: this.headers({ accept: "text/event-stream" }),
-      signal,
-    });
-    if (!res.ok || !res.body) {
-      await res.body?.cancel();
-      throw new ApiError(
-        `GET /migrations/events answered ${res.status}${
-          res.status === 401 || res.status === 429 ? this.#unauthorizedHint() : ""
-        }`,
-      );
-    }
-    return res.body;
+  events(signal?: AbortSignal): Promise<ReadableStream<Uint8Array>> {
+    return this.stream("/migrations/events", { signal });
   }
 }
 
@@ -546,6 +597,61 @@ export async function status(args: string[], env: Record<string, string | undefi
   return 0;
 }
 
+/**
+ * `console`: attaches `stdin` and `io` to the guest's serial console until the
+ * detach key (exit status 0) or the end of its stream (1). Refusals — no console,
+ * a bad token — throw ApiError before anything is read from `stdin`. A refused input
+ * (409: the guest is not running) is reported and the session goes on when typing
+ * on a terminal; piped input stops there (exit status 1).
+ */
+export async function consoleCommand(
+  args: string[],
+  env: Env,
+  io: Io,
+  stdin: ConsoleStdin,
+): Promise<number> {
+  const { values } = parse(args, {
+    api: { type: "string" },
+    replay: { type: "string" },
+    token: { type: "string" },
+    help: { type: "boolean", short: "h", default: false },
+  });
+  if (values.help) {
+    io.out(`${CONSOLE_HELP}\n`);
+    return 0;
+  }
+  const replay = values.replay === undefined ? DEFAULT_CONSOLE_REPLAY : Number(values.replay);
+  if (!/^\d+$/.test(values.replay ?? "0") || replay > 65536) {
+    throw new UsageError(`Invalid --replay "${values.replay}": bytes from 0 to 65536`);
+  }
+  const base = String(values.api ?? env.FERRY_API ?? DEFAULT_API);
+  const api = new FerryApi(base, resolveToken(base, values.token, env));
+  // On a raw terminal a line needs its carriage return.
+  const eol = () => (stdin.tty ? "\r\n" : "\n");
+  const note = (line: string) => io.err(`ferry console: ${line}${eol()}`);
+  const end = await runConsoleSession({
+    open: (lastEventId, signal) =>
+      api.stream(`/vm/console?replay=${replay}`, { signal, lastEventId }),
+    send: async (text) => {
+      try {
+        await api.call("POST", "/vm/console", { input: text });
+      } catch (e) {
+        if (!(stdin.tty && e instanceof ApiError && e.status === 409)) throw e;
+        note(`input not sent: ${e.message}`);
+      }
+    },
+    stdin,
+    out: io.out,
+    note,
+  });
+  if (end.kind === "detached") {
+    note("detached");
+    return 0;
+  }
+  if (end.kind === "stopped") throw new ApiError(`stopped by ${end.signal}`);
+  throw new ApiError(`the console stream ended: ${end.reason}`);
+}
+
 /** `token`: prints the token from the token file of a ferry on this machine; returns the exit status. */
 export function token(args: string[], env: Env, io: Io): number {
   const { values } = parse(args, {
@@ -599,18 +705,22 @@ function parse(args: string[], options: Options): { values: Record<string, any> 
   }
 }
 
-/** Runs `ferryctl COMMAND ARGS…`; returns the exit status. */
+/** Runs `ferryctl COMMAND ARGS…`; returns the exit status. `stdin` is what `console` types. */
 export async function run(
   argv: string[],
   env: Record<string, string | undefined>,
   io: Io = stdio,
+  stdin: ConsoleStdin = processStdin,
 ): Promise<number> {
   const [command, ...args] = argv;
   try {
     if (command === "migrate") return await migrate(args, env, io);
     if (command === "status") return await status(args, env, io);
     if (command === "token") return token(args, env, io);
-    throw new UsageError(`Unknown command "${command ?? ""}": expected migrate, status or token`);
+    if (command === "console") return await consoleCommand(args, env, io, stdin);
+    throw new UsageError(
+      `Unknown command "${command ?? ""}": expected migrate, status, token or console`,
+    );
   } catch (e) {
     if (e instanceof UsageError) {
       io.err(`ferry ${command ?? ""}: ${e.message}\n`);

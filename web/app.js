@@ -1,6 +1,10 @@
-// ferry's dashboard: plain browser JavaScript, no build step, no dependencies.
-// The pure helpers at the top are exported for tests (tests/web/app_test.ts); the
-// page wiring at the bottom runs only in a browser.
+// ferry's dashboard: plain browser JavaScript, no build step. Its one library,
+// xterm.js (the terminal pane), comes from the npm package and is inlined into the
+// page by web/dashboard.ts, as is web/console_pane.js. The pure helpers at the top
+// are exported for tests (tests/web/app_test.ts); the page wiring at the bottom runs
+// only in a browser.
+
+import { ConsolePane } from "./console_pane.js";
 
 /** Bytes with binary units: "0 B", "512 B", "1.5 KiB", "256.0 MiB". */
 export function formatBytes(n) {
@@ -307,6 +311,19 @@ class Dashboard {
       throughput: new LineChart(this.$("chart-throughput"), "#2563eb"),
       dirty: new LineChart(this.$("chart-dirty"), "#d97706"),
     };
+    this.console = new ConsolePane(doc, {
+      headers: (extra) => this.headers(extra),
+      parser: () => new SseParser(),
+      unauthorized: () => this.askToken(this.token ? "The token was refused." : ""),
+      send: async (text) => {
+        try {
+          const res = await this.api("POST", "vm/console", { input: text });
+          return res.status === 200 ? null : `Not sent — ${errorMessage(res.status, res.body)}`;
+        } catch (e) {
+          return `Not sent — ${e.message}`;
+        }
+      },
+    });
   }
 
   $(id) {
@@ -522,6 +539,7 @@ class Dashboard {
   askToken(message) {
     this.stopped = true;
     this.controller?.abort();
+    this.console.stop();
     this.$("token-panel").hidden = false;
     this.$("main").hidden = true;
     this.$("token-error").textContent = message;
@@ -730,6 +748,7 @@ class Dashboard {
       this.text("vm-state", `guest: ${this.vm.run_state}`);
       this.text("vm-ram", `RAM ${formatBytes(this.vm.ram_size)}`);
     }
+    if (!this.stopped) this.console.update(this.vm);
     if (this.caps) {
       for (const box of this.doc.querySelectorAll("#caps-form input[data-cap]")) {
         box.checked = Boolean(this.caps[box.dataset.cap]);

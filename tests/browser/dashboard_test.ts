@@ -1,14 +1,15 @@
 /**
  * The dashboard in a real browser: Debian's chromium driven by playwright-core
- * (which runs under Deno as is). `.ci/run` installs chromium; where
+ * (tests/browser/_chromium.ts). `.ci/run` installs chromium; where
  * /usr/bin/chromium is missing these tests are skipped, saying so.
  */
 import assert from "node:assert/strict";
-import type { BrowserContext, Page } from "playwright-core";
+import type { Page } from "playwright-core";
 import { FerryProcess } from "../../testing/ferry_process.ts";
 import { formatMs } from "../../web/app.js";
 import { waitUntil } from "../helpers/wait.ts";
 import { BlipProxy } from "./_blip_proxy.ts";
+import { launch, skipWithoutChromium, watchErrors } from "./_chromium.ts";
 
 /** The page's document, inside page.evaluate / waitForFunction callbacks (they run in the browser). */
 // deno-lint-ignore no-explicit-any
@@ -16,65 +17,9 @@ declare const document: any;
 // deno-lint-ignore no-explicit-any
 declare const MutationObserver: any;
 
-const CHROMIUM = "/usr/bin/chromium";
 const ARTIFACTS = new URL("../../test-artifacts/", import.meta.url);
 
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const HAVE_CHROMIUM = exists(CHROMIUM);
-if (!HAVE_CHROMIUM) {
-  console.warn(
-    `tests/browser/dashboard_test.ts: SKIPPED — ${CHROMIUM} not found. ` +
-      "Install it with `apt-get update && apt-get install -y chromium` (.ci/run does).",
-  );
-}
-
-const ignore = !HAVE_CHROMIUM;
-
-/** A fresh headless chromium with its own profile directory, removed on dispose. */
-async function launch(): Promise<{ context: BrowserContext } & AsyncDisposable> {
-  const { chromium } = await import("playwright-core");
-  const userDataDir = await Deno.makeTempDir({ prefix: "ferry-chromium-" });
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    viewport: { width: 1280, height: 1000 },
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
-  return {
-    context,
-    async [Symbol.asyncDispose]() {
-      await context.close();
-      await Deno.remove(userDataDir, { recursive: true }).catch(() => {});
-    },
-  };
-}
-
-/** Collects console errors and uncaught page errors. */
-function watchErrors(page: Page): { console: string[]; page: string[] } {
-  const errors = { console: [] as string[], page: [] as string[] };
-  page.on("console", (m) => {
-    if (m.type() === "error") errors.console.push(m.text());
-  });
-  page.on("pageerror", (e) => errors.page.push(String(e)));
-  return errors;
-}
+const ignore = skipWithoutChromium("tests/browser/dashboard_test.ts");
 
 const text = (page: Page, selector: string) => page.locator(selector).textContent();
 
@@ -312,12 +257,20 @@ Deno.test({
       await using browser = await launch();
       const page = await browser.context.newPage();
       const errors = watchErrors(page);
+      const consoleRequests: string[] = [];
+      page.on("request", (r) => {
+        if (new URL(r.url()).pathname === "/vm/console") consoleRequests.push(r.url());
+      });
       await page.goto(link!);
       await page.waitForSelector('#connection[data-state="live"]');
       await page.waitForFunction(() =>
         document.getElementById("vm-state")?.textContent === "guest: running"
       );
       assert.equal(await page.locator("#token-panel").isHidden(), true, "it did not ask");
+      // The synthetic guest has no console: no terminal pane, and no request for one.
+      assert.equal((await src.api("GET", "/vm")).body.guest, "synthetic");
+      assert.equal(await page.locator("#console-card").isHidden(), true);
+      assert.deepEqual(consoleRequests, []);
       assert.equal(page.url(), `${src.url}/`, "the fragment is gone from the address bar");
       assert.equal(await page.evaluate(() => sessionStorage.getItem("ferry-token")), src.token);
       // A state change from the page passes the origin check (same origin).

@@ -17,7 +17,7 @@ import {
   throughputOf,
   tokenFromFragment,
 } from "../../web/app.js";
-import { buildDashboard, loadDashboard } from "../../web/dashboard.ts";
+import { buildDashboard, loadDashboard, XTERM } from "../../web/dashboard.ts";
 
 const MiB = 1 << 20;
 
@@ -152,19 +152,65 @@ Deno.test("the served page is one self-contained document: CSS and JS inline, no
   assert.ok(!/<link[^>]+rel="stylesheet"/.test(page), "no external stylesheet");
   const urls = [...page.matchAll(/(?:src|href)="([^"]*)"/g)].map((m) => m[1]);
   assert.deepEqual(urls, ["data:,", "openapi.json"]);
-  assert.ok(!/https?:\/\//.test(page.replace(/http:\/\/127\.0\.0\.1:8080/g, "")), "no CDN");
+  assert.ok(!/sourceMappingURL/.test(page), "no source map to fetch");
   assert.match(page, /<meta name="ferry-token-required" content="false">/);
   const locked = await loadDashboard({ tokenRequired: true });
   assert.match(locked!, /<meta name="ferry-token-required" content="true">/);
 });
 
+Deno.test("the page carries xterm.js from the npm package, with its license, and the console pane", async () => {
+  const page = (await loadDashboard())!;
+  assert.ok(page.includes(`<style>\n${XTERM.css}</style>`), "xterm.css inline");
+  assert.match(page, /<script>\n\/\*! xterm\.js, from the npm package @xterm\/xterm\nCopyright/);
+  assert.ok(page.includes(XTERM.license.trim()), "xterm's MIT notice travels with its code");
+  // Its one import line became the module's text.
+  assert.ok(!/^import /m.test(page), "no import left");
+  assert.match(page, /export class ConsolePane/);
+  assert.ok(page.indexOf("/*! xterm.js") < page.indexOf('<script type="module">'), "xterm first");
+  // The inlined module loads: app.js and console_pane.js share one scope without clashes.
+  const module = /<script type="module">\n([\s\S]*?)<\/script>/.exec(page)![1];
+  const url = URL.createObjectURL(new Blob([module], { type: "text/javascript" }));
+  try {
+    const loaded = await import(url);
+    assert.equal(typeof loaded.ConsolePane, "function");
+    assert.equal(typeof loaded.SseParser, "function");
+  } finally {
+    URL.revokeObjectURL(url);
+  }
+});
+
 Deno.test("buildDashboard refuses files it cannot inline safely", () => {
   const html = indexHtml();
+  const modules = { "console_pane.js": "export const a = 1;\n" };
+  const files = { html, css: "", js: "", modules, xterm: XTERM };
   assert.throws(
-    () => buildDashboard({ html, css: "", js: "x = '</script>'" }),
+    () => buildDashboard({ ...files, js: "x = '</script>'" }),
     /must not contain <\/script/,
   );
-  assert.throws(() => buildDashboard({ html: "<html></html>", css: "", js: "" }), /has no/);
+  assert.throws(
+    () => buildDashboard({ ...files, xterm: { ...XTERM, js: "a <!-- b" } }),
+    /xterm\.js must not contain/,
+  );
+  assert.throws(() => buildDashboard({ ...files, html: "<html></html>" }), /has no/);
+  assert.throws(
+    () => buildDashboard({ ...files, js: 'import { x } from "./nowhere.js";\n' }),
+    /imports \.\/nowhere\.js, which the page lacks/,
+  );
+  assert.throws(
+    () => buildDashboard({ ...files, js: 'import x from "npm:y";\n' }),
+    /may only import named exports/,
+  );
+  assert.throws(
+    () =>
+      buildDashboard({
+        ...files,
+        js: 'import { a } from "./console_pane.js";\n',
+        modules: { "console_pane.js": 'import { b } from "./b.js";\n' },
+      }),
+    /must not import anything/,
+  );
+  const built = buildDashboard({ ...files, js: 'import { a } from "./console_pane.js";\na;\n' });
+  assert.match(built, /<script type="module">\nexport const a = 1;\n\na;\n<\/script>/);
 });
 
 function indexHtml(): string {
