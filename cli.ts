@@ -4,6 +4,7 @@ import { parseWorkload, type WorkloadSpec } from "./vm/workload.ts";
 import { FILL_MODES, type FillMode, isFillMode } from "./vm/fill.ts";
 import { MIN_TOKEN_LENGTH } from "./api_token.ts";
 import { canonicalHost } from "./routes/host_check.ts";
+import type { SecurityParameter } from "./engine/contract.ts";
 
 /** A bad command line; main prints the message on one line and exits 2. */
 export class CliError extends Error {
@@ -37,7 +38,24 @@ export interface Config {
   guest: "synthetic" | "x86";
   /** The x86 guest's images and command line; unset fields take the built image's. */
   x86: { kernel?: string; initrd?: string; bios?: string; append?: string };
+  /**
+   * The migration channel's security parameters the flags set (absolute paths):
+   * the engine starts with them, and the API can change them.
+   */
+  security: Partial<Record<SecurityParameter, string>>;
+  /** Lets a destination listen in plaintext on a non-loopback tcp: address. */
+  insecureMigration: boolean;
 }
+
+/** Each security flag and the parameter it sets. */
+const SECURITY_FLAGS = {
+  "tls-cert": "tls_cert",
+  "tls-key": "tls_key",
+  "tls-ca": "tls_ca",
+  "tls-hostname": "tls_hostname",
+  "migration-secret": "migration_secret",
+  "snapshot-key": "snapshot_key",
+} as const satisfies Record<string, SecurityParameter>;
 
 /** The --help text: every flag, its default, and an example. */
 export const HELP = `ferry — live migration of a running guest between two ferry services
@@ -72,6 +90,21 @@ Flags:
                         not booted until POST /vm/start)
   --no-prefault         do not fault guest RAM in at start (default: prefault, like -mem-prealloc)
   --allow-exec          allow exec: migration URIs (they run shell commands)
+  --tls-cert PATH       TLS on tcp: migrations: the PEM certificate a destination presents
+  --tls-key PATH        its PEM private key
+  --tls-ca PATH         the PEM CA a source checks the destination's certificate against
+  --tls-hostname NAME   the name the destination's certificate must carry (default: the
+                        URI's host). Any --tls-* flag turns TLS on for tcp: both ways;
+                        each sets the parameter of the same name (tls_cert, …)
+  --migration-secret PATH
+                        a file both ends hold (16 bytes or more, e.g. head -c 32
+                        /dev/urandom): on tcp: and unix: each end proves it has it
+                        before any page moves
+  --snapshot-key PATH   a 32-byte key file (openssl rand -hex 32): file:, exec: and fd:
+                        streams are encrypted with it, and restoring one needs it
+  --insecure-migration  let --incoming / POST /migrations/incoming listen in plaintext
+                        on a tcp: address that is not loopback (default: refused
+                        without TLS)
   --token TOKEN         the API token (at least 16 characters; prefer FERRY_TOKEN, which
                         other users cannot see in ps). Without one ferry generates a random
                         token and writes it to a file only you can read (see --token-file).
@@ -87,6 +120,8 @@ Flags:
 
 Example:
   deno task start --listen 127.0.0.1:0 --ram 512M --workload random:rate=20M --fill random
+  deno task start --incoming tcp:0.0.0.0:4444 --tls-cert dst.pem --tls-key dst.key \\
+    --migration-secret migration.secret     # a TLS destination (see README, "TLS")
   deno task start --guest x86 --ram 256M   # boots Linux; console at GET /vm/console
   deno task token          # prints the token of the ferry on 127.0.0.1:8080
 `;
@@ -100,8 +135,15 @@ function parseListen(text: string): { hostname: string; port: number } {
   return { hostname, port };
 }
 
-/** Parses ferry's flags; throws CliError with a one-line message for anything wrong. */
-export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): Config {
+/**
+ * Parses ferry's flags; throws CliError with a one-line message for anything wrong.
+ * Relative file paths of the security flags are taken from `env.cwd` (default the
+ * process's working directory).
+ */
+export function parseFlags(
+  args: string[],
+  env: { FERRY_TOKEN?: string; cwd?: string } = {},
+): Config {
   let values;
   try {
     ({ values } = parseArgs({
@@ -126,6 +168,13 @@ export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): 
         paused: { type: "boolean", default: false },
         "no-prefault": { type: "boolean", default: false },
         "allow-exec": { type: "boolean", default: false },
+        "tls-cert": { type: "string" },
+        "tls-key": { type: "string" },
+        "tls-ca": { type: "string" },
+        "tls-hostname": { type: "string" },
+        "migration-secret": { type: "string" },
+        "snapshot-key": { type: "string" },
+        "insecure-migration": { type: "boolean", default: false },
         token: { type: "string" },
         "token-file": { type: "string" },
         "allowed-host": { type: "string", multiple: true, default: [] },
@@ -237,6 +286,28 @@ export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): 
       );
     }
   }
+  const security: Config["security"] = {};
+  for (const [flag, param] of Object.entries(SECURITY_FLAGS)) {
+    const value = values[flag as keyof typeof SECURITY_FLAGS];
+    if (value === undefined) continue;
+    if (value === "") throw new CliError(`Invalid --${flag}: empty`);
+    if (param === "tls_hostname") {
+      if (!/^[A-Za-z0-9._:-]{1,253}$/.test(value)) {
+        throw new CliError(`Invalid --${flag} "${value}": expected a host name or IP address`);
+      }
+      security[param] = value;
+    } else {
+      security[param] = value.startsWith("/")
+        ? value
+        : `${(env.cwd ?? Deno.cwd()).replace(/\/$/, "")}/${value}`;
+    }
+  }
+  if ((security.tls_cert === undefined) !== (security.tls_key === undefined)) {
+    throw new CliError(
+      "--tls-cert and --tls-key go together: a TLS destination presents a certificate and " +
+        "needs its key",
+    );
+  }
   return {
     hostname,
     port,
@@ -252,6 +323,8 @@ export function parseFlags(args: string[], env: { FERRY_TOKEN?: string } = {}): 
     tokenFile,
     allowedHosts,
     help: values.help,
+    security,
+    insecureMigration: values["insecure-migration"],
     guest,
     x86,
     ...(values.disk !== undefined ? { disk: values.disk } : {}),

@@ -58,7 +58,10 @@ async function main(): Promise<number> {
     console.error(`ferry: ${e.message}`);
     return 1;
   }
-  const transports = createTransports({ allowExec: config.allowExec });
+  const transports = createTransports({
+    allowExec: config.allowExec,
+    insecureMigration: config.insecureMigration,
+  });
   // Fault the stream buffers in now rather than during a migration, and keep the
   // cheap event-loop turn the migration loops use to let the API in.
   warmStreamBuffers();
@@ -77,6 +80,8 @@ async function main(): Promise<number> {
     autostart: config.autostart,
     turn,
   });
+  // The security flags are the parameters the engine starts with.
+  engine.setParameters(config.security);
   // Every request needs the token, given or generated, except GET / (the dashboard page
   // holds no data: a browser cannot send a bearer header when it navigates, so the page
   // takes it from its URL's fragment or asks).

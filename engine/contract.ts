@@ -51,6 +51,61 @@ export const PARAMETER_LIMITS = {
 /** The numeric parameters. */
 export type NumericParameter = keyof typeof PARAMETER_LIMITS;
 
+/** Longest file path a security parameter takes, bytes of text. */
+export const MAX_PATH_CHARS = 4096;
+
+/** A file parameter: an absolute path, or "" for none (QEMU's `tls-creds: ""`). */
+function filePath(what: string) {
+  return z.string().max(MAX_PATH_CHARS).refine(
+    (v) => v === "" || (v.startsWith("/") && !v.includes("\0")),
+    { message: `${what} must be an absolute file path, or "" for none` },
+  );
+}
+
+/**
+ * The migration channel's security (docs/ARCHITECTURE.md, "Transport security"):
+ * file paths and a name, "" when unset. Each is read when a migration starts or
+ * an incoming one is armed. These schemas check a value in a PATCH and in
+ * validateParameters alike.
+ */
+export const SECURITY_PARAMETER_SCHEMAS = {
+  tls_cert: filePath("tls_cert").openapi({
+    description: "PEM certificate (chain) a destination presents on tcp:. Setting any tls_* " +
+      'parameter turns TLS on for tcp: in both directions; "" for none',
+    example: "/etc/ferry/dst.pem",
+  }),
+  tls_key: filePath("tls_key").openapi({
+    description: "PEM private key of tls_cert",
+    example: "/etc/ferry/dst.key",
+  }),
+  tls_ca: filePath("tls_ca").openapi({
+    description: "PEM CA certificate a source checks the destination's certificate against " +
+      "(in addition to Deno's built-in roots)",
+    example: "/etc/ferry/ca.pem",
+  }),
+  tls_hostname: z.string().max(253).regex(/^$|^[A-Za-z0-9._:-]+$/, {
+    message: 'tls_hostname must be a host name or IP address, or "" for the URI\'s host',
+  }).openapi({
+    description: 'The name the destination\'s certificate must carry (default "": the ' +
+      "host of the migration URI)",
+    example: "ferry-dst.example",
+  }),
+  migration_secret: filePath("migration_secret").openapi({
+    description: "A file both ends hold (16 bytes to 64 KiB): on tcp: and unix: each proves " +
+      "it has it before any page moves (HMAC-SHA-256 challenge and response)",
+    example: "/etc/ferry/migration.secret",
+  }),
+  snapshot_key: filePath("snapshot_key").openapi({
+    description: "A 32-byte key file (raw, hex or base64): file:, exec: and fd: streams are " +
+      "encrypted and authenticated with it (AES-256-GCM in 1 MiB chunks), and a restore " +
+      "needs it",
+    example: "/etc/ferry/snapshot.key",
+  }),
+} as const;
+
+/** The security parameters (file paths and a name). */
+export type SecurityParameter = keyof typeof SECURITY_PARAMETER_SCHEMAS;
+
 export const RamInfoSchema = z.object({
   transferred: z.number(),
   remaining: z.number(),
@@ -111,7 +166,11 @@ export const IncomingInfoSchema = z.object({
   error_desc: z.string().optional(),
   pages: z.object({ zero: z.number(), normal: z.number() }).optional(),
   refused_peers: z.number().optional().openapi({
-    description: "Connections dropped because they sent no stream header in time (or garbage)",
+    description: "Connections dropped because they sent no stream header in time (or garbage), " +
+      "failed the TLS handshake or did not prove they hold the migration secret",
+  }),
+  last_refused: z.string().optional().openapi({
+    description: "Who the last dropped connection was, and why it was dropped",
   }),
 }).openapi("IncomingInfo");
 
@@ -156,6 +215,7 @@ export const ParametersSchema = z.object({
     description: "On a destination: page records an incoming stream may carry, as a multiple " +
       "of the guest's pages, before it is cut as one that would never end",
   }),
+  ...SECURITY_PARAMETER_SCHEMAS,
 }).openapi("Parameters");
 
 /** A numeric parameter in a PATCH body, within its range from the engine's one table. */
@@ -175,6 +235,12 @@ export const ParametersPatchSchema = z.object({
   stall_windows: limited("stall_windows"),
   stall_action: z.enum(STALL_ACTIONS).optional(),
   incoming_page_budget: limited("incoming_page_budget"),
+  tls_cert: SECURITY_PARAMETER_SCHEMAS.tls_cert.optional(),
+  tls_key: SECURITY_PARAMETER_SCHEMAS.tls_key.optional(),
+  tls_ca: SECURITY_PARAMETER_SCHEMAS.tls_ca.optional(),
+  tls_hostname: SECURITY_PARAMETER_SCHEMAS.tls_hostname.optional(),
+  migration_secret: SECURITY_PARAMETER_SCHEMAS.migration_secret.optional(),
+  snapshot_key: SECURITY_PARAMETER_SCHEMAS.snapshot_key.optional(),
 }).strict().openapi("ParametersPatch", {
   example: { max_bandwidth: 1073741824, downtime_limit: 300 },
 });

@@ -1,4 +1,4 @@
-import type { Channel, Listener, Transports } from "../transports/transport.ts";
+import type { Channel, ChannelSecurity, Listener, Transports } from "../transports/transport.ts";
 import type { Guest, RunState } from "../vm/guest.ts";
 import type { Clock } from "./clock.ts";
 import { describeError } from "./errors.ts";
@@ -18,6 +18,8 @@ export interface IncomingDeps {
   readonly clock: Clock;
   /** Start the guest after a successful load (false = QEMU's -S). */
   readonly autostart: boolean;
+  /** How the listener protects the channel (TLS, the migration secret, the snapshot key). */
+  readonly security?: ChannelSecurity;
   /**
    * ms without a byte received, once the peer connected, before the incoming
    * migration fails (the engine's `progress_timeout`; read live). Default 60 s.
@@ -55,6 +57,8 @@ export class IncomingMigration {
   #received = 0;
   /** Connections dropped because they did not start a stream (see incoming_gate.ts). */
   #refused = 0;
+  /** Who the last dropped connection was and why (GET /migrations/incoming's last_refused). */
+  #lastRefused: string | undefined;
   readonly #cancel = new AbortController();
   /** The stream's reader while a peer is being loaded. */
   #reader: StreamReader | null = null;
@@ -84,7 +88,7 @@ export class IncomingMigration {
   /** Binds the URI and starts waiting for the peer; resolves with the real address. */
   async listen(): Promise<string> {
     const { guest } = this.#deps;
-    this.#listener = await this.#deps.transports.listen(this.uri);
+    this.#listener = await this.#deps.transports.listen(this.uri, this.#deps.security ?? {});
     this.#address = this.#listener.address;
     this.#priorState = guest.runState;
     if (guest.runState === "running") guest.stop("inmigrate");
@@ -125,6 +129,7 @@ export class IncomingMigration {
     if (this.#error !== undefined) info.error_desc = this.#error;
     if (this.#pages) info.pages = { ...this.#pages };
     if (this.#refused > 0) info.refused_peers = this.#refused;
+    if (this.#lastRefused !== undefined) info.last_refused = this.#lastRefused;
     return info;
   }
 
@@ -155,7 +160,10 @@ export class IncomingMigration {
         clock,
         signal: this.#cancel.signal,
         deadlineMs: Math.min(HEADER_DEADLINE_MS, timeout()),
-        onDropped: () => this.#refused++,
+        onDropped: (peer, why) => {
+          this.#refused++;
+          this.#lastRefused = `${peer}: ${why}`;
+        },
       });
       this.#listener!.close();
       if (this.#state !== "listening") {

@@ -10,6 +10,7 @@ import { Migration } from "./migration.ts";
 import { bootEventId, DEFAULT_HISTORY, Notifier } from "./notifier.ts";
 import {
   type Capabilities,
+  channelSecurity,
   DEFAULT_CAPABILITIES,
   DEFAULT_PARAMETERS,
   type Parameters,
@@ -244,6 +245,7 @@ export class Engine {
       clock: this.#clock,
       params: () => this.#params,
       capabilities: { ...this.#caps },
+      security: channelSecurity(this.#params),
       sections: this.#sections,
       ...(this.#turn ? { turn: this.#turn } : {}),
       ...(opts.blk || opts.inc ? { block: { incremental: Boolean(opts.inc) } } : {}),
@@ -310,11 +312,13 @@ export class Engine {
       );
     }
     this.#transports.validate(uri, "listen");
+    const security = channelSecurity(this.#params);
     const incoming = new IncomingMigration(uri, {
       guest: this.#guest,
       transports: this.#transports,
       clock: this.#clock,
       autostart: this.#autostart,
+      security,
       progressTimeout: () => this.#params.progress_timeout,
       verify: this.#caps.verify,
       pageBudget: () => this.#params.incoming_page_budget,

@@ -5,11 +5,21 @@
  * deadline; one that sends anything else, or nothing, is dropped, and listening
  * goes on. The first good one is the stream; connections checked alongside it are
  * dropped, and the caller then closes the listener, so later ones are refused.
+ *
+ * When the listener asks peers to prove who they are (`Listener.authenticate`: the
+ * migration secret, transports/peer_auth.ts), that proof comes first, within the
+ * same deadline, and a peer that fails it is dropped like one without a header: no
+ * byte of its stream is read, and the guest is not touched. A TLS listener's
+ * handshake runs on the first read, inside the deadline too. A peer that spoke but
+ * was refused (a wrong secret, or a secret offered to a destination without one)
+ * is told why in a return-path failure message before the connection closes.
  * @module
  */
+import { AUTH_MAGIC, PeerAuthError } from "../transports/peer_auth.ts";
 import type { Channel, Listener } from "../transports/transport.ts";
 import type { Clock } from "./clock.ts";
 import { QEVM_MAGIC, QEVM_VERSION } from "./format/constants.ts";
+import { errorMessage } from "./return_path.ts";
 
 /** How long a new connection has to send the stream header, ms. */
 export const HEADER_DEADLINE_MS = 5000;
@@ -50,10 +60,19 @@ export async function acceptStream(listener: Listener, options: GateOptions): Pr
         ch.close();
         onDropped?.(ch.peer, why);
       };
+      const authenticate = listener.authenticate?.bind(listener);
       const check = async (ch: Channel) => {
-        const header = await readHeader(ch, clock, deadlineMs, done.signal);
+        const header = await readHeader(ch, clock, deadlineMs, done.signal, authenticate);
         if (done.signal.aborted) return drop(ch, "another connection started the stream first");
         if (typeof header === "string") return drop(ch, header);
+        if ("refused" in header) {
+          // The peer spoke: a failure message tells it why (a write to a gone peer fails).
+          await ch.write(
+            errorMessage(`the destination refused this connection: it ${header.refused}`),
+          )
+            .catch(() => {});
+          return drop(ch, header.refused);
+        }
         candidates.delete(ch);
         done.abort();
         for (const other of [...candidates]) {
@@ -94,13 +113,18 @@ export async function acceptStream(listener: Listener, options: GateOptions): Pr
   }
 }
 
-/** The 8 header bytes, or why the connection does not start a stream. */
+/**
+ * The 8 header bytes, or why the connection does not start a stream: a string,
+ * or `{ refused }` when the peer should be told (see the module comment).
+ * `authenticate`, when given, must resolve first.
+ */
 async function readHeader(
   ch: Channel,
   clock: Clock,
   deadlineMs: number,
   stop: AbortSignal,
-): Promise<Uint8Array | string> {
+  authenticate?: (ch: Channel) => Promise<void>,
+): Promise<Uint8Array | string | { refused: string }> {
   const header = new Uint8Array(HEADER_BYTES);
   const timer = new AbortController();
   const onStop = () => timer.abort();
@@ -111,6 +135,17 @@ async function readHeader(
     () => "stopped",
   );
   try {
+    if (authenticate) {
+      const failed = await Promise.race([
+        authenticate(ch).then(
+          () => null,
+          (e: unknown) =>
+            e instanceof PeerAuthError ? { refused: e.message } : (e as Error).message ?? String(e),
+        ),
+        late,
+      ]);
+      if (failed !== null) return failed;
+    }
     let got = 0;
     while (got < HEADER_BYTES) {
       const n = await Promise.race([ch.read(header.subarray(got)), late]);
@@ -123,6 +158,12 @@ async function readHeader(
     timer.abort();
   }
   const view = new DataView(header.buffer);
+  if (AUTH_MAGIC.every((b, i) => header[i] === b)) {
+    return {
+      refused: "offered the migration secret exchange, but this destination has no " +
+        "migration_secret set",
+    };
+  }
   if (view.getUint32(0) !== QEVM_MAGIC || view.getUint32(4) !== QEVM_VERSION) {
     return `sent no savevm v3 header (first bytes ${hex(header)})`;
   }

@@ -1,4 +1,4 @@
-import type { Channel, Transports } from "../transports/transport.ts";
+import type { Channel, ChannelSecurity, Transports } from "../transports/transport.ts";
 import type { Guest } from "../vm/guest.ts";
 import { PAGE_SIZE } from "./format/constants.ts";
 import { type Clock, settledWithin } from "./clock.ts";
@@ -66,6 +66,8 @@ export interface MigrationDeps {
   readonly params: () => Readonly<Parameters>;
   /** Capabilities in force for this migration (fixed while it is active). */
   readonly capabilities: Readonly<Capabilities>;
+  /** How the channel is protected (TLS, the migration secret, the snapshot key); fixed at start. */
+  readonly security?: ChannelSecurity;
   readonly hooks: MigrationHooks;
   /** Block migration: blk copies the whole disk, inc only chunks written since the base. */
   readonly block?: { readonly incremental: boolean };
@@ -244,7 +246,7 @@ export class Migration {
     ).start();
     try {
       this.#channel = new WatchedChannel(
-        await transports.connect(this.uri, this.#abort.signal),
+        await transports.connect(this.uri, this.#abort.signal, this.#deps.security),
         watchdog,
         { beforeFinish: returnPath ? () => this.#returnPath!.switchover() : undefined },
       );

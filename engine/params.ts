@@ -1,14 +1,17 @@
+import type { ChannelSecurity } from "../transports/transport.ts";
 import { EngineError } from "./errors.ts";
 import {
   type Capabilities,
   PARAMETER_LIMITS,
   type Parameters,
+  SECURITY_PARAMETER_SCHEMAS,
+  type SecurityParameter,
   STALL_ACTIONS,
   type StallAction,
 } from "./contract.ts";
 
-export type { Capabilities, Parameters, StallAction } from "./contract.ts";
-export { PARAMETER_LIMITS, STALL_ACTIONS } from "./contract.ts";
+export type { Capabilities, Parameters, SecurityParameter, StallAction } from "./contract.ts";
+export { PARAMETER_LIMITS, SECURITY_PARAMETER_SCHEMAS, STALL_ACTIONS } from "./contract.ts";
 
 /** The seed's defaults. */
 export const DEFAULT_PARAMETERS: Readonly<Parameters> = {
@@ -21,6 +24,12 @@ export const DEFAULT_PARAMETERS: Readonly<Parameters> = {
   stall_windows: 600,
   stall_action: "fail",
   incoming_page_budget: 4096,
+  tls_cert: "",
+  tls_key: "",
+  tls_ca: "",
+  tls_hostname: "",
+  migration_secret: "",
+  snapshot_key: "",
 };
 
 /** QEMU's capabilities off, as QEMU starts; ferry's `verify` on (turn it off only for peers that cannot speak it). */
@@ -56,7 +65,20 @@ export function validateParameters(patch: Partial<Parameters>, ramBytes = Infini
       }
       continue;
     }
-    const limits = PARAMETER_LIMITS[key];
+    if (Object.hasOwn(SECURITY_PARAMETER_SCHEMAS, key)) {
+      const checked = SECURITY_PARAMETER_SCHEMAS[key as SecurityParameter].safeParse(value);
+      if (!checked.success) {
+        throw new EngineError(
+          "invalid-parameter",
+          `Invalid parameter "${key}": ${JSON.stringify(value)}: ${
+            checked.error.issues[0]?.message ?? "not a string"
+          }`,
+          { field: key },
+        );
+      }
+      continue;
+    }
+    const limits = PARAMETER_LIMITS[key as keyof typeof PARAMETER_LIMITS];
     if (!limits) throw new EngineError("invalid-parameter", `Unknown parameter "${key}"`);
     const [min, max] = key === "xbzrle_cache_size"
       ? [limits[0], Math.min(limits[1], Math.max(limits[0], ramBytes))]
@@ -70,4 +92,27 @@ export function validateParameters(patch: Partial<Parameters>, ramBytes = Infini
       );
     }
   }
+}
+
+/**
+ * The {@link ChannelSecurity} the transports apply, from the parameters: TLS on
+ * tcp: when any tls_* parameter is set, the migration secret on sockets, the
+ * snapshot key on one-way streams. Unset ("") parameters are left out.
+ */
+export function channelSecurity(p: Parameters): ChannelSecurity {
+  const tlsOn = p.tls_cert !== "" || p.tls_key !== "" || p.tls_ca !== "" || p.tls_hostname !== "";
+  return {
+    ...(tlsOn
+      ? {
+        tls: {
+          ...(p.tls_cert ? { certFile: p.tls_cert } : {}),
+          ...(p.tls_key ? { keyFile: p.tls_key } : {}),
+          ...(p.tls_ca ? { caFile: p.tls_ca } : {}),
+          ...(p.tls_hostname ? { hostname: p.tls_hostname } : {}),
+        },
+      }
+      : {}),
+    ...(p.migration_secret ? { secretFile: p.migration_secret } : {}),
+    ...(p.snapshot_key ? { snapshotKeyFile: p.snapshot_key } : {}),
+  };
 }

@@ -24,6 +24,7 @@ export const TRANSPORT_STATUS: Record<TransportError["code"], ContentfulStatusCo
   "unknown-protocol": 400,
   "transport-unavailable": 400,
   "exec-disabled": 403,
+  "insecure-migration": 403,
   "bad-fd": 400,
   "connect-failed": 502,
   "listen-failed": 409,

@@ -17,7 +17,7 @@ import {
   type Transports,
 } from "./transport.ts";
 import { connectUnix, listenUnix } from "./unix.ts";
-import { type MigrationUri, parseUri, type UriDirection } from "./uri.ts";
+import { isLoopbackHost, type MigrationUri, parseUri, type UriDirection } from "./uri.ts";
 import { loadSecret, type MigrationSecret, proveSecret, SecretListener } from "./peer_auth.ts";
 import { loadSnapshotKey, SealingChannel, type SnapshotKey, UnsealingListener } from "./sealed.ts";
 
@@ -63,6 +63,32 @@ export interface TransportsOptions {
    * arbitrary commands, so a server must opt in explicitly.
    */
   allowExec?: boolean;
+  /**
+   * Whether a destination may listen in plaintext on a tcp: address that is not
+   * loopback (`--insecure-migration`). Off by default: without TLS such a listen is
+   * refused with `insecure-migration`, since the stream carries the guest's memory.
+   */
+  insecureMigration?: boolean;
+}
+
+/**
+ * Throws `insecure-migration` for a plaintext listen on a tcp: host that is not
+ * loopback, unless allowed.
+ */
+function checkPlaintextAllowed(
+  parsed: MigrationUri,
+  uri: string,
+  security: ChannelSecurity,
+  allowed: boolean,
+): void {
+  if (parsed.scheme !== "tcp" || security.tls || allowed || isLoopbackHost(parsed.host)) return;
+  throw new TransportError(
+    "insecure-migration",
+    `Refusing to listen on ${uri} without TLS: ${parsed.host} is not a loopback address, and ` +
+      "a plaintext stream shows the guest's memory to anyone on the network. Set tls_cert and " +
+      "tls_key (--tls-cert, --tls-key), listen on loopback or a unix: socket, or start ferry " +
+      "with --insecure-migration on a network you trust",
+  );
 }
 
 /** Throws `exec-disabled` unless this ferry was started with --allow-exec. */
@@ -187,6 +213,7 @@ export function createTransports(options: TransportsOptions = {}): Transports {
     },
     async listen(uri: string, security: ChannelSecurity = {}): Promise<Listener> {
       const parsed = check(uri, "listen");
+      checkPlaintextAllowed(parsed, uri, security, options.insecureMigration ?? false);
       const { secret, snapshotKey } = await loadKeys(parsed.scheme, security, "listen-failed", uri);
       const listener = await bind(parsed, uri, security.tls);
       if (snapshotKey) return new UnsealingListener(listener, snapshotKey);

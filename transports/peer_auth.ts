@@ -106,15 +106,25 @@ export async function proveSecret(
     new DataView(hello.buffer).setUint32(AUTH_MAGIC.length, AUTH_VERSION);
     hello.set(ns, AUTH_MAGIC.length + 4);
     await channel.write(hello);
-    const challenge = await readExactly(
-      channel,
-      NONCE_BYTES + MAC_BYTES,
-      `${channel.peer} closed the connection instead of answering the migration secret's ` +
-        "greeting (does the destination have migration_secret set?)",
-    );
+    const challenge = await readUpTo(channel, NONCE_BYTES + MAC_BYTES);
     const nd = challenge.subarray(0, NONCE_BYTES);
     const theirs = challenge.subarray(NONCE_BYTES);
-    if (!await verify(secret.key, theirs, DESTINATION_LABEL, ns, nd)) {
+    if (
+      challenge.length < NONCE_BYTES + MAC_BYTES ||
+      !await verify(secret.key, theirs, DESTINATION_LABEL, ns, nd)
+    ) {
+      // Read only now: a real CHALLENGE may begin with those two bytes too.
+      const refusal = await refusalIn(channel, challenge);
+      if (refusal !== null) {
+        throw new PeerAuthError(channel.peer, `${channel.peer} refused: ${refusal}`);
+      }
+      if (challenge.length < NONCE_BYTES + MAC_BYTES) {
+        throw new PeerAuthError(
+          channel.peer,
+          `${channel.peer} closed the connection instead of answering the migration secret's ` +
+            "greeting (does the destination have migration_secret set?)",
+        );
+      }
       throw new PeerAuthError(
         channel.peer,
         `${channel.peer} does not hold this ferry's migration secret (${secret.path}): ` +
@@ -224,6 +234,49 @@ function transcript(label: Uint8Array, ns: Uint8Array, nd: Uint8Array): Uint8Arr
   out.set(ns, label.length);
   out.set(nd, label.length + ns.length);
   return out;
+}
+
+/** Up to `n` bytes: fewer only when the stream ended first. */
+async function readUpTo(channel: Channel, n: number): Promise<Uint8Array<ArrayBuffer>> {
+  const buf = new Uint8Array(n);
+  let got = 0;
+  while (got < n) {
+    const k = await channel.read(buf.subarray(got));
+    if (k === null) break;
+    got += k;
+  }
+  return buf.subarray(0, got);
+}
+
+/**
+ * The text of a destination's failure message (`be16 0x4601, be16 len, UTF-8 text`,
+ * engine/return_path.ts) that `start` begins, reading the rest of it; null when
+ * `start` is not one. A destination that refuses a peer says why in one
+ * (engine/incoming_gate.ts); only an answer that failed as a CHALLENGE is read so.
+ */
+async function refusalIn(channel: Channel, start: Uint8Array): Promise<string | null> {
+  if (start.length < 4 || start[0] !== 0x46 || start[1] !== 0x01) return null;
+  const len = (start[2] << 8) | start[3];
+  if (len > 1024) return null;
+  const text = new Uint8Array(len);
+  const have = Math.min(len, start.length - 4);
+  text.set(start.subarray(4, 4 + have));
+  let got = have;
+  try {
+    while (got < len) {
+      const k = await channel.read(text.subarray(got));
+      if (k === null) break;
+      got += k;
+    }
+  } catch {
+    // What arrived is the message.
+  }
+  const decoded = new TextDecoder("utf-8", { fatal: true });
+  try {
+    return decoded.decode(text.subarray(0, got));
+  } catch {
+    return null;
+  }
 }
 
 /** Reads exactly `n` bytes; an early end throws a PeerAuthError saying `whenClosed`. */

@@ -101,6 +101,7 @@ export class TransportError extends Error {
       | "unknown-protocol"
       | "transport-unavailable"
       | "exec-disabled"
+      | "insecure-migration"
       | "bad-fd"
       | "connect-failed"
       | "listen-failed",

@@ -148,3 +148,15 @@ export function formatUri(uri: MigrationUri): string {
       return uri.offset ? `file:${uri.path},offset=${uri.offset}` : `file:${uri.path}`;
   }
 }
+
+/**
+ * True for a tcp: host only this machine can reach: 127.0.0.0/8, ::1 and
+ * `localhost`. Anything else, 0.0.0.0 and :: included, may be reachable from a
+ * network.
+ */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase();
+  if (h === "localhost" || h === "::1" || h === "0:0:0:0:0:0:0:1") return true;
+  const m = /^127\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(h);
+  return m !== null && m.slice(1).every((o) => Number(o) <= 255);
+}

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { EngineError } from "../../engine/errors.ts";
 import {
+  channelSecurity,
   DEFAULT_CAPABILITIES,
   DEFAULT_PARAMETERS,
   PARAMETER_LIMITS,
@@ -36,6 +37,12 @@ Deno.test("DEFAULT_PARAMETERS are the seed's (32 MiB/s, 30 ms, 64 MiB cache, thr
     stall_windows: 600,
     stall_action: "fail",
     incoming_page_budget: 4096,
+    tls_cert: "",
+    tls_key: "",
+    tls_ca: "",
+    tls_hostname: "",
+    migration_secret: "",
+    snapshot_key: "",
   });
   assert.doesNotThrow(() => validateParameters(DEFAULT_PARAMETERS));
 });
@@ -110,4 +117,37 @@ Deno.test("validateParameters() takes stall_action fail, switchover or throttle,
     const err = assertInvalid({ stall_action: bad }, "stall_action");
     assert.match(err.message, /fail, switchover, throttle/);
   }
+});
+
+Deno.test("validateParameters() takes absolute paths (or \"\") for the security files and a host name for tls_hostname", () => {
+  for (const field of ["tls_cert", "tls_key", "tls_ca", "migration_secret", "snapshot_key"]) {
+    assert.doesNotThrow(() => validateParameters({ [field]: "/etc/ferry/x.pem" }), field);
+    assert.doesNotThrow(() => validateParameters({ [field]: "" }), field);
+    const e = assertInvalid({ [field]: "x.pem" }, field);
+    assert.match(e.message, /absolute file path/);
+    assertInvalid({ [field]: 7 }, field);
+  }
+  assert.doesNotThrow(() => validateParameters({ tls_hostname: "ferry-dst.example" }));
+  assert.doesNotThrow(() => validateParameters({ tls_hostname: "10.0.0.2" }));
+  assertInvalid({ tls_hostname: "a b" }, "tls_hostname");
+});
+
+Deno.test("channelSecurity(): TLS when any tls_* is set, the secret and the snapshot key when set, nothing for \"\"", () => {
+  assert.deepEqual(channelSecurity(DEFAULT_PARAMETERS), {});
+  assert.deepEqual(channelSecurity({ ...DEFAULT_PARAMETERS, tls_ca: "/ca.pem" }), {
+    tls: { caFile: "/ca.pem" },
+  });
+  assert.deepEqual(channelSecurity({ ...DEFAULT_PARAMETERS, tls_hostname: "dst" }), {
+    tls: { hostname: "dst" },
+  });
+  assert.deepEqual(
+    channelSecurity({
+      ...DEFAULT_PARAMETERS,
+      tls_cert: "/c.pem",
+      tls_key: "/c.key",
+      migration_secret: "/s",
+      snapshot_key: "/k",
+    }),
+    { tls: { certFile: "/c.pem", keyFile: "/c.key" }, secretFile: "/s", snapshotKeyFile: "/k" },
+  );
 });

@@ -12,6 +12,12 @@ const DEFAULTS = {
   stall_windows: 600,
   stall_action: "fail",
   incoming_page_budget: 4096,
+  tls_cert: "",
+  tls_key: "",
+  tls_ca: "",
+  tls_hostname: "",
+  migration_secret: "",
+  snapshot_key: "",
 };
 
 Deno.test("GET /migrations/parameters answers the seed defaults", async () => {
@@ -52,8 +58,11 @@ Deno.test("PATCH /migrations/parameters applies every field and the limits thems
   };
   const res = await call(app, "PATCH", "/migrations/parameters", patch);
   assert.equal(res.status, 200);
-  assert.deepEqual(res.body, patch);
-  assert.deepEqual((await call(app, "GET", "/migrations/parameters")).body, patch);
+  assert.deepEqual(res.body, { ...DEFAULTS, ...patch });
+  assert.deepEqual((await call(app, "GET", "/migrations/parameters")).body, {
+    ...DEFAULTS,
+    ...patch,
+  });
   await engine.close();
 });
 
@@ -96,6 +105,12 @@ const BAD: [string, string, unknown][] = [
   ["progress_timeout", "a value above a day", 86_400_001],
   ["stall_windows", "a negative", -1],
   ["stall_action", "an unknown action", "cancel"],
+  ["tls_cert", "a relative path", "dst.pem"],
+  ["tls_key", "a number", 1],
+  ["tls_ca", "a path with a NUL", "/etc/ca\0.pem"],
+  ["tls_hostname", "a name with a space", "ferry dst"],
+  ["migration_secret", "a relative path", "secret"],
+  ["snapshot_key", "a path over 4096 characters", "/" + "k".repeat(4096)],
 ];
 
 for (const [field, what, value] of BAD) {
@@ -168,5 +183,25 @@ Deno.test("PATCH /migrations/parameters bounds xbzrle_cache_size by the guest's 
   }
   const ok = await call(app, "PATCH", "/migrations/parameters", { xbzrle_cache_size: ram });
   assert.equal(ok.status, 200);
+  await engine.close();
+});
+
+Deno.test("PATCH /migrations/parameters sets the security parameters to absolute paths and a name, and \"\" unsets them", async () => {
+  const { app, engine } = testApp();
+  const set = {
+    tls_cert: "/etc/ferry/dst.pem",
+    tls_key: "/etc/ferry/dst.key",
+    tls_ca: "/etc/ferry/ca.pem",
+    tls_hostname: "ferry-dst.example",
+    migration_secret: "/etc/ferry/migration.secret",
+    snapshot_key: "/etc/ferry/snapshot.key",
+  };
+  const res = await call(app, "PATCH", "/migrations/parameters", set);
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  assert.deepEqual(res.body, { ...DEFAULTS, ...set });
+  assert.ok(ParametersSchema.safeParse(res.body).success);
+  const unset = Object.fromEntries(Object.keys(set).map((k) => [k, ""]));
+  const back = await call(app, "PATCH", "/migrations/parameters", unset);
+  assert.deepEqual(back.body, DEFAULTS);
   await engine.close();
 });
