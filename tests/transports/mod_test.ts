@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { makeTestPki, SERVER_NAME } from "../../testing/certs.ts";
 import { createTransports } from "../../transports/mod.ts";
 import { assertTransportError, pattern, readAll, writeAllAndFinish } from "./_helpers.ts";
 
@@ -96,4 +97,101 @@ Deno.test("createTransports() connect() failures keep the connect-failed code", 
     "connect-failed",
     "connection refused",
   );
+});
+
+Deno.test("createTransports() refuses a plaintext listen on a non-loopback tcp: address (insecure-migration) unless TLS or insecureMigration", async () => {
+  await using pki = await makeTestPki();
+  const strict = createTransports();
+  await assertTransportError(
+    () => strict.listen("tcp:0.0.0.0:0"),
+    "insecure-migration",
+    "Refusing to listen on tcp:0.0.0.0:0 without TLS: 0.0.0.0 is not a loopback address",
+    "--insecure-migration",
+  );
+  // Loopback stays plaintext.
+  (await strict.listen("tcp:127.0.0.1:0")).close();
+  // With TLS, or when allowed, 0.0.0.0 listens.
+  (await strict.listen("tcp:0.0.0.0:0", {
+    tls: { certFile: pki.server.cert, keyFile: pki.server.key },
+  })).close();
+  (await createTransports({ insecureMigration: true }).listen("tcp:0.0.0.0:0")).close();
+  // A migration secret alone is not encryption.
+  await assertTransportError(
+    () => strict.listen("tcp:0.0.0.0:0", { secretFile: pki.secret }),
+    "insecure-migration",
+  );
+});
+
+Deno.test("createTransports() runs the migration secret's exchange on tcp: with TLS and on unix:, and refuses a wrong secret", async () => {
+  await using pki = await makeTestPki();
+  const t = createTransports();
+  const server = { tls: { certFile: pki.server.cert, keyFile: pki.server.key } };
+  const client = { tls: { caFile: pki.ca, hostname: SERVER_NAME } };
+  const unixUri = `unix:${pki.dir}/m.sock`;
+  for (
+    const [uri, listenSec, connectSec] of [
+      ["tcp:127.0.0.1:0", server, client],
+      [unixUri, {}, {}],
+    ] as const
+  ) {
+    using listener = await t.listen(uri, { ...listenSec, secretFile: pki.secret });
+    assert.ok(listener.authenticate, `${uri}: the listener authenticates its peers`);
+    // The right secret: both ends pass and the stream follows.
+    const [c, s] = await Promise.all([
+      t.connect(listener.address, undefined, { ...connectSec, secretFile: pki.secret }),
+      listener.accept().then(async (ch) => {
+        await listener.authenticate!(ch);
+        return ch;
+      }),
+    ]);
+    const [got] = await Promise.all([readAll(s), writeAllAndFinish(c, pattern(3000))]);
+    assert.deepEqual(got, pattern(3000));
+    s.close();
+    // Another secret: refused, and the connection is closed.
+    const accepted = listener.accept().then((ch) =>
+      listener.authenticate!(ch).then(() => "accepted", (e) => (e as Error).message).finally(() =>
+        ch.close()
+      )
+    );
+    await assert.rejects(
+      t.connect(listener.address, undefined, { ...connectSec, secretFile: pki.otherSecret }),
+      /does not hold this ferry's migration secret/,
+    );
+    assert.match(await accepted, /closed the connection|reset/);
+  }
+});
+
+Deno.test("createTransports() names an unreadable secret or snapshot key file before opening anything", async () => {
+  const t = createTransports();
+  await assertTransportError(
+    () => t.listen("tcp:127.0.0.1:0", { secretFile: "/nonexistent/secret" }),
+    "listen-failed",
+    "Cannot read the migration secret /nonexistent/secret: no such file",
+  );
+  await assertTransportError(
+    () => t.connect("file:/tmp/x.ferry", undefined, { snapshotKeyFile: "/nonexistent/key" }),
+    "connect-failed",
+    "Cannot read the snapshot key /nonexistent/key: no such file",
+  );
+});
+
+Deno.test("createTransports() seals file: streams with the snapshot key and opens them only with it", async () => {
+  await using pki = await makeTestPki();
+  const t = createTransports();
+  const uri = `file:${pki.dir}/g.ferry`;
+  const data = pattern(1_500_000, 8);
+  const out = await t.connect(uri, undefined, { snapshotKeyFile: pki.snapshotKey });
+  await writeAllAndFinish(out, data);
+  const onDisk = await Deno.readFile(`${pki.dir}/g.ferry`);
+  assert.equal(new TextDecoder().decode(onDisk.subarray(0, 8)), "FERRYENC");
+  {
+    using listener = await t.listen(uri, { snapshotKeyFile: pki.snapshotKey });
+    using ch = await listener.accept();
+    assert.deepEqual(await readAll(ch), data);
+  }
+  {
+    using listener = await t.listen(uri, { snapshotKeyFile: pki.otherSnapshotKey });
+    using ch = await listener.accept();
+    await assert.rejects(readAll(ch), /encrypted with another key/);
+  }
 });
