@@ -20,7 +20,8 @@
  *   queue, so the next connect hangs unanswered (a migration stays in `setup`).
  *
  * Bytes from the destination back to the source (the return path) are forwarded
- * unchanged unless the proxy is stalled or cut.
+ * unchanged unless the proxy is stalled or cut; with `opaque` (a TLS stream) they
+ * are forwarded as they come, not message by message.
  * @module
  */
 
@@ -56,6 +57,12 @@ export interface FaultPlan {
   flipMask?: number;
   /** One-way delay added to every byte, both directions, ms. */
   delayMs?: number;
+  /**
+   * The bytes are opaque (TLS): the destination's answers are forwarded as they
+   * come instead of as return-path messages, so `cutOnReturn`, `cutAfterReturn`
+   * and `cutBeforeEnd` (which read the stream's messages) do not apply.
+   */
+  opaque?: boolean;
 }
 
 type Endpoint = { transport: "tcp"; hostname: string; port: number } | {
@@ -302,6 +309,11 @@ export class FaultProxy implements AsyncDisposable {
           return;
         }
         let chunk: Uint8Array = buf.subarray(0, n);
+        if (!outbound && this.#plan.opaque) {
+          await this.#send(to, chunk.slice());
+          this.returned += n;
+          continue;
+        }
         if (!outbound) {
           // Return-path messages are `be16 type, be16 len` and len bytes (PONG and
           // SHUT carry a be32). PONGs answer the source's drain PINGs and pass; the

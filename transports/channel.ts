@@ -43,8 +43,18 @@ export function describeNetError(err: unknown): string {
   if (is(E.BrokenPipe, "EPIPE")) return "broken pipe (the peer closed the connection)";
   if (is(E.NotFound, "ENOENT")) return "no such file or directory";
   if (is(E.NotConnected, "ENOTCONN")) return "not connected";
+  if (/without sending TLS close_notify/i.test(msg)) {
+    return "the peer closed the connection without ending TLS (no close_notify): it was cut";
+  }
   const alert = /received fatal alert: (\w+)/.exec(msg)?.[1];
-  if (alert) return `the peer refused the TLS handshake: ${TLS_ALERTS[alert] ?? alert}`;
+  if (alert === "BadRecordMac") {
+    return "the peer found a TLS record damaged in transit (BadRecordMac)";
+  }
+  if (alert && TLS_ALERTS[alert]) return `the peer refused the TLS handshake: ${TLS_ALERTS[alert]}`;
+  if (alert) return `the peer ended TLS with the alert ${alert}`;
+  if (/cannot decrypt peer's message/i.test(msg)) {
+    return "a TLS record failed authentication: the stream was damaged or changed in transit";
+  }
   if (/corrupt message|InvalidContentType|peer is incompatible/i.test(msg)) {
     return `the peer does not speak TLS (${msg})`;
   }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { acceptStream, HEADER_DEADLINE_MS, MAX_CANDIDATES } from "../../engine/incoming_gate.ts";
 import { MemoryTransports } from "../../transports/memory.ts";
+import { AUTH_MAGIC, PeerAuthError } from "../../transports/peer_auth.ts";
 import type { Channel, Listener } from "../../transports/transport.ts";
 import { FakeClock } from "../helpers/fake_clock.ts";
 
@@ -137,4 +138,94 @@ Deno.test("acceptStream(): a one-peer listener (file:, fd:, exec:) hands its cha
   one.close();
   ch.close();
   peer.close();
+});
+
+/**
+ * A listener whose peers must send "GOOD" before their stream (a stand-in for the
+ * migration secret's exchange, transports/peer_auth.ts).
+ */
+function authenticating(inner: Listener): Listener & { checked: number } {
+  const l = {
+    checked: 0,
+    address: inner.address,
+    peers: "many" as const,
+    accept: () => inner.accept(),
+    async authenticate(ch: Channel) {
+      l.checked++;
+      const word = new TextDecoder().decode(await readAll(ch, 4));
+      if (word !== "GOOD") {
+        throw new PeerAuthError(ch.peer, "does not hold this destination's migration secret");
+      }
+    },
+    close: () => inner.close(),
+    [Symbol.dispose]: () => inner.close(),
+  };
+  return l;
+}
+
+/** The text of the failure message `ch` received (be16 0x4601, be16 len, text). */
+async function refusal(ch: Channel): Promise<string> {
+  const head = await readAll(ch, 4);
+  assert.deepEqual([...head.subarray(0, 2)], [0x46, 0x01]);
+  return new TextDecoder().decode(await readAll(ch, (head[2] << 8) | head[3]));
+}
+
+Deno.test("acceptStream(): with an authenticating listener, a peer that fails the proof is dropped and told why before its stream is read; the real source gets through", async () => {
+  const t = new MemoryTransports();
+  const listener = authenticating(await t.listen(URI));
+  const g = gate(listener);
+  const intruder = await t.connect(URI);
+  await intruder.write(new TextEncoder().encode("EVIL"));
+  await intruder.write(HEADER); // its stream, never read
+  assert.match(
+    await refusal(intruder),
+    /^the destination refused this connection: it does not hold this destination's migration secret$/,
+  );
+  while (g.dropped.length === 0) await new Promise((r) => setTimeout(r, 0));
+  assert.match(g.dropped[0], /does not hold/);
+  const src = await t.connect(URI);
+  await src.write(new TextEncoder().encode("GOOD"));
+  await src.write(HEADER);
+  const ch = await g.result;
+  assert.deepEqual([...await readAll(ch, 8)], [...HEADER]);
+  assert.equal(listener.checked, 2);
+  listener.close();
+  ch.close();
+  intruder.close();
+  src.close();
+});
+
+Deno.test("acceptStream(): a peer that never finishes proving itself is dropped at the header deadline", async () => {
+  const t = new MemoryTransports();
+  const listener = authenticating(await t.listen(URI));
+  const clock = new FakeClock();
+  const g = gate(listener, clock);
+  const slow = await t.connect(URI);
+  await slow.write(new TextEncoder().encode("GO")); // half a proof, then nothing
+  while (clock.pending === 0) await new Promise((r) => setTimeout(r, 0));
+  clock.advance(HEADER_DEADLINE_MS);
+  while (g.dropped.length === 0) await new Promise((r) => setTimeout(r, 0));
+  assert.match(g.dropped[0], /sent no stream header within/);
+  g.abort.abort(new Error("cancelled"));
+  await assert.rejects(g.result, /cancelled/);
+  listener.close();
+  slow.close();
+});
+
+Deno.test("acceptStream(): a source offering the migration secret to a destination without one is told so", async () => {
+  const t = new MemoryTransports();
+  const listener = await t.listen(URI);
+  const g = gate(listener);
+  const src = await t.connect(URI);
+  const hello = new Uint8Array(44);
+  hello.set(AUTH_MAGIC);
+  await src.write(hello);
+  assert.match(
+    await refusal(src),
+    /offered the migration secret exchange, but this destination has no migration_secret set/,
+  );
+  g.abort.abort(new Error("cancelled"));
+  await assert.rejects(g.result, /cancelled/);
+  listener.close();
+  src.close();
 });

@@ -119,7 +119,7 @@ Deno.test("validateParameters() takes stall_action fail, switchover or throttle,
   }
 });
 
-Deno.test("validateParameters() takes absolute paths (or \"\") for the security files and a host name for tls_hostname", () => {
+Deno.test('validateParameters() takes absolute paths (or "") for the security files and a host name for tls_hostname', () => {
   for (const field of ["tls_cert", "tls_key", "tls_ca", "migration_secret", "snapshot_key"]) {
     assert.doesNotThrow(() => validateParameters({ [field]: "/etc/ferry/x.pem" }), field);
     assert.doesNotThrow(() => validateParameters({ [field]: "" }), field);
@@ -132,7 +132,7 @@ Deno.test("validateParameters() takes absolute paths (or \"\") for the security 
   assertInvalid({ tls_hostname: "a b" }, "tls_hostname");
 });
 
-Deno.test("channelSecurity(): TLS when any tls_* is set, the secret and the snapshot key when set, nothing for \"\"", () => {
+Deno.test('channelSecurity(): TLS when any tls_* is set, the secret and the snapshot key when set, nothing for ""', () => {
   assert.deepEqual(channelSecurity(DEFAULT_PARAMETERS), {});
   assert.deepEqual(channelSecurity({ ...DEFAULT_PARAMETERS, tls_ca: "/ca.pem" }), {
     tls: { caFile: "/ca.pem" },

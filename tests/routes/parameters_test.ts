@@ -186,7 +186,7 @@ Deno.test("PATCH /migrations/parameters bounds xbzrle_cache_size by the guest's 
   await engine.close();
 });
 
-Deno.test("PATCH /migrations/parameters sets the security parameters to absolute paths and a name, and \"\" unsets them", async () => {
+Deno.test('PATCH /migrations/parameters sets the security parameters to absolute paths and a name, and "" unsets them', async () => {
   const { app, engine } = testApp();
   const set = {
     tls_cert: "/etc/ferry/dst.pem",
