@@ -1,5 +1,8 @@
 import type { Guest } from "../vm/guest.ts";
 import { QEVM_MAGIC, QEVM_VERSION, Section, SectionName } from "./format/constants.ts";
+
+/** "FERR", the first bytes of an encrypted snapshot (transports/sealed.ts), named when read without its key. */
+const FERRYENC_HEAD = 0x46455252;
 import { StreamError, type StreamReader } from "./format/reader.ts";
 import { RamLoader } from "./sections/ram.ts";
 import type { SectionRegistry } from "./sections/section.ts";
@@ -81,6 +84,13 @@ export async function loadStream(
   );
   await r.need(8);
   const magic = r.be32();
+  if (magic === FERRYENC_HEAD) {
+    throw new StreamError(
+      0,
+      'it is an encrypted snapshot ("FERRYENC"): set snapshot_key (--snapshot-key) to the key ' +
+        "it was made with",
+    );
+  }
   if (magic !== QEVM_MAGIC) {
     throw new StreamError(0, `bad magic 0x${hex8(magic)}, expected 0x${hex8(QEVM_MAGIC)} ("QEVM")`);
   }
