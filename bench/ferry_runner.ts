@@ -50,6 +50,15 @@ export interface FerryRunOptions {
   readonly sampleApi?: boolean;
   /** Verify the destination's RAM digest equals the source's (default true). */
   readonly verify?: boolean;
+  /**
+   * Protects the channel: `destination` are extra flags of the destination ferry
+   * (e.g. --tls-cert …), `source` parameters set on the source before it migrates
+   * (e.g. tls_ca).
+   */
+  readonly security?: {
+    readonly destination: readonly string[];
+    readonly source: Readonly<Record<string, string>>;
+  };
 }
 
 /**
@@ -68,7 +77,9 @@ export async function runFerry(spec: ScenarioSpec, opts: FerryRunOptions = {}): 
   // Filling and faulting in RAM takes seconds per GiB on a loaded 2-core machine.
   const startTimeoutMs = 30_000 + 30_000 * spec.ramBytes / 2 ** 30;
   try {
-    await using dst = await FerryProcess.destination(ram, uri, [], { startTimeoutMs });
+    await using dst = await FerryProcess.destination(ram, uri, [
+      ...(opts.security?.destination ?? []),
+    ], { startTimeoutMs });
     await using src = await FerryProcess.start(
       [
         "--ram",
@@ -97,6 +108,7 @@ export async function runFerry(spec: ScenarioSpec, opts: FerryRunOptions = {}): 
       max_bandwidth: Math.round(spec.maxBandwidth),
       downtime_limit: spec.downtimeLimitMs,
       ...(spec.xbzrle ? { xbzrle_cache_size: spec.xbzrle.cacheBytes } : {}),
+      ...(opts.security?.source ?? {}),
     });
     const started = await src.api("POST", "/migrations", { uri: dst.incoming });
     if (started.status >= 300) {

@@ -6,7 +6,8 @@
  *
  *   deno task bench                     # everything (≈15 min): bulk, running, ab, then codec/snapshots/link
  *   deno task bench --quick             # 1 run per bulk scenario, 3 per distribution, no 4 GiB
- *   deno task bench --only bulk         # a group (bulk, running, ab, integrity, extra) or a scenario name substring
+ *   deno task bench --only bulk         # a group (bulk, running, ab, integrity, tls, extra) or a scenario name substring
+ *   deno task bench --only tls --runs 5 # 1 GiB random over loopback TLS (with the migration secret) against plaintext
  *   deno task bench --no-qemu           # ferry only
  *   deno task bench --json out.json     # also write every run as JSON
  */
@@ -18,6 +19,8 @@ import { runCapabilityBenchmarks } from "./capabilities.ts";
 import { runTransportBenchmarks } from "./transports.ts";
 import { runPipeFloor } from "./pipe_floor.ts";
 import { median, percentile } from "./stats.ts";
+import { makeTestPki, SERVER_NAME } from "../testing/certs.ts";
+import { tlsFloor } from "./tls_floor.ts";
 
 const UNLIMITED = 100e9;
 const MiB = 2 ** 20;
@@ -390,6 +393,82 @@ if (intSel.length) {
   }
   console.log(
     "cost = median total with verify ÷ without − 1; added = difference of the median downtimes.",
+  );
+}
+
+// ---- tls: TLS with the migration secret against plaintext ----
+if (values.only === "tls" || (!values.only && !values.quick)) {
+  const s = BULK.find((b) => b.name === "random-1g-tcp")!;
+  const n = Math.max(runs, 3);
+  await using pki = await makeTestPki();
+  const security = {
+    destination: [
+      "--tls-cert",
+      pki.server.cert,
+      "--tls-key",
+      pki.server.key,
+      "--migration-secret",
+      pki.secret,
+    ],
+    source: { tls_ca: pki.ca, tls_hostname: SERVER_NAME, migration_secret: pki.secret },
+  };
+  console.log(
+    `\n# TLS (AES-GCM, with the migration secret) against plaintext, loopback tcp — ${n} runs each, alternated`,
+  );
+  const w = [16, 24, 24, 9, 22, 22];
+  console.log(row([
+    "scenario",
+    "total TLS p50 (range)",
+    "total plain p50 (range)",
+    "TLS/plain",
+    "downtime TLS p50 (range)",
+    "downtime plain p50 (range)",
+  ], w));
+  const tls: FerryRun[] = [];
+  const plain: FerryRun[] = [];
+  for (let i = 0; i < n; i++) {
+    for (const on of i % 2 === 0 ? [true, false] : [false, true]) {
+      const r = await runFerry(s.spec, on ? { security } : {});
+      (on ? tls : plain).push(r);
+      log.push({
+        scenario: `${s.name} ${on ? "tls" : "plain"}`,
+        engine: "ferry",
+        run: { ...r, apiLatenciesMs: undefined } as MigrationRun,
+      });
+    }
+  }
+  const spread = (xs: number[], f: (x: number) => string) =>
+    `${f(median(xs))} (${f(Math.min(...xs))}–${f(Math.max(...xs))})`;
+  const t = (xs: FerryRun[]) => xs.filter((x) => x.completed).map((x) => x.totalS);
+  const d = (xs: FerryRun[]) => xs.filter((x) => x.completed).map((x) => x.downtimeMs);
+  console.log(row([
+    s.name,
+    spread(t(tls), fmt.s),
+    spread(t(plain), fmt.s),
+    fmt.ratio(median(t(tls)), median(t(plain))),
+    spread(d(tls), fmt.ms),
+    spread(d(plain), fmt.ms),
+  ], w));
+  const floors = { tls: [] as number[], plain: [] as number[], calls: "" };
+  for (let i = 0; i < n; i++) {
+    for (const on of [true, false]) {
+      const f = await tlsFloor(pki, on, s.spec.ramBytes);
+      (on ? floors.tls : floors.plain).push(f.seconds);
+      if (on) floors.calls = `${f.writes} writes, ${f.reads} reads`;
+    }
+  }
+  console.log(row([
+    "bare Deno copy",
+    spread(floors.tls, fmt.s),
+    spread(floors.plain, fmt.s),
+    fmt.ratio(median(floors.tls), median(floors.plain)),
+    `TLS: ${floors.calls}`,
+    "",
+  ], w));
+  console.log(
+    "TLS/plain = median total with TLS ÷ without (the issue's goal: at most 1.50x). " +
+      "Certificates: P-256 (testing/certs.ts). bare Deno copy = the same bytes, client to " +
+      "server in one process, no ferry code (bench/tls_floor.ts).",
   );
 }
 
