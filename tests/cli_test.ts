@@ -18,6 +18,35 @@ Deno.test("parseFlags() applies the documented defaults", () => {
   assert.deepEqual(c.allowedHosts, []);
   assert.equal(c.guest, "synthetic");
   assert.deepEqual(c.x86, {});
+  assert.deepEqual(c.security, {});
+  assert.equal(c.insecureMigration, false);
+});
+
+Deno.test("parseFlags() reads the channel security flags into parameters, making relative paths absolute", () => {
+  const c = parseFlags([
+    "--tls-cert",
+    "pki/dst.pem",
+    "--tls-key",
+    "/etc/ferry/dst.key",
+    "--tls-ca",
+    "ca.pem",
+    "--tls-hostname",
+    "ferry-dst.example",
+    "--migration-secret",
+    "migration.secret",
+    "--snapshot-key",
+    "/k",
+    "--insecure-migration",
+  ], { cwd: "/srv/ferry/" });
+  assert.deepEqual(c.security, {
+    tls_cert: "/srv/ferry/pki/dst.pem",
+    tls_key: "/etc/ferry/dst.key",
+    tls_ca: "/srv/ferry/ca.pem",
+    tls_hostname: "ferry-dst.example",
+    migration_secret: "/srv/ferry/migration.secret",
+    snapshot_key: "/k",
+  });
+  assert.equal(c.insecureMigration, true);
 });
 
 Deno.test("parseFlags() reads the x86 guest's flags", () => {
@@ -105,6 +134,10 @@ for (
     [["--guest", "x86", "--fill", "random"], /--fill/],
     [["--guest", "x86", "--kernel", ""], /--kernel: empty path/],
     [["--guest", "x86", "--disk", "/tmp/d.img"], /--disk is for the synthetic guest/],
+    [["--tls-cert", "/c.pem"], /--tls-cert and --tls-key go together/],
+    [["--tls-key", "/c.key"], /--tls-cert and --tls-key go together/],
+    [["--tls-hostname", "a b"], /Invalid --tls-hostname "a b": expected a host name/],
+    [["--migration-secret", ""], /Invalid --migration-secret: empty/],
   ] as [string[], RegExp][]
 ) {
   Deno.test(`parseFlags() rejects ${args.join(" ")} with a one-line message`, () => {
@@ -161,6 +194,13 @@ Deno.test("HELP documents every flag", () => {
       "--token",
       "--token-file",
       "--allowed-host",
+      "--tls-cert",
+      "--tls-key",
+      "--tls-ca",
+      "--tls-hostname",
+      "--migration-secret",
+      "--snapshot-key",
+      "--insecure-migration",
       "FERRY_TOKEN",
       "--help",
     ]
