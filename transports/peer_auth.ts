@@ -1,5 +1,5 @@
 /**
- * The migration secret (docs/ARCHITECTURE.md, "Peer authentication"): on a socket,
+ * The migration secret (docs/ARCHITECTURE.md, "Transport security"): on a socket,
  * before the stream, the source and the destination each prove they hold the same
  * secret file, with HMAC-SHA-256 over a nonce from each side. Deno's TLS listener
  * cannot ask for a client certificate, so this is how a destination tells its

@@ -1,5 +1,5 @@
 /**
- * Encrypted snapshots (docs/ARCHITECTURE.md, "Encrypted snapshots"): a one-way
+ * Encrypted snapshots (docs/ARCHITECTURE.md, "Transport security"): a one-way
  * stream (`file:`, `exec:`, `fd:`) sealed with AES-256-GCM from Web Crypto, in
  * chunks of 1 MiB, under a key derived from a key file.
  *

@@ -1,5 +1,5 @@
 /**
- * TLS on `tcp:` (docs/ARCHITECTURE.md, "Transports"), QEMU's `tls-creds` model:
+ * TLS on `tcp:` (docs/ARCHITECTURE.md, "Transport security"), QEMU's `tls-creds` model:
  * the URI stays `tcp:HOST:PORT` and parameters say to encrypt it. The source
  * connects over TCP, then runs a TLS handshake with `Deno.startTls`, which checks
  * the destination's certificate against the CA bundle and the expected name (a

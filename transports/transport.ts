@@ -44,7 +44,7 @@ export interface Listener extends Disposable {
 }
 
 /**
- * TLS on `tcp:` (docs/ARCHITECTURE.md, "Transports"): file paths and the name the
+ * TLS on `tcp:` (docs/ARCHITECTURE.md, "Transport security"): file paths and the name the
  * destination's certificate must carry. A destination needs `certFile` and
  * `keyFile`; a source verifies against `caFile` (added to Deno's built-in roots).
  */
