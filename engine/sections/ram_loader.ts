@@ -146,7 +146,10 @@ export class RamLoader implements SectionLoader {
             `ZERO page record with fill byte 0x${fill.toString(16)} (must be 0)`,
           );
         }
-        if (block.isTouched(page)) block.bytes.fill(0, addr, addr + PAGE_SIZE);
+        if (block.isTouched(page)) {
+          block.bytes.fill(0, addr, addr + PAGE_SIZE);
+          markWritten(block, page);
+        }
         table?.set(page, 0);
         this.stats.zeroPages++;
       } else if (kind === RamFlag.XBZRLE) {
@@ -165,6 +168,7 @@ export class RamLoader implements SectionLoader {
           block.bytes.set(r.take(PAGE_SIZE), addr);
         }
         block.markTouched(page);
+        markWritten(block, page);
         this.stats.normalPages++;
       }
     }
@@ -186,6 +190,7 @@ export class RamLoader implements SectionLoader {
     const end = r.end;
     const bytes = block.bytes;
     const touched = block.touched;
+    const written = block.written;
     const length = block.length;
     let pos = r.pos;
     let zeros = 0;
@@ -202,7 +207,10 @@ export class RamLoader implements SectionLoader {
       const bit = 1 << (page & 31);
       if (flags === (RamFlag.ZERO | RamFlag.CONTINUE)) {
         if (buf[pos + 8] !== 0) break;
-        if ((touched[page >>> 5] & bit) !== 0) bytes.fill(0, addr, addr + PAGE_SIZE);
+        if ((touched[page >>> 5] & bit) !== 0) {
+          bytes.fill(0, addr, addr + PAGE_SIZE);
+          if (written !== null) written[page >>> 5] |= bit;
+        }
         table?.set(page, 0);
         pos += 9;
         zeros++;
@@ -216,6 +224,7 @@ export class RamLoader implements SectionLoader {
           bytes.set(buf.subarray(pos + 8, pos + 8 + PAGE_SIZE), addr);
         }
         touched[page >>> 5] |= bit;
+        if (written !== null) written[page >>> 5] |= bit;
         pos += 8 + PAGE_SIZE;
         normals++;
       } else {
@@ -249,6 +258,7 @@ export class RamLoader implements SectionLoader {
       throw e;
     }
     block.markTouched(addr / PAGE_SIZE);
+    markWritten(block, addr / PAGE_SIZE);
     this.stats.xbzrlePages++;
   }
 
@@ -289,3 +299,9 @@ export class RamLoader implements SectionLoader {
 }
 
 const decoder = new TextDecoder();
+
+/** Records in the block's write log, if it keeps one, that the stream changed `page`. */
+function markWritten(block: RamBlock, page: number): void {
+  const written = block.written;
+  if (written !== null) written[page >>> 5] |= 1 << (page & 31);
+}
