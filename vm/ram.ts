@@ -147,9 +147,19 @@ export class RamBlock {
     Atomics.or(this.dirty, page >>> 5, 1 << (page & 31));
   }
 
-  /** Records that a page may now hold non-zero bytes. */
+  /**
+   * Records that a page may now hold non-zero bytes, having just been written (in
+   * {@link written} too, when writes are tracked).
+   */
   markTouched(page: number): void {
-    this.touched[page >>> 5] |= 1 << (page & 31);
+    const bit = 1 << (page & 31);
+    this.touched[page >>> 5] |= bit;
+    if (this.written !== null) this.written[page >>> 5] |= bit;
+  }
+
+  /** Records in {@link written}, when tracked, that a page was written (e.g. zeroed). */
+  markWritten(page: number): void {
+    if (this.written !== null) this.written[page >>> 5] |= 1 << (page & 31);
   }
 
   /** True when the page may hold non-zero bytes. */

@@ -148,7 +148,7 @@ export class RamLoader implements SectionLoader {
         }
         if (block.isTouched(page)) {
           block.bytes.fill(0, addr, addr + PAGE_SIZE);
-          markWritten(block, page);
+          block.markWritten(page);
         }
         table?.set(page, 0);
         this.stats.zeroPages++;
@@ -168,7 +168,6 @@ export class RamLoader implements SectionLoader {
           block.bytes.set(r.take(PAGE_SIZE), addr);
         }
         block.markTouched(page);
-        markWritten(block, page);
         this.stats.normalPages++;
       }
     }
@@ -258,7 +257,6 @@ export class RamLoader implements SectionLoader {
       throw e;
     }
     block.markTouched(addr / PAGE_SIZE);
-    markWritten(block, addr / PAGE_SIZE);
     this.stats.xbzrlePages++;
   }
 
@@ -299,9 +297,3 @@ export class RamLoader implements SectionLoader {
 }
 
 const decoder = new TextDecoder();
-
-/** Records in the block's write log, if it keeps one, that the stream changed `page`. */
-function markWritten(block: RamBlock, page: number): void {
-  const written = block.written;
-  if (written !== null) written[page >>> 5] |= 1 << (page & 31);
-}
