@@ -208,7 +208,14 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
       // next), `pending` is what a switchover would have to send now.
       const fresh = drainedAt === w.bytes || (synced && pending > 0);
       if (unachievable && fresh && floor.observe(pending)) {
-        settle = true;
+        // With auto-converge, the floor is the one at the highest throttle: step up first.
+        const up = converge?.escalate() ?? null;
+        if (up === null) settle = true;
+        else {
+          ctx.guest.setThrottle(up);
+          ctx.progress.throttled(up);
+          floor.restart();
+        }
       }
       // With XBZRLE the encoding time, not the wire, can be what exceeds the limit.
       const busy = ram.pendingBusyMs > ctx.params().downtime_limit - stopCost();

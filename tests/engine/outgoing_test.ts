@@ -434,6 +434,36 @@ Deno.test("runPrecopy(): a sync slower than downtime_limit from the start, with 
   await assertArrivedWhole(ch, guest);
 });
 
+Deno.test("runPrecopy(): with auto-converge, a sync slower than the limit switches over at the floor only once the throttle stops rising", async () => {
+  const guest = new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
+  guest.fillRandom(16);
+  guest.start();
+  const ch = new CaptureChannel();
+  const { ctx, clock, calls } = context(guest, ch, {
+    max_bandwidth: 10 << 20,
+    downtime_limit: 30,
+  });
+  const capabilities = { ...DEFAULT_CAPABILITIES, auto_converge: true };
+  let syncs = 0;
+  guest.blocks[0].setRefresh(() => {
+    if (++syncs > 500) throw new Error("never switched over");
+    clock.advance(50);
+    // The guest dirties in proportion to the time it is allowed to run.
+    const pages = Math.max(1, Math.round(200 * (100 - guest.throttle) / 100));
+    for (let p = 0; p < pages; p++) {
+      guest.write(((syncs * 37 + p * 7) % 512) * PAGE_SIZE, Uint8Array.of(syncs, p));
+    }
+  });
+  await writeSetup(ctx);
+  await runPrecopy({ ...ctx, capabilities, drain: () => Promise.resolve(1) });
+  assert.equal(guest.runState, "postmigrate");
+  const throttles = calls.filter((c) => c.startsWith("throttled")).map((c) => Number(c.slice(10)));
+  assert.ok(throttles.length > 0, "auto-converge throttled");
+  assert.equal(guest.throttle, Math.max(...throttles), "switched over at the throttle's peak");
+  assert.ok(guest.throttle >= 90, `throttle at switchover ${guest.throttle} %`);
+  await assertArrivedWhole(ch, guest);
+});
+
 Deno.test("runPrecopy(): a guest dirtying faster than the link stalls; stall_action fail ends it after stall_windows windows, the guest never stopped", async () => {
   const { guest, ctx, windows } = stallingMigration(12, { stall_windows: 20 });
   await writeSetup(ctx);
