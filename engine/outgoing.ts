@@ -137,9 +137,9 @@ export const FLOOR_SYNCS = 3;
  * pending ≥ max_size, then the guest stops and the rest goes out unthrottled.
  *
  * Two cases never converge that way (docs/ARCHITECTURE.md, "Convergence"):
- * - the round trip alone exceeds the limit (max_size is 0): the loop warns once
- *   and switches over when what a sync finds stops reaching new lows, at the
- *   smallest downtime it can reach;
+ * - the round trip and the final sync alone reach the limit (max_size is 0): the
+ *   loop warns once and switches over when what is left, looked at after each
+ *   drain or sync, stops reaching new lows: the smallest downtime it can reach;
  * - what is left stops shrinking (the guest dirties as fast as the link sends):
  *   after `stall_windows` windows without a new low, `stall_action` fails the
  *   migration, switches over now, or steps the throttle up.
@@ -171,6 +171,22 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
   let failedCacheSize = -1;
   /** What a switchover costs besides sending: the final dirty-log sync and the round trip. */
   const stopCost = () => rtt + ram.lastSyncMs;
+  /**
+   * Once the round trip and the final sync alone reach the limit (max_size is then
+   * 0, so "converged on paper" may never come), warn once and start looking for the
+   * floor: switch over when what is left stops reaching new lows.
+   */
+  const checkAchievable = () => {
+    const limit = ctx.params().downtime_limit;
+    if (stopCost() >= limit && !unachievable) {
+      unachievable = true;
+      ctx.progress.warn(
+        "downtime-limit-unachievable",
+        `${unachievableWhy(rtt, ram.lastSyncMs)} alone exceeds downtime_limit (${limit} ms): ` +
+          `switching over at the smallest downtime reachable`,
+      );
+    }
+  };
   ctx.progress.active();
   for (;;) {
     signal.throwIfAborted();
@@ -178,7 +194,8 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
       // Every live section's pending bytes count in the switchover decision.
       const pendingBy = live.map((e) => e.saver.pending(maxSize));
       const pending = pendingBy.reduce((a, b) => a + b, 0);
-      if (ram.stats.dirtySyncCount !== lastSyncs) {
+      const synced = ram.stats.dirtySyncCount !== lastSyncs;
+      if (synced) {
         lastSyncs = ram.stats.dirtySyncCount;
         ctx.progress.pass(lastSyncs, ram.dirtyPages);
         const throttle = converge?.onSync(clock.now(), ram.lastSyncAdded * PAGE_SIZE, w.bytes);
@@ -187,8 +204,19 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
           ctx.progress.throttled(throttle);
         }
       }
-      // Right after a drain, `pending` is what a switchover would have to send now.
-      if (unachievable && drainedAt === w.bytes && floor.observe(pending)) settle = true;
+      // Right after a drain, or a sync that found pages (none left: the drain comes
+      // next), `pending` is what a switchover would have to send now.
+      const fresh = drainedAt === w.bytes || (synced && pending > 0);
+      if (unachievable && fresh && floor.observe(pending)) {
+        // With auto-converge, the floor is the one at the highest throttle: step up first.
+        const up = converge?.escalate() ?? null;
+        if (up === null) settle = true;
+        else {
+          ctx.guest.setThrottle(up);
+          ctx.progress.throttled(up);
+          floor.restart();
+        }
+      }
       // With XBZRLE the encoding time, not the wire, can be what exceeds the limit.
       const busy = ram.pendingBusyMs > ctx.params().downtime_limit - stopCost();
       if (!settle && pending > 0 && (pending >= maxSize || busy)) {
@@ -207,15 +235,7 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
         rtt = await ctx.drain();
         drainedAt = w.bytes;
         limiter.exclude(clock.now() - waitFrom);
-        const limit = ctx.params().downtime_limit;
-        if (stopCost() >= limit && !unachievable) {
-          unachievable = true;
-          ctx.progress.warn(
-            "downtime-limit-unachievable",
-            `${unachievableWhy(rtt, ram.lastSyncMs)} alone exceeds downtime_limit (${limit} ms): ` +
-              `switching over at the smallest downtime reachable`,
-          );
-        }
+        checkAchievable();
         continue;
       } else {
         return await complete(ctx);
@@ -226,6 +246,7 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
       const params = ctx.params();
       // The final sync and the switchover handshake's round trip are part of the downtime.
       maxSize = window.bandwidth * Math.max(0, params.downtime_limit - stopCost());
+      checkAchievable();
       try {
         // A size that could not be had is not tried again at every window.
         if (params.xbzrle_cache_size !== failedCacheSize) ram.resizeCache(params.xbzrle_cache_size);

@@ -32,6 +32,12 @@ export class RamBlock {
    */
   readonly memory: WebAssembly.Memory | null;
   #refresh: (() => void) | null = null;
+  /**
+   * Pages an incoming stream changed since {@link takeWritten} last took them, one bit
+   * per page; null until {@link trackWrites} (only a guest whose RAM lives elsewhere
+   * asks for it, to copy received pages over during pre-copy). Main thread only.
+   */
+  written: Uint32Array<ArrayBuffer> | null = null;
 
   constructor(readonly name: string, readonly length: number, shared?: RamBlockShared) {
     if (name.length === 0 || name.length > 255) {
@@ -111,14 +117,49 @@ export class RamBlock {
     return added;
   }
 
+  /** Starts recording the pages a loader changes in {@link written}. */
+  trackWrites(): void {
+    this.written ??= new Uint32Array(this.dirty.length);
+  }
+
+  /**
+   * The pages written since the last call (a copy of {@link written}, which is
+   * cleared), or null when there are none or writes are not tracked.
+   */
+  takeWritten(): Uint32Array<ArrayBuffer> | null {
+    const written = this.written;
+    if (written === null) return null;
+    let any = false;
+    for (let w = 0; w < written.length; w++) {
+      if (written[w] !== 0) {
+        any = true;
+        break;
+      }
+    }
+    if (!any) return null;
+    const taken = written.slice();
+    written.fill(0);
+    return taken;
+  }
+
   /** Marks a page dirty, as a guest write would (for loaders and tests on the main thread). */
   markDirty(page: number): void {
     Atomics.or(this.dirty, page >>> 5, 1 << (page & 31));
   }
 
-  /** Records that a page may now hold non-zero bytes. */
+  /**
+   * Records that a page may now hold non-zero bytes, having just been written (in
+   * {@link written} too, when writes are tracked).
+   */
   markTouched(page: number): void {
-    this.touched[page >>> 5] |= 1 << (page & 31);
+    const bit = 1 << (page & 31);
+    this.touched[page >>> 5] |= bit;
+    if (this.written !== null) this.written[page >>> 5] |= bit;
+  }
+
+  /** Records in {@link written}, when tracked, that a page was written (e.g. zeroed). */
+  markWritten(page: number): void {
+    if (this.written !== null) this.written[page >>> 5] |= 1 << (page & 31);
   }
 
   /** True when the page may hold non-zero bytes. */

@@ -146,7 +146,10 @@ export class RamLoader implements SectionLoader {
             `ZERO page record with fill byte 0x${fill.toString(16)} (must be 0)`,
           );
         }
-        if (block.isTouched(page)) block.bytes.fill(0, addr, addr + PAGE_SIZE);
+        if (block.isTouched(page)) {
+          block.bytes.fill(0, addr, addr + PAGE_SIZE);
+          block.markWritten(page);
+        }
         table?.set(page, 0);
         this.stats.zeroPages++;
       } else if (kind === RamFlag.XBZRLE) {
@@ -186,6 +189,7 @@ export class RamLoader implements SectionLoader {
     const end = r.end;
     const bytes = block.bytes;
     const touched = block.touched;
+    const written = block.written;
     const length = block.length;
     let pos = r.pos;
     let zeros = 0;
@@ -202,7 +206,10 @@ export class RamLoader implements SectionLoader {
       const bit = 1 << (page & 31);
       if (flags === (RamFlag.ZERO | RamFlag.CONTINUE)) {
         if (buf[pos + 8] !== 0) break;
-        if ((touched[page >>> 5] & bit) !== 0) bytes.fill(0, addr, addr + PAGE_SIZE);
+        if ((touched[page >>> 5] & bit) !== 0) {
+          bytes.fill(0, addr, addr + PAGE_SIZE);
+          if (written !== null) written[page >>> 5] |= bit;
+        }
         table?.set(page, 0);
         pos += 9;
         zeros++;
@@ -216,6 +223,7 @@ export class RamLoader implements SectionLoader {
           bytes.set(buf.subarray(pos + 8, pos + 8 + PAGE_SIZE), addr);
         }
         touched[page >>> 5] |= bit;
+        if (written !== null) written[page >>> 5] |= bit;
         pos += 8 + PAGE_SIZE;
         normals++;
       } else {

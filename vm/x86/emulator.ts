@@ -4,8 +4,8 @@
  * can move page by page while the rest moves as one blob). Usable inside a Worker.
  *
  * Every use of a v86 internal (anything outside its documented API: `v86`, `cpu`,
- * `mem8`, `wasm_memory`, `memory_size`, `is_memory_zeroed`, `full_clear_tlb`,
- * `jit_clear_cache` and the state header) lives in this file, written against npm
+ * `mem8`, `wasm_memory`, `memory_size`, `is_memory_zeroed`, `unpack_memory`,
+ * `full_clear_tlb`, `jit_clear_cache` and the state header) lives in this file, written against npm
  * v86 0.5.462 ({@link V86_VERSION}), whose state format is version 6.
  */
 import { V86 } from "v86";
@@ -56,6 +56,8 @@ interface V86Cpu {
   mem8: Uint8Array;
   memory_size: Uint32Array;
   is_memory_zeroed: (addr: number, length: number) => boolean;
+  /** Called by restore_state: zeroes RAM, then writes the state's packed pages. */
+  unpack_memory: (bitmap: unknown, packed: Uint8Array) => void;
   full_clear_tlb: () => void;
   jit_clear_cache: () => void;
 }
@@ -297,10 +299,12 @@ export class X86Machine {
 
   /**
    * Loads device state from {@link saveDevices} of a machine with the same RAM size
-   * and BIOS. It zeroes RAM; `ram` (the source's whole RAM) is then written back if
-   * given, else the caller writes pages into {@link ram} before {@link run}. The
-   * machine must be stopped. Throws {@link VmError} `invalid-device-state` on bytes
-   * that are not such a state, before changing anything.
+   * and BIOS. RAM is left as it is: v86 would zero it and unpack the RAM pages of
+   * the state, but these states carry none, and a crafted one must not write RAM
+   * behind the migration's back. `ram` (the source's whole RAM) is then written if
+   * given, else the caller makes {@link ram} right before {@link run}. The machine
+   * must be stopped. Throws {@link VmError} `invalid-device-state` on bytes that are
+   * not such a state, before changing anything.
    */
   loadDevices(bytes: Uint8Array, ram?: Uint8Array): void {
     this.#stopped("loadDevices");
@@ -315,10 +319,15 @@ export class X86Machine {
       throw new VmError("invalid-argument", `ram is ${ram.length} bytes, not ${this.memoryBytes}`);
     }
     const internal = (this.#emulator as unknown as { v86: V86Internal }).v86;
+    const cpu = this.#cpu;
+    const unpackMemory = cpu.unpack_memory;
+    cpu.unpack_memory = () => {};
     try {
       internal.restore_state(exactBuffer(bytes));
     } catch (e) {
       throw new VmError("invalid-device-state", `v86 rejected the device state: ${e}`);
+    } finally {
+      cpu.unpack_memory = unpackMemory;
     }
     if (ram !== undefined) this.ram().set(ram);
     this.#stale = true;

@@ -52,7 +52,18 @@ export type ToX86Worker =
   | { readonly type: "throttle"; readonly percent: number }
   | { readonly type: "input"; readonly text: string }
   | { readonly type: "save"; readonly id: number }
-  | { readonly type: "load"; readonly id: number; readonly devices: Uint8Array }
+  /**
+   * Copy these pages (one bit per page) of the RAM copy into the emulator: pages an
+   * incoming stream wrote, copied over during pre-copy so the load has few left.
+   */
+  | { readonly type: "pull"; readonly pages: Uint32Array }
+  /** Load device state, then bring the emulator's RAM to the copy (`pages`: written since the last pull). */
+  | {
+    readonly type: "load";
+    readonly id: number;
+    readonly devices: Uint8Array;
+    readonly pages: Uint32Array | null;
+  }
   | { readonly type: "exit" };
 
 /** Worker → main thread. */

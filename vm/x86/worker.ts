@@ -74,13 +74,19 @@ function syncRam(): number {
   });
 }
 
-/** Writes every page the loaded stream touched from the RAM copy into the emulator. */
-function copyRamIn(): void {
+/**
+ * True while the emulator's RAM equals the RAM copy except for pages written into
+ * the copy since (which a pull or the load copies over): set by {@link mirror}, and
+ * cleared when the machine runs, since then the emulator writes its own RAM.
+ */
+let mirrored = false;
+
+/** Copies the pages set in `pages` from the RAM copy into the emulator. */
+function copyPages(pages: Uint32Array): void {
   const r = ram!;
   const target = machine!.ram();
-  const touched = r.touched;
-  for (let w = 0; w < touched.length; w++) {
-    let bits = touched[w];
+  for (let w = 0; w < pages.length; w++) {
+    let bits = pages[w];
     while (bits !== 0) {
       const bit = 31 - Math.clz32(bits);
       bits &= ~(1 << bit);
@@ -90,6 +96,22 @@ function copyRamIn(): void {
       target.set(r.bytes.subarray(at, at + PAGE_SIZE), at);
     }
   }
+}
+
+/**
+ * Makes the emulator's RAM equal the copy: zeroes it, then copies every page of the
+ * copy that may hold data (its touched map).
+ */
+function mirror(): void {
+  machine!.ram().fill(0);
+  copyPages(ram!.touched);
+  mirrored = true;
+}
+
+/** Brings the emulator's RAM to the copy, given the pages written since it was mirrored. */
+function pull(pages: Uint32Array | null): void {
+  if (!mirrored) return mirror();
+  if (pages !== null) copyPages(pages);
 }
 
 /** Runs `step` after every message and step queued before it. */
@@ -133,6 +155,7 @@ async function command(seq: number, name: X86Command): Promise<void> {
       break;
     case "run":
       wantRunning = true;
+      mirrored = false;
       if (throttleTimer !== undefined) clearTimeout(throttleTimer);
       throttleTimer = undefined;
       Atomics.store(ctl!, X86_CTL.RUNNING, 1);
@@ -204,11 +227,14 @@ async function handle(message: ToX86Worker): Promise<void> {
     case "load":
       try {
         machine!.loadDevices(message.devices);
-        copyRamIn();
+        pull(message.pages);
         post({ type: "loaded", id: message.id });
       } catch (e) {
         post({ type: "failed", id: message.id, ...describe(e) });
       }
+      return;
+    case "pull":
+      if (!failed) pull(message.pages);
       return;
     case "exit":
       wantRunning = false;

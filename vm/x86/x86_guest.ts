@@ -37,6 +37,13 @@ const COMMAND_TIMEOUT_MS = 60_000;
 /** How long close() lets the worker destroy its machine before terminating it. */
 const EXIT_TIMEOUT_MS = 2000;
 
+/**
+ * How often pages an incoming stream wrote into the RAM copy are handed to the
+ * emulator during pre-copy, so that the load at switchover copies only the last
+ * ones. Correctness does not depend on it: the load copies whatever is left.
+ */
+const PULL_INTERVAL_MS = 20;
+
 /** Where v86 loads an initrd in guest RAM. */
 const INITRD_ADDRESS = 64 << 20;
 
@@ -87,6 +94,13 @@ export class X86Guest implements Guest, MachineDevices, AsyncDisposable {
   /** True once the machine has run or loaded a state: v86 cannot restore the state of one that never ran. */
   #initialized = false;
   #exited: (() => void) | undefined;
+  /** Hands received pages to the emulator ({@link PULL_INTERVAL_MS}). */
+  readonly #pullTimer: ReturnType<typeof setInterval>;
+  /**
+   * True from the first pull to the load: the copy holds received pages the
+   * emulator does not, so a refresh (emulator → copy) must not run.
+   */
+  #receiving = false;
 
   get machine(): MachineDevices {
     return this;
@@ -97,6 +111,8 @@ export class X86Guest implements Guest, MachineDevices, AsyncDisposable {
     this.#worker = worker;
     this.#ctl = ctl;
     block.setRefresh(() => this.#syncRam());
+    block.trackWrites();
+    this.#pullTimer = setInterval(() => this.#pull(), PULL_INTERVAL_MS);
     worker.onmessage = (event: MessageEvent<FromX86Worker>) => this.#receive(event.data);
     worker.onerror = (event: ErrorEvent) => {
       event.preventDefault();
@@ -199,6 +215,9 @@ export class X86Guest implements Guest, MachineDevices, AsyncDisposable {
   /** Starts (the first time: boots) or resumes the emulator; the run state becomes `running`. */
   start(): void {
     this.#assertOpen("start");
+    // Pages of a failed incoming stream are not this guest's: the emulator's RAM is.
+    this.blocks[0].takeWritten();
+    this.#receiving = false;
     this.#command("run");
     this.#initialized = true;
     this.#setState("running");
@@ -304,8 +323,13 @@ export class X86Guest implements Guest, MachineDevices, AsyncDisposable {
     }
     this.check(state.devices);
     const devices = state.devices.slice();
-    const reply = await this.#request((id) => ({ type: "load", id, devices }), [devices.buffer]);
+    const pages = this.blocks[0].takeWritten();
+    const reply = await this.#request(
+      (id) => ({ type: "load", id, devices, pages }),
+      pages === null ? [devices.buffer] : [devices.buffer, pages.buffer],
+    );
     if (reply.type !== "loaded") throw this.#replyError(reply, "load device state");
+    this.#receiving = false;
     this.#initialized = true;
     this.console.restore(state.console, state.consoleOffset);
   }
@@ -334,6 +358,7 @@ export class X86Guest implements Guest, MachineDevices, AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearInterval(this.#pullTimer);
     this.blocks[0].setRefresh(null);
     for (const { resolve } of this.#requests.values()) {
       resolve({ type: "failed", id: -1, message: "the guest was closed", code: "closed" });
@@ -446,10 +471,25 @@ export class X86Guest implements Guest, MachineDevices, AsyncDisposable {
     }
   }
 
-  /** The block's refresh: the worker copies the emulator's changed pages in and marks them dirty. */
+  /**
+   * The block's refresh: the worker copies the emulator's changed pages in and marks
+   * them dirty. Not while a stream is being received (the copy is ahead of the
+   * emulator then), nor before the machine first ran or loaded a state (its
+   * emulator RAM holds only what v86 put there at creation; the copy is the guest's).
+   */
   #syncRam(): void {
-    if (this.#closed || this.#failure !== null) return;
+    if (this.#closed || this.#failure !== null || !this.#initialized) return;
+    if (this.#receiving || this.blocks[0].written?.some((w) => w !== 0)) return;
     this.#command("sync");
+  }
+
+  /** Hands the pages an incoming stream wrote since the last pull to the emulator. */
+  #pull(): void {
+    if (this.#closed || this.#failure !== null) return;
+    const pages = this.blocks[0].takeWritten();
+    if (pages === null) return;
+    this.#receiving = true;
+    this.#post({ type: "pull", pages }, [pages.buffer]);
   }
 
   #setState(to: RunState): void {
