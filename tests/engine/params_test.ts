@@ -36,6 +36,8 @@ Deno.test("DEFAULT_PARAMETERS are the seed's (32 MiB/s, 30 ms, 64 MiB cache, thr
     stall_windows: 600,
     stall_action: "fail",
     incoming_page_budget: 4096,
+    compress_method: "none",
+    compress_level: 1,
   });
   assert.doesNotThrow(() => validateParameters(DEFAULT_PARAMETERS));
 });
@@ -47,6 +49,7 @@ Deno.test("DEFAULT_CAPABILITIES are QEMU's (all off) plus verify on; every unsup
     zero_blocks: false,
     rdma_pin_all: false,
     verify: true,
+    page_refs: false,
   });
   assert.match(UNSUPPORTED_CAPABILITIES.rdma_pin_all!, /RDMA/);
 });
@@ -110,4 +113,16 @@ Deno.test("validateParameters() takes stall_action fail, switchover or throttle,
     const err = assertInvalid({ stall_action: bad }, "stall_action");
     assert.match(err.message, /fail, switchover, throttle/);
   }
+});
+
+Deno.test("validateParameters() takes compress_method none, zstd or lz4, and compress_level 1 to 19", () => {
+  for (const method of ["none", "zstd", "lz4"]) {
+    assert.doesNotThrow(() => validateParameters({ compress_method: method as "zstd" }));
+  }
+  for (const bad of ["gzip", "", 1, null]) {
+    const err = assertInvalid({ compress_method: bad }, "compress_method");
+    assert.match(err.message, /none, zstd, lz4/);
+  }
+  assert.doesNotThrow(() => validateParameters({ compress_level: 19 }));
+  for (const bad of [0, 20, 1.5, "3"]) assertInvalid({ compress_level: bad }, "compress_level");
 });

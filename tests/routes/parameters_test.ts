@@ -12,6 +12,8 @@ const DEFAULTS = {
   stall_windows: 600,
   stall_action: "fail",
   incoming_page_budget: 4096,
+  compress_method: "none",
+  compress_level: 1,
 };
 
 Deno.test("GET /migrations/parameters answers the seed defaults", async () => {
@@ -49,6 +51,8 @@ Deno.test("PATCH /migrations/parameters applies every field and the limits thems
     stall_windows: 0,
     stall_action: "throttle",
     incoming_page_budget: 2,
+    compress_method: "lz4",
+    compress_level: 19,
   };
   const res = await call(app, "PATCH", "/migrations/parameters", patch);
   assert.equal(res.status, 200);
@@ -96,6 +100,9 @@ const BAD: [string, string, unknown][] = [
   ["progress_timeout", "a value above a day", 86_400_001],
   ["stall_windows", "a negative", -1],
   ["stall_action", "an unknown action", "cancel"],
+  ["compress_method", "an unknown method", "gzip"],
+  ["compress_level", "0", 0],
+  ["compress_level", "20", 20],
 ];
 
 for (const [field, what, value] of BAD) {
