@@ -7,6 +7,7 @@
  *   deno task bench                     # everything (≈15 min): bulk, running, ab, then codec/snapshots/link
  *   deno task bench --quick             # 1 run per bulk scenario, 3 per distribution, no 4 GiB
  *   deno task bench --only bulk         # a group (bulk, running, ab, integrity, extra) or a scenario name substring
+ *   deno task bench --only image --runs 5   # a real guest's RAM image (bench/image_bench.ts)
  *   deno task bench --no-qemu           # ferry only
  *   deno task bench --json out.json     # also write every run as JSON
  */
@@ -17,6 +18,7 @@ import type { MigrationRun, ScenarioSpec, Skipped } from "./qemu/types.ts";
 import { runCapabilityBenchmarks } from "./capabilities.ts";
 import { runTransportBenchmarks } from "./transports.ts";
 import { runPipeFloor } from "./pipe_floor.ts";
+import { runImageBenchmarks } from "./image_bench.ts";
 import { median, percentile } from "./stats.ts";
 
 const UNLIMITED = 100e9;
@@ -130,6 +132,8 @@ const { values } = parseArgs({
     quick: { type: "boolean", default: false },
     "no-qemu": { type: "boolean", default: false },
     json: { type: "string" },
+    image: { type: "string" },
+    "image-bw": { type: "string" },
   },
 });
 const runs = Math.max(1, Number(values.runs ?? (values.quick ? 1 : 3)));
@@ -391,6 +395,15 @@ if (intSel.length) {
   console.log(
     "cost = median total with verify ÷ without − 1; added = difference of the median downtimes.",
   );
+}
+
+// ---- image: a real guest's RAM, compression and same-page references (only with --only image) ----
+if (values.only === "image") {
+  const image = values.image ?? new URL("../.cache/x86-ram/real-1g.img", import.meta.url).pathname;
+  const bandwidths = (values["image-bw"] ?? `${UNLIMITED}`).split(",").map(Number);
+  for (const r of await runImageBenchmarks({ image, runs, bandwidths, qemu: qemu === true })) {
+    log.push({ scenario: `image ${r.bandwidth}`, engine: r.config, run: r.run });
+  }
 }
 
 if (values.json) await Deno.writeTextFile(values.json, JSON.stringify(log, null, 1));

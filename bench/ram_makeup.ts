@@ -201,3 +201,39 @@ export function compressPages(
     checked,
   };
 }
+
+/** The census of an image and how its non-zero pages compress. */
+export interface MakeUp {
+  readonly census: PageCensus;
+  /** One result per codec and unit size, in that order. */
+  readonly compression: CompressionResult[];
+  /** ms the census took. */
+  readonly censusMs: number;
+}
+
+/**
+ * The census of `bytes` and the compression of its non-zero pages with each of
+ * `codecs` in each of `units` (bytes per compressed unit); round trips of single
+ * pages are checked every 16th page, of larger units every one.
+ */
+export function makeUp(
+  bytes: Uint8Array,
+  codecs: readonly Codec[],
+  units: readonly number[],
+): MakeUp {
+  const t = performance.now();
+  const census = pageCensus(bytes);
+  const censusMs = performance.now() - t;
+  const compression: CompressionResult[] = [];
+  for (const codec of codecs) {
+    for (const unitBytes of units) {
+      compression.push(
+        compressPages(bytes, census.nonZeroPages, codec, {
+          unitBytes,
+          checkEvery: unitBytes === PAGE_SIZE ? 16 : 1,
+        }),
+      );
+    }
+  }
+  return { census, compression, censusMs };
+}

@@ -592,11 +592,7 @@ export class RamSaver implements LiveSaver {
       handled++;
       const page = base + (31 - Math.clz32(low));
       const offset = page * PAGE_SIZE;
-      let zero = (touched & low) === 0 || isZeroPage(words, page << (PAGE_SHIFT - 2));
-      if (sentData !== undefined) {
-        if (zero && (sentData[word] & low) !== 0) zero = false;
-        else if (!zero) sentData[word] |= low;
-      }
+      const zero = goesAsZero(touched, low, words, page, sentData, word);
       if (zero) {
         this.#header(w, block, offset, RamFlag.ZERO);
         w.u8(0);
@@ -762,11 +758,7 @@ export class RamSaver implements LiveSaver {
       bits ^= low;
       const page = base + (31 - Math.clz32(low));
       const offset = page * PAGE_SIZE;
-      let zero = (touched & low) === 0 || isZeroPage(words, page << (PAGE_SHIFT - 2));
-      if (sentData !== undefined) {
-        if (zero && (sentData[word] & low) !== 0) zero = false;
-        else if (!zero) sentData[word] |= low;
-      }
+      const zero = goesAsZero(touched, low, words, page, sentData, word);
       pos = putHeader(
         buf,
         pos,
@@ -800,4 +792,25 @@ export class RamSaver implements LiveSaver {
     this.stats.normal += normals;
     return bits >>> 0;
   }
+}
+
+/**
+ * True when the page `page` (bit `low` of bitmap word `word`) goes as a ZERO
+ * record: it was never written (its touched bit is clear) or holds only zeroes,
+ * unless it went out with data before and `sentData` (zeroedAsPages) is kept, in
+ * which case it goes as a full page; a page with data is recorded there.
+ */
+function goesAsZero(
+  touched: number,
+  low: number,
+  words: Int32Array,
+  page: number,
+  sentData: Uint32Array | undefined,
+  word: number,
+): boolean {
+  const zero = (touched & low) === 0 || isZeroPage(words, page << (PAGE_SHIFT - 2));
+  if (sentData === undefined) return zero;
+  if (zero) return (sentData[word] & low) === 0;
+  sentData[word] |= low;
+  return false;
 }
