@@ -130,15 +130,15 @@ export function imageCommands(ramMiB: number): string[] {
   return [
     `mount -o remount,size=${Math.floor(ramMiB * 0.6)}M /dev/shm; cd /dev/shm; ` +
     `cat /proc/kallsyms > kallsyms.txt; dmesg > dmesg.txt; ls -lR /sys > sys.txt 2>/dev/null; ` +
-    `od -A x -t x1z /bin/busybox > busybox.od; echo ${quoted("text")}\n`,
+    `hexdump -C /bin/busybox > busybox.hex; echo ${quoted("text")}\n`,
     `awk 'BEGIN { for (i = 0; i < ${logLines}; i++) printf "%09d INFO worker-%02d ` +
     `request %05x served in %d us\\n", i, i % 17, (i * 7919) % 65536, i % 997 }' ` +
     `> app.log; echo ${quoted("log")}\n`,
-    `cp busybox.od busybox.od.bak; cp /bin/busybox busybox.copy; cp kallsyms.txt kallsyms.bak; ` +
-    `tar -cf bundle.tar kallsyms.txt dmesg.txt sys.txt busybox.od; gzip -1 -c bundle.tar > ` +
+    `cp busybox.hex busybox.hex.bak; cp /bin/busybox busybox.copy; cp kallsyms.txt kallsyms.bak; ` +
+    `tar -cf bundle.tar kallsyms.txt dmesg.txt sys.txt busybox.hex; gzip -1 -c bundle.tar > ` +
     `bundle.tar.gz; md5sum * > sums.txt; echo ${quoted("copies")}\n`,
     `dd if=/dev/urandom of=random.bin bs=1M count=${randomMiB} 2>/dev/null; ` +
-    `head -c ${Math.floor(ramMiB / 64) + 1}M app.log | sort -r > app.sorted; ` +
+    `head -c ${(Math.floor(ramMiB / 64) + 1) * 2 ** 20} app.log | sort -r > app.sorted; ` +
     `echo ${quoted("random")}\n`,
     ...[1, 2].map((n) =>
       `(awk 'BEGIN { for (i = 0; i < ${heapKeys}; i++) a[i] = sprintf("key-${n}-%d-%x", i, ` +

@@ -100,6 +100,11 @@ export class PageRefs {
     this.#eligible[page >>> 5] &= ~(1 << (page & 31));
   }
 
+  /** The 32 pages of bitmap word `word` went out as ZERO records. */
+  sentOtherWord(word: number): void {
+    this.#eligible[word] = 0;
+  }
+
   /** `page` went out as a reference to `target`. */
   referenced(page: number, target: number): void {
     const list = this.#referrers.get(target);

@@ -586,6 +586,15 @@ export class RamSaver implements LiveSaver {
     let data = 0;
     let handled = 0;
     bits |= 0;
+    if (bits === -1 && touched === 0 && this.#last === block && max >= 32) {
+      // A whole word of never-written pages: 32 ZERO records, as #sendBits sends them.
+      w.pos = putZeroWord(w.buf, w.pos, base);
+      if (table !== null) { for (let i = 0; i < 32; i++) table.set(base + i, 0); }
+      refs?.sentOtherWord(word);
+      this.#dirty -= 32;
+      this.stats.duplicate += 32;
+      return 0;
+    }
     while (bits !== 0 && handled < max) {
       const low = bits & -bits;
       bits ^= low;

@@ -19,6 +19,15 @@ Deno.test("PageRefs: a page sent again as ZERO or as a reference stops being a c
   assert.equal(refs.candidate(1), 3);
 });
 
+Deno.test("PageRefs.sentOtherWord(): a word of pages sent as ZERO stops being candidates", () => {
+  const refs = new PageRefs(64);
+  refs.sentData(33, 1);
+  refs.sentData(3, 2);
+  refs.sentOtherWord(1);
+  assert.equal(refs.candidate(1), -1);
+  assert.equal(refs.candidate(2), 3);
+});
+
 Deno.test("PageRefs: the latest page sent under a digest is the candidate", () => {
   const refs = new PageRefs(64);
   refs.sentData(3, 42);
