@@ -110,8 +110,15 @@ export interface RamSaverOptions {
    * that go to files or commands, which such readers read.
    */
   readonly zeroedAsPages?: boolean;
-  /** Compresses runs of pages (`compress_method`, `compress_level`); never with XBZRLE. */
-  readonly compress?: { readonly codec: Codec; readonly level: number };
+  /**
+   * Compresses runs of pages (`compress_method`, `compress_level`); never with
+   * XBZRLE. `gate` decides window by window (default: a new CompressionGate).
+   */
+  readonly compress?: {
+    readonly codec: Codec;
+    readonly level: number;
+    readonly gate?: CompressionGate;
+  };
   /** Sends a page equal to one the destination holds as a reference to it (`page_refs`). */
   readonly pageRefs?: boolean;
 }
@@ -208,7 +215,7 @@ export class RamSaver implements LiveSaver {
       throw new RangeError("compression and same-page references do not combine with XBZRLE");
     }
     this.#compress = options.compress ?? null;
-    this.#gate = options.compress ? new CompressionGate() : null;
+    this.#gate = options.compress ? options.compress.gate ?? new CompressionGate() : null;
     if (options.compress) {
       this.stats.compression = {
         method: options.compress.codec,
@@ -630,7 +637,7 @@ export class RamSaver implements LiveSaver {
       dataPages[data++] = page;
     }
     if (data > 0) {
-      if (this.#gate?.active) this.#writeRun(w, block, base, data);
+      if (this.#gate?.compressNext()) this.#writeRun(w, block, base, data);
       else this.#writePages(w, block, data);
       const digests = this.#dataDigests;
       for (let i = 0; i < data; i++) {

@@ -1,98 +1,105 @@
 import assert from "node:assert/strict";
-import { CompressionGate, MIN_RATIO, PROBE_EVERY } from "../../engine/compress_gate.ts";
+import {
+  CompressionGate,
+  MIN_RATIO,
+  PROBE_EVERY,
+  SAMPLE_EVERY,
+} from "../../engine/compress_gate.ts";
 
-/** One window: if it compresses, `raw` bytes went in and `raw / ratio` out in `ms`; the wire carried `bandwidth`. */
+/**
+ * One window of `runs` runs offered to the gate: each one it compresses took
+ * 128 KiB in at `rate` bytes/ms and gave `ratio`; the wire carried `bandwidth`.
+ * Returns how many runs it compressed.
+ */
 function window(
   gate: CompressionGate,
-  o: { rate: number; ratio: number; bandwidth: number; limit?: number },
-): boolean {
-  const was = gate.active;
-  if (was) gate.measured(o.rate * 50, (o.rate * 50) / o.ratio, 50);
+  o: { rate: number; ratio: number; bandwidth: number; limit?: number; runs?: number },
+): number {
+  let compressed = 0;
+  for (let i = 0; i < (o.runs ?? 64); i++) {
+    if (!gate.compressNext()) continue;
+    compressed++;
+    gate.measured(131072, 131072 / o.ratio, 131072 / o.rate);
+  }
   gate.endWindow(o.bandwidth, o.limit ?? Infinity);
-  return was;
+  return compressed;
 }
 
-Deno.test("CompressionGate: the first window compresses, to measure the compressor", () => {
+Deno.test("CompressionGate: the first window sends plainly, compressing one run in SAMPLE_EVERY", () => {
   const gate = new CompressionGate();
-  assert.equal(gate.active, true);
-  assert.ok(Number.isNaN(gate.state.compressorRate));
-});
-
-Deno.test("CompressionGate: without a rate limit, a plain window measures the link before deciding", () => {
-  const gate = new CompressionGate();
-  // Compressor 400 bytes/ms; the compressed window carried 100 bytes/ms (a lower bound of the link).
-  window(gate, { rate: 400, ratio: 4, bandwidth: 100 });
-  assert.equal(gate.active, false, "the link was never measured plainly");
-  assert.equal(gate.state.compressorRate, 400);
-  // The plain window shows a 1500 bytes/ms link: faster than the compressor.
-  window(gate, { rate: 400, ratio: 4, bandwidth: 1500 });
   assert.equal(gate.active, false);
+  assert.equal(window(gate, { rate: 400, ratio: 3, bandwidth: 1500 }), 64 / SAMPLE_EVERY);
+  assert.equal(gate.state.compressorRate, 400);
   assert.equal(gate.state.linkRate, 1500);
+  assert.equal(gate.active, false, "the link (1500 bytes/ms) is faster than the compressor");
   assert.equal(gate.state.skippedWindows, 1);
 });
 
-Deno.test("CompressionGate: a link slower than the compressor keeps compression on", () => {
+Deno.test("CompressionGate: a link slower than the compressor turns compression on for every run", () => {
   const gate = new CompressionGate();
-  window(gate, { rate: 400, ratio: 4, bandwidth: 30 });
-  window(gate, { rate: 400, ratio: 4, bandwidth: 120 }); // plain: the link carries 120 bytes/ms
+  window(gate, { rate: 400, ratio: 3, bandwidth: 120 });
   assert.equal(gate.active, true);
-  for (let i = 0; i < PROBE_EVERY - 1; i++) {
-    window(gate, { rate: 400, ratio: 4, bandwidth: 30 });
-    assert.equal(gate.active, true, `window ${i}`);
-  }
+  assert.equal(window(gate, { rate: 400, ratio: 3, bandwidth: 40 }), 64);
+  assert.equal(gate.active, true);
+  assert.equal(gate.state.linkRate, 120, "a compressing window only raises the estimate");
 });
 
-Deno.test("CompressionGate: a rate limit below the compressor's intake compresses without a plain probe", () => {
+Deno.test("CompressionGate: a rate limit below the compressor's intake keeps it on", () => {
   const gate = new CompressionGate();
-  window(gate, { rate: 400, ratio: 3, bandwidth: 100, limit: 125 });
+  window(gate, { rate: 400, ratio: 3, bandwidth: 5000, limit: 125 });
   assert.equal(gate.active, true);
 });
 
-Deno.test("CompressionGate: a rate limit above the compressor's intake still measures the link", () => {
-  const gate = new CompressionGate();
-  window(gate, { rate: 400, ratio: 3, bandwidth: 100, limit: 1000 });
-  assert.equal(gate.active, false);
-  window(gate, { rate: 400, ratio: 3, bandwidth: 300, limit: 1000 }); // the link is slower
-  assert.equal(gate.active, true);
-});
-
-Deno.test("CompressionGate: pages that do not compress turn it off, however slow the link", () => {
+Deno.test("CompressionGate: pages that do not compress keep it off, however slow the link", () => {
   const gate = new CompressionGate();
   window(gate, { rate: 400, ratio: MIN_RATIO - 0.01, bandwidth: 10, limit: 10 });
   assert.equal(gate.active, false);
+  assert.equal(
+    window(gate, { rate: 400, ratio: 1, bandwidth: 10, limit: 10 }),
+    4,
+    "still sampling",
+  );
 });
 
-Deno.test("CompressionGate: every PROBE_EVERY windows the other choice is tried once, then fresh numbers decide", () => {
+Deno.test("CompressionGate: a window without any run to sample keeps the last decision's numbers", () => {
   const gate = new CompressionGate();
-  window(gate, { rate: 400, ratio: 4, bandwidth: 100 });
-  window(gate, { rate: 400, ratio: 4, bandwidth: 2000 }); // plain: off
-  const seen: boolean[] = [];
-  for (let i = 0; i < PROBE_EVERY + 2; i++) {
-    seen.push(window(gate, { rate: 400, ratio: 4, bandwidth: 2000 }));
-  }
-  assert.deepEqual(seen.filter((x) => x).length, 1, `one probe window compressed: ${seen}`);
-  assert.equal(gate.active, false);
-  // The link slows down to 100 bytes/ms: the next probe finds the compressor faster.
-  const after: boolean[] = [];
-  for (let i = 0; i < PROBE_EVERY + 2; i++) {
-    after.push(window(gate, { rate: 400, ratio: 4, bandwidth: 100 }));
-  }
-  assert.equal(gate.active, true, `${after}`);
-});
-
-Deno.test("CompressionGate: a compressing window faster than the link estimate raises it", () => {
-  const gate = new CompressionGate();
-  window(gate, { rate: 400, ratio: 4, bandwidth: 10 });
-  window(gate, { rate: 400, ratio: 4, bandwidth: 50 }); // plain: 50
+  window(gate, { rate: 400, ratio: 3, bandwidth: 100, runs: 0 });
+  assert.equal(gate.active, false, "nothing measured: nothing to compress for");
+  window(gate, { rate: 400, ratio: 3, bandwidth: 100 });
   assert.equal(gate.active, true);
-  window(gate, { rate: 400, ratio: 4, bandwidth: 80 });
-  assert.equal(gate.state.linkRate, 80);
+  window(gate, { rate: 400, ratio: 3, bandwidth: 100, runs: 0 });
+  assert.equal(gate.active, true);
+});
+
+Deno.test("CompressionGate: every PROBE_EVERY compressing windows, one goes plain to measure the link", () => {
+  const gate = new CompressionGate();
+  window(gate, { rate: 400, ratio: 3, bandwidth: 100 });
+  const seen: boolean[] = [];
+  for (let i = 0; i < 2 * PROBE_EVERY + 2; i++) {
+    seen.push(gate.active);
+    window(gate, { rate: 400, ratio: 3, bandwidth: gate.active ? 60 : 100 });
+  }
+  assert.equal(seen.filter((x) => !x).length, 2, `${seen}`);
+  assert.equal(seen[PROBE_EVERY], false);
+  // The link turns fast: the next probe finds it faster than the compressor.
+  for (let i = 0; i < PROBE_EVERY + 1; i++) {
+    window(gate, { rate: 400, ratio: 3, bandwidth: gate.active ? 60 : 5000 });
+  }
+  assert.equal(gate.active, false);
+  assert.equal(gate.state.linkRate, 5000);
 });
 
 Deno.test("CompressionGate: a compressor too fast for the clock to measure counts as infinitely fast", () => {
   const gate = new CompressionGate();
-  gate.measured(1 << 20, 1 << 18, 0);
+  assert.equal(gate.compressNext(), true);
+  gate.measured(1 << 17, 1 << 15, 0);
   gate.endWindow(100, 200);
   assert.equal(gate.state.compressorRate, Infinity);
   assert.equal(gate.active, true);
+});
+
+Deno.test("CompressionGate(true) compresses every run from the first window", () => {
+  const gate = new CompressionGate(true);
+  assert.equal(gate.active, true);
+  for (let i = 0; i < 40; i++) assert.equal(gate.compressNext(), true);
 });

@@ -505,16 +505,18 @@ Deno.test("runPrecopy() hands every window's bandwidth and the rate limit to the
   }
   const ch = new CaptureChannel();
   // 4 KiB per window: many windows. The fake clock never moves while compressing, so the
-  // compressor reads as infinitely fast: faster than the limit, every window compresses.
+  // sample runs of the first (plain) window show a compressor faster than the limit: from
+  // the second window on, every run is compressed.
   const { ctx, windows } = context(guest, ch, { max_bandwidth: 40 << 10, compress_method: "lz4" });
   await writeSetup(ctx);
   await runPrecopy(ctx);
   const cz = ctx.savers.ram.stats.compression!;
   assert.ok(windows.length >= 2, `${windows.length} windows`);
-  assert.equal(cz.gate.skippedWindows, 0);
+  assert.equal(cz.gate.skippedWindows, 1);
   assert.equal(cz.gate.compressorRate, Infinity);
+  assert.equal(cz.gate.linkRate, windows[0].bandwidth);
   assert.equal(cz.gate.active, true);
-  assert.equal(cz.pages, 1024);
+  assert.ok(cz.pages > 1024 - 32 * 16, `${cz.pages} pages compressed`);
   const dst = new TestGuest([["pc.ram", 1024 * PAGE_SIZE]]);
   await loadStream(new StreamReader(new BytesChannel(ch.bytes())), dst, { compression: "lz4" });
   assert.equal(await ramDigest(dst), await ramDigest(guest));

@@ -8,6 +8,7 @@ import { StreamReader } from "../../../engine/format/reader.ts";
 import { StreamWriter } from "../../../engine/format/writer.ts";
 import type { Codec } from "../../../engine/format/compression.ts";
 import { MigrationDigests } from "../../../engine/integrity.ts";
+import { CompressionGate } from "../../../engine/compress_gate.ts";
 import { RamLoader, RamSaver, type RamSaverOptions } from "../../../engine/sections/ram.ts";
 import { PAGE_SIZE } from "../../../vm/ram.ts";
 import { ramDigest, TestGuest } from "../../../testing/test_guest.ts";
@@ -25,13 +26,18 @@ function textPage(seed: number): Uint8Array {
 }
 
 /** A source guest, its saver (with digests) and a destination loading what it sends. */
-function pair(pages: number, options: RamSaverOptions, codec: Codec | "none" = "none") {
+function pair(
+  pages: number,
+  options: RamSaverOptions,
+  codec: Codec | "none" = "none",
+  now: () => number = () => 0,
+) {
   const blocks: [string, number][] = [["pc.ram", pages * PAGE_SIZE]];
   const guest = new TestGuest(blocks);
   const digests = new MigrationDigests(guest.blocks);
   const ch = new CaptureChannel();
   const w = new StreamWriter(ch, 1 << 20);
-  const saver = new RamSaver(guest.blocks, () => 0, { ...options, digests });
+  const saver = new RamSaver(guest.blocks, now, { ...options, digests });
   const dst = new TestGuest(blocks);
   dst.fillRandom(77); // stale RAM must never show through
   const dstDigests = new MigrationDigests(dst.blocks);
@@ -87,7 +93,7 @@ function put(guest: TestGuest, page: number, data: Uint8Array) {
 
 for (const codec of ["zstd", "lz4"] as const) {
   Deno.test(`RamSaver with ${codec}: text pages go as compressed runs; zero and random pages as before`, async () => {
-    const p = pair(128, { compress: { codec, level: 1 } }, codec);
+    const p = pair(128, { compress: { codec, level: 1, gate: new CompressionGate(true) } }, codec);
     for (let i = 0; i < 100; i++) put(p.guest, i, textPage(i));
     for (let i = 100; i < 110; i++) put(p.guest, i, pageData(i));
     p.guest.blocks[0].markTouched(120); // touched, zero: a ZERO record
@@ -106,7 +112,11 @@ for (const codec of ["zstd", "lz4"] as const) {
 }
 
 Deno.test("RamSaver with compression: a run that does not shrink goes as PAGE records", async () => {
-  const p = pair(64, { compress: { codec: "zstd", level: 1 } }, "zstd");
+  const p = pair(
+    64,
+    { compress: { codec: "zstd", level: 1, gate: new CompressionGate(true) } },
+    "zstd",
+  );
   for (let i = 0; i < 64; i++) put(p.guest, i, pageData(i + 1));
   await p.setup();
   p.saver.sync();
@@ -118,23 +128,25 @@ Deno.test("RamSaver with compression: a run that does not shrink goes as PAGE re
   assert.equal(p.saver.stats.normal, 64);
 });
 
-Deno.test("RamSaver with compression: a window the gate skips sends PAGE records", async () => {
-  const p = pair(64, { compress: { codec: "lz4", level: 1 } }, "lz4");
-  for (let i = 0; i < 64; i++) put(p.guest, i, textPage(i));
+Deno.test("RamSaver with compression: a window the gate skips sends PAGE records, but a sample", async () => {
+  // A clock that moves 1 ms each time it is read: each run takes 1 ms to compress.
+  let t = 0;
+  const gate = new CompressionGate(true);
+  const p = pair(128, { compress: { codec: "lz4", level: 1, gate } }, "lz4", () => t++);
+  for (let i = 0; i < 128; i++) put(p.guest, i, textPage(i));
   await p.setup();
   p.saver.sync();
   let n = 0;
   await p.iterate(() => n++ >= 1); // one batch of 64 pages: both words compressed
-  const compressed = p.saver.stats.compression!.pages;
-  assert.equal(compressed, 64);
-  // No rate limit and the link never measured plainly: the next window goes plain.
-  p.saver.windowEnded(10, Infinity);
+  assert.equal(p.saver.stats.compression!.pages, 64);
+  // 32 pages (131072 bytes) per ms: a link of 10^6 bytes per ms (1 GB/s) is faster.
+  p.saver.windowEnded(1e6, Infinity);
   assert.equal(p.saver.stats.compression!.gate.active, false);
-  for (let i = 0; i < 64; i++) put(p.guest, i, textPage(i + 100));
-  p.saver.sync();
+  assert.equal(p.saver.stats.compression!.gate.compressorRate, 32 * PAGE_SIZE);
   await p.iterate();
-  assert.equal(p.saver.stats.compression!.pages, compressed);
-  assert.equal(p.saver.stats.normal, 64);
+  // The first run of the window is compressed as a sample, the other goes plain.
+  assert.equal(p.saver.stats.compression!.pages, 96);
+  assert.equal(p.saver.stats.normal, 32);
   await p.complete();
   await p.same();
 });
@@ -226,7 +238,11 @@ Deno.test("RamSaver with page_refs: a reference made while its target was being 
 });
 
 Deno.test("RamSaver with compression and page_refs: references reach into compressed runs", async () => {
-  const p = pair(128, { compress: { codec: "zstd", level: 3 }, pageRefs: true }, "zstd");
+  const p = pair(
+    128,
+    { compress: { codec: "zstd", level: 3, gate: new CompressionGate(true) }, pageRefs: true },
+    "zstd",
+  );
   for (let i = 0; i < 128; i++) put(p.guest, i, textPage(i % 40));
   await p.setup();
   p.saver.sync();
