@@ -584,10 +584,9 @@ export class RamSaver implements LiveSaver {
     const base = word << 5;
     const buf = w.buf;
     const kernels = kernelsFor(buf);
+    const mover = kernels.owns(buf) ? kernels.moverFor(block.memory) : null;
     const sentData = this.#sentData?.[index];
     const touched = block.touched[word];
-    const map = this.#bitmaps[index];
-    const log = block.dirty;
     const words = block.words;
     const dataPages = this.#dataPages;
     let data = 0;
@@ -602,6 +601,9 @@ export class RamSaver implements LiveSaver {
       this.stats.duplicate += 32;
       return 0;
     }
+    // A word with data may go as a compressed run (every word while the gate is on, a
+    // sample of them while it is off); else its pages go as PAGE records at once.
+    const run = touched !== 0 && (this.#gate?.compressNext() ?? false);
     while (bits !== 0 && handled < max) {
       const low = bits & -bits;
       bits ^= low;
@@ -617,28 +619,35 @@ export class RamSaver implements LiveSaver {
         refs?.sentOther(page);
         continue;
       }
-      if (refs !== null) {
-        const digest = kernels.digest(block.bytes, offset, PAGE_SIZE);
-        const target = refs.candidate(digest);
-        if (
-          target >= 0 && target !== page &&
-          ((map[target >>> 5] | log[target >>> 5]) & (1 << (target & 31))) === 0 &&
-          isSamePage(words, target << (PAGE_SHIFT - 2), page << (PAGE_SHIFT - 2))
-        ) {
-          this.#header(w, block, offset, RamFlag.REF);
-          w.pos = putRefField(w.buf, w.pos, target * PAGE_SIZE);
-          refs.sentOther(page);
-          refs.referenced(page, target);
-          table?.set(page, digest);
-          this.stats.refPages!++;
-          continue;
-        }
+      if (run) {
+        // Into the run, unless the destination already holds these bytes.
+        if (refs === null || !this.#sendRef(w, block, refs, page, -1)) dataPages[data++] = page;
+        continue;
       }
-      dataPages[data++] = page;
+      // A PAGE record, copied and digested in one pass; the digest then finds out
+      // whether a reference does instead (the common miss costs no second read).
+      const recordAt = w.pos;
+      const last = this.#last;
+      this.#header(w, block, offset, RamFlag.PAGE);
+      let digest: number;
+      if (mover !== null) digest = mover.copyDigest(offset, buf.byteOffset + w.pos, PAGE_SIZE);
+      else {
+        buf.set(block.bytes.subarray(offset, offset + PAGE_SIZE), w.pos);
+        digest = kernels.digest(buf, w.pos, PAGE_SIZE);
+      }
+      if (refs !== null) {
+        w.pos = recordAt;
+        this.#last = last;
+        if (this.#sendRef(w, block, refs, page, digest)) continue;
+        this.#header(w, block, offset, RamFlag.PAGE);
+        refs.sentData(page, digest);
+      }
+      w.pos += PAGE_SIZE;
+      this.stats.normal++;
+      table?.set(page, digest);
     }
     if (data > 0) {
-      if (this.#gate?.compressNext()) this.#writeRun(w, block, base, data);
-      else this.#writePages(w, block, data);
+      this.#writeRun(w, block, base, data);
       const digests = this.#dataDigests;
       for (let i = 0; i < data; i++) {
         table?.set(dataPages[i], digests[i]);
@@ -649,23 +658,35 @@ export class RamSaver implements LiveSaver {
     return bits >>> 0;
   }
 
-  /** Writes the first `n` of #dataPages as PAGE records, their digests into #dataDigests. */
-  #writePages(w: StreamWriter, block: RamBlock, n: number): void {
-    const buf = w.buf;
-    const kernels = kernelsFor(buf);
-    const mover = kernels.owns(buf) ? kernels.moverFor(block.memory) : null;
-    for (let i = 0; i < n; i++) {
-      const offset = this.#dataPages[i] * PAGE_SIZE;
-      this.#header(w, block, offset, RamFlag.PAGE);
-      if (mover !== null) {
-        this.#dataDigests[i] = mover.copyDigest(offset, buf.byteOffset + w.pos, PAGE_SIZE);
-      } else {
-        buf.set(block.bytes.subarray(offset, offset + PAGE_SIZE), w.pos);
-        this.#dataDigests[i] = kernels.digest(buf, w.pos, PAGE_SIZE);
-      }
-      w.pos += PAGE_SIZE;
+  /**
+   * Sends `page` as a reference when a page the destination holds with the same
+   * bytes is known (page_refs.ts says which may be named); returns whether it did.
+   * `digest` is the page's, or -1 to compute it.
+   */
+  #sendRef(
+    w: StreamWriter,
+    block: RamBlock,
+    refs: PageRefs,
+    page: number,
+    digest: number,
+  ): boolean {
+    const offset = page * PAGE_SIZE;
+    const d = digest >= 0 ? digest : kernelsFor(w.buf).digest(block.bytes, offset, PAGE_SIZE);
+    const target = refs.candidate(d);
+    if (target < 0 || target === page) return false;
+    const bit = 1 << (target & 31);
+    const at = target >>> 5;
+    if (((this.#bitmaps[this.#block][at] | block.dirty[at]) & bit) !== 0) return false;
+    if (!isSamePage(block.words, target << (PAGE_SHIFT - 2), page << (PAGE_SHIFT - 2))) {
+      return false;
     }
-    this.stats.normal += n;
+    this.#header(w, block, offset, RamFlag.REF);
+    w.pos = putRefField(w.buf, w.pos, target * PAGE_SIZE);
+    refs.sentOther(page);
+    refs.referenced(page, target);
+    this.#tables[this.#block]?.set(page, d);
+    this.stats.refPages!++;
+    return true;
   }
 
   /**
