@@ -18,6 +18,8 @@ export interface Config {
   ramSize: number;
   workload: WorkloadSpec;
   fill: FillMode;
+  /** A RAM image to load instead of a fill (`--fill image:PATH`). */
+  image?: string;
   incoming: string | undefined;
   autostart: boolean;
   paused: boolean;
@@ -74,7 +76,9 @@ Flags:
                           random[:rate=50M][,hot=10%:90%][,bytes=8][,disk=5M]
                         rate = bytes of pages dirtied per second (0 = as fast as possible)
                         disk = bytes/s of 4 KiB writes at random offsets of the disk
-  --fill MODE           prepare RAM before start: zero, random or pattern (default zero)
+  --fill MODE           prepare RAM before start: zero, random or pattern (default zero),
+                        or image:PATH to load a RAM image of exactly --ram bytes
+                        (deno task bench:image makes one from a real Linux guest)
   --kernel PATH         x86: the bzImage to boot (default: the image deno task guest:image
                         builds in .cache/guest/)
   --initrd PATH         x86: its initrd (default: the built image's)
@@ -203,8 +207,15 @@ export function parseFlags(
   } catch (e) {
     throw new CliError(`Invalid --workload: ${(e as Error).message}`);
   }
-  if (!isFillMode(values.fill)) {
-    throw new CliError(`Invalid --fill "${values.fill}": expected one of ${FILL_MODES.join(", ")}`);
+  let image: string | undefined;
+  if (values.fill.startsWith("image:")) {
+    image = values.fill.slice("image:".length);
+    if (image === "") throw new CliError("Invalid --fill image: empty path");
+    values.fill = "zero";
+  } else if (!isFillMode(values.fill)) {
+    throw new CliError(
+      `Invalid --fill "${values.fill}": expected one of ${FILL_MODES.join(", ")} or image:PATH`,
+    );
   }
   let diskSize: number | undefined;
   if (values["disk-size"] !== undefined) {
@@ -240,7 +251,7 @@ export function parseFlags(
     if (values.workload !== "idle") {
       throw new CliError("--workload drives the synthetic guest; the x86 guest runs Linux");
     }
-    if (values.fill !== "zero") {
+    if (values.fill !== "zero" || image !== undefined) {
       throw new CliError("--fill prepares the synthetic guest's RAM; the x86 guest boots Linux");
     }
     if (ramSize % (1 << 20) !== 0 || ramSize < 64 << 20 || ramSize > 2047 << 20) {
@@ -313,7 +324,8 @@ export function parseFlags(
     port,
     ramSize,
     workload,
-    fill: values.fill,
+    fill: values.fill as FillMode,
+    ...(image !== undefined ? { image } : {}),
     incoming: values.incoming,
     autostart: !values["no-autostart"],
     paused: values.paused,

@@ -50,6 +50,7 @@ async function main(): Promise<number> {
         ramSize: config.ramSize,
         workload: config.workload,
         fill: config.fill,
+        ...(config.image !== undefined ? { image: config.image } : {}),
         prefault: config.prefault,
         ...(config.disk ? { disk: { path: config.disk, size: config.diskSize } } : {}),
       });

@@ -8,12 +8,15 @@
  *   WebAssembly, no native build step), its one level. Sizes are of the raw LZ4
  *   block: the package's 4-byte length prefix is not counted.
  *
- * Each loader checks a round trip before it hands its codec out, and says why when
+ * Both go through the engine's own framing (engine/format/compression.ts), so the
+ * census measures what a migration would send. Each loader checks a round trip
+ * before it hands its codec out, and says why when
  * a codec cannot be had, so a report can name what is missing instead of failing.
  * @module
  */
 import zlib from "node:zlib";
 import type { Codec } from "./ram_makeup.ts";
+import { compress, decompressExact } from "../engine/format/compression.ts";
 
 /** A codec, or why it is not available here. */
 export type LoadedCodec = Codec | { readonly name: string; readonly unavailable: string };
@@ -37,40 +40,26 @@ function checked(codec: Codec): LoadedCodec {
   }
 }
 
-/** zstd at `level` through node:zlib. */
+/** zstd at `level` through node:zlib, as the engine compresses (engine/format/compression.ts). */
 export function zstdCodec(level = 1): LoadedCodec {
   const name = `zstd -${level}`;
   if (typeof zlib.zstdCompressSync !== "function") {
     return { name, unavailable: "node:zlib has no zstdCompressSync in this Deno" };
   }
-  const options = { params: { [zlib.constants.ZSTD_c_compressionLevel]: level } };
   return checked({
     name,
-    compress: (input) => zlib.zstdCompressSync(input, options),
-    decompress: (compressed) => zlib.zstdDecompressSync(compressed),
+    compress: (input) => compress("zstd", input, level),
+    decompress: (compressed, size) => decompressExact("zstd", compressed, size),
   });
 }
 
-/** LZ4 (block format) through the WebAssembly package lz4-wasm-nodejs. */
-export async function lz4Codec(): Promise<LoadedCodec> {
-  const name = "lz4";
-  let lz4: { compress(b: Uint8Array): Uint8Array; decompress(b: Uint8Array): Uint8Array };
-  try {
-    lz4 = await import("lz4-wasm-nodejs");
-  } catch (e) {
-    return { name, unavailable: `cannot load lz4-wasm-nodejs: ${(e as Error).message}` };
-  }
-  return checked({
-    name,
-    // The package prepends the input length (u32 little-endian) to the LZ4 block.
-    compress: (input) => lz4.compress(input).subarray(4),
-    decompress: (compressed, size) => {
-      const framed = new Uint8Array(compressed.length + 4);
-      new DataView(framed.buffer).setUint32(0, size, true);
-      framed.set(compressed, 4);
-      return lz4.decompress(framed);
-    },
-  });
+/** LZ4 (block format) through lz4-wasm-nodejs, as the engine compresses. */
+export function lz4Codec(): Promise<LoadedCodec> {
+  return Promise.resolve(checked({
+    name: "lz4",
+    compress: (input) => compress("lz4", input, 1),
+    decompress: (compressed, size) => decompressExact("lz4", compressed, size),
+  }));
 }
 
 /** True when `c` can be used. */

@@ -4,6 +4,7 @@
  * the QEMU side (`bench/qemu/mod.ts`) fills, so the suite can print ratios.
  */
 import { FerryProcess } from "../testing/ferry_process.ts";
+import { SseReader } from "../testing/sse_reader.ts";
 import type { MigrationRun, ScenarioSpec } from "./qemu/types.ts";
 import { peakRss } from "./stats.ts";
 
@@ -42,6 +43,49 @@ async function sampleLatency(src: FerryProcess, ended: () => boolean): Promise<n
     await new Promise((r) => setTimeout(r, 2));
   }
   return out;
+}
+
+/**
+ * `at` resolves with the time (performance.now()) of the destination's
+ * `incoming` event that says `completed` (NaN if it ends otherwise); listening
+ * starts before this returns.
+ */
+async function incomingDone(dst: FerryProcess): Promise<{ readonly at: Promise<number> }> {
+  const res = await dst.fetch("/migrations/events");
+  if (res.status !== 200 || !res.body) throw new Error(`GET /migrations/events: ${res.status}`);
+  const events = new SseReader(res.body);
+  const at = (async () => {
+    try {
+      for (;;) {
+        const frame = await events.next().catch(() => null);
+        if (frame === null) return NaN;
+        if (frame.event !== "incoming" || frame.data === undefined) continue;
+        const to = (JSON.parse(frame.data) as { to: string }).to;
+        if (to === "completed") return performance.now();
+        if (FINAL.has(to)) return NaN;
+      }
+    } finally {
+      await events.cancel().catch(() => {});
+    }
+  })();
+  return { at };
+}
+
+/** What the note of a completed run says: the throttle, compression, references. */
+// deno-lint-ignore no-explicit-any
+function notes(info: any, throttle: number): string {
+  const out: string[] = [];
+  if (throttle) out.push(`throttle reached ${throttle} %`);
+  const c = info.compression;
+  if (c) {
+    out.push(
+      `${c.method}: ${c.pages} pages in runs, ratio ${
+        c.bytes > 0 ? (c.raw_bytes / c.bytes).toFixed(2) : "—"
+      }, ${c.skipped_windows} windows skipped`,
+    );
+  }
+  if (info.page_refs) out.push(`${info.page_refs.pages} page references`);
+  return out.join("; ");
 }
 
 /** Options of {@link runFerry}. */
@@ -85,7 +129,7 @@ export async function runFerry(spec: ScenarioSpec, opts: FerryRunOptions = {}): 
         "--ram",
         ram,
         "--fill",
-        spec.fill,
+        spec.image !== undefined ? `image:${spec.image}` : spec.fill,
         ...workloadArgs(spec),
       ],
       {},
@@ -95,11 +139,19 @@ export async function runFerry(spec: ScenarioSpec, opts: FerryRunOptions = {}): 
       xbzrle: spec.xbzrle !== undefined,
       auto_converge: spec.autoConverge === true,
       verify: spec.verify !== false,
+      page_refs: spec.pageRefs === true,
     });
-    if (spec.verify === false) {
+    if (spec.compress) {
+      // Read by the destination when the source connects.
+      await dst.api("PATCH", "/migrations/parameters", { compress_method: spec.compress.method });
+    }
+    if (spec.verify === false || spec.pageRefs) {
       // The destination reads its capabilities when armed: disarm, change, arm again.
       await dst.api("DELETE", "/migrations/incoming");
-      await dst.api("PUT", "/migrations/capabilities", { verify: false });
+      await dst.api("PUT", "/migrations/capabilities", {
+        verify: spec.verify !== false,
+        page_refs: spec.pageRefs === true,
+      });
       const armed = await dst.api("POST", "/migrations/incoming", { uri });
       if (armed.status !== 202) throw new Error(`re-arming: ${JSON.stringify(armed.body)}`);
       dst.incoming = armed.body.address;
@@ -109,7 +161,13 @@ export async function runFerry(spec: ScenarioSpec, opts: FerryRunOptions = {}): 
       downtime_limit: spec.downtimeLimitMs,
       ...(spec.xbzrle ? { xbzrle_cache_size: spec.xbzrle.cacheBytes } : {}),
       ...(opts.security?.source ?? {}),
+      ...(spec.compress
+        ? { compress_method: spec.compress.method, compress_level: spec.compress.level }
+        : {}),
     });
+    // With `wall`: the destination's event stream says when it completed.
+    const done = spec.wall ? await incomingDone(dst) : null;
+    const t0 = performance.now();
     const started = await src.api("POST", "/migrations", { uri: dst.incoming });
     if (started.status >= 300) {
       throw new Error(`POST /migrations: ${started.status} ${JSON.stringify(started.body)}`);
@@ -156,6 +214,7 @@ export async function runFerry(spec: ScenarioSpec, opts: FerryRunOptions = {}): 
     if (info.status !== "completed") {
       throw new Error(`ferry migration ${info.status}: ${info.error_desc ?? ""}`);
     }
+    const wallS = done ? ((await done.at) - t0) / 1000 : NaN;
     if (opts.verify !== false) {
       await dst.waitFor("/migrations/incoming", (b) => b.status === "completed");
       const a = (await src.api("GET", "/vm/ram/digest")).body.sha256;
@@ -172,7 +231,8 @@ export async function runFerry(spec: ScenarioSpec, opts: FerryRunOptions = {}): 
       peakRssSrc: peakRss(src.pid),
       peakRssDst: peakRss(dst.pid),
       apiLatenciesMs,
-      ...(throttle ? { note: `throttle reached ${throttle} %` } : {}),
+      ...(done ? { wallS } : {}),
+      ...(notes(info, throttle) ? { note: notes(info, throttle) } : {}),
     };
   } finally {
     if (dir) await Deno.remove(dir, { recursive: true }).catch(() => {});

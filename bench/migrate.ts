@@ -8,6 +8,7 @@
  *   deno task bench --quick             # 1 run per bulk scenario, 3 per distribution, no 4 GiB
  *   deno task bench --only bulk         # a group (bulk, running, ab, integrity, tls, extra) or a scenario name substring
  *   deno task bench --only tls --runs 5 # 1 GiB random over loopback TLS (with the migration secret) against plaintext
+ *   deno task bench --only image --runs 5   # a real guest's RAM image (bench/image_bench.ts)
  *   deno task bench --no-qemu           # ferry only
  *   deno task bench --json out.json     # also write every run as JSON
  */
@@ -18,6 +19,7 @@ import type { MigrationRun, ScenarioSpec, Skipped } from "./qemu/types.ts";
 import { runCapabilityBenchmarks } from "./capabilities.ts";
 import { runTransportBenchmarks } from "./transports.ts";
 import { runPipeFloor } from "./pipe_floor.ts";
+import { runImageBenchmarks } from "./image_bench.ts";
 import { median, percentile } from "./stats.ts";
 import { makeTestPki, SERVER_NAME } from "../testing/certs.ts";
 import { tlsFloor } from "./tls_floor.ts";
@@ -133,6 +135,8 @@ const { values } = parseArgs({
     quick: { type: "boolean", default: false },
     "no-qemu": { type: "boolean", default: false },
     json: { type: "string" },
+    image: { type: "string" },
+    "image-bw": { type: "string" },
   },
 });
 const runs = Math.max(1, Number(values.runs ?? (values.quick ? 1 : 3)));
@@ -470,6 +474,15 @@ if (values.only === "tls" || (!values.only && !values.quick)) {
       "Certificates: P-256 (testing/certs.ts). bare Deno copy = the same bytes, client to " +
       "server in one process, no ferry code (bench/tls_floor.ts).",
   );
+}
+
+// ---- image: a real guest's RAM, compression and same-page references (only with --only image) ----
+if (values.only === "image") {
+  const image = values.image ?? new URL("../.cache/x86-ram/real-1g.img", import.meta.url).pathname;
+  const bandwidths = (values["image-bw"] ?? `${UNLIMITED}`).split(",").map(Number);
+  for (const r of await runImageBenchmarks({ image, runs, bandwidths, qemu: qemu === true })) {
+    log.push({ scenario: `image ${r.bandwidth}`, engine: r.config, run: r.run });
+  }
 }
 
 if (values.json) await Deno.writeTextFile(values.json, JSON.stringify(log, null, 1));

@@ -6,7 +6,7 @@
  * compressing transport could save a migration.
  * @module
  */
-import { isZeroPage, PAGE_SIZE } from "../vm/ram.ts";
+import { isSamePage, isZeroPage, PAGE_SIZE } from "../vm/ram.ts";
 
 /** The page census of one RAM image. */
 export interface PageCensus {
@@ -43,12 +43,6 @@ function pageKey(words: Int32Array, first: number): number {
   return (a >>> 0) * 0x100000 + ((b >>> 0) & 0xfffff);
 }
 
-/** True when the pages at word offsets `x` and `y` hold the same bytes. */
-function samePage(words: Int32Array, x: number, y: number): boolean {
-  for (let i = 0; i < PAGE_SIZE / 4; i++) if (words[x + i] !== words[y + i]) return false;
-  return true;
-}
-
 /**
  * Counts zero, duplicate and distinct pages of `bytes` (a whole number of 4 KiB
  * pages, starting 4-byte aligned). Duplicates are exact: equal bytes, not equal
@@ -73,7 +67,7 @@ export function pageCensus(bytes: Uint8Array): PageCensus {
     if (firsts === undefined) {
       seen.set(key, [p]);
       distinct++;
-    } else if (!firsts.some((q) => samePage(words, q * (PAGE_SIZE / 4), first))) {
+    } else if (!firsts.some((q) => isSamePage(words, q * (PAGE_SIZE / 4), first))) {
       firsts.push(p);
       distinct++;
     }
@@ -206,4 +200,40 @@ export function compressPages(
     compressMs,
     checked,
   };
+}
+
+/** The census of an image and how its non-zero pages compress. */
+export interface MakeUp {
+  readonly census: PageCensus;
+  /** One result per codec and unit size, in that order. */
+  readonly compression: CompressionResult[];
+  /** ms the census took. */
+  readonly censusMs: number;
+}
+
+/**
+ * The census of `bytes` and the compression of its non-zero pages with each of
+ * `codecs` in each of `units` (bytes per compressed unit); round trips of single
+ * pages are checked every 16th page, of larger units every one.
+ */
+export function makeUp(
+  bytes: Uint8Array,
+  codecs: readonly Codec[],
+  units: readonly number[],
+): MakeUp {
+  const t = performance.now();
+  const census = pageCensus(bytes);
+  const censusMs = performance.now() - t;
+  const compression: CompressionResult[] = [];
+  for (const codec of codecs) {
+    for (const unitBytes of units) {
+      compression.push(
+        compressPages(bytes, census.nonZeroPages, codec, {
+          unitBytes,
+          checkEvery: unitBytes === PAGE_SIZE ? 16 : 1,
+        }),
+      );
+    }
+  }
+  return { census, compression, censusMs };
 }

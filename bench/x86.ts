@@ -36,7 +36,7 @@
 import { createHash } from "node:crypto";
 import { parseArgs } from "node:util";
 import { followConsole, type FollowedConsole } from "../testing/console_follower.ts";
-import { type FerryClient, FerryProcess } from "../testing/ferry_process.ts";
+import { FerryProcess } from "../testing/ferry_process.ts";
 import { SseReader } from "../testing/sse_reader.ts";
 import { PAGE_SIZE, parseSize, RamBlock } from "../vm/ram.ts";
 import { guestImagePresent } from "../vm/x86/guest_image.ts";
@@ -44,13 +44,23 @@ import { GUEST_PROMPT } from "../vm/x86/initramfs.ts";
 import { pageSync } from "../vm/x86/page_sync.ts";
 import { parseTicks } from "../vm/x86/ticks.ts";
 import { isCodec, type LoadedCodec, lz4Codec, zstdCodec } from "./codecs.ts";
-import { type CompressionResult, compressPages, pageCensus } from "./ram_makeup.ts";
+import {
+  gitCommit,
+  guard,
+  linesAfter,
+  mark,
+  readRam,
+  saveRamImage,
+  startX86,
+  ticksAfter,
+  type,
+} from "./x86_session.ts";
+import { type CompressionResult, makeUp } from "./ram_makeup.ts";
 import { median } from "./stats.ts";
 import {
   BREAKDOWN_PARTS,
   breakdownOf,
   busyCommands,
-  countLines,
   type DowntimeBreakdown,
   FILLED_LINE,
   PASS_LINE,
@@ -62,14 +72,8 @@ const MiB = 2 ** 20;
 const FINAL = ["completed", "failed", "cancelled"];
 /** Hang guard for a boot: v86 boots in seconds to tens of seconds, more on a busy machine. */
 const BOOT_GUARD_MS = 600_000;
-/** Hang guard for a few console lines (ticks, the shell's answer, a pass of the loop). */
-const LINES_GUARD_MS = 300_000;
-/** How long a start may take (a destination faults in twice its RAM first). */
-const START_TIMEOUT_MS = 300_000;
 /** Ticks a guest prints, after its prompt or after being resumed, before it counts as settled. */
 const SETTLE_TICKS = 10;
-/** GET /vm/ram's largest read. */
-const RAM_READ_CHUNK = 16 * MiB;
 /** Chunk size of the chunked compression figures. */
 const CHUNK_BYTES = MiB;
 
@@ -191,21 +195,6 @@ function loadAverage(): string {
   }
 }
 
-/** Rejects with `what` if `p` has not settled within `ms` (a hang guard, not a speed limit). */
-async function guard<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`no ${what} within ${ms / 1000} s`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 // ---- the page compare, in-process ----
@@ -256,12 +245,6 @@ function probeLimitMs(ramBytes: number): number {
 
 // ---- ferries and their consoles ----
 
-function startX86(ram: string, extra: string[] = []): Promise<FerryProcess> {
-  return FerryProcess.start(["--guest", "x86", "--ram", ram, ...extra], {}, {
-    startTimeoutMs: START_TIMEOUT_MS,
-  });
-}
-
 /** A destination and how long it took to start. */
 async function startDestination(ram: string): Promise<{ ferry: FerryProcess; startMs: number }> {
   const t = performance.now();
@@ -271,55 +254,6 @@ async function startDestination(ram: string): Promise<{ ferry: FerryProcess; sta
     throw new Error(`destination printed no incoming address: ${ferry.output()}`);
   }
   return { ferry, startMs: performance.now() - t };
-}
-
-async function type(ferry: FerryClient, input: string): Promise<void> {
-  const res = await ferry.api("POST", "/vm/console", { input });
-  if (res.status !== 200) {
-    throw new Error(`POST /vm/console: ${res.status} ${JSON.stringify(res.body)}`);
-  }
-}
-
-/**
- * Has the guest's shell print a fresh marker and resolves with the console
- * position right after it: what follows is newer than this call, whatever
- * history the console replayed.
- */
-async function mark(ferry: FerryClient, con: FollowedConsole): Promise<number> {
-  const id = crypto.randomUUID().slice(0, 8);
-  await type(ferry, `echo "m""${id}"\n`);
-  const line = `m${id}\r\n`;
-  return await guard(
-    con.log.waitFor((text) => {
-      const at = text.indexOf(line);
-      return at >= 0 ? at + line.length : false;
-    }),
-    LINES_GUARD_MS,
-    "marker from the guest's shell",
-  );
-}
-
-/** Resolves once `count` tick lines follow console position `from`. */
-function ticksAfter(con: FollowedConsole, from: number, count: number): Promise<unknown> {
-  return guard(
-    con.log.waitFor((text) => parseTicks(text.slice(from)).length >= count),
-    LINES_GUARD_MS,
-    `${count} ticks`,
-  );
-}
-
-/** Resolves once `count` lines `word` follow console position `from`. */
-function linesAfter(
-  con: FollowedConsole,
-  from: number,
-  word: string,
-  count: number,
-): Promise<unknown> {
-  return guard(
-    con.log.waitFor((text) => countLines(text.slice(from), word) >= count),
-    LINES_GUARD_MS,
-    `${count} × "${word}" from the guest`,
-  );
 }
 
 /** Resumes a loaded destination's guest and follows its console until it ticks on. */
@@ -437,39 +371,6 @@ async function migrate(
 
 // ---- RAM images ----
 
-/** Reads all of a stopped guest's RAM and checks it against its digest. */
-async function readRam(ferry: FerryClient, ramBytes: number): Promise<Uint8Array> {
-  const out = new Uint8Array(ramBytes);
-  for (let at = 0; at < ramBytes; at += RAM_READ_CHUNK) {
-    const length = Math.min(RAM_READ_CHUNK, ramBytes - at);
-    const res = await ferry.fetch(`/vm/ram?offset=${at}&length=${length}`);
-    if (res.status !== 200) throw new Error(`GET /vm/ram: ${res.status} ${await res.text()}`);
-    const chunk = new Uint8Array(await res.arrayBuffer());
-    if (chunk.length !== length) throw new Error(`GET /vm/ram gave ${chunk.length} bytes`);
-    out.set(chunk, at);
-  }
-  const digest = (await ferry.api("GET", "/vm/ram/digest")).body;
-  const sha = createHash("sha256").update(out).digest("hex");
-  if (digest.blocks?.[0]?.sha256 !== sha) {
-    throw new Error("the RAM read over GET /vm/ram differs from the guest's digest");
-  }
-  return out;
-}
-
-/** The commit the bench runs from, for the images' manifests. */
-async function gitCommit(): Promise<string> {
-  try {
-    const out = await new Deno.Command("git", {
-      args: ["-C", new URL("..", import.meta.url).pathname, "rev-parse", "HEAD"],
-      stdout: "piped",
-      stderr: "null",
-    }).output();
-    return new TextDecoder().decode(out.stdout).trim() || "unknown";
-  } catch {
-    return "unknown";
-  }
-}
-
 /** Keeps an image for the make-up section, and saves it with its manifest unless --no-save. */
 async function keepImage(
   ram: string,
@@ -477,38 +378,9 @@ async function keepImage(
   bytes: Uint8Array,
   about: string,
 ): Promise<void> {
-  let path: string | null = null;
-  if (!values["no-save"]) {
-    await Deno.mkdir(ramDir, { recursive: true });
-    path = `${ramDir}/x86-${ram}-${state}.ram`;
-    await Deno.writeFile(path, bytes);
-    let guestImage: unknown = null;
-    try {
-      guestImage = JSON.parse(
-        await Deno.readTextFile(new URL("../.cache/guest/manifest.json", import.meta.url)),
-      );
-    } catch {
-      // the manifest is informative only
-    }
-    await Deno.writeTextFile(
-      `${path}.json`,
-      JSON.stringify(
-        {
-          file: `x86-${ram}-${state}.ram`,
-          bytes: bytes.length,
-          sha256: createHash("sha256").update(bytes).digest("hex"),
-          page_size: PAGE_SIZE,
-          state: about,
-          command,
-          created: new Date().toISOString(),
-          ferry_commit: await gitCommit(),
-          guest_image: guestImage,
-        },
-        null,
-        1,
-      ) + "\n",
-    );
-  }
+  const path = values["no-save"]
+    ? null
+    : await saveRamImage(`${ramDir}/x86-${ram}-${state}.ram`, bytes, about, command);
   images.push({ ram, state, bytes, path });
 }
 
@@ -774,20 +646,11 @@ if (images.length > 0) {
   const codecs: LoadedCodec[] = [zstdCodec(1), await lz4Codec()];
   for (const img of images) {
     console.error(`  analysing the ${img.ram} ${img.state} image`);
-    const t = performance.now();
-    const census = pageCensus(img.bytes);
-    const censusMs = performance.now() - t;
-    const compression: CompressionResult[] = [];
-    for (const codec of codecs.filter(isCodec)) {
-      for (const unitBytes of [PAGE_SIZE, CHUNK_BYTES]) {
-        compression.push(
-          compressPages(img.bytes, census.nonZeroPages, codec, {
-            unitBytes,
-            checkEvery: unitBytes === PAGE_SIZE ? 16 : 1,
-          }),
-        );
-      }
-    }
+    const { census, censusMs, compression } = makeUp(
+      img.bytes,
+      codecs.filter(isCodec),
+      [PAGE_SIZE, CHUNK_BYTES],
+    );
     makeups.push({
       ram: img.ram,
       state: img.state,

@@ -105,3 +105,49 @@ export function spread(xs: readonly number[], f: (x: number) => string): string 
   if (s.length === 1) return f(s[0]);
   return `${f(median(s))} (${f(Math.min(...s))}–${f(Math.max(...s))})`;
 }
+
+/** Line the guest prints when the RAM image workload is done. */
+export const IMAGED_LINE = "imaged";
+
+/**
+ * Shell lines that make the x86 guest's RAM look like a real guest's before its
+ * RAM is saved as an image (bench/ram_image.ts), scaled to `ramMiB`: the page
+ * cache (tmpfs in /dev/shm) fills with kernel and program text (kallsyms, dmesg,
+ * a listing of /sys, a hex dump of busybox), a generated application log, exact
+ * copies of files (duplicate pages), a tar and its gzip, and random bytes (data
+ * that does not compress); programs run (awk, sort, md5sum, tar, gzip) and two
+ * stay resident holding heap (awk arrays). Each line ends by echoing its step's
+ * name; the last prints {@link IMAGED_LINE}. Echoed words are split by quotes.
+ */
+export function imageCommands(ramMiB: number): string[] {
+  if (!Number.isInteger(ramMiB) || ramMiB < 64) {
+    throw new RangeError(`the image guest needs whole MiB of RAM, at least 64, not ${ramMiB}`);
+  }
+  const quoted = (word: string) => `"${word.slice(0, 1)}""${word.slice(1)}"`;
+  const logLines = Math.floor((ramMiB * 2 ** 20) / 16 / 64); // ~64-byte lines: 1/16 of RAM
+  const randomMiB = Math.max(1, Math.floor(ramMiB / 32));
+  const heapKeys = Math.floor(ramMiB * 256); // two awk processes, ~1/16 of RAM of heap together
+  return [
+    `mount -o remount,size=${Math.floor(ramMiB * 0.6)}M /dev/shm; cd /dev/shm; ` +
+    `cat /proc/kallsyms > kallsyms.txt; dmesg > dmesg.txt; ls -lR /sys > sys.txt 2>/dev/null; ` +
+    `hexdump -C /bin/busybox > busybox.hex; echo ${quoted("text")}\n`,
+    `awk 'BEGIN { for (i = 0; i < ${logLines}; i++) printf "%09d INFO worker-%02d ` +
+    `request %05x served in %d us\\n", i, i % 17, (i * 7919) % 65536, i % 997 }' ` +
+    `> app.log; echo ${quoted("log")}\n`,
+    `cp busybox.hex busybox.hex.bak; cp /bin/busybox busybox.copy; cp kallsyms.txt kallsyms.bak; ` +
+    `tar -cf bundle.tar kallsyms.txt dmesg.txt sys.txt busybox.hex; gzip -1 -c bundle.tar > ` +
+    `bundle.tar.gz; md5sum * > sums.txt; echo ${quoted("copies")}\n`,
+    `dd if=/dev/urandom of=random.bin bs=1M count=${randomMiB} 2>/dev/null; ` +
+    `head -c ${(Math.floor(ramMiB / 64) + 1) * 2 ** 20} app.log | sort -r > app.sorted; ` +
+    `echo ${quoted("random")}\n`,
+    ...[1, 2].map((n) =>
+      `(awk 'BEGIN { for (i = 0; i < ${heapKeys}; i++) a[i] = sprintf("key-${n}-%d-%x", i, ` +
+      `i * 2654435761); print "${quoted(`heap${n}`).replaceAll('"', "")}"; ` +
+      `while (1) system("sleep 3600") }' &)\n`
+    ),
+    `sync; echo ${quoted(IMAGED_LINE)}\n`,
+  ];
+}
+
+/** The word each of {@link imageCommands}' lines prints when it is done. */
+export const IMAGE_STEPS = ["text", "log", "copies", "random", "heap1", "heap2", IMAGED_LINE];

@@ -8,6 +8,7 @@
  */
 import { z } from "@hono/zod-openapi";
 import { RUN_STATES } from "../vm/guest.ts";
+import { COMPRESS_METHODS } from "./format/compression.ts";
 
 /** Outgoing migration states, QEMU's names (its ERROR is reported as "failed"). */
 export const MIGRATION_STATES = [
@@ -46,6 +47,7 @@ export const PARAMETER_LIMITS = {
   progress_timeout: [10, 86_400_000],
   stall_windows: [0, 10_000_000],
   incoming_page_budget: [2, 1_000_000],
+  compress_level: [1, 19],
 } as const satisfies Record<string, readonly [number, number]>;
 
 /** The numeric parameters. */
@@ -144,6 +146,20 @@ export const MigrationInfoSchema = z.object({
     cache_miss_rate: z.number(),
     overflow: z.number(),
   }).optional().openapi({ description: "With the xbzrle capability" }),
+  compression: z.object({
+    method: z.enum(COMPRESS_METHODS),
+    pages: z.number().openapi({ description: "Pages sent in compressed runs" }),
+    raw_bytes: z.number(),
+    bytes: z.number().openapi({ description: "Wire bytes of the compressed runs" }),
+    incompressible: z.number().openapi({ description: "Runs sent plainly: they did not shrink" }),
+    skipped_windows: z.number().openapi({
+      description: "100 ms windows without compression: the link was faster than the compressor",
+    }),
+    active: z.boolean().openapi({ description: "The current window compresses" }),
+  }).optional().openapi({ description: "With compress_method zstd or lz4" }),
+  page_refs: z.object({
+    pages: z.number().openapi({ description: "Pages sent as same-page references" }),
+  }).optional().openapi({ description: "With the page_refs capability" }),
   cpu_throttle_percentage: z.number().optional().openapi({
     description: "While auto-converge throttles",
   }),
@@ -164,7 +180,12 @@ export const IncomingInfoSchema = z.object({
   bytes_received: z.number(),
   total_time: z.number().optional(),
   error_desc: z.string().optional(),
-  pages: z.object({ zero: z.number(), normal: z.number() }).optional(),
+  pages: z.object({
+    zero: z.number(),
+    normal: z.number(),
+    compressed: z.number().optional().openapi({ description: "Pages of compressed runs" }),
+    refs: z.number().optional().openapi({ description: "Same-page references" }),
+  }).optional(),
   refused_peers: z.number().optional().openapi({
     description: "Connections dropped because they sent no stream header in time (or garbage), " +
       "failed the TLS handshake or did not prove they hold the migration secret",
@@ -181,6 +202,10 @@ export const CapabilitiesSchema = z.object({
   zero_blocks: z.boolean(),
   rdma_pin_all: z.boolean(),
   verify: z.boolean(),
+  page_refs: z.boolean().openapi({
+    description: "ferry's same-page references: a page equal to one the destination already " +
+      "holds from this migration goes as a 16-byte reference to it; on both ends",
+  }),
 }).openapi("Capabilities");
 
 /** PUT /migrations/capabilities body. */
@@ -216,6 +241,14 @@ export const ParametersSchema = z.object({
       "of the guest's pages, before it is cut as one that would never end",
   }),
   ...SECURITY_PARAMETER_SCHEMAS,
+  compress_method: z.enum(COMPRESS_METHODS).openapi({
+    description: "Compresses runs of pages (QEMU's multifd-compression): none, zstd or lz4; " +
+      "set the same on both ends. Skipped for a window when the link is faster than the " +
+      "compressor. Read when a migration starts; not with xbzrle",
+  }),
+  compress_level: z.number().int().openapi({
+    description: "zstd's level (QEMU's multifd-zstd-level); lz4 has one level",
+  }),
 }).openapi("Parameters");
 
 /** A numeric parameter in a PATCH body, within its range from the engine's one table. */
@@ -241,6 +274,8 @@ export const ParametersPatchSchema = z.object({
   tls_hostname: SECURITY_PARAMETER_SCHEMAS.tls_hostname.optional(),
   migration_secret: SECURITY_PARAMETER_SCHEMAS.migration_secret.optional(),
   snapshot_key: SECURITY_PARAMETER_SCHEMAS.snapshot_key.optional(),
+  compress_method: z.enum(COMPRESS_METHODS).optional(),
+  compress_level: limited("compress_level"),
 }).strict().openapi("ParametersPatch", {
   example: { max_bandwidth: 1073741824, downtime_limit: 300 },
 });

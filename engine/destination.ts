@@ -10,6 +10,7 @@ import { destinationSwitchover, errorMessage, pongMessage } from "./return_path.
 import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 import { acceptStream, HEADER_DEADLINE_MS } from "./incoming_gate.ts";
 import type { SectionRegistry } from "./sections/section.ts";
+import type { CompressMethod } from "./format/compression.ts";
 
 /** Everything an incoming migration depends on. */
 export interface IncomingDeps {
@@ -33,6 +34,10 @@ export interface IncomingDeps {
   readonly pageBudget?: () => number;
   /** The sections this destination takes (default: ferry's own). */
   readonly sections?: SectionRegistry;
+  /** The `compress_method` compressed RAM runs must use (read at accept; default none). */
+  readonly compression?: () => CompressMethod;
+  /** The `page_refs` capability: same-page references are accepted. */
+  readonly pageRefs?: boolean;
   /** Every state transition. */
   onStateChange(from: IncomingStatus, to: IncomingStatus, error?: string): void;
 }
@@ -64,7 +69,7 @@ export class IncomingMigration {
   #reader: StreamReader | null = null;
   #startedAt: number | undefined;
   #endedAt: number | undefined;
-  #pages: { zero: number; normal: number } | undefined;
+  #pages: IncomingInfo["pages"];
   /** The guest's run state before it was armed (restored when disarmed before a peer came). */
   #priorState: RunState = "paused";
   readonly #deps: IncomingDeps;
@@ -184,10 +189,17 @@ export class IncomingMigration {
         maxRecords: (this.#deps.pageBudget?.() ?? Infinity) *
           guest.blocks.reduce((n, b) => n + b.pages, 0),
         ...(this.#deps.sections ? { sections: this.#deps.sections } : {}),
+        compression: this.#deps.compression?.() ?? "none",
+        pageRefs: this.#deps.pageRefs ?? false,
       });
       if (result.returnPath) await destinationSwitchover(reader, this.#channel);
       this.#received = reader.received;
-      this.#pages = { zero: result.zeroPages, normal: result.normalPages };
+      this.#pages = {
+        zero: result.zeroPages,
+        normal: result.normalPages,
+        ...(result.compressedPages > 0 ? { compressed: result.compressedPages } : {}),
+        ...(result.refPages > 0 ? { refs: result.refPages } : {}),
+      };
       this.#channel.close();
       if ((this.#state as IncomingStatus) !== "active") return;
       if (this.#deps.autostart) guest.start();

@@ -238,6 +238,17 @@ export class Engine {
     if (state === "inmigrate" || state === "finish-migrate") {
       throw new EngineError("guest-incomplete", `Cannot migrate a guest in state "${state}"`);
     }
+    if (this.#caps.xbzrle && (this.#params.compress_method !== "none" || this.#caps.page_refs)) {
+      // As in QEMU, where multifd compression and XBZRLE exclude each other.
+      const what = this.#caps.page_refs
+        ? "the page_refs capability"
+        : `compress_method ${this.#params.compress_method}`;
+      throw new EngineError(
+        "capability-unsupported",
+        `Cannot migrate with both xbzrle and ${what}: turn one of them off`,
+        { capability: this.#caps.page_refs ? "page_refs" : "xbzrle" },
+      );
+    }
     this.#transports.validate(uri, "connect");
     this.#migration = new Migration(uri, {
       guest: this.#guest,
@@ -322,6 +333,8 @@ export class Engine {
       progressTimeout: () => this.#params.progress_timeout,
       verify: this.#caps.verify,
       pageBudget: () => this.#params.incoming_page_budget,
+      compression: () => this.#params.compress_method,
+      pageRefs: this.#caps.page_refs,
       sections: this.#sections,
       ...(this.#turn ? { turn: this.#turn } : {}),
       onStateChange: (from, to, error) =>

@@ -10,6 +10,7 @@ import { defaultSections } from "./sections/registry.ts";
 import { MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PING } from "./return_path.ts";
 import { IntegrityError, MigrationDigests, parseIntegrityRecord } from "./integrity.ts";
 import { sharedKernels } from "./wasm/kernels.ts";
+import type { CompressMethod } from "./format/compression.ts";
 
 /** Largest vmdescription JSON accepted (QEMU's own are far smaller). */
 export const MAX_VMDESC_BYTES = 1 << 20;
@@ -22,6 +23,10 @@ export interface LoadResult {
   readonly zeroPages: number;
   /** Full pages applied. */
   readonly normalPages: number;
+  /** Pages of compressed runs applied. */
+  readonly compressedPages: number;
+  /** Same-page references applied. */
+  readonly refPages: number;
   /** The vmdescription JSON, if the stream carried one. */
   readonly description: unknown;
   /** The source opened the return path (COMMAND OPEN_RETURN_PATH): it awaits the switchover handshake. */
@@ -48,6 +53,10 @@ export interface LoadOptions {
   readonly maxRecords?: number;
   /** The sections this ferry takes (default: its own, defaultSections()). */
   readonly sections?: SectionRegistry;
+  /** This destination's `compress_method`: compressed RAM runs must use it (default none). */
+  readonly compression?: CompressMethod;
+  /** This destination's `page_refs` capability: same-page references need it. */
+  readonly pageRefs?: boolean;
 }
 
 interface OpenSection {
@@ -77,6 +86,8 @@ export async function loadStream(
     guest,
     maxRecords: options.maxRecords ?? Infinity,
     ...(digests ? { digests } : {}),
+    compression: options.compression ?? "none",
+    pageRefs: options.pageRefs ?? false,
   };
   /** A loader per registered section, made up front (each one says at EOF what it misses). */
   const loaders = new Map(
@@ -231,11 +242,15 @@ export async function loadStream(
         for (const loader of loaders.values()) await loader.commit?.();
         onBytes?.(r.received);
         const ram = loaders.get(SectionName.RAM);
-        const stats = ram instanceof RamLoader ? ram.stats : { zeroPages: 0, normalPages: 0 };
+        const stats = ram instanceof RamLoader
+          ? ram.stats
+          : { zeroPages: 0, normalPages: 0, compressedPages: 0, refPages: 0 };
         return {
           bytes: r.offset,
           zeroPages: stats.zeroPages,
           normalPages: stats.normalPages,
+          compressedPages: stats.compressedPages,
+          refPages: stats.refPages,
           description,
           returnPath,
         };

@@ -184,6 +184,19 @@ export class Migration {
           overflow: xb.overflow,
         };
       }
+      const cz = ram.stats.compression;
+      if (cz) {
+        info.compression = {
+          method: cz.method,
+          pages: cz.pages,
+          raw_bytes: cz.rawBytes,
+          bytes: cz.bytes,
+          incompressible: cz.incompressible,
+          skipped_windows: cz.gate.skippedWindows,
+          active: cz.gate.active,
+        };
+      }
+      if (ram.stats.refPages !== null) info.page_refs = { pages: ram.stats.refPages };
     }
     const block = this.#block;
     if (block) {

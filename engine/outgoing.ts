@@ -11,7 +11,7 @@ import type { StreamWriter } from "./format/writer.ts";
 import type { Capabilities, Parameters } from "./params.ts";
 import { AutoConverge, MAX_THROTTLE } from "./auto_converge.ts";
 import { StallDetector, StallError } from "./stall.ts";
-import { RateLimiter, type WindowStats } from "./rate_limiter.ts";
+import { RateLimiter, WINDOW_MS, type WindowStats } from "./rate_limiter.ts";
 import { RamSaver } from "./sections/ram.ts";
 import type { DeviceSaver, LiveSaver, SaveContext, SectionRegistry } from "./sections/section.ts";
 import type { MigrationDigests } from "./integrity.ts";
@@ -247,6 +247,8 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
       // The final sync and the switchover handshake's round trip are part of the downtime.
       maxSize = window.bandwidth * Math.max(0, params.downtime_limit - stopCost());
       checkAchievable();
+      // Compression is skipped for the next window if the link outruns the compressor.
+      ram.windowEnded(window.bandwidth, limiter.budget() / WINDOW_MS);
       try {
         // A size that could not be had is not tried again at every window.
         if (params.xbzrle_cache_size !== failedCacheSize) ram.resizeCache(params.xbzrle_cache_size);

@@ -1,5 +1,6 @@
 import type { ChannelSecurity } from "../transports/transport.ts";
 import { EngineError } from "./errors.ts";
+import { COMPRESS_METHODS, type CompressMethod } from "./format/compression.ts";
 import {
   type Capabilities,
   PARAMETER_LIMITS,
@@ -30,6 +31,8 @@ export const DEFAULT_PARAMETERS: Readonly<Parameters> = {
   tls_hostname: "",
   migration_secret: "",
   snapshot_key: "",
+  compress_method: "none",
+  compress_level: 1,
 };
 
 /** QEMU's capabilities off, as QEMU starts; ferry's `verify` on (turn it off only for peers that cannot speak it). */
@@ -39,6 +42,7 @@ export const DEFAULT_CAPABILITIES: Readonly<Capabilities> = {
   zero_blocks: false,
   rdma_pin_all: false,
   verify: true,
+  page_refs: false,
 };
 
 /** Why each capability ferry cannot honour yet is refused (never accepted and ignored). */
@@ -53,12 +57,13 @@ export const UNSUPPORTED_CAPABILITIES: Readonly<Partial<Record<keyof Capabilitie
  */
 export function validateParameters(patch: Partial<Parameters>, ramBytes = Infinity): void {
   for (const [key, value] of Object.entries(patch) as [keyof Parameters, unknown][]) {
-    if (key === "stall_action") {
-      if (!STALL_ACTIONS.includes(value as StallAction)) {
+    if (key === "stall_action" || key === "compress_method") {
+      const allowed: readonly string[] = key === "stall_action" ? STALL_ACTIONS : COMPRESS_METHODS;
+      if (!allowed.includes(value as StallAction | CompressMethod)) {
         throw new EngineError(
           "invalid-parameter",
           `Invalid parameter "${key}": ${JSON.stringify(value)} is not one of ${
-            STALL_ACTIONS.join(", ")
+            allowed.join(", ")
           }`,
           { field: key },
         );

@@ -31,6 +31,10 @@ export const F = {
   EOS: 0x10,
   CONTINUE: 0x20,
   XBZRLE: 0x40,
+  /** ferry's compressed run. */
+  COMPRESSED: 0x400,
+  /** ferry's same-page reference. */
+  REF: 0x800,
 } as const;
 
 /** Block record flags (the `block` section). */
@@ -176,6 +180,28 @@ export class StreamBuilder {
     if (block === null) this.ramHeader(offset, F.PAGE | F.CONTINUE);
     else this.ramHeader(offset, F.PAGE, block);
     return this.raw(data).mark();
+  }
+
+  /**
+   * A compressed run (ferry's): `u8 method, be32 mask, be32 check, be32 length`,
+   * then `data`; `block` null means CONTINUE.
+   */
+  compressed(
+    group: number,
+    block: string | null,
+    run: { method: number; mask: number; check: number; data: Uint8Array; length?: number },
+  ): this {
+    if (block === null) this.ramHeader(group, F.COMPRESSED | F.CONTINUE);
+    else this.ramHeader(group, F.COMPRESSED, block);
+    this.u8(run.method).be32(run.mask >>> 0).be32(run.check >>> 0);
+    return this.be32(run.length ?? run.data.length).raw(run.data).mark();
+  }
+
+  /** A same-page reference (ferry's) from `offset` to `from`; `block` null means CONTINUE. */
+  ref(offset: number, block: string | null, from: number): this {
+    if (block === null) this.ramHeader(offset, F.REF | F.CONTINUE);
+    else this.ramHeader(offset, F.REF, block);
+    return this.be64(from).mark();
   }
 
   /** The whole START section of `ram` (id, block list, EOS, footer). */

@@ -106,6 +106,13 @@ Deno.test("parseFlags() reads every flag", () => {
   assert.deepEqual(c.allowedHosts, ["ferry.lan", "fe80::1"]);
 });
 
+Deno.test("parseFlags() takes --fill image:PATH as a RAM image to load", () => {
+  const c = parseFlags(["--ram", "64M", "--fill", "image:/var/tmp/real-64m.img"]);
+  assert.equal(c.image, "/var/tmp/real-64m.img");
+  assert.equal(c.fill, "zero");
+  assert.equal(parseFlags([]).image, undefined);
+});
+
 Deno.test("parseFlags() skips the '--' that deno task passes through", () => {
   assert.equal(parseFlags(["--", "--ram", "64M"]).ramSize, 64 << 20);
 });
@@ -118,7 +125,9 @@ for (
     [["--listen", "nohost"], /HOST:PORT/],
     [["--listen", "127.0.0.1:70000"], /65535/],
     [["--workload", "spin"], /--workload/],
-    [["--fill", "ones"], /--fill "ones"/],
+    [["--fill", "ones"], /--fill "ones": expected one of zero, random, pattern or image:PATH/],
+    [["--fill", "image:"], /--fill image: empty path/],
+    [["--guest", "x86", "--fill", "image:/x.img"], /--fill prepares the synthetic guest's RAM/],
     [["--token", "a"], /at least 16 characters \(this one has 1\)/],
     [["--token", "short-token"], /at least 16 characters/],
     [["--token", "a-long-enough-token", "--token-file", "/tmp/t"], /--token-file/],

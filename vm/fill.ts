@@ -2,7 +2,7 @@
  * Preparing guest RAM before start (`--fill`): all zero, seeded random bytes, or a
  * deterministic per-page pattern. Fills run on the main thread before the vCPU starts.
  */
-import { PAGE_SIZE, type RamBlock } from "./ram.ts";
+import { isZeroPage, PAGE_SIZE, type RamBlock } from "./ram.ts";
 import { xorshiftSeed } from "./prng.ts";
 
 /** The `--fill` modes. */
@@ -92,4 +92,56 @@ function fillPattern(block: RamBlock): void {
     const base = page * WORDS_PER_PAGE;
     for (let i = 0; i < WORDS_PER_PAGE; i++) words[base + i] = row ^ columns[i];
   }
+}
+
+/** What {@link fillFromImage} loaded. */
+export interface ImageFill {
+  /** Pages of the image. */
+  readonly pages: number;
+  /** Pages that hold a non-zero byte (now touched). */
+  readonly nonZero: number;
+}
+
+/** Bytes read from an image at a time. */
+const IMAGE_CHUNK = 1 << 20;
+
+/**
+ * Fills a block from a RAM image file (`--fill image:PATH`), e.g. a real guest's
+ * RAM saved by `deno task bench:image`. The file's size must equal the block's:
+ * an image is a snapshot of exactly that much RAM, and a shorter or longer one
+ * would leave part of it unexplained. Non-zero pages are copied and marked
+ * touched; zero pages are never written, so they stay untouched (and unfaulted),
+ * as in a guest that never wrote them. Throws a RangeError naming both sizes.
+ */
+export function fillFromImage(block: RamBlock, path: string): ImageFill {
+  using file = Deno.openSync(path, { read: true });
+  const size = file.statSync().size;
+  if (size !== block.length) {
+    throw new RangeError(
+      `the image ${path} holds ${size} bytes, the guest's RAM ${block.length}: a RAM image ` +
+        `must be exactly the size of --ram (it was saved from a guest of ${
+          (size / 2 ** 20).toFixed(1)
+        } MiB)`,
+    );
+  }
+  const chunk = new Uint8Array(IMAGE_CHUNK);
+  const words = new Int32Array(chunk.buffer);
+  let nonZero = 0;
+  for (let at = 0; at < size;) {
+    const want = Math.min(IMAGE_CHUNK, size - at);
+    let got = 0;
+    while (got < want) {
+      const n = file.readSync(chunk.subarray(got, want));
+      if (n === null) throw new RangeError(`the image ${path} ended at byte ${at + got}`);
+      got += n;
+    }
+    for (let off = 0; off < want; off += PAGE_SIZE) {
+      if (isZeroPage(words, off / 4)) continue;
+      block.bytes.set(chunk.subarray(off, off + PAGE_SIZE), at + off);
+      block.markTouched((at + off) / PAGE_SIZE);
+      nonZero++;
+    }
+    at += want;
+  }
+  return { pages: block.pages, nonZero };
 }

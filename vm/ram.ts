@@ -233,6 +233,12 @@ export function isZeroPage(words: Int32Array, first: number): boolean {
   return true;
 }
 
+/** True when the pages at word offsets `a` and `b` of `words` hold the same bytes. */
+export function isSamePage(words: Int32Array, a: number, b: number): boolean {
+  for (let i = 0; i < PAGE_SIZE / 4; i++) if (words[a + i] !== words[b + i]) return false;
+  return true;
+}
+
 /** Parses a size like `256M`, `1G`, `4096`, `64K` (binary units) into bytes. */
 export function parseSize(text: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|B)?$/i.exec(text.trim());

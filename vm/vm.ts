@@ -9,7 +9,7 @@ import { VmError } from "./error.ts";
 import { decodeVcpuState, encodeVcpuState, VCPU_DEVICE_FIELDS } from "./device_state.ts";
 import { digestBlocks, type RamDigest } from "./digest.ts";
 import { Disk, type DiskDigest } from "./disk.ts";
-import { type FillMode, fillRam, isFillMode } from "./fill.ts";
+import { fillFromImage, type FillMode, fillRam, isFillMode } from "./fill.ts";
 import { PAGE_SIZE, parseSize, RamBlock } from "./ram.ts";
 import { Vcpu } from "./vcpu.ts";
 import {
@@ -36,6 +36,8 @@ export interface VmOptions {
   readonly workload?: WorkloadSpec | string;
   /** How RAM is prepared before start (default `zero`). */
   readonly fill?: FillMode;
+  /** A RAM image file loaded into RAM before start (`--fill image:PATH`), instead of `fill`. */
+  readonly image?: string;
   /** Fault all of RAM in at creation, as a destination should before a migration. */
   readonly prefault?: boolean;
   /** Seeds the random fill and the vCPU's PRNG (default {@link DEFAULT_SEED}). */
@@ -110,8 +112,19 @@ export class Vm implements Guest, AsyncDisposable, Disposable {
     const block = new RamBlock(MAIN_RAM_BLOCK, ramSize);
     assertWorkloadFits(workload, block.length);
     // A random or pattern fill writes every page, which faults it in: prefault only zero RAM.
-    if (options.prefault && fill === "zero") block.prefault();
-    fillRam(block, fill, seed);
+    if (options.prefault && fill === "zero" && options.image === undefined) block.prefault();
+    if (options.image !== undefined) {
+      try {
+        fillFromImage(block, options.image);
+      } catch (e) {
+        const why = e instanceof Deno.errors.NotFound
+          ? `the image ${options.image} does not exist`
+          : (e as Error).message;
+        throw new VmError("invalid-argument", `Cannot fill RAM from an image: ${why}`, {
+          cause: e,
+        });
+      }
+    } else fillRam(block, fill, seed);
     if (workload.kind === "random" && workload.disk && !options.disk) {
       throw new VmError("invalid-argument", "Workload disk=RATE needs a disk (--disk PATH)");
     }

@@ -172,6 +172,56 @@ export async function ensureRandomFill(ramBytes: number): Promise<string> {
   return path;
 }
 
+/**
+ * A /dev/shm copy of the RAM image at `image` (created once per image and size,
+ * reused), for the source's `memory-backend-file`: the random scenarios' RAM
+ * lives there too. Zero pages are left as holes, as a guest's never-written RAM.
+ */
+export async function ensureImageCopy(image: string, ramBytes: number): Promise<string> {
+  const info = await Deno.stat(image);
+  if (info.size !== ramBytes) {
+    throw new RangeError(`the image ${image} holds ${info.size} bytes, the scenario ${ramBytes}`);
+  }
+  const name = image.replace(/^.*\//, "").replace(/[^A-Za-z0-9._-]/g, "_");
+  const path = `/dev/shm/ferry-bench-qemu-image-${name}-${info.mtime?.getTime() ?? 0}`;
+  try {
+    if ((await Deno.stat(path)).size === ramBytes) return path;
+  } catch {
+    // not there yet
+  }
+  const tmp = `${path}.${Deno.pid}.tmp`;
+  const src = await Deno.open(image, { read: true });
+  const dst = await Deno.open(tmp, { write: true, create: true, truncate: true });
+  try {
+    await dst.truncate(ramBytes);
+    const chunk = new Uint8Array(4 * MiB);
+    for (let done = 0; done < ramBytes;) {
+      let got = 0;
+      while (got < chunk.length && done + got < ramBytes) {
+        const n = await src.read(chunk.subarray(got, Math.min(chunk.length, ramBytes - done)));
+        if (n === null) throw new RangeError(`the image ${image} ended early`);
+        got += n;
+      }
+      for (let off = 0; off < got; off += 4096) {
+        const page = chunk.subarray(off, off + 4096);
+        if (page.every((b) => b === 0)) continue;
+        await dst.seek(done + off, Deno.SeekMode.Start);
+        let w = 0;
+        while (w < page.length) w += await dst.write(page.subarray(w));
+      }
+      done += got;
+    }
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  } finally {
+    src.close();
+    dst.close();
+  }
+  await Deno.rename(tmp, path);
+  return path;
+}
+
 // ---------------------------------------------------------------------------------
 // processes
 
@@ -324,6 +374,8 @@ interface MigrateInfo {
 }
 
 const POLL_MS = 15;
+/** query-migrate interval when the wall clock to the destination's completion is measured. */
+const WALL_POLL_MS = 2;
 
 function checkSpec(s: ScenarioSpec): void {
   const bad = (what: string) => {
@@ -335,6 +387,9 @@ function checkSpec(s: ScenarioSpec): void {
   if (!(s.maxBandwidth > 0)) bad(`maxBandwidth ${s.maxBandwidth} must be > 0`);
   if (!(s.downtimeLimitMs >= 0)) bad(`downtimeLimitMs ${s.downtimeLimitMs} must be >= 0`);
   if (!(s.timeoutS > 0)) bad(`timeoutS ${s.timeoutS} must be > 0`);
+  if (s.multifd !== undefined && !(s.multifd.channels >= 1)) {
+    bad(`multifd.channels ${s.multifd.channels} must be >= 1`);
+  }
   if (s.xbzrle !== undefined && !(s.xbzrle.cacheBytes >= 4096)) {
     bad(`xbzrle.cacheBytes ${s.xbzrle.cacheBytes} must be >= 4096`);
   }
@@ -429,7 +484,11 @@ export async function runQemu(s: ScenarioSpec, opts: RunQemuOptions = {}): Promi
 
   const params = running ? guestParamsFor(s.workload, s.ramBytes) : undefined;
   const image = params ? patchGuest(await assembleGuest(), params) : undefined;
-  const fillPath = s.fill === "random" ? await ensureRandomFill(s.ramBytes) : undefined;
+  const fillPath = s.image !== undefined
+    ? await ensureImageCopy(s.image, s.ramBytes)
+    : s.fill === "random"
+    ? await ensureRandomFill(s.ramBytes)
+    : undefined;
 
   const dir = await Deno.makeTempDir({ prefix: "ferry-bench-qemu-" });
   const procs: QemuProcess[] = [];
@@ -499,14 +558,26 @@ export async function runQemu(s: ScenarioSpec, opts: RunQemuOptions = {}): Promi
     const caps = [
       { capability: "xbzrle", state: s.xbzrle !== undefined },
       { capability: "auto-converge", state: s.autoConverge === true },
+      ...(s.multifd ? [{ capability: "multifd", state: true }] : []),
     ];
     await src.qmp.execute("migrate-set-capabilities", { capabilities: caps });
     await dst.qmp.execute("migrate-set-capabilities", { capabilities: caps });
-    const migParams: Record<string, number> = {
+    const migParams: Record<string, number | string> = {
       "max-bandwidth": Math.round(s.maxBandwidth),
       "downtime-limit": Math.round(s.downtimeLimitMs),
     };
     if (s.xbzrle) migParams["xbzrle-cache-size"] = s.xbzrle.cacheBytes;
+    if (s.multifd) {
+      // Both ends must agree on the channels and the compression.
+      const multifd: Record<string, number | string> = {
+        "multifd-channels": s.multifd.channels,
+        ...(s.multifd.zstdLevel !== undefined
+          ? { "multifd-compression": "zstd", "multifd-zstd-level": s.multifd.zstdLevel }
+          : {}),
+      };
+      Object.assign(migParams, multifd);
+      await dst.qmp.execute("migrate-set-parameters", multifd);
+    }
     await src.qmp.execute("migrate-set-parameters", migParams);
 
     let uri: string;
@@ -532,7 +603,14 @@ export async function runQemu(s: ScenarioSpec, opts: RunQemuOptions = {}): Promi
     let info: MigrateInfo = {};
     let maxThrottle = 0;
     let timedOut = false;
+    // With `wall`, the destination's own status says when it completed: polled often.
+    const pollMs = s.wall ? WALL_POLL_MS : POLL_MS;
+    let dstDoneAt = NaN;
     for (;;) {
+      if (s.wall && Number.isNaN(dstDoneAt)) {
+        const d = await dst.qmp.execute<MigrateInfo>("query-migrate");
+        if (d.status === "completed") dstDoneAt = performance.now();
+      }
       info = await src.qmp.execute<MigrateInfo>("query-migrate");
       maxThrottle = Math.max(maxThrottle, info["cpu-throttle-percentage"] ?? 0);
       if (info.status === "completed" || info.status === "failed") break;
@@ -542,7 +620,7 @@ export async function runQemu(s: ScenarioSpec, opts: RunQemuOptions = {}): Promi
         timedOut = true;
         break;
       }
-      await sleep(POLL_MS);
+      await sleep(pollMs);
     }
 
     let count1 = count0;
@@ -577,13 +655,16 @@ export async function runQemu(s: ScenarioSpec, opts: RunQemuOptions = {}): Promi
       const deadline = performance.now() + 30_000;
       for (;;) {
         const d = await dst.qmp.execute<MigrateInfo>("query-migrate");
-        if (d.status === "completed") break;
+        if (d.status === "completed") {
+          if (Number.isNaN(dstDoneAt)) dstDoneAt = performance.now();
+          break;
+        }
         if (d.status === "failed" || performance.now() > deadline) {
           throw new QemuRunError(
             `destination did not complete the incoming migration: ${JSON.stringify(d)}`,
           );
         }
-        await sleep(POLL_MS);
+        await sleep(pollMs);
       }
     }
     if (maxThrottle > 0) notes.push(`throttle reached ${maxThrottle} %`);
@@ -627,6 +708,7 @@ export async function runQemu(s: ScenarioSpec, opts: RunQemuOptions = {}): Promi
       peakRssSrc: maxKnown(rss.src, src.peakRss()),
       peakRssDst: maxKnown(rss.dst, dst.peakRss()),
       ...(notes.length ? { note: notes.join("; ") } : {}),
+      ...(s.wall && completed ? { wallS: (dstDoneAt - t0) / 1000 } : {}),
     };
     log(`finished: ${completed ? "completed" : "not completed"} in ${run.totalS.toFixed(3)} s`);
     return run;

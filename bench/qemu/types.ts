@@ -34,6 +34,23 @@ export interface ScenarioSpec {
   readonly verify?: boolean;
   /** Give up after this many seconds and report `completed: false` ("never completes"). */
   readonly timeoutS: number;
+  /**
+   * A RAM image both engines start from instead of `fill` (bench/ram_image.ts):
+   * ferry loads it with `--fill image:PATH`, QEMU maps a /dev/shm copy with
+   * `memory-backend-file`. Its size must be `ramBytes`.
+   */
+  readonly image?: string;
+  /** ferry's `compress_method` and `compress_level`, on both ends. */
+  readonly compress?: { readonly method: "zstd" | "lz4"; readonly level: number };
+  /** ferry's `page_refs` capability, on both ends. */
+  readonly pageRefs?: boolean;
+  /** QEMU's multifd on both ends: channels, and `multifd-compression` zstd at a level. */
+  readonly multifd?: { readonly channels: number; readonly zstdLevel?: number };
+  /**
+   * Also measure the wall clock from the migrate request to the destination
+   * reporting completed (`MigrationRun.wallS`).
+   */
+  readonly wall?: boolean;
 }
 
 /** What one run measured. Times in seconds/ms as named; bytes as counted by the engine. */
@@ -54,6 +71,11 @@ export interface MigrationRun {
   readonly peakRssDst: number;
   /** Free text: why it did not complete, the throttle reached, … */
   readonly note?: string;
+  /**
+   * With `ScenarioSpec.wall`: seconds from the migrate request to the destination
+   * reporting completed (ferry: its `incoming` event; QEMU: its query-migrate).
+   */
+  readonly wallS?: number;
 }
 
 /** The QEMU column cannot be produced on this machine; `reason` says why. */

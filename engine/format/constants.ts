@@ -34,6 +34,10 @@ export const RamFlag = {
   EOS: 0x10,
   CONTINUE: 0x20,
   XBZRLE: 0x40,
+  /** ferry's own: a compressed run of pages of one 32-page group (not QEMU's). */
+  COMPRESSED: 0x400,
+  /** ferry's own: a page equal to another page the destination holds (not QEMU's). */
+  REF: 0x800,
 } as const;
 
 /** Mask of the flag bits inside a RAM record header (page-offset bits). */

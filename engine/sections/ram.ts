@@ -11,9 +11,15 @@ import { RamSaver } from "./ram_saver.ts";
 import type { Section } from "./section.ts";
 
 export { MAX_ITERATE_MS, RamSaver } from "./ram_saver.ts";
-export type { IterateResult, RamSaverOptions, RamStats, XbzrleStats } from "./ram_saver.ts";
+export type {
+  CompressionStats,
+  IterateResult,
+  RamSaverOptions,
+  RamStats,
+  XbzrleStats,
+} from "./ram_saver.ts";
 export { RamLoader } from "./ram_loader.ts";
-export type { RamLoadStats } from "./ram_loader.ts";
+export type { RamLoadOptions, RamLoadStats } from "./ram_loader.ts";
 
 /** The `ram` section: every migration carries it, and a stream without it is incomplete. */
 export const ramSection: Section = {
@@ -25,8 +31,16 @@ export const ramSection: Section = {
       ...(ctx.capabilities.xbzrle ? { xbzrleCacheSize: ctx.params.xbzrle_cache_size } : {}),
       ...(ctx.digests ? { digests: ctx.digests } : {}),
       ...(ctx.snapshot ? { zeroedAsPages: true } : {}),
+      ...(ctx.params.compress_method !== "none"
+        ? { compress: { codec: ctx.params.compress_method, level: ctx.params.compress_level } }
+        : {}),
+      ...(ctx.capabilities.page_refs ? { pageRefs: true } : {}),
     }),
-  loader: (ctx) => new RamLoader(ctx.guest.blocks, undefined, ctx.digests, ctx.maxRecords),
+  loader: (ctx) =>
+    new RamLoader(ctx.guest.blocks, undefined, ctx.digests, ctx.maxRecords, {
+      compression: ctx.compression ?? "none",
+      pageRefs: ctx.pageRefs ?? false,
+    }),
 };
 
 /** Number of dirty bits set in a bitmap (for tests and diagnostics). */

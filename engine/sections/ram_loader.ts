@@ -3,14 +3,21 @@
  * docs/ARCHITECTURE.md, "Sections".
  * @module
  */
-import type { RamBlock } from "../../vm/ram.ts";
+import { popcount32, type RamBlock } from "../../vm/ram.ts";
 import { PAGE_SIZE, RAM_FLAG_MASK, RamFlag } from "../format/constants.ts";
 import { StreamError, type StreamReader } from "../format/reader.ts";
 import { ENCODING_FLAG_XBZRLE, XbzrleError } from "../format/xbzrle.ts";
 import { type Kernels, sharedKernels } from "../wasm/kernels.ts";
 import { kernelsFor } from "../format/buffers.ts";
 import type { DigestTable, MigrationDigests } from "../integrity.ts";
-import { TWO32 } from "./ram_records.ts";
+import { COMPRESSED_FIELDS, GROUP_PAGES, runCheck, TWO32 } from "./ram_records.ts";
+import {
+  type Codec,
+  codecById,
+  type CompressMethod,
+  DecompressError,
+  decompressExact,
+} from "../format/compression.ts";
 import type { SectionLoader } from "./section.ts";
 
 /** What a RAM loader has written so far. */
@@ -21,6 +28,18 @@ export interface RamLoadStats {
   normalPages: number;
   /** XBZRLE records applied. */
   xbzrlePages: number;
+  /** Pages of compressed runs applied. */
+  compressedPages: number;
+  /** Same-page references applied. */
+  refPages: number;
+}
+
+/** What a RAM loader accepts beyond QEMU's records; both ends must agree on them. */
+export interface RamLoadOptions {
+  /** The `compress_method` of this destination: compressed runs must use it. Default none. */
+  readonly compression?: CompressMethod;
+  /** The `page_refs` capability of this destination: same-page references are refused without it. */
+  readonly pageRefs?: boolean;
 }
 
 /**
@@ -37,7 +56,21 @@ export class RamLoader implements SectionLoader {
   readonly #tables: ReadonlyMap<RamBlock, DigestTable>;
   #sizesSeen = false;
   readonly #kernels: Kernels;
-  readonly stats: RamLoadStats = { zeroPages: 0, normalPages: 0, xbzrlePages: 0 };
+  readonly stats: RamLoadStats = {
+    zeroPages: 0,
+    normalPages: 0,
+    xbzrlePages: 0,
+    compressedPages: 0,
+    refPages: 0,
+  };
+  readonly #compression: CompressMethod;
+  /**
+   * With page_refs: per block, one bit per page that holds data this stream
+   * wrote (PAGE, XBZRLE, compressed run, reference): what a reference may copy.
+   */
+  readonly #received: ReadonlyMap<RamBlock, Uint32Array> | null;
+  /** A compressed run's page digests. */
+  readonly #runDigests = new Uint32Array(GROUP_PAGES);
 
   /**
    * A loader into `blocks`; XBZRLE records are decoded by `kernels` (default: the
@@ -50,7 +83,12 @@ export class RamLoader implements SectionLoader {
     digests?: MigrationDigests,
     /** Most page records the stream may carry (a stream that never ends is cut). */
     readonly maxRecords = Infinity,
+    options: RamLoadOptions = {},
   ) {
+    this.#compression = options.compression ?? "none";
+    this.#received = options.pageRefs
+      ? new Map(blocks.map((b) => [b, new Uint32Array(Math.ceil(b.pages / 32))]))
+      : null;
     this.#kernels = kernels;
     this.#all = blocks;
     this.#blocks = new Map(blocks.map((b) => [b.name, b]));
@@ -59,7 +97,8 @@ export class RamLoader implements SectionLoader {
 
   /** Page records applied so far. */
   get records(): number {
-    return this.stats.zeroPages + this.stats.normalPages + this.stats.xbzrlePages;
+    const s = this.stats;
+    return s.zeroPages + s.normalPages + s.xbzrlePages + s.compressedPages + s.refPages;
   }
 
   get #pages(): number {
@@ -106,7 +145,10 @@ export class RamLoader implements SectionLoader {
       }
       if (flags === RamFlag.EOS) return;
       const kind = flags & ~RamFlag.CONTINUE;
-      if (kind !== RamFlag.ZERO && kind !== RamFlag.PAGE && kind !== RamFlag.XBZRLE) {
+      if (
+        kind !== RamFlag.ZERO && kind !== RamFlag.PAGE && kind !== RamFlag.XBZRLE &&
+        kind !== RamFlag.COMPRESSED && kind !== RamFlag.REF
+      ) {
         throw new StreamError(at, `unknown RAM record flags 0x${flags.toString(16)}`);
       }
       if (!this.#sizesSeen) throw new StreamError(at, "RAM page before the RAM block list");
@@ -137,6 +179,19 @@ export class RamLoader implements SectionLoader {
         );
       }
       const page = addr / PAGE_SIZE;
+      const received = this.#received?.get(block) ?? null;
+      if (kind === RamFlag.COMPRESSED) {
+        await this.#loadCompressed(r, block, addr, at);
+        continue;
+      }
+      if (kind === RamFlag.REF) {
+        await this.#loadRef(r, block, addr, at);
+        continue;
+      }
+      if (received !== null) {
+        if (kind === RamFlag.ZERO) received[page >>> 5] &= ~(1 << (page & 31));
+        else received[page >>> 5] |= 1 << (page & 31);
+      }
       if (kind === RamFlag.ZERO) {
         if (r.avail < 1) await r.need(1);
         const fill = r.u8();
@@ -191,6 +246,7 @@ export class RamLoader implements SectionLoader {
     const touched = block.touched;
     const written = block.written;
     const length = block.length;
+    const received = this.#received?.get(block) ?? null;
     let pos = r.pos;
     let zeros = 0;
     let normals = 0;
@@ -211,6 +267,7 @@ export class RamLoader implements SectionLoader {
           if (written !== null) written[page >>> 5] |= bit;
         }
         table?.set(page, 0);
+        if (received !== null) received[page >>> 5] &= ~bit;
         pos += 9;
         zeros++;
       } else if (flags === (RamFlag.PAGE | RamFlag.CONTINUE)) {
@@ -224,6 +281,7 @@ export class RamLoader implements SectionLoader {
         }
         touched[page >>> 5] |= bit;
         if (written !== null) written[page >>> 5] |= bit;
+        if (received !== null) received[page >>> 5] |= bit;
         pos += 8 + PAGE_SIZE;
         normals++;
       } else {
@@ -233,6 +291,126 @@ export class RamLoader implements SectionLoader {
     r.pos = pos;
     this.stats.zeroPages += zeros;
     this.stats.normalPages += normals;
+  }
+
+  /**
+   * Applies one compressed run (ferry's COMPRESSED record): method, mask, check and
+   * length are checked, the data decompresses to exactly the pages the mask names
+   * (never more: a "bomb" stops there) and their digests must sum to the check,
+   * all before a page is written.
+   */
+  async #loadCompressed(r: StreamReader, block: RamBlock, addr: number, at: number): Promise<void> {
+    if (r.avail < COMPRESSED_FIELDS) await r.need(COMPRESSED_FIELDS);
+    const id = r.u8();
+    const mask = r.be32();
+    const check = r.be32();
+    const length = r.be32();
+    const codec: Codec | undefined = codecById(id);
+    if (codec === undefined) {
+      throw new StreamError(at, `compressed run with unknown method ${id}`);
+    }
+    if (codec !== this.#compression) {
+      throw new StreamError(
+        at,
+        `the stream carries ${codec}-compressed pages but compress_method is ` +
+          `${this.#compression} on this destination: set the same compress_method on both ends`,
+      );
+    }
+    if (addr % (GROUP_PAGES * PAGE_SIZE) !== 0) {
+      throw new StreamError(
+        at,
+        `compressed run at offset 0x${addr.toString(16)}, not a multiple of ${GROUP_PAGES} pages`,
+      );
+    }
+    if (mask === 0) throw new StreamError(at, "compressed run carrying no page (mask 0)");
+    const top = addr + (32 - Math.clz32(mask)) * PAGE_SIZE;
+    if (top > block.length) {
+      throw new StreamError(
+        at,
+        `compressed run reaches offset 0x${top.toString(16)}, beyond block "${block.name}" ` +
+          `(length 0x${block.length.toString(16)})`,
+      );
+    }
+    const n = popcount32(mask);
+    const raw = n * PAGE_SIZE;
+    if (length < 1 || length > raw - COMPRESSED_FIELDS) {
+      throw new StreamError(
+        at,
+        `compressed run of ${length} bytes for ${n} pages (must be 1 to ${
+          raw - COMPRESSED_FIELDS
+        })`,
+      );
+    }
+    if (r.avail < length) await r.need(length);
+    let out: Uint8Array;
+    try {
+      out = decompressExact(codec, r.take(length), raw);
+    } catch (e) {
+      if (e instanceof DecompressError) throw new StreamError(at, e.message, { cause: e });
+      throw e;
+    }
+    const digests = this.#runDigests;
+    for (let i = 0; i < n; i++) digests[i] = this.#kernels.digest(out, i * PAGE_SIZE, PAGE_SIZE);
+    const sum = runCheck(digests, n);
+    if (sum !== check) {
+      throw new StreamError(
+        at,
+        `compressed run's pages digest to 0x${sum.toString(16)}, its check says 0x${
+          check.toString(16)
+        }: the data is damaged`,
+      );
+    }
+    const table = this.#lastTable;
+    const received = this.#received?.get(block) ?? null;
+    let bits = mask | 0;
+    for (let i = 0; bits !== 0; i++) {
+      const low = bits & -bits;
+      bits ^= low;
+      const page = addr / PAGE_SIZE + (31 - Math.clz32(low));
+      block.bytes.set(out.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), page * PAGE_SIZE);
+      block.markTouched(page);
+      table?.set(page, digests[i]);
+      if (received !== null) received[page >>> 5] |= 1 << (page & 31);
+    }
+    this.stats.compressedPages += n;
+  }
+
+  /**
+   * Applies one same-page reference (ferry's REF record): copies a page of the
+   * same block that this stream wrote data into, as it holds it now.
+   */
+  async #loadRef(r: StreamReader, block: RamBlock, addr: number, at: number): Promise<void> {
+    const received = this.#received?.get(block);
+    if (received === undefined) {
+      throw new StreamError(
+        at,
+        "the stream carries a same-page reference but page_refs is off on this destination: " +
+          "turn it on on both ends",
+      );
+    }
+    if (r.avail < 8) await r.need(8);
+    const [hi, lo] = r.be64Parts();
+    const from = hi * TWO32 + lo;
+    if (from % PAGE_SIZE !== 0 || from + PAGE_SIZE > block.length || from === addr) {
+      throw new StreamError(
+        at,
+        `reference from offset 0x${addr.toString(16)} to 0x${from.toString(16)}: not another ` +
+          `page of block "${block.name}" (length 0x${block.length.toString(16)})`,
+      );
+    }
+    const source = from / PAGE_SIZE;
+    if ((received[source >>> 5] & (1 << (source & 31))) === 0) {
+      throw new StreamError(
+        at,
+        `reference to page 0x${from.toString(16)}, which this stream has not written data into`,
+      );
+    }
+    block.bytes.copyWithin(addr, from, from + PAGE_SIZE);
+    const page = addr / PAGE_SIZE;
+    block.markTouched(page);
+    this.#lastTable?.set(page, this.#kernels.digest(block.bytes, addr, PAGE_SIZE));
+    received[page >>> 5] |= 1 << (page & 31);
+    this.stats.refPages++;
   }
 
   /** Applies one XBZRLE record onto the page in place (QEMU's load_xbzrle). */

@@ -70,3 +70,55 @@ export function nameBytes(name: string): Uint8Array {
   if (!bytes) names.set(name, bytes = encoder.encode(name));
   return bytes;
 }
+
+/** Pages in one compressed run's group: one word of the migration bitmap. */
+export const GROUP_PAGES = 32;
+/** Bytes after a compressed run's header and name: method, mask, check, length. */
+export const COMPRESSED_FIELDS = 1 + 4 + 4 + 4;
+/** Bytes after a reference's header and name: the target's offset. */
+export const REF_FIELDS = 8;
+
+/**
+ * The check of a compressed run: the sum (mod 2^32) of the ferry-d32 digests of
+ * the pages it carries, so damaged data that still decompresses is caught where
+ * it lies.
+ */
+export function runCheck(digests: ArrayLike<number>, n: number): number {
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum = (sum + digests[i]) >>> 0;
+  return sum;
+}
+
+/**
+ * Writes a compressed run's fields after its header (`be64 group | COMPRESSED`)
+ * at `pos`: `u8 method, be32 mask, be32 check, be32 length`; returns the
+ * position of the compressed data (`length` bytes), which the caller writes.
+ */
+export function putCompressedFields(
+  buf: Uint8Array,
+  pos: number,
+  method: number,
+  mask: number,
+  check: number,
+  length: number,
+): number {
+  buf[pos] = method;
+  putBe32(buf, pos + 1, mask);
+  putBe32(buf, pos + 5, check);
+  putBe32(buf, pos + 9, length);
+  return pos + COMPRESSED_FIELDS;
+}
+
+/** Writes a reference's field after its header (`be64 offset | REF`): the target's offset. */
+export function putRefField(buf: Uint8Array, pos: number, target: number): number {
+  putBe32(buf, pos, target >= TWO32 ? Math.floor(target / TWO32) : 0);
+  putBe32(buf, pos + 4, target >>> 0);
+  return pos + REF_FIELDS;
+}
+
+function putBe32(buf: Uint8Array, pos: number, v: number): void {
+  buf[pos] = v >>> 24;
+  buf[pos + 1] = v >>> 16;
+  buf[pos + 2] = v >>> 8;
+  buf[pos + 3] = v;
+}

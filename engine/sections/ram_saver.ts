@@ -3,7 +3,7 @@
  * ram_save_iterate, ram_save_complete): docs/ARCHITECTURE.md, "Sections".
  * @module
  */
-import { fullBitmap, isZeroPage, popcount32, type RamBlock } from "../../vm/ram.ts";
+import { fullBitmap, isSamePage, isZeroPage, popcount32, type RamBlock } from "../../vm/ram.ts";
 import { PAGE_SHIFT, PAGE_SIZE, RamFlag } from "../format/constants.ts";
 import type { StreamWriter } from "../format/writer.ts";
 import { ENCODING_FLAG_XBZRLE } from "../format/xbzrle.ts";
@@ -13,13 +13,33 @@ import { kernelsFor } from "../format/buffers.ts";
 import type { DigestTable, MigrationDigests } from "../integrity.ts";
 import type { LiveSaver } from "./section.ts";
 import {
+  COMPRESSED_FIELDS,
+  GROUP_PAGES,
   MAX_RECORD,
   nameBytes,
   PLAIN_RECORD,
+  putCompressedFields,
   putHeader,
   putName,
+  putRefField,
   putZeroWord,
+  runCheck,
 } from "./ram_records.ts";
+import { type Codec, CODEC_ID, compress } from "../format/compression.ts";
+import { CompressionGate, type GateState } from "../compress_gate.ts";
+import { PageRefs } from "./page_refs.ts";
+
+/**
+ * Room the packed path needs for one bitmap word: 32 records with their name, or
+ * a compressed run staged STAGE_GAP bytes after the records before it.
+ */
+const PACKED_ROOM = GROUP_PAGES * MAX_RECORD + 1024;
+/**
+ * Where a word's data pages are staged, past the word's ZERO and reference
+ * records: far enough that the PAGE records they may become (8 bytes more each,
+ * and the block name) never overtake a page not yet moved.
+ */
+const STAGE_GAP = GROUP_PAGES * 8 + 256 + 256;
 
 /** QEMU's MAX_WAIT: one iteration never runs longer than this many ms. */
 export const MAX_ITERATE_MS = 50;
@@ -38,6 +58,25 @@ export interface RamStats {
   dirtyPagesRate: number;
   /** XBZRLE counters; null when XBZRLE is off. */
   xbzrle: XbzrleStats | null;
+  /** Compression counters; null when `compress_method` is none. */
+  compression: CompressionStats | null;
+  /** Pages sent as same-page references; null when `page_refs` is off. */
+  refPages: number | null;
+}
+
+/** What compression did (the migration info's `compression`). */
+export interface CompressionStats {
+  readonly method: Codec;
+  /** Pages sent in compressed runs. */
+  pages: number;
+  /** Bytes of those pages. */
+  rawBytes: number;
+  /** Wire bytes of the compressed run records. */
+  bytes: number;
+  /** Runs sent plainly because they did not shrink. */
+  incompressible: number;
+  /** The per-window switch and what it measured. */
+  gate: GateState;
 }
 
 /** XBZRLE counters (QEMU's xbzrle-cache info). */
@@ -71,6 +110,17 @@ export interface RamSaverOptions {
    * that go to files or commands, which such readers read.
    */
   readonly zeroedAsPages?: boolean;
+  /**
+   * Compresses runs of pages (`compress_method`, `compress_level`); never with
+   * XBZRLE. `gate` decides window by window (default: a new CompressionGate).
+   */
+  readonly compress?: {
+    readonly codec: Codec;
+    readonly level: number;
+    readonly gate?: CompressionGate;
+  };
+  /** Sends a page equal to one the destination holds as a reference to it (`page_refs`). */
+  readonly pageRefs?: boolean;
 }
 
 /** What one iterate() call did. */
@@ -130,7 +180,19 @@ export class RamSaver implements LiveSaver {
     dirtySyncCount: 0,
     dirtyPagesRate: 0,
     xbzrle: null,
+    compression: null,
+    refPages: null,
   };
+  /** With compression: the codec, its level and the per-window switch. */
+  readonly #compress: { readonly codec: Codec; readonly level: number } | null;
+  readonly #gate: CompressionGate | null;
+  /** With page_refs: one index per block. */
+  readonly #refs: PageRefs[] | null;
+  /** The packed path (compression or references) instead of #sendBits. */
+  readonly #packed: boolean;
+  /** A word's data pages and their digests (packed path). */
+  readonly #dataPages = new Int32Array(GROUP_PAGES);
+  readonly #dataDigests = new Uint32Array(GROUP_PAGES);
 
   constructor(blocks: readonly RamBlock[], now: () => number, options: RamSaverOptions = {}) {
     if (options.xbzrleCacheSize !== undefined) {
@@ -149,6 +211,24 @@ export class RamSaver implements LiveSaver {
         base += b.pages;
       }
     }
+    if (options.xbzrleCacheSize !== undefined && (options.compress || options.pageRefs)) {
+      throw new RangeError("compression and same-page references do not combine with XBZRLE");
+    }
+    this.#compress = options.compress ?? null;
+    this.#gate = options.compress ? options.compress.gate ?? new CompressionGate() : null;
+    if (options.compress) {
+      this.stats.compression = {
+        method: options.compress.codec,
+        pages: 0,
+        rawBytes: 0,
+        bytes: 0,
+        incompressible: 0,
+        gate: this.#gate!.state,
+      };
+    }
+    this.#refs = options.pageRefs ? blocks.map((b) => new PageRefs(b.pages)) : null;
+    if (options.pageRefs) this.stats.refPages = 0;
+    this.#packed = this.#compress !== null || this.#refs !== null;
     this.#blocks = blocks;
     this.#now = now;
     this.#tables = blocks.map((_, i) => options.digests?.ram[i].table ?? null);
@@ -234,6 +314,8 @@ export class RamSaver implements LiveSaver {
     const started = this.#now();
     for (let i = 0; i < this.#blocks.length; i++) {
       added += this.#blocks[i].syncDirty(this.#bitmaps[i]);
+      // A reference to a page dirtied since goes again (page_refs.ts says why).
+      if (this.#refs) added += this.#refs[i].redirtyReferrers(this.#bitmaps[i]);
     }
     this.lastSyncMs = this.#now() - started;
     this.#dirty += added;
@@ -358,10 +440,12 @@ export class RamSaver implements LiveSaver {
         continue;
       }
       while (bits !== 0 && sent < max) {
-        if (w.free < MAX_RECORD) await w.flush();
+        if (w.free < (this.#packed ? PACKED_ROOM : MAX_RECORD)) await w.flush();
         const before = bits;
         bits = this.#cache
           ? this.#sendBitsXbzrle(w, bits, max - sent)
+          : this.#packed
+          ? this.#sendBitsPacked(w, bits, max - sent)
           : this.#sendBits(w, bits, max - sent);
         sent += popcount32((before ^ bits) >>> 0);
       }
@@ -472,6 +556,193 @@ export class RamSaver implements LiveSaver {
     return bits >>> 0;
   }
 
+  /**
+   * A rate-limit window ended having carried `bandwidth` bytes per ms; the limit
+   * allows `limit` bytes per ms. With compression, decides whether the next window
+   * compresses (compress_gate.ts).
+   */
+  windowEnded(bandwidth: number, limit: number): void {
+    if (!this.#gate) return;
+    this.#gate.endWindow(bandwidth, limit);
+    this.stats.compression!.gate = this.#gate.state;
+  }
+
+  /**
+   * #sendBits with compression or same-page references (docs/ARCHITECTURE.md,
+   * "Compression" and "Same-page references"). The word's zero pages go as ZERO
+   * records and pages equal to a page the destination holds as references, at
+   * once; its other pages go last, as one compressed run when compression is on
+   * for this window and the run shrinks, else as PAGE records. A page becomes a
+   * reference target only once its own record is written.
+   */
+  #sendBitsPacked(w: StreamWriter, bits: number, max: number): number {
+    const index = this.#block;
+    const block = this.#blocks[index];
+    const table = this.#tables[index];
+    const refs = this.#refs?.[index] ?? null;
+    const word = this.#word;
+    const base = word << 5;
+    const buf = w.buf;
+    const kernels = kernelsFor(buf);
+    const mover = kernels.owns(buf) ? kernels.moverFor(block.memory) : null;
+    const sentData = this.#sentData?.[index];
+    const touched = block.touched[word];
+    const words = block.words;
+    const dataPages = this.#dataPages;
+    let data = 0;
+    let handled = 0;
+    bits |= 0;
+    if (bits === -1 && touched === 0 && this.#last === block && max >= 32) {
+      // A whole word of never-written pages: 32 ZERO records, as #sendBits sends them.
+      w.pos = putZeroWord(w.buf, w.pos, base);
+      if (table !== null) { for (let i = 0; i < 32; i++) table.set(base + i, 0); }
+      refs?.sentOtherWord(word);
+      this.#dirty -= 32;
+      this.stats.duplicate += 32;
+      return 0;
+    }
+    // A word with data may go as a compressed run (every word while the gate is on, a
+    // sample of them while it is off); else its pages go as PAGE records at once.
+    const run = touched !== 0 && (this.#gate?.compressNext() ?? false);
+    while (bits !== 0 && handled < max) {
+      const low = bits & -bits;
+      bits ^= low;
+      handled++;
+      const page = base + (31 - Math.clz32(low));
+      const offset = page * PAGE_SIZE;
+      const zero = goesAsZero(touched, low, words, page, sentData, word);
+      if (zero) {
+        this.#header(w, block, offset, RamFlag.ZERO);
+        w.u8(0);
+        this.stats.duplicate++;
+        table?.set(page, 0);
+        refs?.sentOther(page);
+        continue;
+      }
+      if (run) {
+        // Into the run, unless the destination already holds these bytes.
+        if (refs === null || !this.#sendRef(w, block, refs, page, -1)) dataPages[data++] = page;
+        continue;
+      }
+      // A PAGE record, copied and digested in one pass; the digest then finds out
+      // whether a reference does instead (the common miss costs no second read).
+      const recordAt = w.pos;
+      const last = this.#last;
+      this.#header(w, block, offset, RamFlag.PAGE);
+      let digest: number;
+      if (mover !== null) digest = mover.copyDigest(offset, buf.byteOffset + w.pos, PAGE_SIZE);
+      else {
+        buf.set(block.bytes.subarray(offset, offset + PAGE_SIZE), w.pos);
+        digest = kernels.digest(buf, w.pos, PAGE_SIZE);
+      }
+      if (refs !== null) {
+        w.pos = recordAt;
+        this.#last = last;
+        if (this.#sendRef(w, block, refs, page, digest)) continue;
+        this.#header(w, block, offset, RamFlag.PAGE);
+        refs.sentData(page, digest);
+      }
+      w.pos += PAGE_SIZE;
+      this.stats.normal++;
+      table?.set(page, digest);
+    }
+    if (data > 0) {
+      this.#writeRun(w, block, base, data);
+      const digests = this.#dataDigests;
+      for (let i = 0; i < data; i++) {
+        table?.set(dataPages[i], digests[i]);
+        refs?.sentData(dataPages[i], digests[i]);
+      }
+    }
+    this.#dirty -= handled;
+    return bits >>> 0;
+  }
+
+  /**
+   * Sends `page` as a reference when a page the destination holds with the same
+   * bytes is known (page_refs.ts says which may be named); returns whether it did.
+   * `digest` is the page's, or -1 to compute it.
+   */
+  #sendRef(
+    w: StreamWriter,
+    block: RamBlock,
+    refs: PageRefs,
+    page: number,
+    digest: number,
+  ): boolean {
+    const offset = page * PAGE_SIZE;
+    const d = digest >= 0 ? digest : kernelsFor(w.buf).digest(block.bytes, offset, PAGE_SIZE);
+    const target = refs.candidate(d);
+    if (target < 0 || target === page) return false;
+    const bit = 1 << (target & 31);
+    const at = target >>> 5;
+    if (((this.#bitmaps[this.#block][at] | block.dirty[at]) & bit) !== 0) return false;
+    if (!isSamePage(block.words, target << (PAGE_SHIFT - 2), page << (PAGE_SHIFT - 2))) {
+      return false;
+    }
+    this.#header(w, block, offset, RamFlag.REF);
+    w.pos = putRefField(w.buf, w.pos, target * PAGE_SIZE);
+    refs.sentOther(page);
+    refs.referenced(page, target);
+    this.#tables[this.#block]?.set(page, d);
+    this.stats.refPages!++;
+    return true;
+  }
+
+  /**
+   * Writes the first `n` of #dataPages (pages of the group at page `base`) as one
+   * compressed run, or as PAGE records when it does not shrink; their digests go
+   * into #dataDigests. The pages are staged in the writer's buffer, past where
+   * the records will go, and compressed from there.
+   */
+  #writeRun(w: StreamWriter, block: RamBlock, base: number, n: number): void {
+    const buf = w.buf;
+    const kernels = kernelsFor(buf);
+    const mover = kernels.owns(buf) ? kernels.moverFor(block.memory) : null;
+    const digests = this.#dataDigests;
+    const stage = w.pos + STAGE_GAP;
+    let mask = 0;
+    for (let i = 0; i < n; i++) {
+      const page = this.#dataPages[i];
+      const offset = page * PAGE_SIZE;
+      const at = stage + i * PAGE_SIZE;
+      mask |= 1 << (page - base);
+      if (mover !== null) digests[i] = mover.copyDigest(offset, buf.byteOffset + at, PAGE_SIZE);
+      else {
+        buf.set(block.bytes.subarray(offset, offset + PAGE_SIZE), at);
+        digests[i] = kernels.digest(buf, at, PAGE_SIZE);
+      }
+    }
+    const raw = n * PAGE_SIZE;
+    const { codec, level } = this.#compress!;
+    const t0 = this.#now();
+    const out = compress(codec, buf.subarray(stage, stage + raw), level);
+    this.#gate!.measured(raw, out.length, this.#now() - t0);
+    const stats = this.stats.compression!;
+    if (out.length <= raw - COMPRESSED_FIELDS) {
+      const headerAt = w.pos;
+      this.#header(w, block, base * PAGE_SIZE, RamFlag.COMPRESSED);
+      const check = runCheck(digests, n);
+      w.pos = putCompressedFields(buf, w.pos, CODEC_ID[codec], mask >>> 0, check, out.length);
+      buf.set(out, w.pos);
+      w.pos += out.length;
+      stats.pages += n;
+      stats.rawBytes += raw;
+      stats.bytes += w.pos - headerAt;
+      return;
+    }
+    // It did not shrink: the staged pages become PAGE records (each lands at or
+    // before where it is staged, so moving them in order never overwrites one).
+    stats.incompressible++;
+    for (let i = 0; i < n; i++) {
+      this.#header(w, block, this.#dataPages[i] * PAGE_SIZE, RamFlag.PAGE);
+      const at = stage + i * PAGE_SIZE;
+      if (w.pos !== at) buf.copyWithin(w.pos, at, at + PAGE_SIZE);
+      w.pos += PAGE_SIZE;
+    }
+    this.stats.normal += n;
+  }
+
   /** Writes a record header (and the block name unless CONTINUE applies). */
   #header(w: StreamWriter, block: RamBlock, offset: number, flag: number): void {
     const cont = this.#last === block;
@@ -524,11 +795,7 @@ export class RamSaver implements LiveSaver {
       bits ^= low;
       const page = base + (31 - Math.clz32(low));
       const offset = page * PAGE_SIZE;
-      let zero = (touched & low) === 0 || isZeroPage(words, page << (PAGE_SHIFT - 2));
-      if (sentData !== undefined) {
-        if (zero && (sentData[word] & low) !== 0) zero = false;
-        else if (!zero) sentData[word] |= low;
-      }
+      const zero = goesAsZero(touched, low, words, page, sentData, word);
       pos = putHeader(
         buf,
         pos,
@@ -562,4 +829,25 @@ export class RamSaver implements LiveSaver {
     this.stats.normal += normals;
     return bits >>> 0;
   }
+}
+
+/**
+ * True when the page `page` (bit `low` of bitmap word `word`) goes as a ZERO
+ * record: it was never written (its touched bit is clear) or holds only zeroes,
+ * unless it went out with data before and `sentData` (zeroedAsPages) is kept, in
+ * which case it goes as a full page; a page with data is recorded there.
+ */
+function goesAsZero(
+  touched: number,
+  low: number,
+  words: Int32Array,
+  page: number,
+  sentData: Uint32Array | undefined,
+  word: number,
+): boolean {
+  const zero = (touched & low) === 0 || isZeroPage(words, page << (PAGE_SHIFT - 2));
+  if (sentData === undefined) return zero;
+  if (zero) return (sentData[word] & low) === 0;
+  sentData[word] |= low;
+  return false;
 }

@@ -18,6 +18,7 @@ import type { StreamReader } from "../format/reader.ts";
 import type { StreamWriter } from "../format/writer.ts";
 import type { MigrationDigests } from "../integrity.ts";
 import type { Capabilities, Parameters } from "../params.ts";
+import type { CompressMethod } from "../format/compression.ts";
 
 /** What a saver is made from: the migration's guest, settings and digests. */
 export interface SaveContext {
@@ -45,6 +46,10 @@ export interface LoadContext {
   readonly digests?: MigrationDigests;
   /** Most page records a stream may carry (a stream that never ends is cut). */
   readonly maxRecords: number;
+  /** This destination's `compress_method`: compressed RAM runs must use it (default none). */
+  readonly compression?: CompressMethod;
+  /** This destination's `page_refs` capability: same-page references need it. */
+  readonly pageRefs?: boolean;
 }
 
 /** The outgoing half of a live section (QEMU's save_setup, state_pending, save_live_iterate, save_live_complete). */

@@ -17,7 +17,7 @@ import {
   READY_MAGIC,
   WORKLOAD_BASE,
 } from "../../bench/qemu/guest.ts";
-import { parseSize, parseWorkload, runQemu } from "../../bench/qemu/mod.ts";
+import { ensureImageCopy, parseSize, parseWorkload, runQemu } from "../../bench/qemu/mod.ts";
 
 const MiB = 1024 * 1024;
 
@@ -367,4 +367,23 @@ Deno.test({
     assert.ok(run.passes >= 1 && run.bytes > 0, JSON.stringify(run));
     assert.ok(run.peakRssDst > 0, "destination RSS sampled before it exits");
   },
+});
+
+Deno.test("ensureImageCopy puts the image's bytes in /dev/shm once, zero pages as holes, and checks its size", async () => {
+  const bytes = new Uint8Array(64 * 4096);
+  bytes.fill(9, 4096, 8192);
+  bytes[60 * 4096 + 7] = 3;
+  const image = await Deno.makeTempFile({ suffix: ".img" });
+  let copy: string | undefined;
+  try {
+    await Deno.writeFile(image, bytes);
+    copy = await ensureImageCopy(image, bytes.length);
+    assert.ok(copy.startsWith("/dev/shm/ferry-bench-qemu-image-"));
+    assert.deepEqual(await Deno.readFile(copy), bytes);
+    assert.equal(await ensureImageCopy(image, bytes.length), copy, "reused");
+    await rejects(() => ensureImageCopy(image, 2 * bytes.length), RangeError, "holds 262144 bytes");
+  } finally {
+    await Deno.remove(image);
+    if (copy) await Deno.remove(copy).catch(() => {});
+  }
 });

@@ -3,6 +3,8 @@ import {
   breakdownOf,
   busyCommands,
   countLines,
+  IMAGE_STEPS,
+  imageCommands,
   parseDowntimeBreakdown,
   spread,
 } from "../../bench/x86_helpers.ts";
@@ -65,4 +67,19 @@ Deno.test("spread gives the median and the range, ignoring NaN", () => {
   assert.equal(spread([5, NaN], f), "5");
   assert.equal(spread([NaN], f), "—");
   assert.equal(spread([], f), "—");
+});
+
+Deno.test("imageCommands scale to RAM, end each step with its word, and never match the typed line", () => {
+  const lines = imageCommands(1024);
+  assert.equal(lines.length, IMAGE_STEPS.length);
+  assert.match(lines[0], /^mount -o remount,size=614M \/dev\/shm; cd \/dev\/shm; /);
+  assert.match(lines[1], /i < 1048576;/, "1/16 of RAM of 64-byte log lines");
+  assert.match(lines[3], /bs=1M count=32 /, "1/32 of RAM of random bytes");
+  for (const line of lines) assert.ok(line.endsWith("\n"));
+  const typed = lines.join("").replaceAll("\n", "\r\n");
+  for (const word of IMAGE_STEPS) assert.equal(countLines(typed, word), 0, word);
+  const answered = typed + IMAGE_STEPS.map((w) => `${w}\r\n`).join("");
+  for (const word of IMAGE_STEPS) assert.equal(countLines(answered, word), 1, word);
+  assert.throws(() => imageCommands(32), RangeError);
+  assert.throws(() => imageCommands(100.5), RangeError);
 });

@@ -384,3 +384,60 @@ Deno.test("Engine numbers events from the wall clock, so a restarted engine neve
   assert.equal(restarted.events.since(lastOfFirst), null, "an old id gets a reset, not a replay");
   await restarted.close();
 });
+
+Deno.test("Engine.migrate() refuses xbzrle with compression or page_refs (capability-unsupported)", async () => {
+  const { engine } = engineFor();
+  try {
+    engine.setCapabilities({ xbzrle: true });
+    engine.setParameters({ compress_method: "lz4" });
+    assertEngineError(
+      () => engine.migrate(URI),
+      "capability-unsupported",
+      /xbzrle and compress_method lz4/,
+    );
+    engine.setParameters({ compress_method: "none" });
+    engine.setCapabilities({ page_refs: true });
+    assertEngineError(
+      () => engine.migrate(URI),
+      "capability-unsupported",
+      /xbzrle and the page_refs/,
+    );
+  } finally {
+    await engine.close();
+  }
+});
+
+Deno.test("Engine: compress_method and page_refs on both ends migrate a guest of repeated text pages exactly", async () => {
+  const transports = new MemoryTransports();
+  const dst = new TestGuest([["pc.ram", 4 << 20]]);
+  const src = new TestGuest([["pc.ram", 4 << 20]]);
+  const line = new TextEncoder().encode("ferry engine test line\n");
+  for (let p = 0; p < 1024; p++) {
+    const page = new Uint8Array(4096).map((_, i) => line[(i + (p % 7)) % line.length]);
+    src.write(p * 4096, page);
+  }
+  src.start();
+  const dstEngine = new Engine({ guest: dst, transports });
+  const srcEngine = new Engine({ guest: src, transports });
+  try {
+    dstEngine.setParameters({ compress_method: "zstd" });
+    dstEngine.setCapabilities({ page_refs: true });
+    await dstEngine.listenIncoming(URI);
+    srcEngine.setParameters({ max_bandwidth: 1 << 30, compress_method: "zstd" });
+    srcEngine.setCapabilities({ page_refs: true });
+    srcEngine.migrate(URI);
+    await srcEngine.migration!.done;
+    await dstEngine.incoming!.done;
+    const info = srcEngine.current();
+    assert.equal(info.status, "completed", info.error_desc);
+    assert.equal(dstEngine.incomingInfo().status, "completed");
+    assert.equal(await ramDigest(dst), await ramDigest(src));
+    // Seven distinct pages: the first word's 32 go with data, the rest refer to them.
+    assert.equal(info.page_refs!.pages, 1024 - 32);
+    assert.equal(info.compression!.method, "zstd");
+    assert.equal(dstEngine.incomingInfo().pages!.refs, info.page_refs!.pages);
+  } finally {
+    await srcEngine.close();
+    await dstEngine.close();
+  }
+});

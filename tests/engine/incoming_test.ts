@@ -470,7 +470,7 @@ Deno.test("loadStream() rejects a page for an unknown RAM block", async () => {
 });
 
 Deno.test("loadStream() rejects unknown RAM record flags", async () => {
-  for (const flags of [0x01, 0x80, 0x100, 0x800, F.ZERO | F.PAGE, F.EOS | F.ZERO]) {
+  for (const flags of [0x01, 0x80, 0x100, 0x200, F.ZERO | F.PAGE, F.EOS | F.ZERO]) {
     const b = afterStart().part(0);
     const at = b.offset;
     b.ramHeader(0, flags, "pc.ram").u8(0).eos().footer(0);

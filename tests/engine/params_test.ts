@@ -43,6 +43,8 @@ Deno.test("DEFAULT_PARAMETERS are the seed's (32 MiB/s, 30 ms, 64 MiB cache, thr
     tls_hostname: "",
     migration_secret: "",
     snapshot_key: "",
+    compress_method: "none",
+    compress_level: 1,
   });
   assert.doesNotThrow(() => validateParameters(DEFAULT_PARAMETERS));
 });
@@ -54,6 +56,7 @@ Deno.test("DEFAULT_CAPABILITIES are QEMU's (all off) plus verify on; every unsup
     zero_blocks: false,
     rdma_pin_all: false,
     verify: true,
+    page_refs: false,
   });
   assert.match(UNSUPPORTED_CAPABILITIES.rdma_pin_all!, /RDMA/);
 });
@@ -150,4 +153,16 @@ Deno.test('channelSecurity(): TLS when any tls_* is set, the secret and the snap
     }),
     { tls: { certFile: "/c.pem", keyFile: "/c.key" }, secretFile: "/s", snapshotKeyFile: "/k" },
   );
+});
+
+Deno.test("validateParameters() takes compress_method none, zstd or lz4, and compress_level 1 to 19", () => {
+  for (const method of ["none", "zstd", "lz4"]) {
+    assert.doesNotThrow(() => validateParameters({ compress_method: method as "zstd" }));
+  }
+  for (const bad of ["gzip", "", 1, null]) {
+    const err = assertInvalid({ compress_method: bad }, "compress_method");
+    assert.match(err.message, /none, zstd, lz4/);
+  }
+  assert.doesNotThrow(() => validateParameters({ compress_level: 19 }));
+  for (const bad of [0, 20, 1.5, "3"]) assertInvalid({ compress_level: bad }, "compress_level");
 });

@@ -9,6 +9,7 @@ const ALL_OFF = {
   zero_blocks: false,
   rdma_pin_all: false,
   verify: true,
+  page_refs: false,
 };
 
 Deno.test("GET /migrations/capabilities lists all five capabilities: QEMU's off, verify on", async () => {

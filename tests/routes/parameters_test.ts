@@ -18,6 +18,8 @@ const DEFAULTS = {
   tls_hostname: "",
   migration_secret: "",
   snapshot_key: "",
+  compress_method: "none",
+  compress_level: 1,
 };
 
 Deno.test("GET /migrations/parameters answers the seed defaults", async () => {
@@ -55,6 +57,8 @@ Deno.test("PATCH /migrations/parameters applies every field and the limits thems
     stall_windows: 0,
     stall_action: "throttle",
     incoming_page_budget: 2,
+    compress_method: "lz4",
+    compress_level: 19,
   };
   const res = await call(app, "PATCH", "/migrations/parameters", patch);
   assert.equal(res.status, 200);
@@ -111,6 +115,9 @@ const BAD: [string, string, unknown][] = [
   ["tls_hostname", "a name with a space", "ferry dst"],
   ["migration_secret", "a relative path", "secret"],
   ["snapshot_key", "a path over 4096 characters", "/" + "k".repeat(4096)],
+  ["compress_method", "an unknown method", "gzip"],
+  ["compress_level", "0", 0],
+  ["compress_level", "20", 20],
 ];
 
 for (const [field, what, value] of BAD) {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { fillRam, isFillMode, patternWord } from "../../vm/fill.ts";
+import { fillFromImage, fillRam, isFillMode, patternWord } from "../../vm/fill.ts";
 import { isZeroPage, PAGE_SIZE, RamBlock } from "../../vm/ram.ts";
 
 const PAGES = 64;
@@ -72,4 +72,34 @@ Deno.test("fillRam pattern writes patternWord: deterministic, every page distinc
 Deno.test("isFillMode accepts exactly zero, random and pattern", () => {
   assert.ok(isFillMode("zero") && isFillMode("random") && isFillMode("pattern"));
   assert.ok(!isFillMode("ones") && !isFillMode(""));
+});
+
+Deno.test("fillFromImage copies a RAM image's non-zero pages, marks only them touched", async () => {
+  const image = new Uint8Array(PAGES * PAGE_SIZE);
+  image.fill(7, 3 * PAGE_SIZE, 4 * PAGE_SIZE);
+  image[40 * PAGE_SIZE + 100] = 1;
+  const path = await Deno.makeTempFile({ suffix: ".img" });
+  try {
+    await Deno.writeFile(path, image);
+    const block = new RamBlock("pc.ram", PAGES * PAGE_SIZE);
+    assert.deepEqual(fillFromImage(block, path), { pages: PAGES, nonZero: 2 });
+    assert.deepEqual(block.bytes, image);
+    for (let p = 0; p < PAGES; p++) assert.equal(block.isTouched(p), p === 3 || p === 40, `${p}`);
+  } finally {
+    await Deno.remove(path);
+  }
+});
+
+Deno.test("fillFromImage refuses an image whose size is not the block's, naming both", async () => {
+  const path = await Deno.makeTempFile({ suffix: ".img" });
+  try {
+    await Deno.writeFile(path, new Uint8Array(8 * PAGE_SIZE));
+    const block = new RamBlock("pc.ram", PAGES * PAGE_SIZE);
+    assert.throws(
+      () => fillFromImage(block, path),
+      /holds 32768 bytes, the guest's RAM 262144: a RAM image must be exactly the size of --ram/,
+    );
+  } finally {
+    await Deno.remove(path);
+  }
 });
