@@ -29,8 +29,12 @@
  * estimate against the link's 1 Gbit/s and against what the destination really
  * received, expected vs measured downtime vs the limit, and whether both guests' RAM
  * digests match. The link's goodput is measured first with a plain 256 MiB transfer.
+ * With `--tls`, the cases are (1) in plaintext and over TLS with the migration secret
+ * (certificates made with openssl by testing/certs.ts), to show what TLS costs on a
+ * real link.
  */
 import { parseArgs } from "node:util";
+import { makeTestPki, SERVER_NAME, type TestPki } from "../testing/certs.ts";
 import { DelayRelay, type DelayRelayStats } from "./delay_relay.ts";
 import { FerryProcess } from "../testing/ferry_process.ts";
 
@@ -52,6 +56,8 @@ export interface SlowLinkCase {
   maxBandwidth: number;
   /** downtime_limit, ms. */
   downtimeLimit: number;
+  /** TLS with the migration secret, from these certificates (`--tls`); else plaintext. */
+  tls?: TestPki;
 }
 
 /** Options of {@link runSlowLinkBenchmark}; all optional. */
@@ -431,11 +437,23 @@ async function migrateOnce(
   res: Resources,
 ): Promise<SlowLinkRow> {
   const token = crypto.randomUUID();
+  const tls = c.tls;
   const dst = await FerryProcess.destination(
     opts.ram,
     `tcp:${NS_IP}:0`,
-    // A private namespace link: plaintext on its non-loopback address is what is measured.
-    ["--listen", `${NS_IP}:0`, "--insecure-migration"],
+    tls
+      ? [
+        "--listen",
+        `${NS_IP}:0`,
+        "--tls-cert",
+        tls.server.cert,
+        "--tls-key",
+        tls.server.key,
+        "--migration-secret",
+        tls.secret,
+      ]
+      // A private namespace link: plaintext on its non-loopback address is what is measured.
+      : ["--listen", `${NS_IP}:0`, "--insecure-migration"],
     { prefix: ["ip", "netns", "exec", NS], token },
   );
   res.ferries.add(dst);
@@ -470,6 +488,7 @@ async function migrateOnce(
     const set = await src.api("PATCH", "/migrations/parameters", {
       max_bandwidth: c.maxBandwidth,
       downtime_limit: c.downtimeLimit,
+      ...(tls ? { tls_ca: tls.ca, tls_hostname: SERVER_NAME, migration_secret: tls.secret } : {}),
     });
     if (set.status !== 200) throw new Error(`PATCH parameters: ${JSON.stringify(set.body)}`);
     await new Promise((r) => setTimeout(r, 200)); // let the event streams connect
@@ -840,6 +859,7 @@ if (import.meta.main) {
       workload: { type: "string", default: "random:rate=50M" },
       relay: { type: "boolean", default: false },
       "probe-mib": { type: "string", default: "256" },
+      tls: { type: "boolean", default: false },
     },
   });
   const runs = Number(values.runs);
@@ -847,6 +867,14 @@ if (import.meta.main) {
     console.error(`slow_link: bad --runs ${values.runs}`);
     Deno.exit(2);
   }
+  // --tls: the unlimited 300 ms case in plaintext and over TLS with the migration secret.
+  await using pki = values.tls ? await makeTestPki() : undefined;
+  const cases = pki
+    ? [
+      { ...DEFAULT_CASES[0], name: "unlimited, 300 ms, plain" },
+      { ...DEFAULT_CASES[0], name: "unlimited, 300 ms, TLS", tls: pki },
+    ]
+    : undefined;
   try {
     await runSlowLinkBenchmark({
       runs,
@@ -854,6 +882,7 @@ if (import.meta.main) {
       workload: values.workload,
       forceRelay: values.relay,
       probeBytes: Number(values["probe-mib"]) * MIB,
+      ...(cases ? { cases } : {}),
     });
   } catch (e) {
     console.error(`slow_link: ${e instanceof Error ? e.message : e}`);
