@@ -4,7 +4,7 @@
  * {@link Guest}, which is all the migration engine sees.
  */
 import type { DeviceField, Guest, RunState } from "./guest.ts";
-import { RUN_STATES } from "./guest.ts";
+import { checkSetRunState, checkStopTarget, checkThrottle } from "./run_state.ts";
 import { VmError } from "./error.ts";
 import { decodeVcpuState, encodeVcpuState, VCPU_DEVICE_FIELDS } from "./device_state.ts";
 import { digestBlocks, type RamDigest } from "./digest.ts";
@@ -186,10 +186,7 @@ export class Vm implements Guest, AsyncDisposable, Disposable {
    * guest only the run state changes.
    */
   stop(next: RunState = "paused"): void {
-    this.#checkState(next);
-    if (next === "running") {
-      throw new VmError("invalid-run-state", `Cannot stop into "running": use start()`);
-    }
+    checkStopTarget(next);
     if (!this.#closed) this.#vcpu.stop();
     this.#setState(next);
   }
@@ -199,25 +196,14 @@ export class Vm implements Guest, AsyncDisposable, Disposable {
    * `running` is refused unless already running: only start() makes the vCPU run.
    */
   setRunState(state: RunState): void {
-    this.#checkState(state);
-    if (state === "running" && this.#runState !== "running") {
-      throw new VmError(
-        "invalid-run-state",
-        `Cannot set run state "running" directly: use start()`,
-      );
-    }
+    checkSetRunState(this.#runState, state);
     this.#setState(state);
   }
 
   /** Sets the share (integer 0-99 %) of each time slice the vCPU sleeps. */
   setThrottle(percent: number): void {
     this.#assertOpen("throttle");
-    if (!Number.isInteger(percent) || percent < 0 || percent > 99) {
-      throw new VmError(
-        "invalid-argument",
-        `Invalid throttle ${percent}: expected an integer percentage 0-99`,
-      );
-    }
+    checkThrottle(percent);
     this.#vcpu.setThrottle(percent);
   }
 
@@ -304,12 +290,6 @@ export class Vm implements Guest, AsyncDisposable, Disposable {
       } catch (error) {
         console.error(`Run-state listener failed on ${from} → ${to}:`, error);
       }
-    }
-  }
-
-  #checkState(state: RunState): void {
-    if (!(RUN_STATES as readonly string[]).includes(state)) {
-      throw new VmError("invalid-argument", `Unknown run state "${state}"`);
     }
   }
 

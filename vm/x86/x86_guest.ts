@@ -10,7 +10,7 @@ import { ConsoleBuffer } from "../console_buffer.ts";
 import { digestBlocks, type RamDigest } from "../digest.ts";
 import { VmError } from "../error.ts";
 import type { DeviceField, Guest, MachineDevices, MachineState, RunState } from "../guest.ts";
-import { RUN_STATES } from "../guest.ts";
+import { checkSetRunState, checkStopTarget, checkThrottle } from "../run_state.ts";
 import { PAGE_SIZE, RamBlock } from "../ram.ts";
 import type { VmInfo } from "../vm.ts";
 import {
@@ -225,34 +225,20 @@ export class X86Guest implements Guest, MachineDevices, AsyncDisposable {
 
   /** Stops the emulator, returning once it has stopped, then sets the run state to `next`. */
   stop(next: RunState = "paused"): void {
-    this.#checkState(next);
-    if (next === "running") {
-      throw new VmError("invalid-run-state", `Cannot stop into "running": use start()`);
-    }
+    checkStopTarget(next);
     if (!this.#closed && this.#failure === null) this.#command("stop");
     this.#setState(next);
   }
 
   setRunState(state: RunState): void {
-    this.#checkState(state);
-    if (state === "running" && this.#runState !== "running") {
-      throw new VmError(
-        "invalid-run-state",
-        `Cannot set run state "running" directly: use start()`,
-      );
-    }
+    checkSetRunState(this.#runState, state);
     this.#setState(state);
   }
 
   /** The share (integer 0-99 %) of the time the emulator does not run. */
   setThrottle(percent: number): void {
     this.#assertOpen("throttle");
-    if (!Number.isInteger(percent) || percent < 0 || percent > 99) {
-      throw new VmError(
-        "invalid-argument",
-        `Invalid throttle ${percent}: expected an integer percentage 0-99`,
-      );
-    }
+    checkThrottle(percent);
     this.#throttle = percent;
     this.#post({ type: "throttle", percent });
   }
@@ -502,12 +488,6 @@ export class X86Guest implements Guest, MachineDevices, AsyncDisposable {
       } catch (error) {
         console.error(`Run-state listener failed on ${from} → ${to}:`, error);
       }
-    }
-  }
-
-  #checkState(state: RunState): void {
-    if (!(RUN_STATES as readonly string[]).includes(state)) {
-      throw new VmError("invalid-argument", `Unknown run state "${state}"`);
     }
   }
 
