@@ -42,3 +42,21 @@ export function checkThrottle(percent: number): void {
     );
   }
 }
+
+/**
+ * Tells each of `listeners` (a copy of the set, so one may unsubscribe) about a
+ * change; a listener that throws is logged and the others still hear of it.
+ */
+export function notifyRunState(
+  listeners: Iterable<(from: RunState, to: RunState) => void>,
+  from: RunState,
+  to: RunState,
+): void {
+  for (const listener of [...listeners]) {
+    try {
+      listener(from, to);
+    } catch (error) {
+      console.error(`Run-state listener failed on ${from} → ${to}:`, error);
+    }
+  }
+}

@@ -4,7 +4,7 @@
  * {@link Guest}, which is all the migration engine sees.
  */
 import type { DeviceField, Guest, RunState } from "./guest.ts";
-import { checkSetRunState, checkStopTarget, checkThrottle } from "./run_state.ts";
+import { checkSetRunState, checkStopTarget, checkThrottle, notifyRunState } from "./run_state.ts";
 import { VmError } from "./error.ts";
 import { decodeVcpuState, encodeVcpuState, VCPU_DEVICE_FIELDS } from "./device_state.ts";
 import { digestBlocks, type RamDigest } from "./digest.ts";
@@ -284,13 +284,7 @@ export class Vm implements Guest, AsyncDisposable, Disposable {
     const from = this.#runState;
     if (from === to) return;
     this.#runState = to;
-    for (const listener of [...this.#listeners]) {
-      try {
-        listener(from, to);
-      } catch (error) {
-        console.error(`Run-state listener failed on ${from} → ${to}:`, error);
-      }
-    }
+    notifyRunState(this.#listeners, from, to);
   }
 
   #assertOpen(what: string): void {

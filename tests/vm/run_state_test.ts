@@ -6,6 +6,7 @@ import {
   checkSetRunState,
   checkStopTarget,
   checkThrottle,
+  notifyRunState,
 } from "../../vm/run_state.ts";
 
 const code = (c: string) => (e: unknown) => e instanceof VmError && e.code === c;
@@ -37,4 +38,24 @@ Deno.test("checkThrottle() takes whole percentages 0-99", () => {
   for (const p of [-1, 100, 1.5, NaN]) {
     assert.throws(() => checkThrottle(p), code("invalid-argument"), String(p));
   }
+});
+
+Deno.test("notifyRunState() tells every listener, even after one throws", () => {
+  const heard: string[] = [];
+  const listeners = new Set<(from: RunState, to: RunState) => void>([
+    () => {
+      throw new Error("listener bug");
+    },
+    (from, to) => heard.push(`${from}→${to}`),
+  ]);
+  const error = console.error;
+  const logged: unknown[] = [];
+  console.error = (...args: unknown[]) => logged.push(args[0]);
+  try {
+    notifyRunState(listeners, "paused", "running");
+  } finally {
+    console.error = error;
+  }
+  assert.deepEqual(heard, ["paused→running"]);
+  assert.match(String(logged[0]), /Run-state listener failed on paused → running/);
 });

@@ -10,7 +10,7 @@ import { ConsoleBuffer } from "../console_buffer.ts";
 import { digestBlocks, type RamDigest } from "../digest.ts";
 import { VmError } from "../error.ts";
 import type { DeviceField, Guest, MachineDevices, MachineState, RunState } from "../guest.ts";
-import { checkSetRunState, checkStopTarget, checkThrottle } from "../run_state.ts";
+import { checkSetRunState, checkStopTarget, checkThrottle, notifyRunState } from "../run_state.ts";
 import { PAGE_SIZE, RamBlock } from "../ram.ts";
 import type { VmInfo } from "../vm.ts";
 import {
@@ -482,13 +482,7 @@ export class X86Guest implements Guest, MachineDevices, AsyncDisposable {
     const from = this.#runState;
     if (from === to) return;
     this.#runState = to;
-    for (const listener of [...this.#listeners]) {
-      try {
-        listener(from, to);
-      } catch (error) {
-        console.error(`Run-state listener failed on ${from} → ${to}:`, error);
-      }
-    }
+    notifyRunState(this.#listeners, from, to);
   }
 
   #assertOpen(what: string): void {
