@@ -3,7 +3,7 @@
  *
  *   deno task fuzz -- --iterations 1000000 [--seed 1] [--json]
  *
- * Valid streams (hand-built ones from DESIGN §4 and one written by ferry's own
+ * Valid streams (hand-built ones per docs/ARCHITECTURE.md "Stream format" and one written by ferry's own
  * source) are mutated — bit flips, bytes set to extremes, truncations, length
  * and count fields set to extremes, sections repeated, reordered and spliced,
  * block names made huge — and fed in-process, over memory channels delivering

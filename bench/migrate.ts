@@ -33,7 +33,7 @@ interface Scenario {
   readonly name: string;
   readonly group: "bulk" | "running" | "ab" | "integrity";
   readonly spec: ScenarioSpec;
-  /** DESIGN §6 target for ferry's total time, seconds. */
+  /** The plan's target for ferry's total time, seconds (BENCHMARKS.md, Targets). */
   readonly targetS?: number;
 }
 

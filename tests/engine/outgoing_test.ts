@@ -19,7 +19,7 @@ import { FakeClock } from "../helpers/fake_clock.ts";
 import { ramDigest, TestGuest } from "../../testing/test_guest.ts";
 import { TEST_GUEST_VMDESC } from "../../testing/stream_builder.ts";
 
-/** Walks a savevm stream by DESIGN §4 and summarises its sections, independently of the loader. */
+/** Walks a savevm stream by docs/ARCHITECTURE.md "Stream format" and summarises its sections, independently of the loader. */
 function sections(bytes: Uint8Array): string[] {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const dec = new TextDecoder();

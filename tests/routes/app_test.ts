@@ -4,7 +4,7 @@ import { createApp, VERSION } from "../../routes/app.ts";
 import * as schemas from "../../routes/schemas.ts";
 import { call, testApp } from "../helpers/app.ts";
 
-/** Every path of the contract (DESIGN §3) and the methods it must document. */
+/** Every path of the API contract (docs/API.md) and the methods it must document. */
 const CONTRACT: Record<string, string[]> = {
   "/migrations": ["post"],
   "/migrations/current": ["get", "delete"],
@@ -309,7 +309,7 @@ Deno.test("GET /openapi.json documents every route the app registers, and nothin
   assert.ok(registered.size >= 18, `found ${registered.size} routes`);
   assert.deepEqual([...registered].filter((r) => !documented.has(r)), [], "undocumented routes");
   assert.deepEqual([...documented].filter((r) => !registered.has(r)), [], "documented, not served");
-  // And the contract of DESIGN §3 is a subset of both.
+  // And that contract is a subset of both.
   for (const [path, methods] of Object.entries(CONTRACT)) {
     for (const m of methods) assert.ok(registered.has(`${m} ${path}`), `${m} ${path} is served`);
   }

@@ -1,7 +1,7 @@
 /**
  * The RAM section's fast paths (whole words of never-written pages on the sender,
  * buffered CONTINUE records on the receiver) must produce and accept exactly the
- * bytes of the plain one-record-at-a-time format of DESIGN §4. A reference encoder
+ * bytes of the plain one-record-at-a-time format (docs/ARCHITECTURE.md "Stream format"). A reference encoder
  * written from the spec is compared byte for byte with RamSaver's output, and the
  * stream is loaded back through small reads so records straddle every boundary.
  */
@@ -76,7 +76,7 @@ function be64(v: number): Uint8Array {
   return out;
 }
 
-/** DESIGN §4, one page at a time: what the RAM START payload and one full sweep must be. */
+/** The stream format (docs/ARCHITECTURE.md), one page at a time: what the RAM START payload and one full sweep must be. */
 function reference(blocks: RamBlock[]): Uint8Array {
   const parts: Uint8Array[] = [];
   const enc = new TextEncoder();
@@ -149,7 +149,7 @@ const shapes: [string, () => RamBlock[]][] = [
 ];
 
 for (const [what, make] of shapes) {
-  Deno.test(`RamSaver.complete() writes DESIGN §4 byte for byte: ${what}`, async () => {
+  Deno.test(`RamSaver.complete() writes the documented stream format byte for byte: ${what}`, async () => {
     const blocks = make();
     const got = await save(blocks, "complete");
     assertSameBytes(got, reference(blocks), "stream");

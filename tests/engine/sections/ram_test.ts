@@ -7,7 +7,7 @@ import { PAGE_SIZE } from "../../../vm/ram.ts";
 import { BytesChannel, CaptureChannel } from "../../helpers/byte_channels.ts";
 import { ramDigest, TestGuest } from "../../../testing/test_guest.ts";
 
-/** One RAM record as DESIGN §4 lays it out, decoded independently of the engine's reader. */
+/** One RAM record as docs/ARCHITECTURE.md "Stream format" lays it out, decoded independently of the engine's reader. */
 interface Rec {
   offset: number;
   flags: number;
