@@ -63,9 +63,13 @@ export async function loadSecret(path: string): Promise<MigrationSecret> {
   try {
     bytes = await Deno.readFile(path);
   } catch (err) {
-    throw new PeerAuthError(path, `Cannot read the migration secret ${path}: ${reason(err)}`, {
-      cause: err,
-    });
+    throw new PeerAuthError(
+      path,
+      `Cannot read the migration secret ${path}: ${fileReadReason(err)}`,
+      {
+        cause: err,
+      },
+    );
   }
   if (bytes.length < MIN_SECRET_BYTES || bytes.length > MAX_SECRET_BYTES) {
     throw new PeerAuthError(
@@ -148,7 +152,7 @@ export async function proveSecret(
     if (err instanceof PeerAuthError) throw err;
     throw new PeerAuthError(
       channel.peer,
-      `The migration secret exchange with ${channel.peer} failed: ${reason(err)}`,
+      `The migration secret exchange with ${channel.peer} failed: ${fileReadReason(err)}`,
       { cause: err },
     );
   } finally {
@@ -299,7 +303,8 @@ function hex(bytes: Uint8Array): string {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join(" ");
 }
 
-function reason(err: unknown): string {
+/** Why a key or certificate file could not be read, in a few words. */
+export function fileReadReason(err: unknown): string {
   if (err instanceof Deno.errors.NotFound) return "no such file";
   if (err instanceof Deno.errors.PermissionDenied) return "permission denied";
   return err instanceof Error ? err.message : String(err);

@@ -20,6 +20,7 @@
  * wrong key be named as such before anything is decrypted.
  * @module
  */
+import { fileReadReason } from "./peer_auth.ts";
 import type { Channel, Listener } from "./transport.ts";
 import { SerialWrites } from "./serial_writes.ts";
 
@@ -80,11 +81,7 @@ export async function loadSnapshotKey(path: string): Promise<SnapshotKey> {
   try {
     bytes = await Deno.readFile(path);
   } catch (err) {
-    const why = err instanceof Deno.errors.NotFound
-      ? "no such file"
-      : err instanceof Deno.errors.PermissionDenied
-      ? "permission denied"
-      : (err as Error).message;
+    const why = fileReadReason(err);
     throw new SealError(path, `Cannot read the snapshot key ${path}: ${why}`, -1, undefined, {
       cause: err,
     });

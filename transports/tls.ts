@@ -8,6 +8,7 @@
  * proves who it is inside the encrypted channel (transports/peer_auth.ts).
  * @module
  */
+import { fileReadReason } from "./peer_auth.ts";
 import { acceptConn, ConnChannel, connectOrFail, describeNetError, raceAbort } from "./channel.ts";
 import { type Channel, type Listener, type TlsOptions, TransportError } from "./transport.ts";
 import { formatUri, parseUri } from "./uri.ts";
@@ -32,11 +33,7 @@ async function readPem(path: string, what: string, param: string, marker: RegExp
   try {
     text = await Deno.readTextFile(path);
   } catch (err) {
-    const why = err instanceof Deno.errors.NotFound
-      ? "no such file"
-      : err instanceof Deno.errors.PermissionDenied
-      ? "permission denied"
-      : (err as Error).message;
+    const why = fileReadReason(err);
     throw new Error(`cannot read the ${what} ${path} (${param}): ${why}`, { cause: err });
   }
   if (!marker.test(text)) throw new Error(`the ${what} ${path} (${param}) holds no PEM ${what}`);
