@@ -21,6 +21,16 @@ import { runTransportBenchmarks } from "./transports.ts";
 import { runPipeFloor } from "./pipe_floor.ts";
 import { runImageBenchmarks } from "./image_bench.ts";
 import { median, percentile } from "./stats.ts";
+import {
+  candidatesRows,
+  compareEngines,
+  type Comparison,
+  fmt,
+  markdownTable,
+  side,
+  spread,
+} from "./compare.ts";
+import { type CandidateSummary, parseQemuConfigs } from "./qemu/configs.ts";
 import { makeTestPki, SERVER_NAME } from "../testing/certs.ts";
 import { tlsFloor } from "./tls_floor.ts";
 
@@ -112,19 +122,7 @@ const INTEGRITY: Scenario[] = [
   { ...RUNNING.find((s) => s.name === "dirty-50M-30ms")!, group: "integrity" },
 ];
 
-const fmt = {
-  s: (x: number) =>
-    Number.isNaN(x) ? "—" : x < 1 ? `${(x * 1000).toFixed(0)}ms` : `${x.toFixed(2)}s`,
-  ms: (x: number) => Number.isNaN(x) ? "—" : `${x.toFixed(x < 10 ? 1 : 0)}ms`,
-  ratio: (a: number, b: number) =>
-    Number.isNaN(a) || Number.isNaN(b) || b === 0 ? "—" : `${(a / b).toFixed(2)}x`,
-  gbps: (bytes: number, s: number) => !(s > 0) ? "—" : (bytes / s / 1e9).toFixed(2),
-  mib: (b: number) => Number.isNaN(b) ? "—" : `${Math.round(b / MiB)}`,
-};
-
-function row(cells: string[], widths: number[]): string {
-  return cells.map((c, i) => i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i])).join(" ");
-}
+const mib = (b: number) => Number.isNaN(b) ? "—" : `${Math.round(b / MiB)}`;
 
 const { values } = parseArgs({
   args: Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args,
@@ -134,13 +132,15 @@ const { values } = parseArgs({
     only: { type: "string" },
     quick: { type: "boolean", default: false },
     "no-qemu": { type: "boolean", default: false },
+    "qemu-configs": { type: "string" },
     json: { type: "string" },
     image: { type: "string" },
     "image-bw": { type: "string" },
   },
 });
-const runs = Math.max(1, Number(values.runs ?? (values.quick ? 1 : 3)));
+const runs = Math.max(1, Number(values.runs ?? (values.quick ? 1 : 5)));
 const distRuns = Math.max(1, Number(values["dist-runs"] ?? (values.quick ? 3 : 10)));
+const qemuConfigs = parseQemuConfigs(values["qemu-configs"]);
 const selected = (s: Scenario) =>
   (!values.only || s.group === values.only || s.name.includes(values.only)) &&
   !(values.quick && s.spec.ramBytes > GiB);
@@ -152,69 +152,77 @@ const qemuNote = qemu === true ? "" : `QEMU column skipped: ${qemu.skipped}`;
 const log: { scenario: string; engine: string; run: MigrationRun | { totalS: number } }[] = [];
 
 /**
- * Runs `s` n times on both engines — and, with `floor`, the bare Deno pipe of
- * bench/pipe_floor.ts — alternately; QEMU runs are NaN rows when QEMU is unavailable.
+ * Runs `s` n times on ferry and on every QEMU candidate (and, with `floor`, the
+ * bare Deno pipe of bench/pipe_floor.ts), alternated round by round.
  */
-async function measure(s: Scenario, n: number, sampleApi: boolean, floor = false) {
-  const ferry: FerryRun[] = [];
-  const qemuRuns: MigrationRun[] = [];
-  const floorS: number[] = [];
-  for (let i = 0; i < n; i++) {
-    // Alternate engines so a noisy minute hurts both alike.
-    const f = await runFerry(s.spec, { sampleApi });
-    ferry.push(f);
-    log.push({
-      scenario: s.name,
-      engine: "ferry",
-      run: { ...f, apiLatenciesMs: undefined } as MigrationRun,
-    });
-    if (qemu === true) {
-      const q = await runQemu(s.spec);
-      qemuRuns.push(q);
-      log.push({ scenario: s.name, engine: "qemu", run: q });
-    }
-    if (floor) {
-      const p = await runPipeFloor({ ramBytes: s.spec.ramBytes, transport: s.spec.transport });
-      floorS.push(p.seconds);
-      log.push({ scenario: s.name, engine: "floor", run: { totalS: p.seconds } });
-    }
-  }
-  return { ferry, qemu: qemuRuns, floor: floorS };
+function measure(s: Scenario, n: number, floor = false): Promise<Comparison<FerryRun>> {
+  return compareEngines(s.spec, n, qemuConfigs, {
+    ferry: (spec) => runFerry(spec),
+    ...(qemu === true ? { qemu: (spec: ScenarioSpec) => runQemu(spec) } : {}),
+    ...(floor
+      ? {
+        floor: async () =>
+          (await runPipeFloor({ ramBytes: s.spec.ramBytes, transport: s.spec.transport }))
+            .seconds,
+      }
+      : {}),
+    onRun: (engine, run) => {
+      const r = "apiLatenciesMs" in run ? { ...run, apiLatenciesMs: undefined } : run;
+      log.push({ scenario: s.name, engine, run: r as MigrationRun });
+      const wall = "wallS" in run && run.wallS !== undefined ? run.wallS : run.totalS;
+      console.error(`  ${s.name} ${engine}: ${fmt.s(wall)}`);
+    },
+  });
 }
+
+/** What the QEMU side's vCPU does in a scenario (the table says when it competes). */
+const vcpu = (s: Scenario) =>
+  s.spec.workload.kind === "paused" ? "paused" : "runs (TCG): competes for the 2 cores";
+
+/** QEMU's best candidate, by name. */
+const bestName = (c: Comparison<FerryRun>) => c.candidates[0]?.config.name ?? "—";
+
+const candidateRows: Record<string, { scenario: string; candidates: CandidateSummary[] }[]> = {};
+function printCandidates(group: string): void {
+  const rows = candidateRows[group];
+  if (!rows?.length || qemu !== true) return;
+  console.log(`\nQEMU's candidates (${group}), median wall clock; the best of each row in bold:\n`);
+  console.log(markdownTable(
+    ["scenario", ...qemuConfigs.map((c) => c.name)],
+    candidatesRows(
+      rows,
+      qemuConfigs,
+    ),
+  ));
+}
+
+const LEGEND = "wall = the API request (ferry: POST /migrations; QEMU: QMP migrate) → the " +
+  "destination reports completed (ferry: its incoming event; QEMU: its MIGRATION event); " +
+  "total, downtime = the engine's own total_time and downtime; medians (min–max). " +
+  "QEMU best = the candidate with the most completed runs, then the lowest median wall; " +
+  "ferry/Q = ferry's median wall ÷ QEMU best's. QEMU vCPU: where it runs, QEMU's TCG vCPU " +
+  "thread competes with both engines' senders for the machine's two cores.";
 
 console.log(`ferry vs QEMU 7.2 migration benchmark (${new Date().toISOString()})`);
 console.log(
   `machine: ${navigator.hardwareConcurrency} cores, ${
     (Deno.systemMemoryInfo().total / GiB).toFixed(0)
-  } GiB, Deno ${Deno.version.deno}, ${Deno.build.os}; QEMU: TCG, prefaulted destination`,
+  } GiB, Deno ${Deno.version.deno}, ${Deno.build.os}; QEMU: TCG`,
 );
 if (qemuNote) console.log(qemuNote);
+else {
+  console.log(`QEMU candidates (--qemu-configs ${values["qemu-configs"] ?? "all"}):`);
+  for (const c of qemuConfigs) console.log(`- ${c.name}: ${c.description}`);
+}
 
 // ---- bulk: paused random guests and an idle guest, unlimited bandwidth ----
 const bulkSel = BULK.filter(selected);
 if (bulkSel.length) {
-  console.log(`\n# Bulk transfer, unlimited bandwidth — medians of ${runs}`);
-  const w = [15, 8, 6, 8, 8, 7, 8, 6, 8, 8, 7, 7, 22, 15, 15];
-  console.log(row([
-    "scenario",
-    "ferry",
-    "GB/s",
-    "downtime",
-    "floor",
-    "f/floor",
-    "QEMU",
-    "GB/s",
-    "downtime",
-    "ferry/Q",
-    "target",
-    "vs tgt",
-    "API p50/p99 run",
-    "ferry RSS s/d",
-    "QEMU RSS s/d",
-  ], w));
+  console.log(`\n# Bulk transfer, unlimited bandwidth — ${runs} runs per engine, alternated\n`);
+  const rows: string[][] = [];
+  candidateRows.bulk = [];
   for (const s of bulkSel) {
-    const n = s.spec.ramBytes > GiB ? 1 : runs;
-    const r = await measure(s, n, false, s.spec.fill === "random");
+    const r = await measure(s, runs, s.spec.fill === "random");
     // API latency comes from one more ferry run with a poller on GET /migrations/current
     // every 2 ms; the timed runs above go without it, as the floor's do (its ~500
     // requests/s take CPU from the sender on a 2-core machine).
@@ -224,131 +232,145 @@ if (bulkSel.length) {
       engine: "ferry (API sampled)",
       run: { ...sampled, apiLatenciesMs: undefined } as MigrationRun,
     });
-    const ft = median(r.ferry.map((x) => x.totalS));
+    const f = side(r.ferry, s.spec.downtimeLimitMs);
+    const best = r.candidates[0];
+    const q = best ? side(best.runs, s.spec.downtimeLimitMs) : undefined;
     const flt = median(r.floor);
-    const qt = median(r.qemu.map((x) => x.totalS));
     const lat = sampled.apiLatenciesMs;
-    const rss = (xs: MigrationRun[]) =>
-      `${fmt.mib(Math.max(...xs.map((x) => x.peakRssSrc)))}/${
-        fmt.mib(Math.max(...xs.map((x) => x.peakRssDst)))
-      }M`;
-    console.log(row([
+    const rss = (xs: readonly MigrationRun[]) =>
+      xs.length
+        ? `${mib(Math.max(...xs.map((x) => x.peakRssSrc)))} / ${
+          mib(Math.max(...xs.map((x) => x.peakRssDst)))
+        }`
+        : "—";
+    rows.push([
       s.name,
-      fmt.s(ft),
-      fmt.gbps(s.spec.ramBytes, ft),
-      fmt.ms(median(r.ferry.map((x) => x.downtimeMs))),
-      fmt.s(flt),
-      fmt.ratio(ft, flt),
-      r.qemu.length ? fmt.s(qt) : "—",
-      r.qemu.length ? fmt.gbps(s.spec.ramBytes, qt) : "—",
-      r.qemu.length ? fmt.ms(median(r.qemu.map((x) => x.downtimeMs))) : "—",
-      fmt.ratio(ft, qt),
+      vcpu(s),
+      f.wall,
+      f.total,
+      f.downtime,
+      spread(r.floor, fmt.s),
+      fmt.ratio(f.medianS, flt),
+      bestName(r),
+      q?.wall ?? "—",
+      q?.total ?? "—",
+      q?.downtime ?? "—",
+      `**${fmt.ratio(f.medianS, q?.medianS ?? NaN)}**`,
       fmt.s(s.targetS!),
-      fmt.ratio(ft, s.targetS!),
-      `${percentile(lat, 50).toFixed(1)}/${percentile(lat, 99).toFixed(1)}ms ${
-        fmt.s(sampled.totalS)
-      }`,
+      `${percentile(lat, 50).toFixed(1)} / ${percentile(lat, 99).toFixed(1)} ms`,
       rss(r.ferry),
-      r.qemu.length ? rss(r.qemu) : "—",
-    ], w));
+      rss(best?.runs ?? []),
+    ]);
+    candidateRows.bulk.push({ scenario: s.name, candidates: r.candidates });
   }
+  console.log(markdownTable([
+    "scenario",
+    "QEMU vCPU",
+    "ferry wall",
+    "ferry total",
+    "ferry downtime",
+    "Deno floor",
+    "ferry/floor",
+    "QEMU best",
+    "QEMU wall",
+    "QEMU total",
+    "QEMU downtime",
+    "ferry/Q",
+    "target",
+    "API p50 / p99",
+    "ferry RSS s / d",
+    "QEMU RSS s / d",
+  ], rows));
   console.log(
-    "floor = the same pages in ferry's framing between two bare Deno processes, no ferry " +
-      "(bench/pipe_floor.ts): what any Deno program pays here.\n" +
-      "RSS = peak resident set (VmHWM) of source/destination in MiB; guest RAM is part of it.",
+    `\n${LEGEND} Deno floor = the same pages in ferry's framing between two bare Deno ` +
+      "processes, no ferry (bench/pipe_floor.ts): what any Deno program pays here; " +
+      "ferry/floor compares ferry's wall with it. RSS = peak resident set (VmHWM) of " +
+      "source / destination in MiB; guest RAM is part of it.",
   );
+  printCandidates("bulk");
+}
+
+/** The running and ab groups: downtime against the limit, passes, both engines. */
+async function downtimeGroup(
+  group: "running" | "ab",
+  sel: Scenario[],
+  n: number,
+  title: string,
+): Promise<void> {
+  if (!sel.length) return;
+  console.log(`\n# ${title} — ${n} runs per engine, alternated\n`);
+  const rows: string[][] = [];
+  candidateRows[group] = [];
+  for (const s of sel) {
+    const r = await measure(s, n);
+    const limit = s.spec.downtimeLimitMs;
+    const f = side(r.ferry, limit);
+    const best = r.candidates[0];
+    const q = best ? side(best.runs, limit) : undefined;
+    rows.push([
+      s.name,
+      vcpu(s),
+      f.done,
+      f.wall,
+      f.total,
+      f.downtime,
+      f.withinLimit,
+      f.passes,
+      bestName(r),
+      q?.done ?? "—",
+      q?.wall ?? "—",
+      q?.total ?? "—",
+      q?.downtime ?? "—",
+      q?.withinLimit ?? "—",
+      q?.passes ?? "—",
+      `**${fmt.ratio(f.medianS, q?.medianS ?? NaN)}**`,
+    ]);
+    candidateRows[group].push({ scenario: s.name, candidates: r.candidates });
+    const never = [r.ferry.find((x) => !x.completed), best?.runs.find((x) => !x.completed)];
+    for (const [who, x] of [["ferry", never[0]], [`QEMU ${bestName(r)}`, never[1]]] as const) {
+      if (x?.note) console.error(`  ${s.name} ${who}: ${x.note}`);
+    }
+  }
+  console.log(markdownTable([
+    "scenario",
+    "QEMU vCPU",
+    "ferry done",
+    "ferry wall",
+    "ferry total",
+    "ferry downtime",
+    "≤ limit",
+    "passes",
+    "QEMU best",
+    "done",
+    "QEMU wall",
+    "QEMU total",
+    "QEMU downtime",
+    "≤ limit",
+    "passes",
+    "ferry/Q",
+  ], rows));
+  console.log(
+    `\n${LEGEND} done = completed runs; ≤ limit = share of all runs that completed with ` +
+      "downtime within the limit.",
+  );
+  printCandidates(group);
 }
 
 // ---- running guests: downtime distribution ----
-const runSel = RUNNING.filter(selected);
-if (runSel.length) {
-  console.log(
-    `\n# Running guest (512 MiB, random-filled), 1 GB/s bandwidth — ${distRuns} runs per engine`,
-  );
-  const w = [17, 6, 22, 8, 7, 7, 22, 8, 7, 7, 8];
-  console.log(row([
-    "scenario",
-    "done",
-    "downtime p50/p90/max",
-    "≤limit",
-    "passes",
-    "total",
-    "QEMU downtime p50/p90/max",
-    "≤limit",
-    "passes",
-    "total",
-    "ferry/Q",
-  ], w));
-  for (const s of runSel) {
-    const r = await measure(s, distRuns, false);
-    const describe = (xs: MigrationRun[]) => {
-      const done = xs.filter((x) => x.completed);
-      const d = done.map((x) => x.downtimeMs);
-      const within = xs.filter((x) => x.completed && x.downtimeMs <= s.spec.downtimeLimitMs).length;
-      return {
-        done: `${done.length}/${xs.length}`,
-        dist: `${fmt.ms(percentile(d, 50))}/${fmt.ms(percentile(d, 90))}/${
-          fmt.ms(d.length ? Math.max(...d) : NaN)
-        }`,
-        within: xs.length ? `${Math.round((100 * within) / xs.length)}%` : "—",
-        passes: `${median(xs.map((x) => x.passes))}`,
-        total: fmt.s(median(done.map((x) => x.totalS))),
-        totalS: median(done.map((x) => x.totalS)),
-      };
-    };
-    const f = describe(r.ferry);
-    const q = r.qemu.length ? describe(r.qemu) : undefined;
-    console.log(row([
-      s.name,
-      f.done,
-      f.dist,
-      f.within,
-      f.passes,
-      f.total,
-      q ? `${q.dist} (${q.done})` : "—",
-      q?.within ?? "—",
-      q?.passes ?? "—",
-      q?.total ?? "—",
-      fmt.ratio(f.totalS, q?.totalS ?? NaN),
-    ], w));
-  }
-  console.log(
-    "done = completed runs; ≤limit = share of all runs that completed with downtime within the limit.",
-  );
-}
+await downtimeGroup(
+  "running",
+  RUNNING.filter(selected),
+  distRuns,
+  "Running guest (512 MiB, random-filled), 1 GB/s bandwidth",
+);
 
 // ---- ab: QEMU's migration-test workload ----
-const abSel = AB.filter(selected);
-if (abSel.length) {
-  console.log(
-    `\n# ab workload over 256 MiB (byte 0 of every page, as fast as the vCPU runs), unlimited bandwidth — ${runs} run(s)`,
-  );
-  const w = [28, 18, 9, 7, 18, 9, 7, 9];
-  console.log(
-    row(["scenario", "ferry", "downtime", "passes", "QEMU", "downtime", "passes", "ferry/Q"], w),
-  );
-  for (const s of abSel) {
-    const r = await measure(s, runs, false);
-    const cell = (xs: MigrationRun[]) => {
-      const done = xs.filter((x) => x.completed);
-      if (done.length === 0) return `never (${xs[0]?.note ?? "?"})`.replace(" completed", "");
-      return `${fmt.s(median(done.map((x) => x.totalS)))} ${done.length}/${xs.length}`;
-    };
-    const down = (xs: MigrationRun[]) =>
-      fmt.ms(median(xs.filter((x) => x.completed).map((x) => x.downtimeMs)));
-    const t = (xs: MigrationRun[]) => median(xs.filter((x) => x.completed).map((x) => x.totalS));
-    console.log(row([
-      s.name,
-      cell(r.ferry),
-      down(r.ferry),
-      `${median(r.ferry.map((x) => x.passes))}`,
-      r.qemu.length ? cell(r.qemu) : "—",
-      r.qemu.length ? down(r.qemu) : "—",
-      r.qemu.length ? `${median(r.qemu.map((x) => x.passes))}` : "—",
-      fmt.ratio(t(r.ferry), t(r.qemu)),
-    ], w));
-  }
-}
+await downtimeGroup(
+  "ab",
+  AB.filter(selected),
+  runs,
+  "ab workload over 256 MiB (byte 0 of every page, as fast as the vCPU runs), unlimited bandwidth",
+);
 
 // ---- integrity: verify on against off ----
 const intSel = values.only === "integrity" || (!values.only && !values.quick) ? INTEGRITY : [];
@@ -357,16 +379,7 @@ if (intSel.length) {
   console.log(
     `\n# The verify capability (integrity digests), on against off — ${n} runs each, alternated`,
   );
-  const w = [16, 22, 22, 9, 22, 22, 12];
-  console.log(row([
-    "scenario",
-    "total on p50 (range)",
-    "total off p50 (range)",
-    "cost",
-    "downtime on p50 (range)",
-    "downtime off p50 (range)",
-    "added",
-  ], w));
+  const rows: string[][] = [];
   for (const s of intSel) {
     const on: FerryRun[] = [];
     const off: FerryRun[] = [];
@@ -381,20 +394,27 @@ if (intSel.length) {
         });
       }
     }
-    const spread = (xs: number[], f: (x: number) => string) =>
-      `${f(median(xs))} (${f(Math.min(...xs))}–${f(Math.max(...xs))})`;
     const t = (xs: FerryRun[]) => xs.filter((x) => x.completed).map((x) => x.totalS);
     const d = (xs: FerryRun[]) => xs.filter((x) => x.completed).map((x) => x.downtimeMs);
-    console.log(row([
+    rows.push([
       s.name,
       spread(t(on), fmt.s),
       spread(t(off), fmt.s),
-      `${((median(t(on)) / median(t(off)) - 1) * 100).toFixed(1)}%`,
+      `${((median(t(on)) / median(t(off)) - 1) * 100).toFixed(1)} %`,
       spread(d(on), fmt.ms),
       spread(d(off), fmt.ms),
       fmt.ms(median(d(on)) - median(d(off))),
-    ], w));
+    ]);
   }
+  console.log(markdownTable([
+    "scenario",
+    "total, verify on",
+    "total, verify off",
+    "cost",
+    "downtime on",
+    "downtime off",
+    "added",
+  ], rows));
   console.log(
     "cost = median total with verify ÷ without − 1; added = difference of the median downtimes.",
   );
@@ -419,15 +439,6 @@ if (values.only === "tls" || (!values.only && !values.quick)) {
   console.log(
     `\n# TLS (AES-GCM, with the migration secret) against plaintext, loopback tcp — ${n} runs each, alternated`,
   );
-  const w = [16, 24, 24, 9, 22, 22];
-  console.log(row([
-    "scenario",
-    "total TLS p50 (range)",
-    "total plain p50 (range)",
-    "TLS/plain",
-    "downtime TLS p50 (range)",
-    "downtime plain p50 (range)",
-  ], w));
   const tls: FerryRun[] = [];
   const plain: FerryRun[] = [];
   for (let i = 0; i < n; i++) {
@@ -441,18 +452,16 @@ if (values.only === "tls" || (!values.only && !values.quick)) {
       });
     }
   }
-  const spread = (xs: number[], f: (x: number) => string) =>
-    `${f(median(xs))} (${f(Math.min(...xs))}–${f(Math.max(...xs))})`;
   const t = (xs: FerryRun[]) => xs.filter((x) => x.completed).map((x) => x.totalS);
   const d = (xs: FerryRun[]) => xs.filter((x) => x.completed).map((x) => x.downtimeMs);
-  console.log(row([
+  const rows: string[][] = [[
     s.name,
     spread(t(tls), fmt.s),
     spread(t(plain), fmt.s),
     fmt.ratio(median(t(tls)), median(t(plain))),
     spread(d(tls), fmt.ms),
     spread(d(plain), fmt.ms),
-  ], w));
+  ]];
   const floors = { tls: [] as number[], plain: [] as number[], calls: "" };
   for (let i = 0; i < n; i++) {
     for (const on of [true, false]) {
@@ -461,14 +470,22 @@ if (values.only === "tls" || (!values.only && !values.quick)) {
       if (on) floors.calls = `${f.writes} writes, ${f.reads} reads`;
     }
   }
-  console.log(row([
+  rows.push([
     "bare Deno copy",
     spread(floors.tls, fmt.s),
     spread(floors.plain, fmt.s),
     fmt.ratio(median(floors.tls), median(floors.plain)),
     `TLS: ${floors.calls}`,
     "",
-  ], w));
+  ]);
+  console.log(markdownTable([
+    "scenario",
+    "total, TLS",
+    "total, plain",
+    "TLS/plain",
+    "downtime, TLS",
+    "downtime, plain",
+  ], rows));
   console.log(
     "TLS/plain = median total with TLS ÷ without (the issue's goal: at most 1.50x). " +
       "Certificates: P-256 (testing/certs.ts). bare Deno copy = the same bytes, client to " +
@@ -480,7 +497,8 @@ if (values.only === "tls" || (!values.only && !values.quick)) {
 if (values.only === "image") {
   const image = values.image ?? new URL("../.cache/x86-ram/real-1g.img", import.meta.url).pathname;
   const bandwidths = (values["image-bw"] ?? `${UNLIMITED}`).split(",").map(Number);
-  for (const r of await runImageBenchmarks({ image, runs, bandwidths, qemu: qemu === true })) {
+  const opts = { image, runs, bandwidths, qemu: qemu === true, qemuConfigs };
+  for (const r of await runImageBenchmarks(opts)) {
     log.push({ scenario: `image ${r.bandwidth}`, engine: r.config, run: r.run });
   }
 }

@@ -9,6 +9,7 @@
 
 import type { GuestWorkload, MigrationRun, ScenarioSpec, Skipped } from "./types.ts";
 import { QmpClient } from "./qmp.ts";
+import { parseQemuConfigs, QEMU_CONFIGS, withConfig } from "./configs.ts";
 import { peakRss } from "../stats.ts";
 import {
   assembleGuest,
@@ -51,6 +52,24 @@ export interface RunQemuOptions {
   readonly log?: (line: string) => void;
   /** Aborting stops the run early (the CLI's Ctrl-C); both QEMUs are still cleaned up. */
   readonly signal?: AbortSignal;
+  /**
+   * Where the destination runs and how the source reaches it (bench/slow_link.ts:
+   * a network namespace behind a shaped link). Default: both on loopback.
+   */
+  readonly network?: QemuNetwork;
+}
+
+/** The destination's network placement for {@link runQemu} (tcp only). */
+export interface QemuNetwork {
+  /** Prepended to the destination's command line, e.g. `ip netns exec NS`. */
+  readonly destinationPrefix: readonly string[];
+  /** The address the destination listens on (its port is chosen by the kernel). */
+  readonly listenHost: string;
+  /**
+   * Given the destination's port, the URI the source migrates to (e.g. through a
+   * delay relay) and how to tear that path down after the run.
+   */
+  readonly route: (port: number) => Promise<{ uri: string; close(): Promise<void> }>;
 }
 
 // ---------------------------------------------------------------------------------
@@ -254,17 +273,26 @@ class QemuProcess {
   #qmp: QmpClient | undefined;
   #stopped: Promise<void> | undefined;
 
-  constructor(readonly role: "source" | "destination", args: string[]) {
+  constructor(
+    readonly role: "source" | "destination",
+    args: string[],
+    prefix: readonly string[] = [],
+  ) {
     // setpriv --pdeathsig: QEMU dies with this process even if we are killed hard.
+    // A prefix (ip netns exec) execs what follows, so the pid stays QEMU's.
     const sp = setpriv();
-    const cmd = sp === null
-      ? new Deno.Command(QEMU_BINARY, { args, stdin: "null", stdout: "null", stderr: "piped" })
-      : new Deno.Command(sp, {
-        args: ["--pdeathsig", "KILL", "--", QEMU_BINARY, ...args],
-        stdin: "null",
-        stdout: "null",
-        stderr: "piped",
-      });
+    const argv = [
+      ...prefix,
+      ...(sp === null ? [] : [sp, "--pdeathsig", "KILL", "--"]),
+      QEMU_BINARY,
+      ...args,
+    ];
+    const cmd = new Deno.Command(argv[0], {
+      args: argv.slice(1),
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    });
     this.child = cmd.spawn();
     this.pid = this.child.pid;
     this.#stderr = new Response(this.child.stderr).text().catch(() => "");
@@ -374,8 +402,6 @@ interface MigrateInfo {
 }
 
 const POLL_MS = 15;
-/** query-migrate interval when the wall clock to the destination's completion is measured. */
-const WALL_POLL_MS = 2;
 
 function checkSpec(s: ScenarioSpec): void {
   const bad = (what: string) => {
@@ -392,6 +418,9 @@ function checkSpec(s: ScenarioSpec): void {
   }
   if (s.xbzrle !== undefined && !(s.xbzrle.cacheBytes >= 4096)) {
     bad(`xbzrle.cacheBytes ${s.xbzrle.cacheBytes} must be >= 4096`);
+  }
+  if (s.multifd?.zstdLevel !== undefined && !(s.multifd.zstdLevel >= 0)) {
+    bad(`multifd.zstdLevel ${s.multifd.zstdLevel} must be >= 0`);
   }
 }
 
@@ -470,8 +499,9 @@ const fmtMBps = (bps: number) => `${(bps / 1e6).toFixed(1)} MB/s`;
 
 /**
  * Runs one migration of `s` with real QEMU: starts a destination (`-incoming defer`,
- * prefaulted RAM) and a source (RAM from the shared random file or zero), boots the
- * guest workload, sets QEMU's parameters and capabilities, migrates and polls
+ * RAM prefaulted unless `s.qemuRam` says otherwise) and a source (RAM from the
+ * shared random file, the image's copy or zero, mapped as `s.qemuRam` says), boots
+ * the guest workload, sets QEMU's parameters and capabilities, migrates and polls
  * `query-migrate` until it completes, fails or `s.timeoutS` passes (then cancels).
  * Both processes and all temporary files are gone when it returns or throws.
  */
@@ -490,9 +520,24 @@ export async function runQemu(s: ScenarioSpec, opts: RunQemuOptions = {}): Promi
     ? await ensureRandomFill(s.ramBytes)
     : undefined;
 
+  const share = s.qemuRam?.sourceShare ?? false;
+  const dstPrealloc = s.qemuRam?.destinationPrealloc ?? true;
+  if (opts.network && s.transport !== "tcp") {
+    throw new RangeError("runQemu: a destination network needs the tcp transport");
+  }
   const dir = await Deno.makeTempDir({ prefix: "ferry-bench-qemu-" });
   const procs: QemuProcess[] = [];
+  // A running guest writes its RAM: with share=on it gets a copy of its own, so the
+  // shared fill file stays as it was for the next run.
+  let runCopy: string | undefined;
+  let route: { uri: string; close(): Promise<void> } | undefined;
   try {
+    let srcPath = fillPath;
+    if (fillPath && share && running) {
+      runCopy = `/dev/shm/ferry-bench-qemu-run-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
+      await Deno.copyFile(fillPath, runCopy);
+      srcPath = runCopy;
+    }
     const kernelArgs: string[] = [];
     if (image) {
       await Deno.writeFile(`${dir}/guest.bin`, image);
@@ -501,28 +546,29 @@ export async function runQemu(s: ScenarioSpec, opts: RunQemuOptions = {}): Promi
     const dstArgs = [
       ...machineArgs(s.ramBytes, `${dir}/dst.qmp`, "ferry-bench-dst"),
       "-object",
-      `memory-backend-ram,id=ram0,size=${s.ramBytes},prealloc=on`,
+      `memory-backend-ram,id=ram0,size=${s.ramBytes},prealloc=${dstPrealloc ? "on" : "off"}`,
       ...kernelArgs,
       "-incoming",
       "defer",
     ];
-    // Source RAM: the shared random file mapped copy-on-write (a paused guest reads it
-    // in place; a running guest gets private copies up front, so its writes do not pay
-    // for first-touch faults mid-migration), or prefaulted zero RAM. This VM's kernel
-    // has no shared zero page, so untouched anonymous RAM would be faulted in by the
-    // migration's own reads (1 GiB idle: ~4 s instead of ~0.1 s).
+    // Source RAM: the random file (or image copy) mapped shared or copy-on-write (a
+    // paused guest reads it in place; a running guest faults it all in up front, so
+    // its writes do not pay for first-touch faults mid-migration), or prefaulted zero
+    // RAM. This VM's kernel has no shared zero page, so untouched anonymous RAM would
+    // be faulted in by the migration's own reads (1 GiB idle: ~4 s instead of ~0.1 s).
+    const shareArg = `share=${share ? "on" : "off"}`;
     const srcArgs = [
       ...machineArgs(s.ramBytes, `${dir}/src.qmp`, "ferry-bench-src"),
       "-object",
-      fillPath
-        ? `memory-backend-file,id=ram0,size=${s.ramBytes},mem-path=${fillPath},share=off${
+      srcPath
+        ? `memory-backend-file,id=ram0,size=${s.ramBytes},mem-path=${srcPath},${shareArg}${
           running ? ",prealloc=on" : ""
         }`
-        : `memory-backend-ram,id=ram0,size=${s.ramBytes},prealloc=on`,
+        : `memory-backend-ram,id=ram0,size=${s.ramBytes},${shareArg},prealloc=on`,
       ...kernelArgs,
       ...(running ? [] : ["-S"]),
     ];
-    const dst = new QemuProcess("destination", dstArgs);
+    const dst = new QemuProcess("destination", dstArgs, opts.network?.destinationPrefix);
     procs.push(dst);
     const src = new QemuProcess("source", srcArgs);
     procs.push(src);
@@ -561,7 +607,10 @@ export async function runQemu(s: ScenarioSpec, opts: RunQemuOptions = {}): Promi
       ...(s.multifd ? [{ capability: "multifd", state: true }] : []),
     ];
     await src.qmp.execute("migrate-set-capabilities", { capabilities: caps });
-    await dst.qmp.execute("migrate-set-capabilities", { capabilities: caps });
+    // `events`: the destination announces its completion with a MIGRATION event.
+    await dst.qmp.execute("migrate-set-capabilities", {
+      capabilities: [...caps, { capability: "events", state: true }],
+    });
     const migParams: Record<string, number | string> = {
       "max-bandwidth": Math.round(s.maxBandwidth),
       "downtime-limit": Math.round(s.downtimeLimitMs),
@@ -585,14 +634,28 @@ export async function runQemu(s: ScenarioSpec, opts: RunQemuOptions = {}): Promi
       uri = `unix:${dir}/migrate.sock`;
       await dst.qmp.execute("migrate-incoming", { uri });
     } else {
-      await dst.qmp.execute("migrate-incoming", { uri: "tcp:127.0.0.1:0" });
+      const host = opts.network?.listenHost ?? "127.0.0.1";
+      await dst.qmp.execute("migrate-incoming", { uri: `tcp:${host}:0` });
       const info = await dst.qmp.execute<MigrateInfo>("query-migrate");
       const port = info["socket-address"]?.find((a) => a.port !== undefined)?.port;
       if (port === undefined) {
         throw new QemuRunError(`destination did not report its port: ${JSON.stringify(info)}`);
       }
-      uri = `tcp:127.0.0.1:${port}`;
+      uri = `tcp:${host}:${port}`;
+      if (opts.network) {
+        route = await opts.network.route(Number(port));
+        uri = route.uri;
+      }
     }
+    // The destination's own word that it completed (or failed): its MIGRATION event,
+    // read as it comes. From here on the destination's QMP only waits for it.
+    const dstEnd = dst.qmp.nextEvent((e) => {
+      const st = (e.data as { status?: string } | undefined)?.status;
+      return e.event === "MIGRATION" && (st === "completed" || st === "failed");
+    }).then(
+      (e) => ({ status: (e.data as { status: string }).status, at: e.receivedAt }),
+      (err: Error) => ({ status: `unknown (${err.message})`, at: NaN }),
+    );
 
     const counting = s.workload.kind === "dirty" || s.workload.kind === "ab";
     const count0 = counting ? (await guestStatus(src)).count : 0;
@@ -603,14 +666,8 @@ export async function runQemu(s: ScenarioSpec, opts: RunQemuOptions = {}): Promi
     let info: MigrateInfo = {};
     let maxThrottle = 0;
     let timedOut = false;
-    // With `wall`, the destination's own status says when it completed: polled often.
-    const pollMs = s.wall ? WALL_POLL_MS : POLL_MS;
     let dstDoneAt = NaN;
     for (;;) {
-      if (s.wall && Number.isNaN(dstDoneAt)) {
-        const d = await dst.qmp.execute<MigrateInfo>("query-migrate");
-        if (d.status === "completed") dstDoneAt = performance.now();
-      }
       info = await src.qmp.execute<MigrateInfo>("query-migrate");
       maxThrottle = Math.max(maxThrottle, info["cpu-throttle-percentage"] ?? 0);
       if (info.status === "completed" || info.status === "failed") break;
@@ -620,7 +677,7 @@ export async function runQemu(s: ScenarioSpec, opts: RunQemuOptions = {}): Promi
         timedOut = true;
         break;
       }
-      await sleep(pollMs);
+      await sleep(POLL_MS);
     }
 
     let count1 = count0;
@@ -652,20 +709,20 @@ export async function runQemu(s: ScenarioSpec, opts: RunQemuOptions = {}): Promi
       notes.unshift(`migration ${info.status}: ${info["error-desc"] ?? "no error given"}`);
     } else {
       // The source is done sending; make sure the destination loaded it all.
-      const deadline = performance.now() + 30_000;
-      for (;;) {
-        const d = await dst.qmp.execute<MigrateInfo>("query-migrate");
-        if (d.status === "completed") {
-          if (Number.isNaN(dstDoneAt)) dstDoneAt = performance.now();
-          break;
-        }
-        if (d.status === "failed" || performance.now() > deadline) {
-          throw new QemuRunError(
-            `destination did not complete the incoming migration: ${JSON.stringify(d)}`,
-          );
-        }
-        await sleep(pollMs);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const end = await Promise.race([
+        dstEnd,
+        new Promise<{ status: string; at: number }>((r) =>
+          timer = setTimeout(() => r({ status: "still incoming after 30 s", at: NaN }), 30_000)
+        ),
+      ]);
+      clearTimeout(timer);
+      if (end.status !== "completed") {
+        throw new QemuRunError(
+          `destination did not complete the incoming migration: ${end.status}`,
+        );
       }
+      dstDoneAt = end.at;
     }
     if (maxThrottle > 0) notes.push(`throttle reached ${maxThrottle} %`);
     if (s.workload.kind === "ab" && guestSeconds > 0) {
@@ -714,7 +771,9 @@ export async function runQemu(s: ScenarioSpec, opts: RunQemuOptions = {}): Promi
     return run;
   } finally {
     await Promise.all(procs.map((p) => p.stop()));
+    await route?.close();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
+    if (runCopy) await Deno.remove(runCopy).catch(() => {});
   }
 }
 
@@ -757,6 +816,8 @@ const USAGE = `usage: deno run -A bench/qemu/mod.ts [options]
   --bandwidth RATE      max-bandwidth, bytes/s (default 100e9; 1GB = 1e9)
   --downtime MS         downtime-limit (default 300)
   --xbzrle SIZE         enable xbzrle with this cache (e.g. 64M)
+  --config NAME         one of QEMU's candidate configurations (bench/qemu/configs.ts:
+                        ${QEMU_CONFIGS.map((c) => c.name).join(", ")})
   --auto-converge       enable auto-converge
   --timeout S           give up after S seconds (default 20)
   --runs N              repeat (default 1)
@@ -778,7 +839,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const str = (k: string, d: string) => typeof opt[k] === "string" ? opt[k] as string : d;
-  const spec: ScenarioSpec = {
+  const base: ScenarioSpec = {
     ramBytes: parseSize(str("ram", "1G")),
     fill: str("fill", "random") === "zero" ? "zero" : "random",
     workload: parseWorkload(str("workload", "paused")),
@@ -788,7 +849,11 @@ async function main(argv: string[]): Promise<number> {
     ...(typeof opt.xbzrle === "string" ? { xbzrle: { cacheBytes: parseSize(opt.xbzrle) } } : {}),
     autoConverge: opt["auto-converge"] === true,
     timeoutS: Number(str("timeout", "20")),
+    wall: true,
   };
+  const spec = typeof opt.config === "string"
+    ? withConfig(base, parseQemuConfigs(opt.config)[0])
+    : base;
   const avail = await qemuAvailable();
   if (avail !== true) {
     console.log(JSON.stringify(avail));

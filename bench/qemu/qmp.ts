@@ -1,7 +1,8 @@
 /**
  * A small QMP (QEMU Machine Protocol) client for the benchmark harness: it connects to
  * a QEMU monitor on a unix socket, reads the greeting, negotiates capabilities and runs
- * one command at a time, skipping the asynchronous events QEMU interleaves.
+ * one command at a time; the asynchronous events QEMU interleaves are kept, with the
+ * time they were read, for {@link QmpClient.nextEvent}.
  */
 
 /** A QMP command answered with `{"error": …}`; the message names the command. */
@@ -42,6 +43,14 @@ export interface QmpEvent {
   readonly timestamp?: { readonly seconds: number; readonly microseconds: number };
 }
 
+/** An event with the time (performance.now()) this client read it. */
+export interface ReceivedQmpEvent extends QmpEvent {
+  readonly receivedAt: number;
+}
+
+/** Events kept for {@link QmpClient.nextEvent}; older ones are dropped. */
+const KEPT_EVENTS = 256;
+
 /** Options for {@link QmpClient.connect}. */
 export interface QmpConnectOptions {
   /** Called for every event seen while a command waits for its reply. */
@@ -61,6 +70,8 @@ export class QmpClient {
   readonly #encoder = new TextEncoder();
   readonly #buf = new Uint8Array(64 * 1024);
   readonly #onEvent: ((event: QmpEvent) => void) | undefined;
+  /** Events read and not yet taken by nextEvent, oldest first. */
+  readonly #events: ReceivedQmpEvent[] = [];
   #pending = "";
   #queue: Promise<unknown> = Promise.resolve();
   #nextId = 1;
@@ -107,7 +118,7 @@ export class QmpClient {
     for (;;) {
       const reply = await this.#readMessage(command);
       if (typeof reply.event === "string") {
-        this.#onEvent?.(reply as unknown as QmpEvent);
+        this.#keep(reply);
         continue;
       }
       if (reply.id !== undefined && reply.id !== id) continue; // a stale reply: not ours
@@ -118,6 +129,33 @@ export class QmpClient {
       }
       throw new QmpProtocolError(`QMP ${command}: unexpected reply ${JSON.stringify(reply)}`);
     }
+  }
+
+  /**
+   * The first event `match` accepts: one read earlier (while a command waited) or
+   * the next to come; it is taken off the kept events. While it waits, commands
+   * on this client queue behind it. Rejects when the connection ends.
+   */
+  nextEvent(match: (event: QmpEvent) => boolean): Promise<ReceivedQmpEvent> {
+    const run = this.#queue.then(async () => {
+      for (;;) {
+        const i = this.#events.findIndex(match);
+        if (i >= 0) return this.#events.splice(i, 1)[0];
+        if (this.#closed) throw new QmpProtocolError("QMP: connection closed");
+        const msg = await this.#readMessage("waiting for an event");
+        // Anything but an event here is a stale reply: no command is waiting.
+        if (typeof msg.event === "string") this.#keep(msg);
+      }
+    });
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  #keep(msg: Message): void {
+    const event = { ...msg, receivedAt: performance.now() } as unknown as ReceivedQmpEvent;
+    this.#events.push(event);
+    if (this.#events.length > KEPT_EVENTS) this.#events.shift();
+    this.#onEvent?.(event);
   }
 
   async #writeAll(bytes: Uint8Array): Promise<void> {

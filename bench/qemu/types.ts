@@ -44,6 +44,12 @@ export interface ScenarioSpec {
   readonly compress?: { readonly method: "zstd" | "lz4"; readonly level: number };
   /** ferry's `page_refs` capability, on both ends. */
   readonly pageRefs?: boolean;
+  /**
+   * How QEMU maps guest RAM: the source with `share=on` (MAP_SHARED) or `share=off`
+   * (a private, copy-on-write mapping), the destination preallocated (`prealloc=on`)
+   * or faulted in as pages arrive. Default: share=off, prealloc=on.
+   */
+  readonly qemuRam?: { readonly sourceShare: boolean; readonly destinationPrealloc: boolean };
   /** QEMU's multifd on both ends: channels, and `multifd-compression` zstd at a level. */
   readonly multifd?: { readonly channels: number; readonly zstdLevel?: number };
   /**
@@ -73,7 +79,7 @@ export interface MigrationRun {
   readonly note?: string;
   /**
    * With `ScenarioSpec.wall`: seconds from the migrate request to the destination
-   * reporting completed (ferry: its `incoming` event; QEMU: its query-migrate).
+   * reporting completed (ferry: its `incoming` event; QEMU: its MIGRATION event).
    */
   readonly wallS?: number;
 }
