@@ -17,7 +17,14 @@ import {
   READY_MAGIC,
   WORKLOAD_BASE,
 } from "../../bench/qemu/guest.ts";
-import { ensureImageCopy, parseSize, parseWorkload, runQemu } from "../../bench/qemu/mod.ts";
+import {
+  ensureImageCopy,
+  ensureRandomFill,
+  parseSize,
+  parseWorkload,
+  runQemu,
+} from "../../bench/qemu/mod.ts";
+import { parseQemuConfigs, withConfig } from "../../bench/qemu/configs.ts";
 
 const MiB = 1024 * 1024;
 
@@ -169,6 +176,64 @@ Deno.test("QMP client: greeting, capabilities first, events skipped, errors thro
       qmp.close();
     }
   });
+});
+
+Deno.test("QMP client: nextEvent takes an event read during a command, or waits for the next one", async () => {
+  const done = { event: "MIGRATION", data: { status: "completed" } };
+  await withFakeQmp(GREETING, (cmd) => {
+    switch (cmd.execute) {
+      case "qmp_capabilities":
+        return [{ return: {} }];
+      case "query-migrate":
+        // An event arrives while the command waits; it is kept.
+        return [EVENT, { return: { status: "active" } }];
+      case "migrate":
+        // The reply first, the event after it: nextEvent reads it when it comes.
+        return [{ return: {} }, { event: "STOP" }, done];
+      default:
+        return [{ return: {} }];
+    }
+  }, async (path) => {
+    const seen: string[] = [];
+    const qmp = await QmpClient.connect(path, { onEvent: (e) => seen.push(e.event) });
+    try {
+      assert.deepEqual(await qmp.execute("query-migrate"), { status: "active" });
+      const status = (e: QmpEvent) => (e.data as { status?: string } | undefined)?.status;
+      const setup = await qmp.nextEvent((e) => status(e) === "setup");
+      assert.equal(setup.event, "MIGRATION");
+      assert.ok(setup.receivedAt > 0 && setup.receivedAt <= performance.now());
+      const t = performance.now();
+      await qmp.execute("migrate", { uri: "tcp:x:1" });
+      const end = await qmp.nextEvent((e) => e.event === "MIGRATION" && status(e) === "completed");
+      assert.deepEqual(end.data, { status: "completed" });
+      assert.ok(end.receivedAt >= t);
+      assert.deepEqual(seen, ["MIGRATION", "STOP", "MIGRATION"]);
+      // The STOP event was kept, not lost; commands still work after a wait.
+      assert.equal((await qmp.nextEvent((e) => e.event === "STOP")).event, "STOP");
+      assert.deepEqual(await qmp.execute("query-status"), {});
+    } finally {
+      qmp.close();
+    }
+  });
+});
+
+Deno.test("QMP client: nextEvent rejects when QEMU hangs up", async () => {
+  await withFakeQmp(
+    GREETING,
+    (cmd) => cmd.execute === "qmp_capabilities" ? [{ return: {} }] : [],
+    async (path) => {
+      const qmp = await QmpClient.connect(path);
+      try {
+        // Any command makes the fake server hang up; the wait queued behind it sees the end.
+        const quit = qmp.execute("quit");
+        const waiting = qmp.nextEvent(() => true);
+        await rejects(() => quit, QmpProtocolError);
+        await rejects(() => waiting, QmpProtocolError, "closed");
+      } finally {
+        qmp.close();
+      }
+    },
+  );
 });
 
 Deno.test("QMP client: a non-QMP greeting is refused", async () => {
@@ -345,6 +410,38 @@ Deno.test({
     const pids = /source pid (\d+), destination pid (\d+)/.exec(lines.join("\n"));
     assert.ok(pids, lines.join("\n"));
     assert.ok(gone(Number(pids[1])) && gone(Number(pids[2])), "a QEMU process outlived runQemu");
+  },
+});
+
+Deno.test({
+  name:
+    "real QEMU: a running guest on a shared mapping writes its own copy; the wall clock runs to the destination's event",
+  ignore: !HAVE_QEMU,
+  async fn() {
+    const fill = await ensureRandomFill(64 * MiB);
+    const digest = async () =>
+      new Uint8Array(await crypto.subtle.digest("SHA-256", await Deno.readFile(fill)));
+    const before = await digest();
+    const shmBefore = [...Deno.readDirSync("/dev/shm")].map((e) => e.name).sort();
+    const spec = withConfig({
+      ramBytes: 64 * MiB,
+      fill: "random",
+      workload: { kind: "dirty", bytesPerSecond: 20e6 },
+      transport: "tcp",
+      maxBandwidth: 100e9,
+      downtimeLimitMs: 300,
+      timeoutS: 20,
+      wall: true,
+    }, parseQemuConfigs("multifd-2-zstd")[0]);
+    const run = await runQemu(spec);
+    assert.ok(run.completed, `not completed: ${run.note}`);
+    // The destination reports completed after the source does, and not long after.
+    assert.ok(run.wallS !== undefined && run.wallS > 0, JSON.stringify(run));
+    assert.ok(run.wallS >= run.totalS - 0.005, `wall ${run.wallS} < total ${run.totalS}`);
+    assert.ok(run.wallS < run.totalS + 5, `wall ${run.wallS}, total ${run.totalS}`);
+    assert.deepEqual(await digest(), before, "the shared fill file was written");
+    const shmAfter = [...Deno.readDirSync("/dev/shm")].map((e) => e.name).sort();
+    assert.deepEqual(shmAfter, shmBefore, "the run's own copy was left behind");
   },
 });
 
