@@ -37,6 +37,18 @@ import { parseArgs } from "node:util";
 import { makeTestPki, SERVER_NAME, type TestPki } from "../testing/certs.ts";
 import { DelayRelay, type DelayRelayStats } from "./delay_relay.ts";
 import { FerryProcess } from "../testing/ferry_process.ts";
+import { qemuAvailable, runQemu } from "./qemu/mod.ts";
+import type { GuestWorkload, MigrationRun, ScenarioSpec } from "./qemu/types.ts";
+import {
+  type CandidateSummary,
+  parseQemuConfigs,
+  type QemuConfig,
+  rankCandidates,
+  withConfig,
+} from "./qemu/configs.ts";
+import { candidatesRows, fmt, markdownTable, roundOrder, side } from "./compare.ts";
+import { parseWorkload } from "../vm/workload.ts";
+import { parseSize } from "../vm/ram.ts";
 
 const NS = "ferry-dst";
 const VETH_ROOT = "ferry-v0";
@@ -70,8 +82,17 @@ export interface SlowLinkOptions {
   workload?: string;
   /** The cases (default: unlimited/300 ms, 100 MB/s/300 ms, unlimited/30 ms). */
   cases?: SlowLinkCase[];
-  /** Link rate, bits/s (default 1e9). */
+  /** Link rate, bits/s (default 1e9); `rates` runs several links one after the other. */
   rateBits?: number;
+  /** Link rates to run, bits/s, each on a freshly built link (default `[rateBits]`). */
+  rates?: number[];
+  /** Guest RAM contents to run on (default random bytes). */
+  data?: LinkData[];
+  /**
+   * QEMU's candidate configurations to run beside ferry in the same namespaces over
+   * the same link (bench/qemu/configs.ts); empty or absent: ferry only.
+   */
+  qemuConfigs?: readonly QemuConfig[];
   /** One-way delay, ms (default 5). */
   delayMs?: number;
   /** Bytes of the plain goodput transfer (default 256 MiB; 0 skips it). */
@@ -83,6 +104,12 @@ export interface SlowLinkOptions {
   /** Where progress and tables go (default console.log). */
   log?: (line: string) => void;
 }
+
+/** What the guest's RAM holds: random bytes, or a real guest's RAM image (bench/ram_image.ts). */
+export type LinkData = { readonly kind: "random" } | {
+  readonly kind: "image";
+  readonly path: string;
+};
 
 /** How the link was emulated. */
 export interface LinkEmulation {
@@ -157,15 +184,34 @@ export interface SlowLinkRow {
   /** Source runstate → finish-migrate to destination incoming → completed, by event times, ms. */
   eventDowntimeMs: number | undefined;
   digestsMatch: boolean;
+  /** POST /migrations → the destination's `incoming` event `completed`, ms (as read here). */
+  wallMs: number;
+  /** The warnings the source gave (e.g. downtime-limit-exceeded with where the time went). */
+  warnings: { code: string; message: string }[];
   samples: LinkSample[];
   relay?: DelayRelayStats;
 }
 
-/** Everything {@link runSlowLinkBenchmark} measured. */
-export interface SlowLinkResult {
+/** One QEMU migration over the link. */
+export interface QemuLinkRow {
+  case: SlowLinkCase;
+  run: number;
+  config: QemuConfig;
+  result: MigrationRun;
+}
+
+/** What one link (one rate, one kind of RAM contents) measured. */
+export interface LinkResult {
   emulation: LinkEmulation;
+  data: LinkData;
   probes: LinkProbe[];
   rows: SlowLinkRow[];
+  qemu: QemuLinkRow[];
+}
+
+/** Everything {@link runSlowLinkBenchmark} measured, one entry per rate and RAM contents. */
+export interface SlowLinkResult {
+  links: LinkResult[];
 }
 
 const DEFAULT_CASES: SlowLinkCase[] = [
@@ -241,9 +287,11 @@ async function createLink(
     }
     reason = `netem unavailable (tc: "${a.out.split("\n")[0]}")`;
   }
-  // tbf: the bucket must hold at least one 64 KiB GSO super-packet; its queue
-  // (latency) holds 20 ms of the rate.
-  const tbf = ["root", "tbf", "rate", rate, "burst", "128kb", "latency", "20ms"];
+  // tbf: the bucket must hold at least one 64 KiB GSO super-packet and a timer
+  // tick's worth of the rate (1 ms: 1.25 MB at 10 Gbit/s); its queue (latency)
+  // holds 20 ms of the rate.
+  const burst = `${Math.max(128, Math.ceil(rateBits / 8 / 1000 / 1024))}kb`;
+  const tbf = ["root", "tbf", "rate", rate, "burst", burst, "latency", "20ms"];
   await run(["tc", "qdisc", "add", "dev", VETH_ROOT, ...tbf]);
   await run(["tc", "-n", NS, "qdisc", "add", "dev", VETH_NS, ...tbf]);
   return {
@@ -364,6 +412,8 @@ interface TimedEvent {
   event: string;
   // deno-lint-ignore no-explicit-any
   data: any;
+  /** performance.now() when this process read it. */
+  at: number;
 }
 
 /** Reads `GET /migrations/events` of `ferry` into `out` until `signal` aborts. */
@@ -388,7 +438,7 @@ async function collectEvents(
           if (line.startsWith("event:")) event = line.slice(6).trim();
           else if (line.startsWith("data:")) data += line.slice(5).trim();
         }
-        if (data) out.push({ event, data: JSON.parse(data) });
+        if (data) out.push({ event, data: JSON.parse(data), at: performance.now() });
       }
     }
   } catch {
@@ -433,7 +483,7 @@ async function migrateOnce(
   c: SlowLinkCase,
   runIndex: number,
   emu: LinkEmulation,
-  opts: Required<Pick<SlowLinkOptions, "ram" | "workload" | "timeoutMs">>,
+  opts: Required<Pick<SlowLinkOptions, "ram" | "workload" | "timeoutMs">> & { data: LinkData },
   res: Resources,
 ): Promise<SlowLinkRow> {
   const token = crypto.randomUUID();
@@ -461,7 +511,7 @@ async function migrateOnce(
     "--ram",
     opts.ram,
     "--fill",
-    "random",
+    opts.data.kind === "image" ? `image:${opts.data.path}` : "random",
     "--workload",
     opts.workload,
   ]);
@@ -539,8 +589,8 @@ async function migrateOnce(
     await new Promise((r) => setTimeout(r, 100)); // last events
     const stopAt = events.src.find((e) => e.event === "runstate" && e.data.to === "finish-migrate")
       ?.data.time;
-    const loadedAt = events.dst.find((e) => e.event === "incoming" && e.data.to === "completed")
-      ?.data.time;
+    const loaded = events.dst.find((e) => e.event === "incoming" && e.data.to === "completed");
+    const loadedAt = loaded?.data.time;
     const active = samples.filter((s) => s.status === "active" && s.mbps > 0);
     const lastActive = active.at(-1);
     const firstActive = active[0];
@@ -575,6 +625,11 @@ async function migrateOnce(
         ? loadedAt - stopAt
         : undefined,
       digestsMatch,
+      wallMs: loaded ? loaded.at - t0 : NaN,
+      warnings: (info.warnings ?? []).map((w: { code: string; message: string }) => ({
+        code: w.code,
+        message: w.message,
+      })),
       samples,
     };
     if (info.error_desc) row.error = info.error_desc;
@@ -599,16 +654,6 @@ async function migrateOnce(
 
 const f1 = (x: number | undefined) => x === undefined || !Number.isFinite(x) ? "–" : x.toFixed(1);
 const f0 = (x: number | undefined) => x === undefined || !Number.isFinite(x) ? "–" : x.toFixed(0);
-
-function table(head: string[], rows: string[][]): string {
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]) =>
-    "| " + cells.map((c, i) => i === 0 ? c.padEnd(w[i]) : c.padStart(w[i])).join(" | ") + " |";
-  const sep = "|" + w.map((n, i) => (i === 0 ? ":" : "-") + "-".repeat(n) + (i === 0 ? "-" : ":"))
-    .join("|") +
-    "|";
-  return [line(head), sep, ...rows.map(line)].join("\n");
-}
 
 /** A compact timeline: one line per second of the run, plus the last sample. */
 function timeline(row: SlowLinkRow): string[] {
@@ -641,25 +686,199 @@ function timeline(row: SlowLinkRow): string[] {
 // ---------------------------------------------------------------------------
 // The benchmark
 
+/** The QEMU guest workload that matches ferry's `--workload` text (random → dirty at its rate). */
+export function qemuWorkload(text: string): GuestWorkload {
+  const w = parseWorkload(text);
+  switch (w.kind) {
+    case "idle":
+      return { kind: "idle" };
+    case "random":
+      return { kind: "dirty", bytesPerSecond: w.rate };
+    case "ab":
+      if (w.range === null) throw new RangeError(`QEMU needs ab's range: ${text}`);
+      return { kind: "ab", rangeBytes: w.range };
+  }
+}
+
+/** Parses `--rate`: comma-separated rates such as `1g,10g` or `1e9` (bits/s). */
+export function parseRates(text: string): number[] {
+  return text.split(",").map((t) => {
+    const m = /^(\d+(?:\.\d+)?(?:e\d+)?)([kmg]?)(?:bit)?$/i.exec(t.trim());
+    if (!m) throw new RangeError(`--rate: "${t}" is not a rate (e.g. 1g, 10g, 500m, 1e9)`);
+    const r = Number(m[1]) * ({ "": 1, k: 1e3, m: 1e6, g: 1e9 }[m[2].toLowerCase()] ?? 1);
+    if (!(r >= 1e6)) throw new RangeError(`--rate: ${t} is below 1 Mbit/s`);
+    return r;
+  });
+}
+
+/** A ferry row as the engine-neutral run the comparison tables take. */
+export function ferryRun(row: SlowLinkRow): MigrationRun {
+  return {
+    completed: row.status === "completed",
+    totalS: row.totalTimeMs / 1000,
+    downtimeMs: row.downtimeMs ?? NaN,
+    bytes: row.transferred,
+    passes: row.passes,
+    bandwidthBps: row.estimateFinalMbps * 1e6 / 8,
+    peakRssSrc: NaN,
+    peakRssDst: NaN,
+    wallS: row.wallMs / 1000,
+  };
+}
+
+/** Measures the link's goodput with plain transfers (the relay path and the bare veth path). */
+async function probeLink(
+  emulation: LinkEmulation,
+  probeBytes: number,
+  res: Resources,
+  log: (s: string) => void,
+): Promise<LinkProbe[]> {
+  const { rateBits, delayMs } = emulation;
+  const probes: LinkProbe[] = [];
+  if (probeBytes <= 0) return probes;
+  const sink = new Deno.Command("ip", {
+    args: ["netns", "exec", NS, Deno.execPath(), "eval", SINK],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  res.children.add(sink);
+  try {
+    const reader = sink.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    const first = await reader.read();
+    reader.releaseLock();
+    const port = Number(first.value?.trim());
+    if (!port) throw new Error(`sink did not start: ${first.value}`);
+    const paths: string[] = [];
+    if (emulation.kind === "tbf+relay") paths.push("relay", "direct");
+    else paths.push("direct");
+    for (const path of paths) {
+      let relay: DelayRelay | undefined;
+      try {
+        let p = port;
+        if (path === "relay") {
+          relay = DelayRelay.start({
+            target: { hostname: NS_IP, port },
+            delayMs,
+            maxInFlight: emulation.relayMaxInFlight!,
+          });
+          res.relays.add(relay);
+          p = relay.addr.port;
+        }
+        const host = path === "direct" ? NS_IP : "127.0.0.1";
+        const r = await probe(path, host, p, probeBytes, res);
+        probes.push(r);
+        log(
+          `slow_link: plain transfer, ${path} path: ${probeBytes / MIB} MiB in ${
+            r.seconds.toFixed(2)
+          } s = ${(r.goodput / 1e6).toFixed(1)} MB/s (${f0(r.goodput * 8 / 1e6)} Mbit/s, ${
+            (r.goodput * 8 / rateBits * 100).toFixed(1)
+          } % of the link); ` +
+            `ping RTT ${r.rttMs.toFixed(1)} ms`,
+        );
+      } finally {
+        if (relay) {
+          await relay.close();
+          res.relays.delete(relay);
+        }
+      }
+    }
+    await sink.stdout.cancel().catch(() => {});
+  } finally {
+    try {
+      sink.kill("SIGKILL");
+    } catch {
+      // exited
+    }
+    await sink.status;
+    res.children.delete(sink);
+  }
+  return probes;
+}
+
 /**
- * Builds the emulated link, measures its goodput, runs every case `runs` times and
- * prints a timeline per migration and a summary table (through `opts.log`). Needs
- * root. The link is removed before it returns or throws; while it runs, SIGINT and
- * SIGTERM tear everything down and exit (130 / 143).
+ * One QEMU migration of case `c` over the link: the destination QEMU runs in the
+ * namespace (`ip netns exec`), the source here, through the same relay and tbf as
+ * ferry's; RAM and workload as ferry's (random fill or the image, the random
+ * workload as QEMU's dirtying guest).
+ */
+async function qemuOnce(
+  c: SlowLinkCase,
+  config: QemuConfig,
+  emu: LinkEmulation,
+  opts: { ram: string; workload: string; timeoutMs: number; data: LinkData },
+  res: Resources,
+): Promise<MigrationRun> {
+  const ramBytes = opts.data.kind === "image"
+    ? (await Deno.stat(opts.data.path)).size
+    : parseSize(opts.ram);
+  const spec: ScenarioSpec = withConfig({
+    ramBytes,
+    fill: "random",
+    ...(opts.data.kind === "image" ? { image: opts.data.path } : {}),
+    workload: qemuWorkload(opts.workload),
+    transport: "tcp",
+    maxBandwidth: c.maxBandwidth,
+    downtimeLimitMs: c.downtimeLimit,
+    timeoutS: opts.timeoutMs / 1000,
+    wall: true,
+  }, config);
+  return await runQemu(spec, {
+    network: {
+      destinationPrefix: ["ip", "netns", "exec", NS],
+      listenHost: NS_IP,
+      route: (port) => {
+        if (emu.kind !== "tbf+relay") {
+          return Promise.resolve({ uri: `tcp:${NS_IP}:${port}`, close: () => Promise.resolve() });
+        }
+        const relay = DelayRelay.start({
+          target: { hostname: NS_IP, port },
+          delayMs: emu.delayMs,
+          maxInFlight: emu.relayMaxInFlight!,
+        });
+        res.relays.add(relay);
+        return Promise.resolve({
+          uri: `tcp:127.0.0.1:${relay.addr.port}`,
+          close: async () => {
+            await relay.close();
+            res.relays.delete(relay);
+          },
+        });
+      },
+    },
+  });
+}
+
+const dataName = (d: LinkData) => d.kind === "image" ? `image ${d.path}` : "random bytes";
+
+/**
+ * Builds the emulated link for each rate, measures its goodput, runs every case
+ * `runs` times on ferry and on each QEMU candidate (alternated: ferry, then the
+ * candidates in turn) for each kind of RAM contents, and prints a timeline per
+ * ferry migration and summary tables (through `opts.log`). Needs root. The link is
+ * removed before it returns or throws; while it runs, SIGINT and SIGTERM tear
+ * everything down and exit (130 / 143).
  */
 export async function runSlowLinkBenchmark(opts: SlowLinkOptions = {}): Promise<SlowLinkResult> {
   const log = opts.log ?? console.log;
   const runs = opts.runs ?? 1;
-  const rateBits = opts.rateBits ?? 1e9;
+  const rates = opts.rates ?? [opts.rateBits ?? 1e9];
   const delayMs = opts.delayMs ?? 5;
   const probeBytes = opts.probeBytes ?? 256 * MIB;
   const cases = opts.cases ?? DEFAULT_CASES;
+  const datas = opts.data ?? [{ kind: "random" }];
+  const qemuConfigs = opts.qemuConfigs ?? [];
   const mOpts = {
     ram: opts.ram ?? "1G",
     workload: opts.workload ?? "random:rate=50M",
     timeoutMs: opts.timeoutMs ?? 180_000,
   };
   if (Deno.uid?.() !== 0) throw new Error("slow_link needs root (ip netns, tc)");
+  if (qemuConfigs.length) {
+    const q = await qemuAvailable();
+    if (q !== true) throw new Error(`slow_link: QEMU cannot run here: ${q.skipped}`);
+    qemuWorkload(mOpts.workload); // refuse a workload QEMU's guest cannot play before any run
+  }
 
   const res = new Resources();
   let tearingDown: Promise<void> | undefined;
@@ -678,176 +897,207 @@ export async function runSlowLinkBenchmark(opts: SlowLinkOptions = {}): Promise<
   ];
   for (const [s, h] of handlers) Deno.addSignalListener(s, h);
 
+  const links: LinkResult[] = [];
   try {
-    await removeLink(log, false);
-    const emulation = await createLink(rateBits, delayMs, opts.forceRelay ?? false);
-    const linkMBs = rateBits / 8 / 1e6;
-    log(
-      emulation.kind === "netem"
-        ? `slow_link: link emulation: netem delay ${delayMs}ms rate ${
-          rateBits / 1e6
-        }mbit on both ` +
-          `veth ends (${emulation.reason})`
-        : `slow_link: link emulation: tbf rate ${rateBits / 1e6}mbit on both veth ends + ` +
-          `userspace delay relay (+${delayMs} ms each way, ≤ ${
-            (emulation.relayMaxInFlight! / 1e6).toFixed(2)
-          } MB in flight per direction = 2 × bandwidth-delay product), because ${emulation.reason}. ` +
-          `The relay splits the TCP connection: ACKs are not delayed, application round trips are.`,
-    );
-    log(
-      `slow_link: ${ROOT_IP} (root, source) ⇄ ${NS_IP} (namespace ${NS}, destination); ` +
-        `link rate ${rateBits / 1e6} Mbit/s = ${linkMBs} MB/s`,
-    );
-
-    const probes: LinkProbe[] = [];
-    if (probeBytes > 0) {
-      const sink = new Deno.Command("ip", {
-        args: ["netns", "exec", NS, Deno.execPath(), "eval", SINK],
-        stdin: "null",
-        stdout: "piped",
-        stderr: "inherit",
-      }).spawn();
-      res.children.add(sink);
-      try {
-        const reader = sink.stdout.pipeThrough(new TextDecoderStream()).getReader();
-        const first = await reader.read();
-        reader.releaseLock();
-        const port = Number(first.value?.trim());
-        if (!port) throw new Error(`sink did not start: ${first.value}`);
-        const paths: string[] = [];
-        if (emulation.kind === "tbf+relay") paths.push("relay", "direct");
-        else paths.push("direct");
-        for (const path of paths) {
-          let relay: DelayRelay | undefined;
-          try {
-            let p = port;
-            if (path === "relay") {
-              relay = DelayRelay.start({
-                target: { hostname: NS_IP, port },
-                delayMs,
-                maxInFlight: emulation.relayMaxInFlight!,
-              });
-              res.relays.add(relay);
-              p = relay.addr.port;
-            }
-            const host = path === "direct" ? NS_IP : "127.0.0.1";
-            const r = await probe(path, host, p, probeBytes, res);
-            probes.push(r);
+    for (const rateBits of rates) {
+      await removeLink(log, links.length > 0);
+      const emulation = await createLink(rateBits, delayMs, opts.forceRelay ?? false);
+      const linkMBs = rateBits / 8 / 1e6;
+      log(
+        emulation.kind === "netem"
+          ? `\nslow_link: link emulation: netem delay ${delayMs}ms rate ${
+            rateBits / 1e6
+          }mbit on both ` +
+            `veth ends (${emulation.reason})`
+          : `\nslow_link: link emulation: tbf rate ${rateBits / 1e6}mbit on both veth ends + ` +
+            `userspace delay relay (+${delayMs} ms each way, ≤ ${
+              (emulation.relayMaxInFlight! / 1e6).toFixed(2)
+            } MB in flight per direction = 2 × bandwidth-delay product), because ${emulation.reason}. ` +
+            `The relay splits the TCP connection: ACKs are not delayed, application round trips are.`,
+      );
+      log(
+        `slow_link: ${ROOT_IP} (root, source) ⇄ ${NS_IP} (namespace ${NS}, destination); ` +
+          `link rate ${rateBits / 1e6} Mbit/s = ${linkMBs} MB/s`,
+      );
+      const probes = await probeLink(emulation, probeBytes, res, log);
+      for (const data of datas) {
+        const link: LinkResult = { emulation, data, probes, rows: [], qemu: [] };
+        links.push(link);
+        for (let r = 0; r < runs; r++) {
+          for (const c of cases) {
             log(
-              `slow_link: plain transfer, ${path} path: ${probeBytes / MIB} MiB in ${
-                r.seconds.toFixed(2)
-              } s = ${(r.goodput / 1e6).toFixed(1)} MB/s (${f0(r.goodput * 8 / 1e6)} Mbit/s, ${
-                (r.goodput * 8 / rateBits * 100).toFixed(1)
-              } % of the link); ` +
-                `ping RTT ${r.rttMs.toFixed(1)} ms`,
+              `\nslow_link: ${rateBits / 1e9} Gbit/s, ${
+                data.kind === "image" ? "the image's size" : mOpts.ram
+              } guest, ${dataName(data)}, --workload ${mOpts.workload}: ${c.name}` +
+                (runs > 1 ? ` (run ${r + 1}/${runs})` : ""),
             );
-          } finally {
-            if (relay) {
-              await relay.close();
-              res.relays.delete(relay);
+            const row = await migrateOnce(c, r, emulation, { ...mOpts, data }, res);
+            link.rows.push(row);
+            for (const line of timeline(row)) log(line);
+            log(
+              `  → ferry ${row.status}${row.error ? ` (${row.error})` : ""}; wall ${
+                f0(row.wallMs)
+              } ms; downtime ${f1(row.downtimeMs)} ms (events: ${
+                f0(row.eventDowntimeMs)
+              } ms), expected ${f0(row.expectedDowntimeMs)} ms, limit ${c.downtimeLimit} ms; ` +
+                `digests ${row.digestsMatch ? "match" : "DIFFER"}` +
+                (row.relay
+                  ? `; relay peak ${
+                    (row.relay.peakInFlight / 1e6).toFixed(2)
+                  } MB in flight, ${row.relay.pauses} read pauses`
+                  : ""),
+            );
+            for (const w of row.warnings) log(`    warning ${w.code}: ${w.message}`);
+            for (const k of roundOrder(r, qemuConfigs.length)) {
+              const config = qemuConfigs[k];
+              const result = await qemuOnce(c, config, emulation, { ...mOpts, data }, res);
+              link.qemu.push({ case: c, run: r, config, result });
+              log(
+                `  → QEMU ${config.name}: ${result.completed ? "completed" : "not completed"}` +
+                  `; wall ${fmt.s(result.wallS ?? NaN)}, total ${fmt.s(result.totalS)}, ` +
+                  `downtime ${fmt.ms(result.downtimeMs)}, ${result.passes} passes` +
+                  (result.note ? ` (${result.note})` : ""),
+              );
             }
           }
         }
-        await sink.stdout.cancel().catch(() => {});
-      } finally {
-        try {
-          sink.kill("SIGKILL");
-        } catch {
-          // exited
-        }
-        await sink.status;
-        res.children.delete(sink);
+        printLink(link, runs, log);
+        if (qemuConfigs.length) printComparison(link, qemuConfigs, log);
       }
     }
-
-    const rows: SlowLinkRow[] = [];
-    for (let r = 0; r < runs; r++) {
-      for (const c of cases) {
-        log(
-          `\nslow_link: ${mOpts.ram} guest, --fill random, --workload ${mOpts.workload}: ${c.name}` +
-            (runs > 1 ? ` (run ${r + 1}/${runs})` : ""),
-        );
-        const row = await migrateOnce(c, r, emulation, mOpts, res);
-        rows.push(row);
-        for (const line of timeline(row)) log(line);
-        log(
-          `  → ${row.status}${row.error ? ` (${row.error})` : ""}; downtime ${
-            f1(row.downtimeMs)
-          } ms (events: ${f0(row.eventDowntimeMs)} ms), expected ${
-            f0(row.expectedDowntimeMs)
-          } ms, limit ${c.downtimeLimit} ms; digests ${row.digestsMatch ? "match" : "DIFFER"}` +
-            (row.relay
-              ? `; relay peak ${
-                (row.relay.peakInFlight / 1e6).toFixed(2)
-              } MB in flight, ${row.relay.pauses} read pauses`
-              : ""),
-        );
-      }
-    }
-
-    // The link's achievable goodput: the best plain transfer (the relay path can only
-    // be slower than the veth path it runs over, when the relay lacks CPU).
-    const goodput = probes.reduce<LinkProbe | undefined>(
-      (best, p) => (!best || p.goodput > best.goodput ? p : best),
-      undefined,
-    );
-    log(
-      `\nslow_link: summary — link ${rateBits / 1e6} Mbit/s (${linkMBs} MB/s)` +
-        (goodput
-          ? `, measured goodput ${f0(goodput.goodput * 8 / 1e6)} Mbit/s (${goodput.path} path)`
-          : "") +
-        `; ${emulation.kind}. est = ferry's ram.mbps (Mbit/s, stream bytes); wire = layer-2 ` +
-        `bytes/s on the source's veth end while active (what the shaper meters; TCP/IP ` +
-        `headers included; est/wire payload = median per ~100 ms sample of est ÷ (wire × 1448/1514)); goodput = the plain transfer's payload rate; downtime = ferry's ` +
-        `(guest stopped → destination confirmed); event downtime = source stop event → ` +
-        `destination loaded event`,
-    );
-    log(table(
-      [
-        "case",
-        "status",
-        "total s",
-        "MiB sent",
-        "passes",
-        "est. Mbit/s (median)",
-        "avg Mbit/s",
-        "wire Mbit/s",
-        "est/link",
-        "est/goodput",
-        "est/wire payload",
-        "exp. downtime ms",
-        "downtime ms",
-        "event downtime ms",
-        "limit ms",
-        "≤ limit",
-        "digests",
-      ],
-      rows.map((row) => [
-        row.case.name + (runs > 1 ? ` #${row.run + 1}` : ""),
-        row.status,
-        f1(row.totalTimeMs / 1000),
-        f0(row.transferred / MIB),
-        String(row.passes),
-        f0(row.estimateMedianMbps),
-        f0(row.estimateFinalMbps),
-        f0(row.wireMbps),
-        (row.estimateMedianMbps / (rateBits / 1e6)).toFixed(2),
-        goodput ? (row.estimateMedianMbps / (goodput.goodput * 8 / 1e6)).toFixed(2) : "–",
-        row.estOverWire.toFixed(2),
-        f0(row.expectedDowntimeMs),
-        f1(row.downtimeMs),
-        f0(row.eventDowntimeMs),
-        String(row.case.downtimeLimit),
-        row.downtimeMs !== undefined && row.downtimeMs <= row.case.downtimeLimit ? "yes" : "NO",
-        row.digestsMatch ? "match" : "DIFFER",
-      ]),
-    ));
-    return { emulation, probes, rows };
+    return { links };
   } finally {
     await teardown();
     for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
     log("slow_link: namespace, veth pair and qdiscs removed");
   }
+}
+
+/** ferry's table for one link: the bandwidth estimate against the wire, the downtime. */
+function printLink(link: LinkResult, runs: number, log: (s: string) => void): void {
+  const { rateBits } = link.emulation;
+  const linkMBs = rateBits / 8 / 1e6;
+  // The link's achievable goodput: the best plain transfer (the relay path can only
+  // be slower than the veth path it runs over, when the relay lacks CPU).
+  const goodput = link.probes.reduce<LinkProbe | undefined>(
+    (best, p) => (!best || p.goodput > best.goodput ? p : best),
+    undefined,
+  );
+  log(
+    `\nslow_link: ferry on ${dataName(link.data)} — link ${
+      rateBits / 1e6
+    } Mbit/s (${linkMBs} MB/s)` +
+      (goodput
+        ? `, measured goodput ${f0(goodput.goodput * 8 / 1e6)} Mbit/s (${goodput.path} path)`
+        : "") +
+      `; ${link.emulation.kind}. est = ferry's ram.mbps (Mbit/s, stream bytes); wire = layer-2 ` +
+      `bytes/s on the source's veth end while active (what the shaper meters; TCP/IP ` +
+      `headers included; est/wire payload = median per ~100 ms sample of est ÷ (wire × 1448/1514)); goodput = the plain transfer's payload rate; downtime = ferry's ` +
+      `(guest stopped → destination confirmed); event downtime = source stop event → ` +
+      `destination loaded event\n`,
+  );
+  log(markdownTable(
+    [
+      "case",
+      "status",
+      "wall s",
+      "total s",
+      "MiB sent",
+      "passes",
+      "est. Mbit/s (median)",
+      "avg Mbit/s",
+      "wire Mbit/s",
+      "est/link",
+      "est/goodput",
+      "est/wire payload",
+      "exp. downtime ms",
+      "downtime ms",
+      "event downtime ms",
+      "limit ms",
+      "≤ limit",
+      "digests",
+    ],
+    link.rows.map((row) => [
+      row.case.name + (runs > 1 ? ` #${row.run + 1}` : ""),
+      row.status,
+      f1(row.wallMs / 1000),
+      f1(row.totalTimeMs / 1000),
+      f0(row.transferred / MIB),
+      String(row.passes),
+      f0(row.estimateMedianMbps),
+      f0(row.estimateFinalMbps),
+      f0(row.wireMbps),
+      (row.estimateMedianMbps / (rateBits / 1e6)).toFixed(2),
+      goodput ? (row.estimateMedianMbps / (goodput.goodput * 8 / 1e6)).toFixed(2) : "–",
+      row.estOverWire.toFixed(2),
+      f0(row.expectedDowntimeMs),
+      f1(row.downtimeMs),
+      f0(row.eventDowntimeMs),
+      String(row.case.downtimeLimit),
+      row.downtimeMs !== undefined && row.downtimeMs <= row.case.downtimeLimit ? "yes" : "NO",
+      row.digestsMatch ? "match" : "DIFFER",
+    ]),
+  ));
+}
+
+/** ferry against QEMU's best candidate on one link, per case, and every candidate's wall. */
+function printComparison(
+  link: LinkResult,
+  configs: readonly QemuConfig[],
+  log: (s: string) => void,
+): void {
+  const perCase: { scenario: string; candidates: CandidateSummary[] }[] = [];
+  const rows: string[][] = [];
+  const cases = [...new Set(link.rows.map((r) => r.case))];
+  for (const c of cases) {
+    const ferry = link.rows.filter((r) => r.case === c).map(ferryRun);
+    const byConfig = new Map(
+      configs.map((k) => [
+        k,
+        link.qemu.filter((q) => q.case === c && q.config === k).map((q) => q.result),
+      ]),
+    );
+    const ranked = rankCandidates(byConfig);
+    perCase.push({ scenario: c.name, candidates: ranked });
+    const f = side(ferry, c.downtimeLimit);
+    const best = ranked[0];
+    const q = best ? side(best.runs, c.downtimeLimit) : undefined;
+    rows.push([
+      c.name,
+      f.wall,
+      f.total,
+      f.downtime,
+      f.withinLimit,
+      best?.config.name ?? "—",
+      q?.wall ?? "—",
+      q?.total ?? "—",
+      q?.downtime ?? "—",
+      q?.withinLimit ?? "—",
+      `**${fmt.ratio(f.medianS, q?.medianS ?? NaN)}**`,
+    ]);
+  }
+  log(
+    `\nslow_link: ferry against QEMU at its best — ${link.emulation.rateBits / 1e9} Gbit/s, ${
+      dataName(link.data)
+    }; the same namespaces, shaping and relay. Both guests ` +
+      "run (QEMU's TCG vCPU competes with the senders for the two cores). wall = the " +
+      "migrate request → the destination reports completed; medians (min–max).\n",
+  );
+  log(markdownTable([
+    "case",
+    "ferry wall",
+    "ferry total",
+    "ferry downtime",
+    "≤ limit",
+    "QEMU best",
+    "QEMU wall",
+    "QEMU total",
+    "QEMU downtime",
+    "≤ limit",
+    "ferry/Q",
+  ], rows));
+  log("\nQEMU's candidates, median wall; the best of each row in bold:\n");
+  log(markdownTable(["case", ...configs.map((c) => c.name)], candidatesRows(perCase, configs)));
 }
 
 if (import.meta.main) {
@@ -860,11 +1110,42 @@ if (import.meta.main) {
       relay: { type: "boolean", default: false },
       "probe-mib": { type: "string", default: "256" },
       tls: { type: "boolean", default: false },
+      rate: { type: "string", default: "1g,10g" },
+      data: { type: "string", default: "random,image" },
+      image: { type: "string" },
+      "qemu-configs": { type: "string", default: "all" },
+      "downtime-only": { type: "boolean", default: false },
     },
   });
   const runs = Number(values.runs);
   if (!Number.isInteger(runs) || runs < 1) {
     console.error(`slow_link: bad --runs ${values.runs}`);
+    Deno.exit(2);
+  }
+  let rates: number[];
+  let qemuConfigs: QemuConfig[];
+  let data: LinkData[];
+  try {
+    rates = parseRates(values.rate);
+    qemuConfigs = values["qemu-configs"] === "none" ? [] : parseQemuConfigs(values["qemu-configs"]);
+    const image = values.image ??
+      new URL("../.cache/x86-ram/real-1g.img", import.meta.url).pathname;
+    data = values.data.split(",").map((d): LinkData => {
+      if (d === "random") return { kind: "random" };
+      if (d === "image") {
+        try {
+          Deno.statSync(image);
+        } catch {
+          throw new RangeError(
+            `--data image: no image at ${image} (deno task bench:image makes it)`,
+          );
+        }
+        return { kind: "image", path: image };
+      }
+      throw new RangeError(`--data: "${d}" is neither random nor image`);
+    });
+  } catch (e) {
+    console.error(`slow_link: ${(e as Error).message}`);
     Deno.exit(2);
   }
   // --tls: the unlimited 300 ms case in plaintext and over TLS with the migration secret.
@@ -874,6 +1155,8 @@ if (import.meta.main) {
       { ...DEFAULT_CASES[0], name: "unlimited, 300 ms, plain" },
       { ...DEFAULT_CASES[0], name: "unlimited, 300 ms, TLS", tls: pki },
     ]
+    : values["downtime-only"]
+    ? [DEFAULT_CASES[2]]
     : undefined;
   try {
     await runSlowLinkBenchmark({
@@ -882,6 +1165,9 @@ if (import.meta.main) {
       workload: values.workload,
       forceRelay: values.relay,
       probeBytes: Number(values["probe-mib"]) * MIB,
+      rates,
+      data,
+      qemuConfigs,
       ...(cases ? { cases } : {}),
     });
   } catch (e) {
