@@ -158,6 +158,11 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
   const { ram, live } = ctx.savers;
   const limiter = new RateLimiter(clock.now, () => ctx.params().max_bandwidth, w.bytes);
   let maxSize = 0;
+  /** The last window's bandwidth (bytes/ms), for max_size between windows. */
+  let bandwidth = 0;
+  // The bandwidth of the last window without a drain, and whether this window had one.
+  let linkBandwidth = NaN;
+  let drainedInWindow = false;
   let lastSyncs = ram.stats.dirtySyncCount;
   // Round trip to the destination (ms) and the stream position of the last drain.
   let rtt = 0;
@@ -234,18 +239,33 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
         const waitFrom = clock.now();
         rtt = await ctx.drain();
         drainedAt = w.bytes;
+        drainedInWindow = true;
         limiter.exclude(clock.now() - waitFrom);
+        // The round trip just measured comes out of the budget now, not at the next
+        // window: a switchover right after this drain must not size by an older one.
+        maxSize = bandwidth * Math.max(0, ctx.params().downtime_limit - stopCost());
         checkAchievable();
         continue;
       } else {
         return await complete(ctx);
       }
     }
-    const window = limiter.tick(w.bytes);
-    if (window) {
+    const measured = limiter.tick(w.bytes);
+    if (measured) {
+      // A drain's time is left out of the window, but the bytes written before it
+      // crossed the link during it, and the emptied socket buffers then take their
+      // size at memory speed: such a window reads far above the link. It counts for
+      // no more than the last window without a drain (docs/ARCHITECTURE.md,
+      // "Convergence").
+      const window = drainedInWindow && linkBandwidth < measured.bandwidth
+        ? { ...measured, bandwidth: linkBandwidth }
+        : measured;
+      if (!drainedInWindow) linkBandwidth = measured.bandwidth;
+      drainedInWindow = false;
       const params = ctx.params();
       // The final sync and the switchover handshake's round trip are part of the downtime.
-      maxSize = window.bandwidth * Math.max(0, params.downtime_limit - stopCost());
+      bandwidth = window.bandwidth;
+      maxSize = bandwidth * Math.max(0, params.downtime_limit - stopCost());
       checkAchievable();
       // Compression is skipped for the next window if the link outruns the compressor.
       ram.windowEnded(window.bandwidth, limiter.budget() / WINDOW_MS);
