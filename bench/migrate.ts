@@ -1,12 +1,16 @@
 /**
- * `deno task bench`: ferry against QEMU 7.2, same scenarios, same machine, same run.
- * Every scenario runs between two real ferry processes and then between two real
- * QEMU processes (`bench/qemu/`), and prints both figures and their ratio
- * (ferry / QEMU: below 1.00x means ferry is faster or smaller).
+ * `deno task bench`: ferry against QEMU 7.2 at its best, same scenarios, same machine,
+ * same run. Every scenario runs between two real ferry processes and between two real
+ * QEMU processes (`bench/qemu/`) in each of QEMU's candidate configurations
+ * (bench/qemu/configs.ts), alternated round by round; the tables (markdown) name
+ * QEMU's best and give the wall clock from the migrate request to the destination's
+ * completion for both engines, with each engine's own total time and downtime beside
+ * it (ferry / QEMU best: below 1.00× means ferry is faster).
  *
- *   deno task bench                     # everything (≈15 min): bulk, running, ab, then codec/snapshots/link
- *   deno task bench --quick             # 1 run per bulk scenario, 3 per distribution, no 4 GiB
+ *   deno task bench                     # everything (≈2 h): bulk, running, ab, integrity, tls, extra
+ *   deno task bench --quick             # 1 run per scenario, 3 per distribution, no 4 GiB
  *   deno task bench --only bulk         # a group (bulk, running, ab, integrity, tls, extra) or a scenario name substring
+ *   deno task bench --qemu-configs best # QEMU's usual best alone; or all (default), or a list: private,multifd-4
  *   deno task bench --only tls --runs 5 # 1 GiB random over loopback TLS (with the migration secret) against plaintext
  *   deno task bench --only image --runs 5   # a real guest's RAM image (bench/image_bench.ts)
  *   deno task bench --no-qemu           # ferry only
