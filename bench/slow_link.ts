@@ -1,11 +1,13 @@
 /**
- * `deno task bench:link`: live migration over an emulated 1 Gbit/s, 5 ms (one-way)
- * link between two network namespaces, to see whether ferry's bandwidth estimate
+ * `deno task bench:link`: live migration over emulated 1 and 10 Gbit/s, 5 ms (one-way)
+ * links between two network namespaces, to see whether ferry's bandwidth estimate
  * (`ram.mbps`, Mbit/s) and its downtime stay honest when the wire, not the CPU, is
- * the limit.
+ * the limit, and how ferry compares with QEMU at its best over the same link.
  *
  *   deno run -A bench/slow_link.ts [--runs N] [--ram 1G] [--workload random:rate=50M]
- *                                  [--relay]   (skip netem, use the fallback)
+ *       [--rate 1g,10g] [--data random,image] [--image PATH]
+ *       [--qemu-configs all|best|none|a,b] [--downtime-only] [--tls]
+ *       [--relay]   (skip netem, use the fallback)
  *
  * Needs root (`ip netns`, `tc`). Topology:
  *
@@ -31,7 +33,15 @@
  * digests match. The link's goodput is measured first with a plain 256 MiB transfer.
  * With `--tls`, the cases are (1) in plaintext and over TLS with the migration secret
  * (certificates made with openssl by testing/certs.ts), to show what TLS costs on a
- * real link.
+ * real link; with `--downtime-only`, case (3) alone. `--data image` starts both
+ * engines from a real guest's RAM image (bench/ram_image.ts) instead of random bytes.
+ *
+ * QEMU runs every case too, in each of its candidate configurations
+ * (bench/qemu/configs.ts), after ferry's run of the case: its destination under
+ * `ip netns exec` in the same namespace, its source here, through the same delay
+ * relay and shaping, with the same RAM and QEMU's guest dirtying at the workload's
+ * rate. The tables compare ferry's wall clock (request → destination completed),
+ * total time and downtime with QEMU's best candidate's.
  */
 import { parseArgs } from "node:util";
 import { makeTestPki, SERVER_NAME, type TestPki } from "../testing/certs.ts";
