@@ -15,6 +15,7 @@ export const MIGRATION_STATES = [
   "none",
   "setup",
   "active",
+  "interrupted",
   "cancelling",
   "cancelled",
   "completed",
@@ -26,6 +27,7 @@ export const INCOMING_STATES = [
   "none",
   "listening",
   "active",
+  "interrupted",
   "completed",
   "failed",
   "cancelled",
@@ -48,6 +50,7 @@ export const PARAMETER_LIMITS = {
   stall_windows: [0, 10_000_000],
   incoming_page_budget: [2, 1_000_000],
   compress_level: [1, 19],
+  resume_grace: [0, 86_400_000],
 } as const satisfies Record<string, readonly [number, number]>;
 
 /** The numeric parameters. */
@@ -123,6 +126,28 @@ export const RamInfoSchema = z.object({
   page_size: z.number(),
 }).openapi("RamInfo");
 
+/** What resuming an interrupted pre-copy did, on either side. */
+export const ResumeInfoSchema = z.object({
+  interruptions: z.number().openapi({ description: "Times the channel failed during pre-copy" }),
+  resumes: z.number().openapi({ description: "Times the migration carried on over a new channel" }),
+  grace_left: z.number().optional().openapi({
+    description: "While interrupted: ms left before the migration fails (resume_grace)",
+  }),
+  last_error: z.string().optional().openapi({ description: "What interrupted it last" }),
+  pages_held: z.number().openapi({
+    description: "At the last resume: pages the destination held as the source last sent them",
+  }),
+  pages_resent: z.number().openapi({
+    description: "At the last resume: pages the destination lacked or held stale, sent again",
+  }),
+  bytes_saved: z.number().openapi({
+    description: "Bytes of pages not sent again thanks to resuming, over all resumes",
+  }),
+  bytes_after_resume: z.number().optional().openapi({
+    description: "Source: stream bytes written since the last resume",
+  }),
+}).openapi("ResumeInfo");
+
 /** GET /migrations/current (QEMU's query-migrate). */
 export const MigrationInfoSchema = z.object({
   status: z.enum(MIGRATION_STATES),
@@ -163,6 +188,10 @@ export const MigrationInfoSchema = z.object({
   cpu_throttle_percentage: z.number().optional().openapi({
     description: "While auto-converge throttles",
   }),
+  resume: ResumeInfoSchema.optional().openapi({
+    description: "Once the channel failed during pre-copy (docs/ARCHITECTURE.md, \"Resuming " +
+      "an interrupted pre-copy\")",
+  }),
   warnings: z.array(z.object({ code: z.string(), message: z.string() })).optional().openapi({
     description:
       "What the operator should know: downtime-limit-unachievable (the round trip alone " +
@@ -192,6 +221,9 @@ export const IncomingInfoSchema = z.object({
   }),
   last_refused: z.string().optional().openapi({
     description: "Who the last dropped connection was, and why it was dropped",
+  }),
+  resume: ResumeInfoSchema.optional().openapi({
+    description: "Once the stream broke during pre-copy: the pages held, the resumes",
   }),
 }).openapi("IncomingInfo");
 
@@ -249,6 +281,14 @@ export const ParametersSchema = z.object({
   compress_level: z.number().int().openapi({
     description: "zstd's level (QEMU's multifd-zstd-level); lz4 has one level",
   }),
+  resume_grace: z.number().int().openapi({
+    description: "ms both sides of a pre-copy whose channel failed stay `interrupted`, waiting " +
+      "to resume, before failing as before; 0 fails at once. Needs verify and tcp: or unix:",
+  }),
+  resume_auto: z.boolean().openapi({
+    description: "While interrupted, the source reconnects to the last URI by itself (back-off " +
+      "0.5 s doubling to 8 s) and the destination listens again on its address at once",
+  }),
 }).openapi("Parameters");
 
 /** A numeric parameter in a PATCH body, within its range from the engine's one table. */
@@ -276,6 +316,8 @@ export const ParametersPatchSchema = z.object({
   snapshot_key: SECURITY_PARAMETER_SCHEMAS.snapshot_key.optional(),
   compress_method: z.enum(COMPRESS_METHODS).optional(),
   compress_level: limited("compress_level"),
+  resume_grace: limited("resume_grace"),
+  resume_auto: z.boolean().optional(),
 }).strict().openapi("ParametersPatch", {
   example: { max_bandwidth: 1073741824, downtime_limit: 300 },
 });
@@ -298,6 +340,8 @@ export const VmInfoSchema = z.object({
   }),
 }).openapi("VmInfo");
 
+/** What resuming did (the `resume` of migration and incoming info). */
+export type ResumeInfo = z.infer<typeof ResumeInfoSchema>;
 /** One of {@link GUEST_KINDS}. */
 export type GuestKind = typeof GUEST_KINDS[number];
 /** One of {@link MIGRATION_STATES}. */

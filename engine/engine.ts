@@ -285,6 +285,25 @@ export class Engine {
     return this.#migration?.info() ?? { status: "none" };
   }
 
+  /**
+   * Resumes the interrupted migration over a new channel to `uri` (docs/ARCHITECTURE.md,
+   * "Resuming an interrupted pre-copy"); answers once it carries on. Throws
+   * `not-interrupted`, or `resume-refused` with the destination's reason.
+   */
+  async resumeMigration(uri: string): Promise<MigrationInfo> {
+    const migration = this.#migration;
+    if (!migration || migration.state !== "interrupted") {
+      throw new EngineError(
+        "not-interrupted",
+        `Cannot resume: ${
+          migration ? `the migration is ${migration.state}` : "there was no migration"
+        }, not interrupted`,
+      );
+    }
+    this.#transports.validate(uri, "connect");
+    return await migration.resume(uri);
+  }
+
   /** The current Migration object, if any (for tests awaiting `done`). */
   get migration(): Migration | null {
     return this.#migration;
@@ -335,6 +354,8 @@ export class Engine {
       pageBudget: () => this.#params.incoming_page_budget,
       compression: () => this.#params.compress_method,
       pageRefs: this.#caps.page_refs,
+      resumeGrace: () => this.#params.resume_grace,
+      resumeAuto: () => this.#params.resume_auto,
       sections: this.#sections,
       ...(this.#turn ? { turn: this.#turn } : {}),
       onStateChange: (from, to, error) =>
@@ -370,6 +391,24 @@ export class Engine {
   /** The incoming side's info; `status: "none"` when never armed. */
   incomingInfo(): IncomingInfo {
     return this.#incoming?.info() ?? { status: "none", bytes_received: 0 };
+  }
+
+  /**
+   * Listens for the source's resume of the interrupted incoming migration, on `uri`
+   * or the address its stream came to. Throws `not-interrupted` otherwise.
+   */
+  async resumeIncoming(uri?: string): Promise<IncomingInfo> {
+    const incoming = this.#incoming;
+    if (!incoming || incoming.state !== "interrupted") {
+      throw new EngineError(
+        "not-interrupted",
+        `Cannot resume: ${
+          incoming ? `the incoming migration is ${incoming.state}` : "nothing was received"
+        }, not interrupted`,
+      );
+    }
+    if (uri !== undefined) this.#transports.validate(uri, "listen");
+    return await incoming.resume(uri);
   }
 
   /** The current IncomingMigration, if any (for tests awaiting `done`). */

@@ -9,7 +9,9 @@ export type EngineErrorCode =
   | "not-incoming"
   | "guest-incomplete"
   | "blocker-not-found"
-  | "guest-running";
+  | "guest-running"
+  | "not-interrupted"
+  | "resume-refused";
 
 /** A refused engine request: `code` names why, `details` carries extra facts (e.g. blocker reasons). */
 export class EngineError extends Error {

@@ -2,9 +2,15 @@ import type { Channel, ChannelSecurity, Transports } from "../transports/transpo
 import type { Guest } from "../vm/guest.ts";
 import { PAGE_SIZE } from "./format/constants.ts";
 import { type Clock, settledWithin } from "./clock.ts";
-import { describeError } from "./errors.ts";
+import { describeError, EngineError } from "./errors.ts";
 import { StreamWriter } from "./format/writer.ts";
-import { createSavers, runPrecopy, writeSetup } from "./outgoing.ts";
+import {
+  createSavers,
+  type OutgoingContext,
+  type OutgoingResult,
+  runPrecopy,
+  writeSetup,
+} from "./outgoing.ts";
 import type { Capabilities, Parameters } from "./params.ts";
 import type { WindowStats } from "./rate_limiter.ts";
 import type { RamSaver } from "./sections/ram.ts";
@@ -15,6 +21,17 @@ import { sendOpenReturnPath, sendPing, SourceReturnPath, usesReturnPath } from "
 import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 import { MigrationDigests } from "./integrity.ts";
 import type { MigrationInfo, MigrationStatus, MigrationWarning } from "./contract.ts";
+import { StallError } from "./stall.ts";
+import {
+  identityOf,
+  newMigrationId,
+  requestResume,
+  RESUME_BACKOFF_MS,
+  type ResumeRequest,
+  ResumeRequests,
+  ResumeStats,
+  sendMigrationId,
+} from "./resume.ts";
 
 /** States after which nothing more happens. */
 export const FINAL_STATES: ReadonlySet<MigrationStatus> = new Set([
@@ -26,7 +43,9 @@ export const FINAL_STATES: ReadonlySet<MigrationStatus> = new Set([
 const TRANSITIONS: Record<MigrationStatus, readonly MigrationStatus[]> = {
   none: ["setup"],
   setup: ["active", "cancelling", "failed"],
-  active: ["completed", "cancelling", "failed"],
+  active: ["completed", "interrupted", "cancelling", "failed"],
+  // The channel failed during pre-copy: resumed, cancelled, or failed when the grace ends.
+  interrupted: ["active", "cancelling", "failed"],
   // A stream that was already complete when the cancel came stays completed:
   // the guest now lives on the destination.
   cancelling: ["cancelled", "failed", "completed"],
@@ -106,10 +125,23 @@ export class Migration {
   #lastPages = 0;
   #throttle = 0;
   readonly #warnings: MigrationWarning[] = [];
+  /** Resuming an interrupted pre-copy (engine/resume.ts): the id, requests and counters. */
+  readonly #id = newMigrationId();
+  readonly #resumes = new ResumeRequests();
+  readonly #resumeStats = new ResumeStats();
+  /** Stream bytes written on channels before the current one. */
+  #bytesBefore = 0;
+  /** True once the guest was stopped for the final pass: a failure from here on is final. */
+  #stopping = false;
+  /** True once the first stream carried the migration id (resuming is possible). */
+  #idSent = false;
+  /** The URI the destination was reached at last (resume_auto reconnects to it). */
+  #lastUri: string;
   readonly done: Promise<void>;
 
   constructor(readonly uri: string, deps: MigrationDeps) {
     this.#deps = deps;
+    this.#lastUri = uri;
     this.#startedAt = deps.clock.now();
     this.#transition("setup");
     this.done = this.#run();
@@ -131,7 +163,9 @@ export class Migration {
    * there was nothing to cancel.
    */
   cancel(): boolean {
-    if (this.#state !== "setup" && this.#state !== "active") return false;
+    if (this.#state !== "setup" && this.#state !== "active" && this.#state !== "interrupted") {
+      return false;
+    }
     this.#transition("cancelling");
     this.#abort.abort(new Error("migration cancelled"));
     this.#channel?.close();
@@ -167,7 +201,7 @@ export class Migration {
         normal_bytes: ram.stats.normal * PAGE_SIZE,
         dirty_pages_rate: ram.stats.dirtyPagesRate,
         mbps: FINAL_STATES.has(this.#state)
-          ? round3(((this.#writer?.bytes ?? 0) * 8) / elapsed / 1000)
+          ? round3(((this.#bytesBefore + (this.#writer?.bytes ?? 0)) * 8) / elapsed / 1000)
           : round3(this.#mbps),
         dirty_sync_count: ram.stats.dirtySyncCount,
         pages_per_second: Math.round(this.#pagesPerSecond),
@@ -210,7 +244,30 @@ export class Migration {
       info.cpu_throttle_percentage = this.#throttle;
     }
     if (this.#warnings.length > 0) info.warnings = this.#warnings.map((w) => ({ ...w }));
+    const resume = this.#resumeStats.info(now, this.#writer?.bytes);
+    if (resume) info.resume = resume;
     return info;
+  }
+
+  /**
+   * Carries an interrupted migration on over a new channel to `uri` (the same
+   * destination, listening again): resolves once it is active again. Throws
+   * EngineError `not-interrupted` when it is not interrupted, `resume-refused` when
+   * the destination refused or could not be reached (it stays interrupted).
+   */
+  async resume(uri: string): Promise<MigrationInfo> {
+    if (this.#state !== "interrupted") {
+      throw new EngineError(
+        "not-interrupted",
+        `Cannot resume: the migration is ${this.#state}, not interrupted`,
+      );
+    }
+    try {
+      await this.#resumes.request(uri);
+    } catch (e) {
+      throw new EngineError("resume-refused", describeError(e), undefined, { cause: e });
+    }
+    return this.info();
   }
 
   #transition(to: MigrationStatus, error?: string): void {
@@ -240,6 +297,182 @@ export class Migration {
       rtt = clock.now() - sent;
     }
     return rtt;
+  }
+
+  /** True when this migration can be resumed if its channel fails (and then sends its id). */
+  #resumable(digests: MigrationDigests | null | undefined): boolean {
+    this.#idSent = usesReturnPath(this.uri) && Boolean(digests) && !this.#deps.block &&
+      this.#deps.params().resume_grace > 0;
+    return this.#idSent;
+  }
+
+  /** The return path's reader on `channel`: a failure the destination reports ends the migration. */
+  #openReturnPath(channel: Channel): SourceReturnPath {
+    return new SourceReturnPath(channel, (e) => {
+      this.#abort.abort(e);
+      this.#channel?.close();
+    });
+  }
+
+  /**
+   * The pre-copy loop threw `e`. When that is the channel failing while the guest
+   * still runs (docs/ARCHITECTURE.md, "Resuming an interrupted pre-copy"), waits in
+   * `interrupted` for a resume (POST /migrations/current/resume, or resume_auto)
+   * and returns the loop's context on the new channel; otherwise, or once the grace
+   * period ends or the migration is cancelled, throws.
+   */
+  async #interrupted(
+    e: unknown,
+    ctx: OutgoingContext,
+    watchdog: ProgressWatchdog,
+  ): Promise<OutgoingContext> {
+    const { clock } = this.#deps;
+    const fatal = !this.#idSent || this.#stopping || this.#state !== "active" ||
+      e instanceof StallError || watchdog.error !== null || this.#abort.signal.aborted ||
+      !ctx.digests;
+    if (fatal) throw e;
+    // A destination that failed on purpose sends its reason before it hangs up.
+    const rp = this.#returnPath;
+    if (rp && !rp.error) await settledWithin(clock, rp.done, REASON_WAIT_MS);
+    const grace = this.#deps.params().resume_grace;
+    if (rp?.error || grace <= 0 || this.#abort.signal.aborted) throw e;
+    const reason = describeError(e);
+    watchdog.stop();
+    this.#channel?.close();
+    const stats = this.#resumeStats;
+    stats.interruptions++;
+    stats.lastError = reason;
+    stats.graceEnds = clock.now() + grace;
+    this.#transition("interrupted");
+    this.#warn(
+      "migration-interrupted",
+      `The migration channel failed during pre-copy (${reason}); the guest runs on: resume ` +
+        `within ${grace} ms (POST /migrations/current/resume) or the migration fails`,
+    );
+    // Ends the wait: the grace period is over, or the migration was cancelled.
+    const wait = new AbortController();
+    const onCancel = () => wait.abort(this.#abort.signal.reason);
+    this.#abort.signal.addEventListener("abort", onCancel, { once: true });
+    clock.until(stats.graceEnds, wait.signal).then(
+      () =>
+        wait.abort(
+          new Error(
+            `The migration was interrupted (${reason}) and not resumed within resume_grace ` +
+              `(${grace} ms)`,
+          ),
+        ),
+      () => {},
+    );
+    try {
+      for (let attempt = 0;; attempt++) {
+        const req = await this.#nextResume(wait.signal, attempt);
+        try {
+          const next = await this.#reconnect(req.uri, ctx, watchdog, wait.signal);
+          req.settle();
+          return next;
+        } catch (err) {
+          if (wait.signal.aborted) {
+            req.settle(wait.signal.reason);
+            throw wait.signal.reason;
+          }
+          req.settle(err);
+          this.#warn("resume-failed", `Resuming over ${req.uri} failed: ${describeError(err)}`);
+        }
+      }
+    } finally {
+      this.#abort.signal.removeEventListener("abort", onCancel);
+      wait.abort();
+    }
+  }
+
+  /** The next resume to try: one asked for, or with resume_auto, the last URI after a back-off. */
+  async #nextResume(signal: AbortSignal, attempt: number): Promise<ResumeRequest> {
+    if (!this.#deps.params().resume_auto) return await this.#resumes.next(signal);
+    const backoff = new AbortController();
+    const delay = RESUME_BACKOFF_MS[Math.min(attempt, RESUME_BACKOFF_MS.length - 1)];
+    const timer = this.#deps.clock.sleep(delay, AbortSignal.any([signal, backoff.signal])).then(
+      () => ({ uri: this.#lastUri, settle: () => {} }),
+    );
+    try {
+      return await Promise.race([
+        this.#resumes.next(AbortSignal.any([signal, backoff.signal])),
+        timer,
+      ]);
+    } finally {
+      backoff.abort();
+      timer.catch(() => {});
+    }
+  }
+
+  /**
+   * Connects to `uri`, asks the destination to resume this migration and reads its
+   * received-pages bitmap; on success the pages it lacks go again and the loop's
+   * context on the new channel is returned. Throws when refused or unreachable.
+   */
+  async #reconnect(
+    uri: string,
+    ctx: OutgoingContext,
+    watchdog: ProgressWatchdog,
+    signal: AbortSignal,
+  ): Promise<OutgoingContext> {
+    const { transports, clock, guest } = this.#deps;
+    // Bounded by progress_timeout: a destination that never answers leaves it interrupted.
+    const limit = new AbortController();
+    const bound = Math.min(this.#deps.params().progress_timeout, RESUME_HANDSHAKE_MS);
+    clock.until(clock.now() + bound, AbortSignal.any([signal, limit.signal])).then(
+      () => limit.abort(new Error(`no answer to the resume request within ${bound} ms`)),
+      () => {},
+    );
+    const stop = AbortSignal.any([signal, limit.signal]);
+    let channel: WatchedChannel | null = null;
+    try {
+      channel = new WatchedChannel(
+        await transports.connect(uri, stop, this.#deps.security),
+        watchdog,
+        { beforeFinish: () => this.#returnPath!.switchover() },
+      );
+      const ch = channel;
+      const onStop = () => ch.close();
+      stop.addEventListener("abort", onStop, { once: true });
+      let answer;
+      try {
+        answer = await requestResume(
+          channel,
+          identityOf(this.#id, ctx.savers.machineType, guest.blocks),
+          ctx.digests!,
+        );
+      } finally {
+        stop.removeEventListener("abort", onStop);
+      }
+      stop.throwIfAborted();
+      ctx.savers.ram.resend(answer.maps);
+      this.#resumeStats.resumed(answer.held, answer.resend);
+      this.#channel = channel;
+      this.#lastUri = uri;
+      const writer = new StreamWriter(channel, undefined, { turn: this.#deps.turn, clock });
+      this.#bytesBefore += this.#writer?.bytes ?? 0;
+      this.#writer?.release();
+      this.#writer = writer;
+      this.#returnPath = this.#openReturnPath(channel);
+      watchdog.start();
+      this.#transition("active");
+      this.#warn(
+        "migration-resumed",
+        `Resumed over ${uri}: the destination held ${answer.held} pages as sent, ` +
+          `${answer.resend} go again (${answer.held * PAGE_SIZE} bytes not sent again)`,
+      );
+      return { ...ctx, writer, drain: () => this.#drain(writer) };
+    } catch (e) {
+      channel?.close();
+      throw (stop.aborted && !signal.aborted ? stop.reason : e);
+    } finally {
+      limit.abort();
+    }
+  }
+
+  #warn(code: string, message: string): void {
+    this.#warnings.push({ code, message });
+    this.#deps.hooks.onWarning(code, message);
   }
 
   async #run(): Promise<void> {
@@ -292,7 +525,7 @@ export class Migration {
         capabilities: this.#deps.capabilities,
         progress: {
           active: () => {
-            this.#setupTime = clock.now() - this.#startedAt;
+            this.#setupTime ??= clock.now() - this.#startedAt;
             this.#transition("active");
           },
           window: (w: WindowStats, expected: number) => {
@@ -304,28 +537,34 @@ export class Migration {
             this.#deps.hooks.onProgress();
           },
           pass: (count: number, dirty: number) => this.#deps.hooks.onPass(count, dirty),
-          stopped: () => {},
+          stopped: () => {
+            this.#stopping = true;
+          },
           throttled: (percent: number) => {
             this.#throttle = percent;
           },
-          warn: (code: string, message: string) => {
-            this.#warnings.push({ code, message });
-            this.#deps.hooks.onWarning(code, message);
-          },
+          warn: (code: string, message: string) => this.#warn(code, message),
         },
         drain: returnPath ? () => this.#drain(writer) : undefined,
       };
       await writeSetup(ctx);
       if (returnPath) {
         await sendOpenReturnPath(writer);
+        if (this.#resumable(digests)) await sendMigrationId(writer, this.#id);
         // From here on the destination may report a failure at any time.
-        this.#returnPath = new SourceReturnPath(this.#channel, (e) => {
-          this.#abort.abort(e);
-          this.#channel?.close();
-        });
+        this.#returnPath = this.#openReturnPath(this.#channel);
       }
       this.#abort.signal.throwIfAborted();
-      const result = await runPrecopy(ctx);
+      let run: OutgoingContext = ctx;
+      let result: OutgoingResult;
+      for (;;) {
+        try {
+          result = await runPrecopy(run);
+          break;
+        } catch (e) {
+          run = await this.#interrupted(e, run, watchdog);
+        }
+      }
       this.#downtime = result.downtime;
       this.#channel.close();
       this.#transition("completed");
@@ -349,12 +588,16 @@ export class Migration {
       }
     } finally {
       watchdog.stop();
+      this.#resumes.refuseAll(new Error(`the migration is ${this.#state}`));
       this.#writer?.release();
       // auto-converge's throttle ends with the migration, whatever its outcome.
       if (this.#throttle > 0) guest.setThrottle(0);
     }
   }
 }
+
+/** How long a resume's connection and handshake may take, at most, ms (progress_timeout is shorter). */
+const RESUME_HANDSHAKE_MS = 30_000;
 
 function round3(n: number): number {
   return Math.round(n * 1000) / 1000;

@@ -33,6 +33,8 @@ export const DEFAULT_PARAMETERS: Readonly<Parameters> = {
   snapshot_key: "",
   compress_method: "none",
   compress_level: 1,
+  resume_grace: 60_000,
+  resume_auto: false,
 };
 
 /** QEMU's capabilities off, as QEMU starts; ferry's `verify` on (turn it off only for peers that cannot speak it). */
@@ -57,6 +59,16 @@ export const UNSUPPORTED_CAPABILITIES: Readonly<Partial<Record<keyof Capabilitie
  */
 export function validateParameters(patch: Partial<Parameters>, ramBytes = Infinity): void {
   for (const [key, value] of Object.entries(patch) as [keyof Parameters, unknown][]) {
+    if (key === "resume_auto") {
+      if (typeof value !== "boolean") {
+        throw new EngineError(
+          "invalid-parameter",
+          `Invalid parameter "${key}": ${JSON.stringify(value)} is not true or false`,
+          { field: key },
+        );
+      }
+      continue;
+    }
     if (key === "stall_action" || key === "compress_method") {
       const allowed: readonly string[] = key === "stall_action" ? STALL_ACTIONS : COMPRESS_METHODS;
       if (!allowed.includes(value as StallAction | CompressMethod)) {

@@ -15,6 +15,8 @@ export const ENGINE_STATUS: Record<EngineErrorCode, ContentfulStatusCode> = {
   "not-incoming": 409,
   "guest-incomplete": 409,
   "guest-running": 409,
+  "not-interrupted": 409,
+  "resume-refused": 409,
   "blocker-not-found": 404,
 };
 

@@ -44,6 +44,22 @@ export const IncomingRequestSchema = z.object({
   uri: z.string().min(1).max(4096).openapi({ example: "tcp:127.0.0.1:0" }),
 }).strict().openapi("IncomingRequest");
 
+/** POST /migrations/current/resume body. */
+export const ResumeRequestSchema = z.object({
+  uri: z.string().min(1).max(4096).openapi({
+    description: "Where the destination listens again for the resume (tcp: or unix:)",
+    example: "tcp:127.0.0.1:4444",
+  }),
+}).strict().openapi("ResumeRequest");
+
+/** POST /migrations/incoming/resume body. */
+export const IncomingResumeRequestSchema = z.object({
+  uri: z.string().min(1).max(4096).optional().openapi({
+    description: "Where to listen for the resume (default: the address the stream came to)",
+    example: "tcp:127.0.0.1:4444",
+  }),
+}).strict().openapi("IncomingResumeRequest");
+
 /** One migration blocker. */
 export const BlockerSchema = z.object({ id: z.string(), reason: z.string() }).openapi("Blocker");
 

@@ -341,6 +341,30 @@ export class RamSaver implements LiveSaver {
   }
 
   /**
+   * After an interrupted pre-copy resumed on a new stream (engine/resume.ts): the
+   * pages of `maps` (one bitmap per block) go again, and the next record names its
+   * block. The XBZRLE cache starts afresh, since the destination may not hold what
+   * it describes. Returns the pages newly marked.
+   */
+  resend(maps: readonly Uint32Array[]): number {
+    let added = 0;
+    for (let i = 0; i < this.#bitmaps.length; i++) {
+      const map = this.#bitmaps[i];
+      const more = maps[i];
+      for (let w = 0; w < map.length; w++) {
+        const fresh = more[w] & ~map[w];
+        if (fresh === 0) continue;
+        map[w] |= fresh;
+        added += popcount32(fresh);
+      }
+    }
+    this.#dirty += added;
+    this.#last = null;
+    if (this.#cache) this.#cache = new PageCache(this.#cache.sizeBytes);
+    return added;
+  }
+
+  /**
    * QEMU's ram_save_pending: bytes still to send; when that is below `maxSize`
    * the dirty log is synced first so the switchover decision sees fresh numbers.
    */
