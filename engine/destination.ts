@@ -1,4 +1,10 @@
-import type { Channel, ChannelSecurity, Listener, Transports } from "../transports/transport.ts";
+import {
+  type Channel,
+  type ChannelSecurity,
+  type Listener,
+  TransportError,
+  type Transports,
+} from "../transports/transport.ts";
 import type { Guest, RunState } from "../vm/guest.ts";
 import type { Clock } from "./clock.ts";
 import { describeError } from "./errors.ts";
@@ -11,6 +17,7 @@ import {
   answerResume,
   identityOf,
   isChannelBreak,
+  RESUME_BACKOFF_MS,
   ResumeRefusedError,
   ResumeStats,
 } from "./resume.ts";
@@ -233,6 +240,7 @@ export class IncomingMigration {
     stats.interruptions++;
     stats.lastError = describeError(e);
     stats.graceEnds = clock.now() + grace;
+    stats.pagesHeld = digests.ram.reduce((n, r) => n + countHeld(r.table.digests), 0);
     this.#transition("interrupted");
     const wait = new AbortController();
     const onCancel = () => wait.abort(this.#cancel.signal.reason);
@@ -283,7 +291,7 @@ export class IncomingMigration {
           this.#refused++;
           this.#lastRefused = `${accepted.peer}: ${describeError(err)}`;
           // Listen on for the right source, at the same address.
-          listener = await this.#deps.transports.listen(listener.address, this.#deps.security ?? {});
+          listener = await this.#listenAgain(listener.address, wait.signal);
           continue;
         }
         this.#channel = channel;
@@ -310,13 +318,26 @@ export class IncomingMigration {
     }
   }
 
+  /**
+   * Listens on `uri` again, retrying with back-off while the address is still held
+   * (the socket of the broken stream may keep it a moment), until `signal` aborts.
+   */
+  async #listenAgain(uri: string, signal: AbortSignal): Promise<Listener> {
+    for (let attempt = 0;; attempt++) {
+      try {
+        return await this.#deps.transports.listen(uri, this.#deps.security ?? {});
+      } catch (e) {
+        if (!(e instanceof TransportError) || e.code !== "listen-failed") throw e;
+        const delay = RESUME_BACKOFF_MS[Math.min(attempt, RESUME_BACKOFF_MS.length - 1)];
+        await this.#deps.clock.sleep(delay, signal);
+      }
+    }
+  }
+
   /** The listener for the source's resume: at once with resume_auto, else from resume(). */
   async #awaitListener(signal: AbortSignal): Promise<Listener> {
     if (this.#deps.resumeAuto?.()) {
-      const listener = await this.#deps.transports.listen(
-        this.#address ?? this.uri,
-        this.#deps.security ?? {},
-      );
+      const listener = await this.#listenAgain(this.#address ?? this.uri, signal);
       this.#address = listener.address;
       return listener;
     }

@@ -11,7 +11,7 @@ import { MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PING } from "./return_path.ts";
 import { IntegrityError, MigrationDigests, parseIntegrityRecord } from "./integrity.ts";
 import { sharedKernels } from "./wasm/kernels.ts";
 import type { CompressMethod } from "./format/compression.ts";
-import { MIG_CMD_FERRY_MIGRATION_ID, readMigrationId } from "./resume.ts";
+import { MIG_CMD_FERRY_MIGRATION_ID, MIG_CMD_FERRY_RESUME, readMigrationId } from "./resume.ts";
 
 /** Largest vmdescription JSON accepted (QEMU's own are far smaller). */
 export const MAX_VMDESC_BYTES = 1 << 20;
@@ -231,6 +231,14 @@ export async function loadStream(
           await r.need(4);
           await onPing(r.be32());
           break;
+        }
+        if (cmd === MIG_CMD_FERRY_RESUME) {
+          options.onReturnPath?.(); // the source reads the answer: tell it why not
+          throw new StreamError(
+            at,
+            "the source asks to resume an interrupted migration, but this destination holds " +
+              "none (it was armed for a new one)",
+          );
         }
         if (cmd === MIG_CMD_FERRY_MIGRATION_ID) {
           st.migrationId = await readMigrationId(r, len, at);

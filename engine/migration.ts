@@ -376,7 +376,10 @@ export class Migration {
             throw wait.signal.reason;
           }
           req.settle(err);
-          this.#warn("resume-failed", `Resuming over ${req.uri} failed: ${describeError(err)}`);
+          // Automatic retries warn once per interruption, a resume asked for every time.
+          if (!req.auto || attempt === 0) {
+            this.#warn("resume-failed", `Resuming over ${req.uri} failed: ${describeError(err)}`);
+          }
         }
       }
     } finally {
@@ -391,7 +394,7 @@ export class Migration {
     const backoff = new AbortController();
     const delay = RESUME_BACKOFF_MS[Math.min(attempt, RESUME_BACKOFF_MS.length - 1)];
     const timer = this.#deps.clock.sleep(delay, AbortSignal.any([signal, backoff.signal])).then(
-      () => ({ uri: this.#lastUri, settle: () => {} }),
+      () => ({ uri: this.#lastUri, auto: true, settle: () => {} }),
     );
     try {
       return await Promise.race([

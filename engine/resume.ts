@@ -263,6 +263,8 @@ export function isChannelBreak(e: unknown): boolean {
 /** One resume asked for through the API: where to, and how to answer the caller. */
 export interface ResumeRequest {
   readonly uri: string;
+  /** Made by the automatic reconnect (resume_auto), not asked for. */
+  readonly auto?: boolean;
   /** Settles the caller's promise: resumed (no argument) or refused with `error`. */
   settle(error?: unknown): void;
 }
