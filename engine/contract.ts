@@ -189,8 +189,8 @@ export const MigrationInfoSchema = z.object({
     description: "While auto-converge throttles",
   }),
   resume: ResumeInfoSchema.optional().openapi({
-    description: "Once the channel failed during pre-copy (docs/ARCHITECTURE.md, \"Resuming " +
-      "an interrupted pre-copy\")",
+    description: 'Once the channel failed during pre-copy (docs/ARCHITECTURE.md, "Resuming ' +
+      'an interrupted pre-copy")',
   }),
   warnings: z.array(z.object({ code: z.string(), message: z.string() })).optional().openapi({
     description:

@@ -9,7 +9,13 @@ import type { Guest, RunState } from "../vm/guest.ts";
 import type { Clock } from "./clock.ts";
 import { describeError } from "./errors.ts";
 import { StreamReader } from "./format/reader.ts";
-import { createLoadState, type LoadOptions, type LoadResult, type LoadState, loadStream } from "./incoming.ts";
+import {
+  createLoadState,
+  type LoadOptions,
+  type LoadResult,
+  type LoadState,
+  loadStream,
+} from "./incoming.ts";
 import { DEFAULT_PARAMETERS } from "./params.ts";
 import { EngineError } from "./errors.ts";
 import { defaultSections } from "./sections/registry.ts";

@@ -51,7 +51,12 @@ export function entrySums(entries: Uint32Array): DigestSums {
     weighted = (weighted + Math.imul(w, d)) | 0;
     squared = (squared + Math.imul(Math.imul(w, w), d)) | 0;
   }
-  return { units: entries.length, sum: sum >>> 0, weighted: weighted >>> 0, squared: squared >>> 0 };
+  return {
+    units: entries.length,
+    sum: sum >>> 0,
+    weighted: weighted >>> 0,
+    squared: squared >>> 0,
+  };
 }
 
 /** Pages with a non-zero entry (held by the destination). */
@@ -151,7 +156,9 @@ export class ReceivedBitmapReader {
     if (type === MIG_RP_MSG_FERRY_RECV_BITMAP) {
       if (payload.length < 5) throw new ReceivedBitmapError(`a message of ${payload.length} bytes`);
       const entries = this.#blocks[payload[0]];
-      if (!entries) throw new ReceivedBitmapError(`block ${payload[0]}, this guest has ${this.#blocks.length}`);
+      if (!entries) {
+        throw new ReceivedBitmapError(`block ${payload[0]}, this guest has ${this.#blocks.length}`);
+      }
       let word = v.getUint32(1);
       let pos = 5;
       while (pos < payload.length) {
@@ -160,7 +167,9 @@ export class ReceivedBitmapReader {
         pos += 4;
         const first = word * 32;
         if (bits !== 0 && first + 32 - Math.clz32(bits) > entries.length) {
-          throw new ReceivedBitmapError(`pages beyond block ${payload[0]} (${entries.length} pages)`);
+          throw new ReceivedBitmapError(
+            `pages beyond block ${payload[0]} (${entries.length} pages)`,
+          );
         }
         if (pos + popcount32(bits) * 4 > payload.length) {
           throw new ReceivedBitmapError("a truncated word");

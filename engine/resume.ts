@@ -30,8 +30,8 @@ import { errorMessage, MIG_RP_MSG_FERRY_ERROR } from "./return_path.ts";
 import {
   encodeReceived,
   pagesToResend,
-  type ReceivedBlock,
   ReceivedBitmapReader,
+  type ReceivedBlock,
 } from "./received_bitmap.ts";
 import type { ResumeInfo } from "./contract.ts";
 

@@ -9,6 +9,7 @@ export {
   MigrationInfoSchema,
   ParametersPatchSchema,
   ParametersSchema,
+  ResumeInfoSchema,
   VmInfoSchema,
 } from "../engine/contract.ts";
 

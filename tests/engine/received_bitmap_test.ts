@@ -78,7 +78,9 @@ Deno.test("received bitmap: the source sends again exactly the pages whose entri
   assert.equal(plan.resend, expected.size);
   const marked = new Set<string>();
   plan.maps.forEach((map, b) => {
-    for (let i = 0; i < map.length * 32; i++) if (map[i >>> 5] & (1 << (i & 31))) marked.add(`${b}:${i}`);
+    for (let i = 0; i < map.length * 32; i++) {
+      if (map[i >>> 5] & (1 << (i & 31))) marked.add(`${b}:${i}`);
+    }
   });
   assert.deepEqual(marked, expected);
 });
@@ -93,13 +95,16 @@ Deno.test("received bitmap: a damaged, foreign or truncated bitmap is refused wi
   assert.throws(
     () => damaged.forEach(([t, p]) => reader.feed(t, p)),
     (e: Error) =>
-      e instanceof ReceivedBitmapError && /do not add up to the sums the destination sent/.test(e.message),
+      e instanceof ReceivedBitmapError &&
+      /do not add up to the sums the destination sent/.test(e.message),
   );
   // A guest of another shape.
   const other = new ReceivedBitmapReader([1000]);
   assert.throws(
     () => messages.forEach(([t, p]) => other.feed(t, p)),
-    (e: Error) => e instanceof ReceivedBitmapError && /pages beyond block 0|block 1, this guest has 1/.test(e.message),
+    (e: Error) =>
+      e instanceof ReceivedBitmapError &&
+      /pages beyond block 0|block 1, this guest has 1/.test(e.message),
   );
   // A word cut short, and a message of another kind in the middle.
   const short = new ReceivedBitmapReader([70_000, 37]);

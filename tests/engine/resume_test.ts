@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { Engine } from "../../engine/engine.ts";
 import { EngineError } from "../../engine/errors.ts";
 import { createTransports } from "../../transports/mod.ts";
-import { FaultProxy, type FaultPlan } from "../../testing/fault_proxy.ts";
+import { type FaultPlan, FaultProxy } from "../../testing/fault_proxy.ts";
 import { ramDigest, TestGuest } from "../../testing/test_guest.ts";
 import { PAGE_SIZE } from "../../vm/ram.ts";
 import { FakeClock } from "../helpers/fake_clock.ts";
@@ -184,7 +184,10 @@ Deno.test("resume: a destination of another migration refuses, naming both; the 
     assert.equal(p.srcEngine.current().status, "interrupted");
     assert.match(other.dstEngine.incomingInfo().last_refused ?? "", /resumes migration/);
     // A fresh destination, not interrupted, refuses a resume as well.
-    const fresh = new Engine({ guest: new TestGuest([["pc.ram", 128 * PAGE_SIZE]]), transports: createTransports() });
+    const fresh = new Engine({
+      guest: new TestGuest([["pc.ram", 128 * PAGE_SIZE]]),
+      transports: createTransports(),
+    });
     try {
       const armed = await fresh.listenIncoming("tcp:127.0.0.1:0");
       await assert.rejects(
@@ -221,10 +224,15 @@ Deno.test("resume: once the grace period ends both sides fail as before; a resum
     assert.equal(dst.status, "failed");
     assert.match(dst.error_desc ?? "", /did not resume within resume_grace.*discarded/);
     assert.equal(p.dst.runState, "inmigrate");
-    assert.ok(p.dst.blocks[0].bytes.every((b) => b === 0), "the destination discarded what it held");
+    assert.ok(
+      p.dst.blocks[0].bytes.every((b) => b === 0),
+      "the destination discarded what it held",
+    );
     await assert.rejects(
       p.srcEngine.resumeMigration("tcp:127.0.0.1:1"),
-      (e: Error) => e instanceof EngineError && e.code === "not-interrupted" && /failed, not interrupted/.test(e.message),
+      (e: Error) =>
+        e instanceof EngineError && e.code === "not-interrupted" &&
+        /failed, not interrupted/.test(e.message),
     );
     await assert.rejects(
       p.dstEngine.resumeIncoming(),
@@ -289,7 +297,9 @@ Deno.test("resume: with resume_auto the destination listens again and the source
     await proxy.whenForwarded(40_000);
     await proxy.close();
     await waitUntil(
-      () => p.dstEngine.incomingInfo().status === "interrupted" && p.srcEngine.current().status === "interrupted",
+      () =>
+        p.dstEngine.incomingInfo().status === "interrupted" &&
+        p.srcEngine.current().status === "interrupted",
       "both sides interrupted",
       3000,
     ).catch((e) => {

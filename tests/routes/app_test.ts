@@ -8,7 +8,9 @@ import { call, testApp } from "../helpers/app.ts";
 const CONTRACT: Record<string, string[]> = {
   "/migrations": ["post"],
   "/migrations/current": ["get", "delete"],
+  "/migrations/current/resume": ["post"],
   "/migrations/incoming": ["get", "post", "delete"],
+  "/migrations/incoming/resume": ["post"],
   "/migrations/capabilities": ["get", "put"],
   "/migrations/parameters": ["get", "patch"],
   "/migrations/blockers": ["get", "post"],

@@ -20,6 +20,8 @@ const DEFAULTS = {
   snapshot_key: "",
   compress_method: "none",
   compress_level: 1,
+  resume_grace: 60000,
+  resume_auto: false,
 };
 
 Deno.test("GET /migrations/parameters answers the seed defaults", async () => {
@@ -59,6 +61,8 @@ Deno.test("PATCH /migrations/parameters applies every field and the limits thems
     incoming_page_budget: 2,
     compress_method: "lz4",
     compress_level: 19,
+    resume_grace: 0,
+    resume_auto: true,
   };
   const res = await call(app, "PATCH", "/migrations/parameters", patch);
   assert.equal(res.status, 200);
@@ -118,6 +122,9 @@ const BAD: [string, string, unknown][] = [
   ["compress_method", "an unknown method", "gzip"],
   ["compress_level", "0", 0],
   ["compress_level", "20", 20],
+  ["resume_grace", "a negative", -1],
+  ["resume_grace", "a value above a day", 86_400_001],
+  ["resume_auto", "a string", "yes"],
 ];
 
 for (const [field, what, value] of BAD) {
