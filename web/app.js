@@ -80,7 +80,7 @@ export function progressOf(info) {
   return Math.min(1, Math.max(0, 1 - ram.remaining / ram.total));
 }
 
-const RUNNING = new Set(["setup", "active", "cancelling"]);
+const RUNNING = new Set(["setup", "active", "interrupted", "cancelling"]);
 const FINAL = new Set(["completed", "failed", "cancelled"]);
 
 /**
@@ -244,9 +244,31 @@ export function describeEvent(type, data) {
       return `guest ${data.from} → ${data.to}`;
     case "reset":
       return `missed events (${data.reason}): state re-fetched`;
+    case "warning":
+      return `${data.code}: ${data.message}`;
     default:
       return null;
   }
+}
+
+/**
+ * One line on resuming an interrupted pre-copy (a migration's or incoming `resume`
+ * info): interruptions, resumes, pages held, bytes saved, and while interrupted
+ * the grace left; null before any interruption.
+ */
+export function resumeSummary(resume) {
+  if (!resume) return null;
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  const parts = [
+    plural(resume.interruptions, "interruption"),
+    plural(resume.resumes, "resume"),
+    `${resume.pages_held} pages held`,
+    `${formatBytes(resume.bytes_saved)} not sent again`,
+  ];
+  if (typeof resume.grace_left === "number") {
+    parts.push(`${formatMs(resume.grace_left)} left to resume`);
+  }
+  return parts.join(" · ");
 }
 
 /**
@@ -739,6 +761,13 @@ class Dashboard {
       );
       this.text("xbzrle-overflow", String(x.overflow));
     }
+
+    const resume = resumeSummary(m.resume);
+    this.$("resume").hidden = resume === null;
+    this.text("resume-summary", resume ?? "");
+    const incResume = resumeSummary(this.incoming?.resume);
+    this.$("incoming-resume").hidden = incResume === null;
+    this.text("incoming-resume", incResume ?? "");
 
     const running = RUNNING.has(m.status);
     this.$("migrate-start").disabled = running;

@@ -260,24 +260,41 @@ Deno.test("resume: cancel and disarm work while interrupted; the source guest ru
   }
 });
 
-Deno.test("resume: a cut during stop-and-copy fails both sides as before, the source guest running, the destination's never started", async () => {
-  for (const plan of [{ cutOnReturn: true }, { cutAfterReturn: 2 }] as FaultPlan[]) {
-    const p = await pair(64, 7);
+Deno.test("resume: a cut during stop-and-copy fails the source as before, its guest running; the destination never starts its guest", async () => {
+  for (
+    const plan of [
+      { cutOnReturn: true },
+      { cutAfterReturn: 2 },
+      { cutBeforeEnd: 3 * PAGE_RECORD, quietMs: 200 },
+    ] as FaultPlan[]
+  ) {
+    const what = JSON.stringify(plan);
+    const p = await pair(64, 7, 5_000);
     try {
       await using proxy = FaultProxy.start(p.incoming, plan);
       p.srcEngine.migrate(proxy.address);
-      await finished(p);
+      await withTimeout(p.srcEngine.migration!.done, 60_000, "the source ending");
       const src = p.srcEngine.current();
-      assert.ok(src.resume === undefined, "never interrupted");
-      if (plan.cutOnReturn) {
-        assert.equal(src.status, "failed");
-        assert.equal(p.src.runState, "running");
-        assert.equal(p.dstEngine.incomingInfo().status, "failed");
-      } else {
+      assert.ok(src.resume === undefined, `${what}: the source was never interrupted`);
+      if (plan.cutAfterReturn) {
         // The commit was cut in flight: both stopped, never both running (as before).
-        assert.notEqual(p.dst.runState, "running");
+        assert.equal(src.status, "completed", what);
+        assert.equal(p.src.runState, "postmigrate");
+      } else {
+        assert.equal(src.status, "failed", what);
+        assert.equal(p.src.runState, "running", `${what}: the source guest runs on`);
       }
-      assert.notEqual(p.dst.runState === "running" && p.src.runState === "running", true);
+      // A destination that lost the stop-and-copy's first bytes cannot tell it from a
+      // cut in pre-copy: it waits to resume, never running, until the grace ends.
+      await waitUntil(
+        () => p.dstEngine.incomingInfo().status !== "active",
+        `${what}: the destination left active`,
+      );
+      assert.equal(p.dst.runState, "inmigrate", what);
+      p.dstClock.advance(5_001);
+      await withTimeout(p.dstEngine.incoming!.done, 60_000, "the destination ending");
+      assert.equal(p.dstEngine.incomingInfo().status, "failed", what);
+      assert.equal(p.dst.runState, "inmigrate", what);
     } finally {
       await p.close();
     }
