@@ -195,7 +195,8 @@ export const MigrationInfoSchema = z.object({
   warnings: z.array(z.object({ code: z.string(), message: z.string() })).optional().openapi({
     description:
       "What the operator should know: downtime-limit-unachievable (the round trip alone " +
-      "exceeds the limit), stalled-switchover, stalled-throttle, xbzrle-cache-resize-failed",
+      "exceeds the limit), stalled-switchover, stalled-throttle, xbzrle-cache-resize-failed, " +
+      "migration-interrupted, migration-resumed, resume-failed",
   }),
 }).openapi("MigrationInfo", { example: { status: "none" } });
 
