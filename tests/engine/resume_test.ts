@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { Engine } from "../../engine/engine.ts";
 import { EngineError } from "../../engine/errors.ts";
+import type { Capabilities, Parameters } from "../../engine/params.ts";
 import { createTransports } from "../../transports/mod.ts";
 import { type FaultPlan, FaultProxy } from "../../testing/fault_proxy.ts";
 import { ramDigest, TestGuest } from "../../testing/test_guest.ts";
@@ -38,19 +39,36 @@ interface Pair {
  * destination listening on loopback; pre-copy converges only once every page
  * arrived (downtime_limit 1 ms), so every cut before that is a cut in pre-copy.
  */
-async function pair(pages: number, seed: number, grace = 60_000): Promise<Pair> {
+async function pair(
+  pages: number,
+  seed: number,
+  grace = 60_000,
+  opts: {
+    fill?: (g: TestGuest) => void;
+    caps?: Partial<Capabilities>;
+    params?: Partial<Parameters>;
+  } = {},
+): Promise<Pair> {
   const transports = createTransports();
   const src = new TestGuest([["pc.ram", pages * PAGE_SIZE]]);
   src.fillRandom(seed);
   src.blocks[0].bytes.fill(0, 0, 3 * PAGE_SIZE);
+  opts.fill?.(src);
   src.start();
   const dst = new TestGuest([["pc.ram", pages * PAGE_SIZE]]);
   const srcClock = new FakeClock();
   const dstClock = new FakeClock();
   const srcEngine = new Engine({ guest: src, transports, clock: srcClock });
   const dstEngine = new Engine({ guest: dst, transports, clock: dstClock });
-  srcEngine.setParameters({ max_bandwidth: BANDWIDTH, downtime_limit: 1, resume_grace: grace });
-  dstEngine.setParameters({ resume_grace: grace });
+  srcEngine.setParameters({
+    max_bandwidth: BANDWIDTH,
+    downtime_limit: 1,
+    resume_grace: grace,
+    ...opts.params,
+  });
+  dstEngine.setParameters({ resume_grace: grace, ...opts.params });
+  srcEngine.setCapabilities(opts.caps ?? {});
+  dstEngine.setCapabilities(opts.caps ?? {});
   const incoming = (await dstEngine.listenIncoming("tcp:127.0.0.1:0")).address!;
   return {
     src,
@@ -164,6 +182,58 @@ Deno.test("resume: 50 migrations cut at seeded points of pre-copy each resume an
     }
   }
   assert.ok(stale > 0, "some cuts lost a page's newer version in flight (it went again)");
+});
+
+Deno.test("resume: with xbzrle, and with page_refs and zstd, cut migrations resume and complete with equal RAM", async () => {
+  /** Pages of a few repeated patterns: references and compression find work. */
+  const patterned = (g: TestGuest) => {
+    const b = g.blocks[0];
+    for (let page = 3; page < b.pages; page += 2) {
+      b.bytes.fill(page % 5, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+    }
+  };
+  const variants = [
+    { caps: { xbzrle: true } },
+    { caps: { page_refs: true }, params: { compress_method: "zstd" as const } },
+  ];
+  /** Per variant: XBZRLE pages, references and compressed pages sent (they must have been used). */
+  const used = [0, 0];
+  for (const [v, variant] of variants.entries()) {
+    for (let seed = 1; seed <= 6; seed++) {
+      const r = rng(seed * 104729 + v);
+      const pages = 96 + Math.floor(r() * 96);
+      const p = await pair(pages, seed, 60_000, { fill: patterned, ...variant });
+      const what = `${JSON.stringify(variant)} seed ${seed}`;
+      try {
+        // Dirtying after each sync makes later passes: XBZRLE deltas, references to sent pages.
+        // 30 pages a pass: with XBZRLE's small deltas, still more than a switchover may send.
+        const stopDirtying = p.srcEngine.events.subscribe((e) => {
+          if (e.type !== "pass") return;
+          for (let i = 0; i < 30; i++) {
+            const page = 3 + Math.floor(r() * (pages - 3));
+            p.src.write(page * PAGE_SIZE + 8, Uint8Array.of(seed, page & 0xff, i));
+          }
+        });
+        await using _proxy = await interrupt(p, {
+          cutAt: Math.floor((0.5 + r() * 0.8) * pages * PAGE_RECORD),
+        });
+        stopDirtying();
+        await using _relay = await resume(p);
+        await finished(p);
+        assert.equal(p.srcEngine.current().status, "completed", what);
+        assert.equal(p.dstEngine.incomingInfo().status, "completed", what);
+        assert.equal(await ramDigest(p.dst), await ramDigest(p.src), `${what}: equal RAM`);
+        const info = p.srcEngine.current();
+        used[v] += v === 0
+          ? info.xbzrle_cache!.pages
+          : Math.min(info.page_refs!.pages, info.compression!.pages);
+      } finally {
+        await p.close();
+      }
+    }
+  }
+  assert.ok(used[0] > 0, "XBZRLE deltas went out");
+  assert.ok(used[1] > 0, "references and compressed runs went out");
 });
 
 Deno.test("resume: a destination of another migration refuses, naming both; the source stays interrupted and then resumes to the right one", async () => {
