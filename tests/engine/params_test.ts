@@ -45,6 +45,8 @@ Deno.test("DEFAULT_PARAMETERS are the seed's (32 MiB/s, 30 ms, 64 MiB cache, thr
     snapshot_key: "",
     compress_method: "none",
     compress_level: 1,
+    resume_grace: 60_000,
+    resume_auto: false,
   });
   assert.doesNotThrow(() => validateParameters(DEFAULT_PARAMETERS));
 });
