@@ -299,11 +299,10 @@ export class Migration {
     return rtt;
   }
 
-  /** True when this migration can be resumed if its channel fails (and then sends its id). */
-  #resumable(digests: MigrationDigests | null | undefined): boolean {
-    this.#idSent = usesReturnPath(this.uri) && Boolean(digests) && !this.#deps.block &&
+  /** True when this migration could resume if its channel failed: it then sends its id. */
+  #canResume(digests: MigrationDigests | null | undefined): boolean {
+    return usesReturnPath(this.uri) && Boolean(digests) && !this.#deps.block &&
       this.#deps.params().resume_grace > 0;
-    return this.#idSent;
   }
 
   /** The return path's reader on `channel`: a failure the destination reports ends the migration. */
@@ -553,7 +552,8 @@ export class Migration {
       await writeSetup(ctx);
       if (returnPath) {
         await sendOpenReturnPath(writer);
-        if (this.#resumable(digests)) await sendMigrationId(writer, this.#id);
+        this.#idSent = this.#canResume(digests);
+        if (this.#idSent) await sendMigrationId(writer, this.#id);
         // From here on the destination may report a failure at any time.
         this.#returnPath = this.#openReturnPath(this.#channel);
       }
