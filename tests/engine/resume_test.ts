@@ -236,6 +236,51 @@ Deno.test("resume: with xbzrle, and with page_refs and zstd, cut migrations resu
   assert.ok(used[1] > 0, "references and compressed runs went out");
 });
 
+Deno.test("resume: the event stream tells the interruption, the resume and the bytes saved, on both sides", async () => {
+  const p = await pair(128, 9);
+  const seen: string[] = [];
+  p.srcEngine.events.subscribe((e) => {
+    if (e.type === "state") seen.push(`state ${e.from}→${e.to}`);
+    if (e.type === "warning") seen.push(`warning ${e.code}: ${e.message}`);
+  });
+  const incoming: string[] = [];
+  p.dstEngine.events.subscribe((e) => {
+    if (e.type === "incoming") {
+      incoming.push(`${e.from}→${e.to} ${e.info.resume?.pages_held ?? "-"}`);
+    }
+  });
+  try {
+    await using _proxy = await interrupt(p, { cutAt: 250_000 });
+    await using _relay = await resume(p);
+    await finished(p);
+    const saved = p.srcEngine.current().resume!.bytes_saved;
+    assert.ok(saved > 0);
+    const lines = seen.map((l) => l.replace(/: .*/s, ""));
+    assert.deepEqual(lines, [
+      "state none→setup",
+      "state setup→active",
+      "state active→interrupted",
+      "warning migration-interrupted",
+      "state interrupted→active",
+      "warning migration-resumed",
+      "state active→completed",
+    ]);
+    assert.match(seen[3], /channel failed during pre-copy.*resume within 60000 ms/);
+    assert.match(seen[5], new RegExp(`\\(${saved} bytes not sent again\\)`));
+    const held = p.dstEngine.incomingInfo().resume!.pages_held;
+    // (Armed before the test subscribed.)
+    assert.deepEqual(incoming.map((l) => l.split(" ")[0]), [
+      "listening→active",
+      "active→interrupted",
+      "interrupted→active",
+      "active→completed",
+    ]);
+    assert.equal(incoming[1], `active→interrupted ${held}`);
+  } finally {
+    await p.close();
+  }
+});
+
 Deno.test("resume: a destination of another migration refuses, naming both; the source stays interrupted and then resumes to the right one", async () => {
   const p = await pair(128, 3);
   const other = await pair(128, 4);
