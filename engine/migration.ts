@@ -368,6 +368,7 @@ export class Migration {
         try {
           const next = await this.#reconnect(req.uri, ctx, watchdog, wait.signal);
           req.settle();
+          this.#resumes.refuseAll(new Error("the migration already resumed over another request"));
           return next;
         } catch (err) {
           if (wait.signal.aborted) {
