@@ -214,14 +214,17 @@ export class ReceivedBitmapReader {
 /**
  * Source side: per block, the pages to send again — those whose destination entry
  * differs from the source's own (never received, or a record lost in flight) — and
- * how many the destination holds as last sent.
+ * how many the destination holds as last sent. `foreign` counts pages the
+ * destination holds that this source never sent: none, unless it is another
+ * migration's destination.
  */
 export function pagesToResend(
   mine: MigrationDigests,
   theirs: readonly ReceivedBlock[],
-): { maps: Uint32Array[]; held: number; resend: number } {
+): { maps: Uint32Array[]; held: number; resend: number; foreign: number } {
   let held = 0;
   let resend = 0;
+  let foreign = 0;
   const maps = mine.ram.map(({ table }, block) => {
     const a = table.digests;
     const b = theirs[block].entries;
@@ -233,8 +236,9 @@ export function pagesToResend(
       }
       map[i >>> 5] |= 1 << (i & 31);
       resend++;
+      if (a[i] === 0) foreign++;
     }
     return map;
   });
-  return { maps, held, resend };
+  return { maps, held, resend, foreign };
 }

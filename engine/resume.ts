@@ -236,7 +236,15 @@ export async function requestResume(
     }
     if (reader.feed(type, body)) break;
   }
-  return pagesToResend(digests, reader.result as ReceivedBlock[]);
+  const plan = pagesToResend(digests, reader.result as ReceivedBlock[]);
+  if (plan.foreign > 0) {
+    // The digests so far disagree in a way no lost record explains.
+    throw new ResumeRefusedError(
+      `the destination holds ${plan.foreign} pages this migration never sent: its digests are ` +
+        "not this migration's",
+    );
+  }
+  return plan;
 }
 
 async function readFully(channel: Channel, buf: Uint8Array): Promise<boolean> {

@@ -76,6 +76,7 @@ Deno.test("received bitmap: the source sends again exactly the pages whose entri
   const plan = pagesToResend(src, reader.result!);
   assert.equal(plan.held, held);
   assert.equal(plan.resend, expected.size);
+  assert.equal(plan.foreign, 0);
   const marked = new Set<string>();
   plan.maps.forEach((map, b) => {
     for (let i = 0; i < map.length * 32; i++) {
@@ -113,4 +114,17 @@ Deno.test("received bitmap: a damaged, foreign or truncated bitmap is refused wi
     /a truncated word/,
   );
   assert.throws(() => new ReceivedBitmapReader([1]).feed(2, new Uint8Array(4)), /message type 0x2/);
+});
+
+Deno.test("received bitmap: pages the destination holds that the source never sent are counted as foreign", () => {
+  const src = new MigrationDigests([{ name: "pc.ram", pages: 64 }]);
+  const dst = new MigrationDigests([{ name: "pc.ram", pages: 64 }]);
+  src.ram[0].table.set(1, 11);
+  dst.ram[0].table.set(1, 11);
+  dst.ram[0].table.set(40, 99); // never sent by this source
+  dst.ram[0].table.set(41, 98);
+  const reader = new ReceivedBitmapReader([64]);
+  for (const m of encodeReceived(dst)) reader.feed(...parse(m));
+  const plan = pagesToResend(src, reader.result!);
+  assert.deepEqual([plan.held, plan.resend, plan.foreign], [1, 2, 2]);
 });

@@ -8,6 +8,15 @@ import { Engine } from "../../engine/engine.ts";
 import { EngineError } from "../../engine/errors.ts";
 import type { Capabilities, Parameters } from "../../engine/params.ts";
 import { createTransports } from "../../transports/mod.ts";
+import { channelPair } from "../../transports/memory.ts";
+import { MigrationDigests } from "../../engine/integrity.ts";
+import { StreamReader } from "../../engine/format/reader.ts";
+import {
+  answerResume,
+  identityOf,
+  requestResume,
+  ResumeRefusedError,
+} from "../../engine/resume.ts";
 import { type FaultPlan, FaultProxy } from "../../testing/fault_proxy.ts";
 import { ramDigest, TestGuest } from "../../testing/test_guest.ts";
 import { PAGE_SIZE } from "../../vm/ram.ts";
@@ -453,5 +462,51 @@ Deno.test("resume: with resume_auto the destination listens again and the source
     assert.ok(again.connections >= 1);
   } finally {
     await p.close();
+  }
+});
+
+Deno.test("resume handshake: digests that disagree beyond lost records, or another guest's shape, are refused with a sentence", async () => {
+  const blocks = [{ name: "pc.ram", pages: 64 }];
+  const mine = identityOf("ab".repeat(16), "ferry-pc", [{
+    name: "pc.ram",
+    length: 64 * PAGE_SIZE,
+  }]);
+  const src = new MigrationDigests(blocks);
+  src.ram[0].table.set(1, 11);
+  // The destination holds a page this source never sent.
+  const dst = new MigrationDigests(blocks);
+  dst.ram[0].table.set(1, 11);
+  dst.ram[0].table.set(7, 77);
+  {
+    const [a, b] = channelPair();
+    const answered = answerResume(new StreamReader(b), b, mine, dst);
+    await assert.rejects(
+      requestResume(a, mine, src),
+      (e: Error) =>
+        e instanceof ResumeRefusedError &&
+        /holds 1 pages this migration never sent/.test(e.message),
+    );
+    await answered;
+    a.close();
+    b.close();
+  }
+  // Another RAM size: the destination refuses, naming both.
+  {
+    const [a, b] = channelPair();
+    const other = identityOf(mine.migration, "ferry-pc", [{
+      name: "pc.ram",
+      length: 32 * PAGE_SIZE,
+    }]);
+    const answered = answerResume(new StreamReader(b), b, mine, dst).catch((e) => e);
+    await assert.rejects(
+      requestResume(a, other, src),
+      (e: Error) =>
+        e instanceof ResumeRefusedError &&
+        /RAM blocks \(pc.ram:131072\) differ from this destination's \(pc.ram:262144\)/.test(
+          e.message,
+        ),
+    );
+    assert.ok((await answered) instanceof ResumeRefusedError);
+    a.close();
   }
 });
