@@ -290,6 +290,34 @@ Deno.test("resume: the event stream tells the interruption, the resume and the b
   }
 });
 
+Deno.test("resume: a migration cut again after resuming resumes again and completes", async () => {
+  const p = await pair(200, 10);
+  try {
+    await using _first = await interrupt(p, { cutAt: 150_000 });
+    const listening = await p.dstEngine.resumeIncoming("tcp:127.0.0.1:0");
+    // The second link breaks too, 200 KB into the resumed stream.
+    await using second = FaultProxy.start(listening.address!, { cutAt: 200_000 });
+    await p.srcEngine.resumeMigration(second.address);
+    await waitUntil(
+      () =>
+        p.srcEngine.current().resume?.interruptions === 2 &&
+        p.dstEngine.incomingInfo().status === "interrupted",
+      "the second interruption",
+    );
+    await using _relay = await resume(p);
+    await finished(p);
+    assert.equal(p.srcEngine.current().status, "completed");
+    assert.deepEqual(
+      [p.srcEngine.current().resume!.interruptions, p.srcEngine.current().resume!.resumes],
+      [2, 2],
+    );
+    assert.equal(p.dstEngine.incomingInfo().resume!.resumes, 2);
+    assert.equal(await ramDigest(p.dst), await ramDigest(p.src));
+  } finally {
+    await p.close();
+  }
+});
+
 Deno.test("resume: a destination of another migration refuses, naming both; the source stays interrupted and then resumes to the right one", async () => {
   const p = await pair(128, 3);
   const other = await pair(128, 4);
