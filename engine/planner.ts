@@ -1,0 +1,244 @@
+/**
+ * Predicts a migration before it starts by running ferry's pre-copy loop on
+ * paper (docs/ARCHITECTURE.md, "Planning a migration"): the same 100 ms windows
+ * and byte budget, max_size = bandwidth × (downtime_limit − round trip − sync),
+ * syncs when a pass ends or what is left is below max_size, the drain before the
+ * switchover, stall detection, the floor of an unreachable limit, and the real
+ * AutoConverge steps. The guest is its measured working-set curve: the distinct
+ * pages it dirties in a window of a given length (engine/dirty_rate.ts), slowed
+ * by the throttle.
+ * @module
+ */
+import { AutoConverge } from "./auto_converge.ts";
+import { PAGE_SIZE } from "./format/constants.ts";
+import { FLOOR_SYNCS } from "./outgoing.ts";
+import type { Capabilities, Parameters } from "./params.ts";
+import type { PlanOutcome, Prediction } from "./plan_contract.ts";
+import { WINDOW_MS } from "./rate_limiter.ts";
+import { PLAIN_RECORD } from "./sections/ram_records.ts";
+import { StallDetector } from "./stall.ts";
+
+/** Wire bytes of a ZERO record (header and its one fill byte). */
+const ZERO_RECORD = 9;
+/** How long a plan simulates a migration that neither converges nor stalls, ms. */
+export const PLAN_HORIZON_MS = 600_000;
+/** The highest bandwidth the planner looks for one that converges at, bytes/s. */
+export const MAX_PLAN_BANDWIDTH = 64 * 2 ** 30;
+
+/** What the planner knows about the guest, the link and the settings. */
+export interface PlanModel {
+  /** Pages of guest RAM. */
+  readonly totalPages: number;
+  /** Pages that may hold data; the others go as ZERO records in the first pass. */
+  readonly dataPages: number;
+  /** Distinct pages the unthrottled guest dirties in a window of `ms`. */
+  readonly workingSet: (ms: number) => number;
+  /** Round trip to the destination, ms (counted from the first drain on, as the engine does). */
+  readonly rttMs: number;
+  /** Time of one dirty-log sync, ms (the final one is part of the downtime). */
+  readonly syncMs: number;
+  /** The channel has a return path (tcp:, unix:): the loop drains before it switches over. */
+  readonly returnPath: boolean;
+  readonly params: Readonly<Parameters>;
+  readonly capabilities: Readonly<Capabilities>;
+  /** Give up after this much simulated time, ms (default PLAN_HORIZON_MS). */
+  readonly horizonMs?: number;
+}
+
+/** One prediction, plus what an explanation needs. */
+export interface Simulation extends Prediction {
+  /** max_size at the end (bytes). */
+  readonly maxSize: number;
+  /** Pages the last full pass found dirty (what each pass re-sends, at the end). */
+  readonly lastPassPages: number;
+  /** How long the last full pass took, ms. */
+  readonly lastPassMs: number;
+  /** The round trip and the sync alone reach the downtime limit. */
+  readonly unachievable: boolean;
+}
+
+/**
+ * Runs the pre-copy loop of engine/outgoing.ts on the model, window by window,
+ * with sending as a fluid at max_bandwidth; the switchover costs the pages then
+ * left at that bandwidth plus the round trip and the final sync (the engine's
+ * expected downtime).
+ */
+export function simulate(m: PlanModel): Simulation {
+  const p = m.params;
+  const bpm = p.max_bandwidth / 1000; // bytes per ms
+  const budget = bpm * WINDOW_MS;
+  const horizon = m.horizonMs ?? PLAN_HORIZON_MS;
+  const total = m.totalPages;
+  const data = Math.min(total, m.dataPages);
+  const bulkCost = total > 0 ? (data * PLAIN_RECORD + (total - data) * ZERO_RECORD) / total : 0;
+  const eps = 1e-9;
+  let t = 0;
+  let ws = 0; // window start
+  let windowSent = 0;
+  let sent = 0;
+  let bulk = total; // first-pass pages still to send
+  let dirty = 0; // dirtied pages in the migration bitmap
+  let maxSize = 0;
+  let passes = 1; // the setup sync
+  let rtt = 0;
+  let drainedAt = -1;
+  let settle = false;
+  let unachievable = false;
+  let effSince = 0; // guest time since the last sync (slowed by the throttle)
+  let throttle = 0;
+  let topThrottle = 0;
+  let passStart = 0;
+  let lastPassPages = total;
+  let lastPassMs = 0;
+  let outcome: PlanOutcome = "completed";
+  const floor = new StallDetector(() => FLOOR_SYNCS);
+  const stall = new StallDetector(() => p.stall_windows);
+  const steps = () => ({ initial: p.cpu_throttle_initial, increment: p.cpu_throttle_increment });
+  let converge = m.capabilities.auto_converge ? new AutoConverge(0, 0, steps) : null;
+  const stopCost = () => rtt + m.syncMs;
+  const setThrottle = (x: number) => {
+    throttle = x;
+    topThrottle = Math.max(topThrottle, x);
+  };
+  const advance = (dt: number) => {
+    t += dt;
+    effSince += dt * (1 - throttle / 100);
+  };
+  const logPages = () => m.workingSet(effSince) * (1 - (bulk + dirty) / total);
+  const sync = (): number => {
+    const added = Math.max(0, logPages());
+    dirty += added;
+    effSince = 0;
+    passes++;
+    return added;
+  };
+  const checkAchievable = () => {
+    if (stopCost() >= p.downtime_limit) unachievable = true;
+  };
+  const finish = (result: PlanOutcome): Simulation => {
+    const ended = result === "completed" || result === "stalled-switchover";
+    // complete(): the final sync with the guest stopped, then everything left, unthrottled.
+    if (ended) sync();
+    const left = bulk * bulkCost + dirty * PLAIN_RECORD;
+    const downtime = left / Math.max(bpm, eps) + stopCost();
+    return {
+      converges: result === "completed" && !unachievable,
+      outcome: result,
+      total_time_ms: Math.round(t + (ended ? downtime : 0)),
+      passes,
+      downtime_ms: Math.round(downtime * 10) / 10,
+      transferred_bytes: Math.round(sent + (ended ? left : 0)),
+      throttle: topThrottle,
+      maxSize,
+      lastPassPages,
+      lastPassMs,
+      unachievable,
+    };
+  };
+  if (bpm <= 0) return finish("no-convergence");
+  for (;;) {
+    if (t > horizon) {
+      outcome = "no-convergence";
+      break;
+    }
+    if (windowSent < budget - eps) {
+      let pendingPages = bulk + dirty;
+      let synced = false;
+      if (pendingPages * PAGE_SIZE < maxSize || pendingPages < 0.5) {
+        const passDone = pendingPages < 0.5;
+        const added = sync();
+        synced = true;
+        if (passDone) {
+          lastPassPages = added;
+          lastPassMs = t - passStart;
+          passStart = t;
+        }
+        const up = converge?.onSync(t, added * PAGE_SIZE, sent) ?? null;
+        if (up) setThrottle(up);
+        pendingPages = bulk + dirty;
+      }
+      const pending = pendingPages < 0.5 ? 0 : pendingPages * PAGE_SIZE;
+      const fresh = drainedAt === sent || (synced && pending > 0);
+      if (unachievable && fresh && floor.observe(pending)) {
+        const up = converge?.escalate() ?? null;
+        if (up === null) settle = true;
+        else {
+          setThrottle(up);
+          floor.restart();
+        }
+      }
+      if (!settle && pending > 0 && pending >= maxSize) {
+        const need = bulk * bulkCost + dirty * PLAIN_RECORD;
+        const room = budget - windowSent;
+        const send = Math.min(room, need);
+        // The first pass's pages go first, then those dirtied since.
+        const bulkBytes = Math.min(send, bulk * bulkCost);
+        bulk = bulkCost > 0 ? Math.max(0, bulk - bulkBytes / bulkCost) : 0;
+        dirty = Math.max(0, dirty - (send - bulkBytes) / PLAIN_RECORD);
+        if (send >= need - eps) {
+          bulk = 0;
+          dirty = 0;
+        }
+        advance(send / bpm);
+        sent += send;
+        windowSent += send;
+      } else if (m.returnPath && drainedAt !== sent) {
+        advance(m.rttMs);
+        ws += m.rttMs; // the limiter leaves the wait out of the window
+        rtt = m.rttMs;
+        drainedAt = sent;
+        checkAchievable();
+        continue;
+      } else {
+        break;
+      }
+    } else {
+      advance(Math.max(0, ws + WINDOW_MS - t)); // sleep to the window's end
+    }
+    if (t >= ws + WINDOW_MS - eps) {
+      const bandwidth = windowSent / Math.max(eps, t - ws);
+      ws = t;
+      windowSent = 0;
+      maxSize = bandwidth * Math.max(0, p.downtime_limit - stopCost());
+      checkAchievable();
+      const backlog = (bulk + dirty + Math.max(0, logPages())) * PAGE_SIZE;
+      if (!settle && stall.observe(backlog)) {
+        if (p.stall_action === "switchover") {
+          settle = true;
+          outcome = "stalled-switchover";
+        } else if (p.stall_action === "throttle") {
+          converge ??= new AutoConverge(t, sent, steps);
+          const up = converge.escalate();
+          if (up === null) return finish("stalled-failed");
+          setThrottle(up);
+          stall.restart();
+        } else {
+          return finish("stalled-failed");
+        }
+      }
+    }
+  }
+  return finish(outcome);
+}
+
+/**
+ * The least max_bandwidth (bytes/s) at which the model converges, to 1 %; null
+ * when it does not even at MAX_PLAN_BANDWIDTH.
+ */
+export function bandwidthToConverge(m: PlanModel): number | null {
+  const at = (bw: number) =>
+    simulate({ ...m, params: { ...m.params, max_bandwidth: Math.round(bw) } }).converges;
+  let hi = Math.max(m.params.max_bandwidth, 1 << 20);
+  while (!at(hi)) {
+    if (hi >= MAX_PLAN_BANDWIDTH) return null;
+    hi = Math.min(MAX_PLAN_BANDWIDTH, hi * 4);
+  }
+  let lo = Math.max(1, hi / 4);
+  if (at(lo)) return Math.round(lo);
+  while (hi / lo > 1.01) {
+    const mid = Math.sqrt(lo * hi);
+    if (at(mid)) hi = mid;
+    else lo = mid;
+  }
+  return Math.round(hi);
+}
