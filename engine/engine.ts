@@ -126,6 +126,11 @@ export class Engine {
     return this.#guest;
   }
 
+  /** The transports migrations open channels with (the planner probes a destination through them). */
+  get transports(): Transports {
+    return this.#transports;
+  }
+
   /** Current parameters (a copy). */
   get parameters(): Parameters {
     return { ...this.#params };

@@ -9,11 +9,14 @@
  * by the throttle.
  * @module
  */
+import type { ChannelSecurity, Transports } from "../transports/transport.ts";
 import { AutoConverge } from "./auto_converge.ts";
+import type { Clock } from "./clock.ts";
 import { PAGE_SIZE } from "./format/constants.ts";
 import { FLOOR_SYNCS } from "./outgoing.ts";
 import type { Capabilities, Parameters } from "./params.ts";
-import type { PlanOutcome, Prediction } from "./plan_contract.ts";
+import type { DirtyRateInfo, Plan, PlanOutcome, Prediction } from "./plan_contract.ts";
+import { workingSetCurve } from "./dirty_rate.ts";
 import { WINDOW_MS } from "./rate_limiter.ts";
 import { PLAIN_RECORD } from "./sections/ram_records.ts";
 import { StallDetector } from "./stall.ts";
@@ -241,4 +244,172 @@ export function bandwidthToConverge(m: PlanModel): number | null {
     else lo = mid;
   }
   return Math.round(hi);
+}
+
+/** What a plan is made from besides the parameters and capabilities. */
+export interface PlanInputs {
+  /** The last dirty-rate measurement (status `measured`), or null for a guest that is not running. */
+  readonly dirtyRate: DirtyRateInfo | null;
+  /** What GET /vm/dirty-rate answers now (reported in the plan). */
+  readonly dirtyRateInfo: DirtyRateInfo;
+  readonly totalPages: number;
+  /** Pages that may hold data now (used when there is no measurement). */
+  readonly dataPages: number;
+  readonly params: Readonly<Parameters>;
+  readonly capabilities: Readonly<Capabilities>;
+  /** The probed round trip, ms, or null when the destination was not probed. */
+  readonly rttMs: number | null;
+  /** The URI's channel has a return path (tcp:, unix:, or no URI: assumed). */
+  readonly returnPath: boolean;
+  /** Block migration was asked for (not modelled). */
+  readonly block: boolean;
+  /** The engine's wall clock now, for the measurement's age. */
+  readonly now: number;
+}
+
+/**
+ * The plan of POST /migrations/plan: the simulated migration, and when it does
+ * not converge, the bandwidth that would make it and what auto-converge would do.
+ */
+export function makePlan(inputs: PlanInputs): Plan {
+  const { params, capabilities } = inputs;
+  const info = inputs.dirtyRate;
+  const model: PlanModel = {
+    totalPages: inputs.totalPages,
+    dataPages: info?.data_pages ?? inputs.dataPages,
+    workingSet: info ? workingSetCurve(info) : () => 0,
+    rttMs: inputs.rttMs ?? 0,
+    syncMs: info?.sync_ms ?? 0,
+    returnPath: inputs.returnPath,
+    params,
+    capabilities,
+  };
+  const sim = simulate(model);
+  const assumptions: string[] = [];
+  if (info === null) assumptions.push("the guest is not running: it dirties nothing");
+  else {
+    const age = Math.max(0, Math.round((inputs.now - (info.start_time ?? inputs.now)) / 1000));
+    assumptions.push(
+      `the guest dirties as measured ${age} s ago over ${info.duration_ms} ms; beyond the ` +
+        `longest window its working set is extrapolated`,
+    );
+  }
+  assumptions.push(
+    "the link carries max_bandwidth: the probe measures the round trip only" +
+      (inputs.rttMs === null ? " (no destination was probed: round trip 0)" : ""),
+  );
+  if (capabilities.xbzrle) assumptions.push("xbzrle is modelled as sending whole pages");
+  if (params.compress_method !== "none") {
+    assumptions.push(`${params.compress_method} compression is modelled as not shrinking pages`);
+  }
+  if (capabilities.page_refs) assumptions.push("page_refs is modelled as finding no equal pages");
+  if (inputs.block) assumptions.push("the disk of block migration is not modelled");
+  const plan: Plan = {
+    ...prediction(sim),
+    bandwidth: params.max_bandwidth,
+    bandwidth_source: "max_bandwidth",
+    rtt_ms: Math.round((inputs.rttMs ?? 0) * 100) / 100,
+    rtt_source: inputs.rttMs === null ? "none" : "probe",
+    dirty_rate: inputs.dirtyRateInfo,
+    explanation: explain(sim, model, info),
+    assumptions,
+  };
+  if (!sim.converges) {
+    plan.to_converge = {
+      bandwidth: bandwidthToConverge(model),
+      auto_converge: capabilities.auto_converge ? null : prediction(simulate({
+        ...model,
+        capabilities: { ...capabilities, auto_converge: true },
+      })),
+    };
+  }
+  return plan;
+}
+
+/** The API's part of a simulation. */
+function prediction(s: Simulation): Prediction {
+  return {
+    converges: s.converges,
+    outcome: s.outcome,
+    total_time_ms: s.total_time_ms,
+    passes: s.passes,
+    downtime_ms: s.downtime_ms,
+    transferred_bytes: s.transferred_bytes,
+    throttle: s.throttle,
+  };
+}
+
+const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+
+/** Why the simulated migration went the way it did, in a sentence or two. */
+function explain(s: Simulation, m: PlanModel, info: DirtyRateInfo | null): string {
+  const p = m.params;
+  const link = `${mib(p.max_bandwidth)}/s`;
+  const rate = info ? `${(info.mib_per_second ?? 0).toFixed(1)} MiB/s` : "nothing";
+  const goal = `${mib(s.maxSize)} (max_size: ${link} × the ${p.downtime_limit} ms limit less ` +
+    `round trip and sync)`;
+  const throttled = s.throttle > 0 ? `, throttled by auto-converge to ${s.throttle} %` : "";
+  const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+  switch (s.outcome) {
+    case "completed":
+      if (s.unachievable) {
+        return `The round trip and the final sync alone reach the ${p.downtime_limit} ms limit: ` +
+          `it switches over at the smallest downtime it reaches, ~${Math.round(s.downtime_ms)} ms.`;
+      }
+      return `Converges after ${s.passes} dirty-log syncs in ${secs(s.total_time_ms)}: the guest ` +
+        `dirties ${rate} against a ${link} link${throttled}, and what is left falls below ${goal}.`;
+    default: {
+      const last = `each pass of ~${secs(s.lastPassMs)} finds ` +
+        `${mib(s.lastPassPages * PAGE_SIZE)} dirtied again`;
+      const end = s.outcome === "stalled-failed"
+        ? `stall detection fails it after ${secs(s.total_time_ms)} (stall_windows ` +
+          `${p.stall_windows}, stall_action ${p.stall_action})`
+        : s.outcome === "stalled-switchover"
+        ? `stall detection switches over after ${secs(s.total_time_ms)} with a downtime of ` +
+          `~${Math.round(s.downtime_ms)} ms`
+        : `it still runs after ${secs(s.total_time_ms)}`;
+      return `Does not converge: the guest dirties ${rate} against a ${link} link${throttled}; ` +
+        `${last}, never below ${goal}: ${end}.`;
+    }
+  }
+}
+
+/** How long a probe of the destination may take, ms. */
+export const PROBE_TIMEOUT_MS = 5000;
+
+/** True for the URIs whose channel has a return path (and can be probed). */
+export function hasReturnPath(uri: string): boolean {
+  return uri.startsWith("tcp:") || uri.startsWith("unix:");
+}
+
+/**
+ * Probes the destination of a `tcp:` or `unix:` URI for the round trip: it
+ * connects as a migration would (with TLS and the secret's proof when the
+ * parameters ask for them) and closes at once, sending no stream. The
+ * destination's incoming gate drops such a peer and counts it in
+ * `refused_peers`; its guest is never touched. Returns the connect time in ms
+ * (with TLS or a secret that is a few round trips: an upper bound), or null for
+ * URIs that are not probed (`file:` would create the file, `exec:` run the
+ * command). A destination that cannot be reached throws the transport's error.
+ */
+export async function probeRoundTrip(
+  transports: Transports,
+  uri: string,
+  clock: Clock,
+  security?: ChannelSecurity,
+): Promise<number | null> {
+  if (!hasReturnPath(uri)) return null;
+  const timeout = new AbortController();
+  const deadline = clock.until(clock.now() + PROBE_TIMEOUT_MS, timeout.signal).then(
+    () => timeout.abort(new Error(`no answer within ${PROBE_TIMEOUT_MS} ms`)),
+    () => {},
+  );
+  const t0 = clock.now();
+  try {
+    using _channel = await transports.connect(uri, timeout.signal, security);
+    return clock.now() - t0;
+  } finally {
+    timeout.abort();
+    await deadline;
+  }
 }
