@@ -21,6 +21,8 @@ import { WINDOW_MS } from "./rate_limiter.ts";
 import { PLAIN_RECORD } from "./sections/ram_records.ts";
 import { StallDetector } from "./stall.ts";
 
+/** Pages the saver sends between two looks at the window's budget (ram_saver.ts's iterate). */
+const ITERATE_PAGES = 64;
 /** Wire bytes of a ZERO record (header and its one fill byte). */
 const ZERO_RECORD = 9;
 /** How long a plan simulates a migration that neither converges nor stalls, ms. */
@@ -46,6 +48,13 @@ export interface PlanModel {
   readonly capabilities: Readonly<Capabilities>;
   /** Give up after this much simulated time, ms (default PLAN_HORIZON_MS). */
   readonly horizonMs?: number;
+  /**
+   * How fast the link carries a window's budget, bytes per ms (default: at once).
+   * The engine sends each window's budget as fast as the link takes it, then sleeps.
+   */
+  readonly linkBytesPerMs?: number;
+  /** Sees every simulated sync and throttle step (for comparing with an engine's events). */
+  readonly trace?: (event: string) => void;
 }
 
 /** One prediction, plus what an explanation needs. */
@@ -70,6 +79,7 @@ export function simulate(m: PlanModel): Simulation {
   const p = m.params;
   const bpm = p.max_bandwidth / 1000; // bytes per ms
   const budget = bpm * WINDOW_MS;
+  const link = m.linkBytesPerMs ?? Infinity;
   const horizon = m.horizonMs ?? PLAN_HORIZON_MS;
   const total = m.totalPages;
   const data = Math.min(total, m.dataPages);
@@ -100,6 +110,7 @@ export function simulate(m: PlanModel): Simulation {
   let converge = m.capabilities.auto_converge ? new AutoConverge(0, 0, steps) : null;
   const stopCost = () => rtt + m.syncMs;
   const setThrottle = (x: number) => {
+    m.trace?.(`thr ${x} t=${Math.round(t)}`);
     throttle = x;
     topThrottle = Math.max(topThrottle, x);
   };
@@ -113,6 +124,7 @@ export function simulate(m: PlanModel): Simulation {
     dirty += added;
     effSince = 0;
     passes++;
+    m.trace?.(`pass ${passes} t=${Math.round(t)} dirty=${Math.round(bulk + dirty)}`);
     return added;
   };
   const checkAchievable = () => {
@@ -171,20 +183,18 @@ export function simulate(m: PlanModel): Simulation {
         }
       }
       if (!settle && pending > 0 && pending >= maxSize) {
-        const need = bulk * bulkCost + dirty * PLAIN_RECORD;
+        // One iterate(): chunks of ITERATE_PAGES until the window's budget is reached
+        // (the last chunk overshoots it) or the pass ends; the first pass's pages first.
         const room = budget - windowSent;
-        const send = Math.min(room, need);
-        // The first pass's pages go first, then those dirtied since.
-        const bulkBytes = Math.min(send, bulk * bulkCost);
-        bulk = bulkCost > 0 ? Math.max(0, bulk - bulkBytes / bulkCost) : 0;
-        dirty = Math.max(0, dirty - (send - bulkBytes) / PLAIN_RECORD);
-        if (send >= need - eps) {
-          bulk = 0;
-          dirty = 0;
-        }
-        advance(send / bpm);
-        sent += send;
-        windowSent += send;
+        const cost = bulk > 0 ? bulkCost : PLAIN_RECORD;
+        const left = bulk > 0 ? bulk : dirty;
+        const pages = Math.min(left, Math.ceil(room / (ITERATE_PAGES * cost)) * ITERATE_PAGES);
+        if (bulk > 0) bulk = pages >= bulk ? 0 : bulk - pages;
+        else dirty = pages >= dirty ? 0 : dirty - pages;
+        const bytes = pages * cost;
+        advance(bytes / link);
+        sent += bytes;
+        windowSent += bytes;
       } else if (m.returnPath && drainedAt !== sent) {
         advance(m.rttMs);
         ws += m.rttMs; // the limiter leaves the wait out of the window
