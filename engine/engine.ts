@@ -2,6 +2,7 @@ import type { Transports } from "../transports/transport.ts";
 import type { Guest, RunState } from "../vm/guest.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { IncomingMigration } from "./destination.ts";
+import { DirtyRateMeter } from "./dirty_rate.ts";
 import type { IncomingInfo, IncomingStatus, MigrationInfo, MigrationStatus } from "./contract.ts";
 import { EngineError } from "./errors.ts";
 import type { SectionRegistry } from "./sections/section.ts";
@@ -84,6 +85,8 @@ export interface EngineDeps {
 export class Engine {
   /** Every state change, pass and progress report. */
   readonly events: Notifier<EngineEvent>;
+  /** The guest's dirty-rate meter; it yields the dirty log to any migration. */
+  readonly dirtyRate: DirtyRateMeter;
   readonly #guest: Guest;
   readonly #transports: Transports;
   readonly #clock: Clock;
@@ -114,6 +117,16 @@ export class Engine {
     this.#unsubscribeGuest = this.#guest.onRunStateChange((from, to) =>
       this.events.emit({ type: "runstate", from, to, time: this.#clock.wall() })
     );
+    this.dirtyRate = new DirtyRateMeter({
+      guest: this.#guest,
+      clock: this.#clock,
+      busy: () =>
+        this.#migration?.isActive
+          ? "a migration is active"
+          : this.#incoming?.isActive || this.#arming
+          ? "an incoming migration is armed"
+          : null,
+    });
   }
 
   /** The clock every timing and timestamp of this engine comes from (its API uses it too). */
@@ -414,10 +427,12 @@ export class Engine {
 
   /** Cancels everything and waits for it to wind down. */
   async close(): Promise<void> {
+    this.dirtyRate.cancel("ferry is closing");
     this.#migration?.cancel();
     this.#incoming?.cancel();
     await this.#migration?.done;
     await this.#incoming?.done;
+    await this.dirtyRate.done;
     this.#unsubscribeGuest();
   }
 }

@@ -6,8 +6,7 @@ import { AuthBackoff } from "./auth_backoff.ts";
 import { blockerRoutes } from "./blockers.ts";
 import { capabilityRoutes } from "./capabilities.ts";
 import { consoleRoutes, type GuestConsole } from "./console.ts";
-import { dirtyRateMeter, dirtyRateRoutes } from "./dirty_rate.ts";
-import type { DirtyRateMeter } from "../engine/dirty_rate.ts";
+import { dirtyRateRoutes } from "./dirty_rate.ts";
 import { eventRoutes } from "./events.ts";
 import { hostCheck, type HostCheckOptions } from "./host_check.ts";
 import { incomingRoutes } from "./incoming.ts";
@@ -40,8 +39,6 @@ export interface AppDeps {
   readonly hosts?: HostCheckOptions;
   /** Failed authentications and their lockouts (tests inject one with a fake clock). */
   readonly authBackoff?: AuthBackoff;
-  /** The guest's dirty-rate meter (default: one over the engine's guest and clock). */
-  readonly dirtyRate?: DirtyRateMeter;
 }
 
 /** Largest request body accepted (every JSON body ferry takes is far smaller). */
@@ -117,8 +114,7 @@ export function createApp(deps: AppDeps) {
         }, 413),
     }),
   );
-  const dirtyRate = deps.dirtyRate ?? dirtyRateMeter(deps.engine);
-  app.route("/", planRoutes({ engine: deps.engine, dirtyRate }));
+  app.route("/", planRoutes(deps));
   app.route("/", migrationRoutes(deps));
   app.route("/", incomingRoutes(deps));
   app.route("/", capabilityRoutes(deps));
@@ -126,7 +122,7 @@ export function createApp(deps: AppDeps) {
   app.route("/", blockerRoutes(deps));
   app.route("/", eventRoutes(deps));
   app.route("/", vmRoutes(deps));
-  app.route("/", dirtyRateRoutes({ dirtyRate }));
+  app.route("/", dirtyRateRoutes(deps));
   app.route("/", consoleRoutes(deps));
   app.doc31("/openapi.json", OPENAPI_HEAD);
   app.get(

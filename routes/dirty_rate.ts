@@ -1,9 +1,14 @@
 import { createRoute } from "@hono/zod-openapi";
 import type { Engine } from "../engine/engine.ts";
-import { DEFAULT_CALC_TIME_MS, DirtyRateMeter } from "../engine/dirty_rate.ts";
-import { DirtyRateInfoSchema, DirtyRateRequestSchema } from "../engine/plan_contract.ts";
+import { DEFAULT_CALC_TIME_MS } from "../engine/dirty_rate.ts";
 import { newRouter } from "./router.ts";
-import { errorResponses, jsonBody, jsonResponse } from "./schemas.ts";
+import {
+  DirtyRateInfoSchema,
+  DirtyRateRequestSchema,
+  errorResponses,
+  jsonBody,
+  jsonResponse,
+} from "./schemas.ts";
 
 const measure = createRoute({
   method: "post",
@@ -24,26 +29,9 @@ const last = createRoute({
   responses: { 200: jsonResponse(DirtyRateInfoSchema, "Status none before any") },
 });
 
-/**
- * The meter of a ferry's guest: a measurement never runs beside a migration (or an
- * armed incoming one), whose dirty log its syncs would take.
- */
-export function dirtyRateMeter(engine: Engine): DirtyRateMeter {
-  return new DirtyRateMeter({
-    guest: engine.guest,
-    clock: engine.clock,
-    busy: () =>
-      engine.migration?.isActive
-        ? "a migration is active"
-        : engine.incoming?.isActive
-        ? "an incoming migration is armed"
-        : null,
-  });
-}
-
 /** POST|GET /vm/dirty-rate. */
-export function dirtyRateRoutes(deps: { dirtyRate: DirtyRateMeter }) {
-  const { dirtyRate } = deps;
+export function dirtyRateRoutes(deps: { engine: Engine }) {
+  const { dirtyRate } = deps.engine;
   return newRouter()
     .openapi(measure, (c) => {
       const body = c.req.valid("json");

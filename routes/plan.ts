@@ -1,37 +1,17 @@
 import { createRoute } from "@hono/zod-openapi";
 import type { Engine } from "../engine/engine.ts";
-import type { DirtyRateMeter } from "../engine/dirty_rate.ts";
 import { EngineError } from "../engine/errors.ts";
 import { channelSecurity, UNSUPPORTED_CAPABILITIES, validateParameters } from "../engine/params.ts";
-import { PlanSchema } from "../engine/plan_contract.ts";
 import { hasReturnPath, makePlan, probeRoundTrip } from "../engine/planner.ts";
 import { popcount32 } from "../vm/ram.ts";
 import { ApiError, newRouter } from "./router.ts";
 import {
-  CapabilitiesPatchSchema,
   errorResponses,
   jsonBody,
   jsonResponse,
-  MigrateRequestSchema,
-  ParametersPatchSchema,
+  PlanRequestSchema,
+  PlanSchema,
 } from "./schemas.ts";
-
-/** POST /migrations/plan body: the migrate body with the URI optional, parameters, capabilities. */
-export const PlanRequestSchema = MigrateRequestSchema.extend({
-  uri: MigrateRequestSchema.shape.uri.optional().openapi({
-    description: "Destination, as for POST /migrations; tcp: and unix: are probed for the " +
-      "round trip (a connection opened and closed at once, without a stream)",
-    example: "tcp:127.0.0.1:4444",
-  }),
-  parameters: ParametersPatchSchema.optional().openapi({
-    description: "Parameters to plan with, over the current ones",
-  }),
-  capabilities: CapabilitiesPatchSchema.optional().openapi({
-    description: "Capabilities to plan with, over the current ones",
-  }),
-}).strict().openapi("PlanRequest", {
-  example: { parameters: { max_bandwidth: 134217728, downtime_limit: 300 } },
-});
 
 const plan = createRoute({
   method: "post",
@@ -46,8 +26,9 @@ const plan = createRoute({
 });
 
 /** POST /migrations/plan. */
-export function planRoutes(deps: { engine: Engine; dirtyRate: DirtyRateMeter }) {
-  const { engine, dirtyRate } = deps;
+export function planRoutes(deps: { engine: Engine }) {
+  const { engine } = deps;
+  const { dirtyRate } = engine;
   return newRouter().openapi(plan, async (c) => {
     const body = c.req.valid("json");
     const blocks = engine.guest.blocks;
