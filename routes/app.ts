@@ -114,7 +114,6 @@ export function createApp(deps: AppDeps) {
         }, 413),
     }),
   );
-  app.route("/", planRoutes(deps));
   app.route("/", migrationRoutes(deps));
   app.route("/", incomingRoutes(deps));
   app.route("/", capabilityRoutes(deps));
@@ -122,8 +121,9 @@ export function createApp(deps: AppDeps) {
   app.route("/", blockerRoutes(deps));
   app.route("/", eventRoutes(deps));
   app.route("/", vmRoutes(deps));
-  app.route("/", dirtyRateRoutes(deps));
   app.route("/", consoleRoutes(deps));
+  app.route("/", dirtyRateRoutes(deps));
+  app.route("/", planRoutes(deps));
   app.doc31("/openapi.json", OPENAPI_HEAD);
   app.get(
     "/",

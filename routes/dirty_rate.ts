@@ -31,11 +31,11 @@ const last = createRoute({
 
 /** POST|GET /vm/dirty-rate. */
 export function dirtyRateRoutes(deps: { engine: Engine }) {
-  const { dirtyRate } = deps.engine;
+  const { engine } = deps;
   return newRouter()
     .openapi(measure, (c) => {
       const body = c.req.valid("json");
-      return c.json(dirtyRate.start(body.calc_time_ms ?? DEFAULT_CALC_TIME_MS), 202);
+      return c.json(engine.dirtyRate.start(body.calc_time_ms ?? DEFAULT_CALC_TIME_MS), 202);
     })
-    .openapi(last, (c) => c.json(dirtyRate.info(), 200));
+    .openapi(last, (c) => c.json(engine.dirtyRate.info(), 200));
 }

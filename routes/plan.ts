@@ -28,7 +28,6 @@ const plan = createRoute({
 /** POST /migrations/plan. */
 export function planRoutes(deps: { engine: Engine }) {
   const { engine } = deps;
-  const { dirtyRate } = engine;
   return newRouter().openapi(plan, async (c) => {
     const body = c.req.valid("json");
     const blocks = engine.guest.blocks;
@@ -44,7 +43,7 @@ export function planRoutes(deps: { engine: Engine }) {
         });
       }
     }
-    const info = dirtyRate.info();
+    const info = engine.dirtyRate.info();
     const running = engine.guest.runState === "running";
     if (running && info.status !== "measured") {
       throw new ApiError(
