@@ -176,8 +176,12 @@ export function planReport(rows: readonly PlanRow[]): string {
     lines.push(
       `| ${mib(s.rate)} (${r.dirtyMiBs.toFixed(0)}) | ${s.hot ?? "—"} | ${s.limitMs} | ` +
         `${mib(s.bandwidth)} | ${s.autoConverge ? "on" : "off"} | ` +
-        `${r.planned.converges ? "yes" : "no"} | ${s1(r.planned.totalMs)} | ${r.planned.passes} | ` +
-        `${r.measured.converged ? "yes" : `no (${r.measured.status})`} | ${s1(r.measured.totalMs)} | ` +
+        `${r.planned.converges ? "yes" : "no"} | ${
+          s1(r.planned.totalMs)
+        } | ${r.planned.passes} | ` +
+        `${r.measured.converged ? "yes" : `no (${r.measured.status})`} | ${
+          s1(r.measured.totalMs)
+        } | ` +
         `${r.measured.passes} | ${r.measured.throttle} | ` +
         `${r.planned.converges === r.measured.converged ? "✓" : "✗"} | ${
           totalWithin(r) ? "✓" : "✗"

@@ -11,6 +11,8 @@ import type { Guest } from "../vm/guest.ts";
 import type { Clock } from "./clock.ts";
 import { PAGE_SIZE } from "./format/constants.ts";
 import { EngineError } from "./errors.ts";
+import { xbzrleEncode } from "./format/xbzrle.ts";
+import { PLAIN_RECORD } from "./sections/ram_records.ts";
 import type { DirtyRateInfo, DirtyRateStatus, WorkingSet } from "./plan_contract.ts";
 
 /** One sample: the dirty log is synced every SAMPLE_MS. */
@@ -19,6 +21,13 @@ export const SAMPLE_MS = 100;
 export const DEFAULT_CALC_TIME_MS = 1000;
 /** Window lengths reported, in samples (1-2-5 steps from 100 ms to 10 min). */
 export const WINDOW_SAMPLES = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] as const;
+
+/** Pages whose XBZRLE encoding is tried, per period. */
+export const XBZRLE_SAMPLE_PAGES = 256;
+/** Samples in an XBZRLE period: the delta of a page dirtied over about a pass of 1 s. */
+export const XBZRLE_PERIOD_SAMPLES = 10;
+/** Wire bytes of an XBZRLE record besides its encoding: header, flag and length. */
+const XBZRLE_RECORD = 8 + 1 + 2;
 
 /** What the meter is built from. */
 export interface DirtyRateDeps {
@@ -77,6 +86,13 @@ export class DirtyRateMeter {
   #all: PageSet = [];
   #dataPages = 0;
   #error: string | undefined;
+  /** XBZRLE sampling: the sampled pages (block, page), their copies, what they cost. */
+  #xbPages: [number, number][] = [];
+  #xbCopies = new Uint8Array(0);
+  #xbDirty: PageSet = [];
+  #xbPeriod = XBZRLE_PERIOD_SAMPLES;
+  #xbCount = 0;
+  #xbBytes = 0;
   #abort: AbortController | null = null;
   /** Settles when the current (or last) measurement ended. */
   done: Promise<void> = Promise.resolve();
@@ -120,9 +136,14 @@ export class DirtyRateMeter {
       max: 0,
     }));
     this.#all = emptySet(guest.blocks);
+    this.#xbDirty = emptySet(guest.blocks);
+    this.#xbPeriod = Math.min(XBZRLE_PERIOD_SAMPLES, samples);
+    this.#xbCount = 0;
+    this.#xbBytes = 0;
     this.#abort = new AbortController();
     // What was logged before now belongs to no window.
     this.#sync(emptySet(guest.blocks));
+    this.#xbSample(null);
     this.#startedAt = clock.now();
     this.done = this.#run(samples, this.#abort.signal);
     return this.info();
@@ -157,8 +178,14 @@ export class DirtyRateMeter {
           for (let w = 0; w < t.length; w++) {
             if (t[w] === 0) continue;
             all[w] |= t[w];
+            this.#xbDirty[b][w] |= t[w];
             for (const acc of this.#windows) acc.set[b][w] |= t[w];
           }
+        }
+        if (i % this.#xbPeriod === 0) {
+          this.#xbMeasure();
+          this.#xbSample(this.#xbDirty);
+          for (const map of this.#xbDirty) map.fill(0);
         }
         for (const acc of this.#windows) {
           if (i % acc.samples !== 0) continue;
@@ -182,6 +209,57 @@ export class DirtyRateMeter {
     } finally {
       this.#abort = null;
     }
+  }
+
+  /**
+   * Picks the pages whose XBZRLE deltas the next period measures and copies them:
+   * up to XBZRLE_SAMPLE_PAGES spread evenly over those dirtied in the period that
+   * ended (the ones a migration would send again), or over all of RAM at first.
+   */
+  #xbSample(dirtied: PageSet | null): void {
+    const blocks = this.#deps.guest.blocks;
+    const has = (b: number, p: number) =>
+      dirtied === null || (dirtied[b][p >>> 5] & (1 << (p & 31))) !== 0;
+    const total = dirtied === null ? blocks.reduce((n, b) => n + b.pages, 0) : countSet(dirtied);
+    const n = Math.min(XBZRLE_SAMPLE_PAGES, total);
+    const picked: [number, number][] = [];
+    // The k-th candidate (in address order) is taken when it is the next of k = ⌊i·total/n⌋.
+    let k = 0;
+    for (let b = 0; b < blocks.length && picked.length < n; b++) {
+      for (let p = 0; p < blocks[b].pages && picked.length < n; p++) {
+        if (dirtied !== null && dirtied[b][p >>> 5] === 0) {
+          p |= 31; // skip a clean word
+          continue;
+        }
+        if (!has(b, p)) continue;
+        if (k === Math.floor(picked.length * total / n)) picked.push([b, p]);
+        k++;
+      }
+    }
+    this.#xbPages = picked;
+    if (this.#xbCopies.length < n * PAGE_SIZE) this.#xbCopies = new Uint8Array(n * PAGE_SIZE);
+    picked.forEach(([b, p], i) =>
+      this.#xbCopies.set(
+        blocks[b].bytes.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE),
+        i * PAGE_SIZE,
+      )
+    );
+  }
+
+  /** Encodes each sampled page dirtied in the period against its copy: what XBZRLE would send. */
+  #xbMeasure(): void {
+    const blocks = this.#deps.guest.blocks;
+    const out = new Uint8Array(PAGE_SIZE);
+    this.#xbPages.forEach(([b, p], i) => {
+      if ((this.#xbDirty[b][p >>> 5] & (1 << (p & 31))) === 0) return;
+      const n = xbzrleEncode(
+        this.#xbCopies.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE),
+        blocks[b].bytes.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE),
+        out,
+      );
+      this.#xbCount++;
+      this.#xbBytes += n === 0 ? 0 : n < 0 ? PLAIN_RECORD : XBZRLE_RECORD + n;
+    });
   }
 
   /** Syncs every block's dirty log into `into`; returns the pages it set. */
@@ -224,6 +302,15 @@ export class DirtyRateMeter {
       distinct_pages: countSet(this.#all),
       working_set: workingSet,
       sync_ms: round2(this.#syncs > 0 ? this.#syncMs / this.#syncs : 0),
+      ...(this.#xbCount > 0
+        ? {
+          xbzrle: {
+            sampled_pages: this.#xbCount,
+            bytes_per_page: round2(this.#xbBytes / this.#xbCount),
+            ratio: round2(PLAIN_RECORD / Math.max(1, this.#xbBytes / this.#xbCount)),
+          },
+        }
+        : {}),
       ...(this.#error ? { error_desc: this.#error } : {}),
     };
   }

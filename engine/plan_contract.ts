@@ -61,6 +61,16 @@ export const DirtyRateInfoSchema = z.object({
     description: "Mean time of one dirty-log sync, ms (the x86 guest's compares all of RAM; " +
       "its final one is part of a migration's downtime)",
   }),
+  xbzrle: z.object({
+    sampled_pages: z.number().int().openapi({
+      description: "Dirtied pages whose delta over a period of 1 s was encoded",
+    }),
+    bytes_per_page: z.number().openapi({
+      description: "Wire bytes XBZRLE would send for one of them, on average (a whole page " +
+        "when the delta overflows, nothing when it is unchanged)",
+    }),
+    ratio: z.number().openapi({ description: "A whole page's record ÷ bytes_per_page" }),
+  }).optional().openapi({ description: "XBZRLE's predicted ratio, from sampled pages" }),
   error_desc: z.string().optional().openapi({ description: "Why it was cancelled" }),
 }).openapi("DirtyRateInfo", { example: { status: "none", page_size: 4096, total_pages: 65536 } });
 
@@ -106,6 +116,12 @@ export const PlanSchema = PredictionSchema.extend({
     }),
     auto_converge: PredictionSchema.nullable().openapi({
       description: "The same migration with auto_converge on (null when it already is)",
+    }),
+    xbzrle: PredictionSchema.extend({
+      ratio: z.number().openapi({ description: "XBZRLE's predicted ratio (the measurement's)" }),
+    }).nullable().openapi({
+      description: "The same migration with xbzrle on and the predicted ratio (null when it " +
+        "already is on, cannot be, or no delta was sampled)",
     }),
   }).optional().openapi({ description: "When it does not converge: what would make it" }),
   assumptions: z.array(z.string()).openapi({

@@ -46,6 +46,11 @@ export interface PlanModel {
   readonly returnPath: boolean;
   readonly params: Readonly<Parameters>;
   readonly capabilities: Readonly<Capabilities>;
+  /**
+   * With the xbzrle capability: wire bytes of a re-sent page found in the cache
+   * (the measurement's sampled deltas); absent, XBZRLE is modelled as whole pages.
+   */
+  readonly xbzrleBytesPerPage?: number;
   /** Give up after this much simulated time, ms (default PLAN_HORIZON_MS). */
   readonly horizonMs?: number;
   /**
@@ -85,6 +90,12 @@ export function simulate(m: PlanModel): Simulation {
   const data = Math.min(total, m.dataPages);
   const bulkCost = total > 0 ? (data * PLAIN_RECORD + (total - data) * ZERO_RECORD) / total : 0;
   const eps = 1e-9;
+  const xbBytes = m.capabilities.xbzrle ? m.xbzrleBytesPerPage : undefined;
+  const cachePages = p.xbzrle_cache_size / PAGE_SIZE;
+  /** Wire bytes of a page dirtied since the first pass (XBZRLE: hits as deltas, misses whole). */
+  let dirtyCost = PLAIN_RECORD;
+  /** What the engine believes a pending page costs (ram_saver.ts's pendingWireBytes). */
+  let pendingCost = xbBytes === undefined ? PAGE_SIZE : PLAIN_RECORD;
   let t = 0;
   let ws = 0; // window start
   let windowSent = 0;
@@ -134,7 +145,7 @@ export function simulate(m: PlanModel): Simulation {
     const ended = result === "completed" || result === "stalled-switchover";
     // complete(): the final sync with the guest stopped, then everything left, unthrottled.
     if (ended) sync();
-    const left = bulk * bulkCost + dirty * PLAIN_RECORD;
+    const left = bulk * bulkCost + dirty * dirtyCost;
     const downtime = left / Math.max(bpm, eps) + stopCost();
     return {
       converges: result === "completed" && !unachievable,
@@ -159,9 +170,18 @@ export function simulate(m: PlanModel): Simulation {
     if (windowSent < budget - eps) {
       let pendingPages = bulk + dirty;
       let synced = false;
-      if (pendingPages * PAGE_SIZE < maxSize || pendingPages < 0.5) {
+      if (pendingPages * pendingCost < maxSize || pendingPages < 0.5) {
         const passDone = pendingPages < 0.5;
         const added = sync();
+        if (xbBytes !== undefined && passDone) {
+          // After the first pass the cache holds a share of all RAM; later, the pages of
+          // the last pass, so a dirty set larger than the cache misses the rest.
+          const first = lastPassMs === 0;
+          const hit = Math.min(1, cachePages / Math.max(1, first ? total : dirty));
+          dirtyCost = hit * xbBytes + (1 - hit) * PLAIN_RECORD;
+          // The engine's estimate comes from the pages of a whole pass after the first.
+          if (!first) pendingCost = dirtyCost;
+        }
         synced = true;
         if (passDone) {
           lastPassPages = added;
@@ -172,7 +192,7 @@ export function simulate(m: PlanModel): Simulation {
         if (up) setThrottle(up);
         pendingPages = bulk + dirty;
       }
-      const pending = pendingPages < 0.5 ? 0 : pendingPages * PAGE_SIZE;
+      const pending = pendingPages < 0.5 ? 0 : pendingPages * pendingCost;
       const fresh = drainedAt === sent || (synced && pending > 0);
       if (unachievable && fresh && floor.observe(pending)) {
         const up = converge?.escalate() ?? null;
@@ -186,7 +206,7 @@ export function simulate(m: PlanModel): Simulation {
         // One iterate(): chunks of ITERATE_PAGES until the window's budget is reached
         // (the last chunk overshoots it) or the pass ends; the first pass's pages first.
         const room = budget - windowSent;
-        const cost = bulk > 0 ? bulkCost : PLAIN_RECORD;
+        const cost = bulk > 0 ? bulkCost : dirtyCost;
         const left = bulk > 0 ? bulk : dirty;
         const pages = Math.min(left, Math.ceil(room / (ITERATE_PAGES * cost)) * ITERATE_PAGES);
         if (bulk > 0) bulk = pages >= bulk ? 0 : bulk - pages;
@@ -293,6 +313,7 @@ export function makePlan(inputs: PlanInputs): Plan {
     returnPath: inputs.returnPath,
     params,
     capabilities,
+    ...(info?.xbzrle ? { xbzrleBytesPerPage: info.xbzrle.bytes_per_page } : {}),
   };
   const sim = simulate(model);
   const assumptions: string[] = [];
@@ -308,7 +329,15 @@ export function makePlan(inputs: PlanInputs): Plan {
     "the link carries max_bandwidth: the probe measures the round trip only" +
       (inputs.rttMs === null ? " (no destination was probed: round trip 0)" : ""),
   );
-  if (capabilities.xbzrle) assumptions.push("xbzrle is modelled as sending whole pages");
+  if (capabilities.xbzrle) {
+    assumptions.push(
+      info?.xbzrle
+        ? `xbzrle sends ${info.xbzrle.bytes_per_page} bytes for a re-sent page found in its ` +
+          `cache (ratio ${info.xbzrle.ratio}, from ${info.xbzrle.sampled_pages} sampled pages); ` +
+          `its encoding time is not modelled`
+        : "xbzrle is modelled as sending whole pages (no sampled deltas)",
+    );
+  }
   if (params.compress_method !== "none") {
     assumptions.push(`${params.compress_method} compression is modelled as not shrinking pages`);
   }
@@ -325,12 +354,20 @@ export function makePlan(inputs: PlanInputs): Plan {
     assumptions,
   };
   if (!sim.converges) {
+    const xbzrle = !capabilities.xbzrle && info?.xbzrle && params.compress_method === "none" &&
+        !capabilities.page_refs
+      ? {
+        ratio: info.xbzrle.ratio,
+        ...prediction(simulate({ ...model, capabilities: { ...capabilities, xbzrle: true } })),
+      }
+      : null;
     plan.to_converge = {
       bandwidth: bandwidthToConverge(model),
       auto_converge: capabilities.auto_converge ? null : prediction(simulate({
         ...model,
         capabilities: { ...capabilities, auto_converge: true },
       })),
+      xbzrle,
     };
   }
   return plan;

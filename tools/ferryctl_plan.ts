@@ -103,6 +103,12 @@ export function planText(plan: Json, limit: number): string {
         `--auto-converge (converges in ${formatMs(ac.total_time_ms)} at throttle ${ac.throttle} %)`,
       );
     } else if (ac) options.push("auto-converge would not be enough");
+    const xb = to.xbzrle;
+    if (xb?.converges) {
+      options.push(
+        `xbzrle (predicted ratio ${xb.ratio}: converges in ${formatMs(xb.total_time_ms)})`,
+      );
+    }
     if (options.length > 0) lines.push(`  to converge: ${options.join("; or ")}`);
   }
   for (const a of plan.assumptions ?? []) lines.push(`  assumes ${a}`);

@@ -154,3 +154,28 @@ Deno.test("workingSetCurve with only a rate: a uniform writer over RAM", () => {
   assert.ok(Math.abs(curve(100) - 10) < 0.1);
   assert.ok(curve(1e6) <= 1000);
 });
+
+Deno.test("DirtyRateMeter predicts XBZRLE's bytes per re-sent page from the deltas of sampled pages", async () => {
+  const clock = new FakeClock();
+  const guest = new TestGuest([["pc.ram", 64 * PAGE_SIZE]]);
+  const block = guest.blocks[0];
+  let done = 0;
+  block.setRefresh(() => {
+    for (; done < Math.floor(clock.now() / SAMPLE_MS); done++) {
+      // Pages 0-7 get 8 new bytes at their start each sample.
+      for (let p = 0; p < 8; p++) {
+        block.bytes.fill(done + 1, p * PAGE_SIZE, p * PAGE_SIZE + 8);
+        block.markDirty(p);
+      }
+    }
+  });
+  const meter = new DirtyRateMeter({ guest, clock, busy: () => null });
+  meter.start(2000);
+  await meter.done;
+  const xb = meter.info().xbzrle!;
+  // Two periods of 1 s, each finding the 8 pages changed: an empty unchanged run, a
+  // changed run of 8 and its bytes (10 bytes), after an 11-byte record header.
+  assert.equal(xb.sampled_pages, 16);
+  assert.equal(xb.bytes_per_page, 21);
+  assert.equal(xb.ratio, Math.round(4104 / 21 * 100) / 100);
+});

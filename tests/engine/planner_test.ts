@@ -62,6 +62,7 @@ async function engineRun(
   hot: number,
   perMs: number,
   autoConverge = false,
+  xbzrle = false,
 ) {
   const clock = new WatchedClock();
   const guest = new TestGuest([["pc.ram", PAGES * PAGE_SIZE]]);
@@ -75,10 +76,15 @@ async function engineRun(
   clock.onAdvance = () => {
     acc += (clock.now() - last) * perMs * (1 - guest.throttle / 100);
     last = clock.now();
-    for (; next < Math.floor(acc); next++) block.markDirty(random() % hot);
+    for (; next < Math.floor(acc); next++) {
+      // 8 new bytes at the page's start: an XBZRLE delta of 21 bytes on the wire.
+      const page = random() % hot;
+      block.bytes.fill(next & 0xff, page * PAGE_SIZE, page * PAGE_SIZE + 8);
+      block.markDirty(page);
+    }
   };
   const all = { ...DEFAULT_PARAMETERS, ...params };
-  const caps = { ...DEFAULT_CAPABILITIES, auto_converge: autoConverge };
+  const caps = { ...DEFAULT_CAPABILITIES, auto_converge: autoConverge, xbzrle };
   let topThrottle = 0;
   const ctx: OutgoingContext = {
     guest,
@@ -89,6 +95,7 @@ async function engineRun(
       params: all,
       capabilities: caps,
     }),
+
     clock,
     params: () => all,
     signal: new AbortController().signal,
@@ -197,6 +204,25 @@ Deno.test("simulate() agrees with the engine's pre-copy loop: auto-converge thro
   assert.equal(without.outcome, "no-convergence");
 });
 
+Deno.test("simulate() agrees with the engine's pre-copy loop: XBZRLE's deltas make a guest converge that would not without", async () => {
+  const params = { max_bandwidth: 4 << 20, downtime_limit: 30, stall_windows: 50 };
+  const real = await engineRun(params, PAGES, 2, false, true);
+  const m = model(params, uniform(PAGES, 2));
+  const plan = simulate({
+    ...m,
+    capabilities: { ...m.capabilities, xbzrle: true },
+    xbzrleBytesPerPage: 21,
+  });
+  assert.equal(real.error, null, String(real.error));
+  assert.equal(plan.converges, true);
+  assert.ok(
+    near(plan.total_time_ms, real.ms, 0.25),
+    `plan ${plan.total_time_ms}, engine ${real.ms}`,
+  );
+  const plain = simulate(model(params, uniform(PAGES, 2)));
+  assert.equal(plain.converges, false);
+});
+
 Deno.test("simulate(): stall_action switchover ends completed but not converged, with the downtime it cost", () => {
   const s = simulate(model(
     { max_bandwidth: 4 << 20, stall_windows: 20, stall_action: "switchover" },
@@ -273,9 +299,13 @@ Deno.test("makePlan(): a guest the link outruns: converges, with an explanation 
 });
 
 Deno.test("makePlan(): a guest faster than the link: does not converge, and says what would", () => {
+  const info = {
+    ...measured(4096),
+    xbzrle: { sampled_pages: 100, bytes_per_page: 41, ratio: 100 },
+  };
   const plan = makePlan({
-    dirtyRate: measured(4096),
-    dirtyRateInfo: measured(4096),
+    dirtyRate: info,
+    dirtyRateInfo: info,
     totalPages: PAGES,
     dataPages: PAGES,
     params: { ...DEFAULT_PARAMETERS, max_bandwidth: 8 << 20, stall_windows: 100 },
@@ -295,5 +325,7 @@ Deno.test("makePlan(): a guest faster than the link: does not converge, and says
   assert.ok(plan.to_converge!.bandwidth! > 8 << 20);
   assert.ok(plan.to_converge!.auto_converge!.throttle > 0);
   assert.ok(plan.assumptions.some((a) => /block migration/.test(a)));
+  assert.equal(plan.to_converge!.xbzrle!.ratio, 100);
+  assert.equal(plan.to_converge!.xbzrle!.converges, true, "41-byte deltas fit the link");
   assert.equal(plan.rtt_source, "none");
 });

@@ -78,6 +78,7 @@ Deno.test("planText says what would make a plan converge", () => {
     to_converge: {
       bandwidth: 300 << 20,
       auto_converge: { converges: true, total_time_ms: 9000, throttle: 60 },
+      xbzrle: { converges: true, total_time_ms: 7000, ratio: 12.5 },
     },
     assumptions: ["the disk of block migration is not modelled"],
   }, 30);
@@ -85,7 +86,7 @@ Deno.test("planText says what would make a plan converge", () => {
   assert.match(text, /round trip 0\.25 ms/);
   assert.match(
     text,
-    /to converge: --speed 300\.0 MiB\/s or more; or --auto-converge \(converges in 9\.00 s at throttle 60 %\)/,
+    /to converge: --speed 300\.0 MiB\/s or more; or --auto-converge \(converges in 9\.00 s at throttle 60 %\); or xbzrle \(predicted ratio 12\.5: converges in 7\.00 s\)/,
   );
   assert.match(text, /assumes the disk of block migration is not modelled/);
 });
