@@ -392,6 +392,10 @@ export class Engine {
         "Cannot start the guest during migration switchover",
       );
     }
+    const blocker = this.#guest.startBlocker?.() ?? null;
+    if (blocker !== null) {
+      throw new EngineError("guest-not-runnable", `Cannot start the guest: ${blocker}`);
+    }
     if (this.#guest.disk?.incomplete) {
       throw new EngineError(
         "guest-incomplete",
