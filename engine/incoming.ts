@@ -90,7 +90,9 @@ export async function loadStream(
     pageRefs: options.pageRefs ?? false,
   };
   /** A loader per registered section, made up front (each one says at EOF what it misses). */
-  const loaders = new Map(registry.loadable.map((section) => [section.name, section.loader(loadCtx)]));
+  const loaders = new Map(
+    registry.loadable.map((section) => [section.name, section.loader(loadCtx)]),
+  );
   await r.need(8);
   const magic = r.be32();
   if (magic === FERRYENC_HEAD) {

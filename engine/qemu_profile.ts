@@ -27,7 +27,7 @@ import {
 import { StreamError, type StreamReader } from "./format/reader.ts";
 import { DigestTable } from "./integrity.ts";
 import { RamLoader, type RamLoadStats, RamSaver } from "./sections/ram.ts";
-import { type QemuLoadState, qemuDevicesSection } from "./sections/qemu_devices.ts";
+import { qemuDevicesSection, type QemuLoadState } from "./sections/qemu_devices.ts";
 import {
   type LoadContext,
   type Section,

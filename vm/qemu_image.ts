@@ -91,9 +91,7 @@ export class QemuImage implements Guest {
 
   /** A QEMU image with a pc.ram of `ramSize` bytes and nothing else yet. */
   static create(options: QemuImageOptions): QemuImage {
-    const size = typeof options.ramSize === "string"
-      ? parseSize(options.ramSize)
-      : options.ramSize;
+    const size = typeof options.ramSize === "string" ? parseSize(options.ramSize) : options.ramSize;
     const main = new RamBlock(QEMU_MAIN_BLOCK, size);
     const fill = options.fill ?? "zero";
     if (options.prefault && fill === "zero") main.prefault();

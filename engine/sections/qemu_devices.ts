@@ -15,7 +15,7 @@ import type { QemuDeviceSection, QemuImage } from "../../vm/qemu_image.ts";
 import { Section as SectionType } from "../format/constants.ts";
 import { READ_BUFFER_SIZE, StreamError, type StreamReader } from "../format/reader.ts";
 import type { LoadContext, Section, SectionHeader, SectionLoader } from "./section.ts";
-import { vmsdPayloadSize, VmsdError } from "./qemu_vmsd.ts";
+import { VmsdError, vmsdPayloadSize } from "./qemu_vmsd.ts";
 
 /** The registry name of this section; it never appears in a stream. */
 export const QEMU_DEVICES = "qemu-devices";
@@ -182,7 +182,9 @@ class QemuDevicesLoader implements SectionLoader {
       plan.push({ ...header, size });
       this.#descriptions.push(desc);
       pos += size;
-      if (pos + 5 > eof || tail[pos] !== SectionType.FOOTER || view.getUint32(pos + 1) !== header.id) {
+      if (
+        pos + 5 > eof || tail[pos] !== SectionType.FOOTER || view.getUint32(pos + 1) !== header.id
+      ) {
         throw new StreamError(
           base + pos,
           `device section "${header.name}" does not end where its vmdescription says`,
