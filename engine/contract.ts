@@ -281,6 +281,11 @@ export const ParametersPatchSchema = z.object({
 });
 
 /** GET /vm. */
+/** Who a ferry migrates with (`--peer`): other ferries, or QEMU (the qemu profile). */
+export const PEER_KINDS = ["ferry", "qemu"] as const;
+/** One of {@link PEER_KINDS}. */
+export type PeerKind = typeof PEER_KINDS[number];
+
 /** The kinds of guest a ferry can run (`--guest`). */
 export const GUEST_KINDS = ["synthetic", "x86", "qemu"] as const;
 

@@ -47,6 +47,7 @@ export function qemuSections(image: QemuImage): SectionRegistry {
   const loads = new WeakMap<LoadContext, QemuLoadState>();
   const devices = qemuDevicesSection(image, loads);
   return new SectionRegistry([qemuRamSection(image, loads), devices], DEFAULT_QEMU_MACHINE, {
+    peer: "qemu",
     acceptsMachine: (machine) =>
       machine !== MACHINE_TYPE && machine !== X86_MACHINE_TYPE && machine.length > 0,
     outgoingMachine: () => image.peer?.machine || DEFAULT_QEMU_MACHINE,

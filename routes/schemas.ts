@@ -1,5 +1,6 @@
 import { z } from "@hono/zod-openapi";
 import { RUN_STATES } from "../vm/guest.ts";
+import { PEER_KINDS } from "../engine/contract.ts";
 
 // The API's data (info, capabilities, parameters) is defined once, in the engine's contract.
 export {
@@ -42,6 +43,11 @@ export const MigrateRequestSchema = z.object({
 /** POST /migrations/incoming body. */
 export const IncomingRequestSchema = z.object({
   uri: z.string().min(1).max(4096).openapi({ example: "tcp:127.0.0.1:0" }),
+  peer: z.enum(PEER_KINDS).optional().openapi({
+    description:
+      "Who sends the stream: another ferry, or a QEMU (then this ferry must run --peer qemu); " +
+      "a mismatch is refused before listening",
+  }),
 }).strict().openapi("IncomingRequest");
 
 /** One migration blocker. */

@@ -19,6 +19,7 @@ import type { StreamWriter } from "../format/writer.ts";
 import type { MigrationDigests } from "../integrity.ts";
 import type { Capabilities, Parameters } from "../params.ts";
 import type { CompressMethod } from "../format/compression.ts";
+import type { PeerKind } from "../contract.ts";
 
 /** What a saver is made from: the migration's guest, settings and digests. */
 export interface SaveContext {
@@ -116,6 +117,8 @@ export interface DeviceSection extends SectionHeader {
  * peers").
  */
 export interface RegistryProfile {
+  /** Who this registry's streams go to and come from (default another ferry). */
+  readonly peer?: PeerKind;
   /** True when a stream naming this machine type may be loaded (default: the registry's own). */
   acceptsMachine?(machine: string): boolean;
   /** The machine type an outgoing stream names (default: the registry's own). */
