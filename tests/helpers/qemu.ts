@@ -13,18 +13,26 @@ import {
   STATUS_XP_COMMAND,
 } from "../../bench/qemu/guest.ts";
 
-/** Why the QEMU tests cannot run here, or null when they can. */
-export function qemuMissing(): string | null {
-  for (const bin of ["qemu-system-x86_64", "nasm"]) {
-    const probe = new Deno.Command("sh", { args: ["-c", `command -v ${bin}`] }).outputSync();
-    if (!probe.success) return `${bin} is not installed`;
-  }
-  return null;
-}
-
 /** The analyzer CI fetches (tools/fetch_analyzer.sh). */
 export const ANALYZER = new URL("../../.cache/qemu-7.2/analyze-migration.py", import.meta.url)
   .pathname;
+
+/**
+ * Why the QEMU tests cannot run here, or null when they can: QEMU, nasm for the guest,
+ * python3 and QEMU's analyzer (all of which CI installs: tests/ci_prerequisites_test.ts).
+ */
+export function qemuMissing(): string | null {
+  for (const bin of ["qemu-system-x86_64", "nasm", "python3"]) {
+    const probe = new Deno.Command("sh", { args: ["-c", `command -v ${bin}`] }).outputSync();
+    if (!probe.success) return `${bin} is not installed`;
+  }
+  try {
+    Deno.statSync(ANALYZER);
+  } catch {
+    return "QEMU's analyze-migration.py is not fetched (tools/fetch_analyzer.sh)";
+  }
+  return null;
+}
 
 /** Polls `probe` until it returns a value (not undefined); throws after `timeoutMs`. */
 export async function until<T>(
