@@ -51,8 +51,9 @@ export function qemuSections(image: QemuImage): SectionRegistry {
     acceptsMachine: (machine) =>
       machine !== MACHINE_TYPE && machine !== X86_MACHINE_TYPE && machine.length > 0,
     outgoingMachine: () => image.peer?.machine || DEFAULT_QEMU_MACHINE,
+    // The device sections go out under their own ids (DeviceSaver.sections).
     sectionId: (name, index) =>
-      name === SectionName.RAM ? image.peer?.ramSectionId || QEMU_RAM_SECTION_ID : index + 100,
+      name === SectionName.RAM ? image.peer?.ramSectionId || QEMU_RAM_SECTION_ID : index,
     otherDevices: devices,
     returnPath: false,
   });
