@@ -191,3 +191,21 @@ Deno.test("an incoming migration names its peer: a mismatch with this ferry's pr
   await qemu.close();
   await ferry.close();
 });
+
+Deno.test("a QEMU stream with any one byte of its framing or device tail changed loads or fails with a StreamError", async () => {
+  const { bytes, devicesAt } = qemuStream();
+  const positions = [
+    ...Array.from({ length: 120 }, (_, i) => i),
+    ...Array.from({ length: bytes.length - devicesAt }, (_, i) => devicesAt + i),
+  ];
+  for (const at of positions) {
+    for (const flip of [0x01, 0x80, 0xff]) {
+      const damaged = bytes.slice();
+      damaged[at] ^= flip;
+      const image = qemuImage();
+      const err = await loadInto(image, damaged).then(() => null, (e) => e);
+      assert.ok(err === null || err instanceof StreamError, `byte ${at} ^ ${flip}: ${err}`);
+      if (err !== null) assert.equal(image.peer, null, `byte ${at} ^ ${flip}`);
+    }
+  }
+});
