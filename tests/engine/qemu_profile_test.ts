@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { Engine } from "../../engine/engine.ts";
 import { EngineError } from "../../engine/errors.ts";
+import { IntegrityError } from "../../engine/integrity.ts";
 import { StreamError, StreamReader } from "../../engine/format/reader.ts";
 import { loadStream } from "../../engine/incoming.ts";
 import { QEMU_RAM_SECTION_ID, qemuSections } from "../../engine/qemu_profile.ts";
@@ -90,10 +91,10 @@ async function drain(ch: Channel): Promise<Uint8Array> {
 }
 
 /** What a qemu-profile engine holding `image` sends (verify off, as `--peer qemu` starts). */
-async function emitted(image: QemuImage): Promise<Uint8Array> {
+async function emitted(image: QemuImage, verify = false): Promise<Uint8Array> {
   const transports = new MemoryTransports();
   const engine = new Engine({ guest: image, transports, sections: qemuSections(image) });
-  engine.setCapabilities({ verify: false });
+  engine.setCapabilities({ verify });
   const uri = "tcp:memory:9";
   const listener = await transports.listen(uri);
   const accepted = listener.accept();
@@ -208,4 +209,36 @@ Deno.test("a QEMU stream with any one byte of its framing or device tail changed
       if (err !== null) assert.equal(image.peer, null, `byte ${at} ^ ${flip}`);
     }
   }
+});
+
+Deno.test("between two qemu-profile ferries with verify on, the integrity record covers the ROM blocks and QEMU's devices", async () => {
+  const image = qemuImage();
+  await loadInto(image, qemuStream().bytes);
+  image.setRunState("paused");
+  const out = await emitted(image, true);
+  const load = (bytes: Uint8Array, into: QemuImage) => {
+    const r = new StreamReader(new BytesChannel(bytes, 4093));
+    return loadStream(r, into, { sections: qemuSections(into), verify: true }).finally(() =>
+      r.release()
+    );
+  };
+  const copy = qemuImage();
+  await load(out, copy);
+  assertRam(copy);
+  // One byte of the ROM page changed on the way: named by the record, nothing kept.
+  const at = indexOf(out, SENT.get("pc.bios")!.get(3)!);
+  const damaged = out.slice();
+  damaged[at + 100] ^= 1;
+  const other = qemuImage();
+  const err = await load(damaged, other).then(() => null, (e) => e);
+  assert.ok(err instanceof IntegrityError, String(err));
+  assert.match(err.message, /pc.bios/);
+  assert.equal(other.peer, null);
+  // So is one byte of a device section's payload.
+  const timer = out.slice();
+  timer[indexOf(out, DEVICES[0].payload) + 5] ^= 1;
+  const third = qemuImage();
+  const devErr = await load(timer, third).then(() => null, (e) => e);
+  assert.ok(devErr instanceof IntegrityError, String(devErr));
+  assert.equal(third.peer, null);
 });
