@@ -3,7 +3,13 @@ import type { Guest, RunState } from "../vm/guest.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { IncomingMigration } from "./destination.ts";
 import { DirtyRateMeter } from "./dirty_rate.ts";
-import type { IncomingInfo, IncomingStatus, MigrationInfo, MigrationStatus } from "./contract.ts";
+import type {
+  IncomingInfo,
+  IncomingStatus,
+  MigrationInfo,
+  MigrationStatus,
+  PeerKind,
+} from "./contract.ts";
 import { EngineError } from "./errors.ts";
 import type { SectionRegistry } from "./sections/section.ts";
 import { defaultSections } from "./sections/registry.ts";
@@ -323,7 +329,16 @@ export class Engine {
    * Arms an incoming migration on `uri` (QEMU's migrate-incoming): the guest goes to
    * `inmigrate` and the stream, when it comes, replaces its RAM and device state.
    */
-  async listenIncoming(uri: string): Promise<IncomingInfo> {
+  async listenIncoming(uri: string, peer?: PeerKind): Promise<IncomingInfo> {
+    const mine = this.#sections.profile.peer ?? "ferry";
+    if (peer !== undefined && peer !== mine) {
+      throw new EngineError(
+        "invalid-parameter",
+        `This ferry takes streams from a ${mine} (--peer ${mine}), not from a ${peer}: ` +
+          (peer === "qemu" ? "start one with --peer qemu" : "use a ferry started without --peer"),
+        { parameter: "peer" },
+      );
+    }
     if (this.#incoming?.isActive || this.#arming) {
       throw new EngineError("incoming-active", "An incoming migration is already armed");
     }
@@ -409,6 +424,10 @@ export class Engine {
         "migration-active",
         "Cannot start the guest during migration switchover",
       );
+    }
+    const blocker = this.#guest.startBlocker?.() ?? null;
+    if (blocker !== null) {
+      throw new EngineError("guest-not-runnable", `Cannot start the guest: ${blocker}`);
     }
     if (this.#guest.disk?.incomplete) {
       throw new EngineError(

@@ -1,6 +1,6 @@
 import { z } from "@hono/zod-openapi";
 import { RUN_STATES } from "../vm/guest.ts";
-import { CapabilitiesPatchSchema, ParametersPatchSchema } from "../engine/contract.ts";
+import { CapabilitiesPatchSchema, ParametersPatchSchema, PEER_KINDS } from "../engine/contract.ts";
 
 // The API's data (info, capabilities, parameters) is defined once, in the engine's contract.
 export {
@@ -69,6 +69,11 @@ export const PlanRequestSchema = MigrateRequestSchema.extend({
 /** POST /migrations/incoming body. */
 export const IncomingRequestSchema = z.object({
   uri: z.string().min(1).max(4096).openapi({ example: "tcp:127.0.0.1:0" }),
+  peer: z.enum(PEER_KINDS).optional().openapi({
+    description:
+      "Who sends the stream: another ferry, or a QEMU (then this ferry must run --peer qemu); " +
+      "a mismatch is refused before listening",
+  }),
 }).strict().openapi("IncomingRequest");
 
 /** One migration blocker. */
