@@ -48,6 +48,7 @@ export const PARAMETER_LIMITS = {
   stall_windows: [0, 10_000_000],
   incoming_page_budget: [2, 1_000_000],
   compress_level: [1, 19],
+  multifd_channels: [1, 16],
 } as const satisfies Record<string, readonly [number, number]>;
 
 /** The numeric parameters. */
@@ -160,6 +161,15 @@ export const MigrationInfoSchema = z.object({
   page_refs: z.object({
     pages: z.number().openapi({ description: "Pages sent as same-page references" }),
   }).optional().openapi({ description: "With the page_refs capability" }),
+  multifd: z.object({
+    channels: z.number().openapi({ description: "Page channels beside the main stream" }),
+    packets: z.number().openapi({ description: "Packets of pages written to them" }),
+    compressed_packets: z.number(),
+    bytes: z.number().openapi({ description: "Bytes written to them" }),
+    sync_points: z.number().openapi({
+      description: "Sync points: every channel flushed before the destination went on",
+    }),
+  }).optional().openapi({ description: "With multifd_channels above 1" }),
   cpu_throttle_percentage: z.number().optional().openapi({
     description: "While auto-converge throttles",
   }),
@@ -185,6 +195,10 @@ export const IncomingInfoSchema = z.object({
     normal: z.number(),
     compressed: z.number().optional().openapi({ description: "Pages of compressed runs" }),
     refs: z.number().optional().openapi({ description: "Same-page references" }),
+    multifd_packets: z.number().optional().openapi({
+      description: "Packets of pages that came over the multifd channels (their pages are " +
+        "counted in zero and normal)",
+    }),
   }).optional(),
   refused_peers: z.number().optional().openapi({
     description: "Connections dropped because they sent no stream header in time (or garbage), " +
@@ -249,6 +263,12 @@ export const ParametersSchema = z.object({
   compress_level: z.number().int().openapi({
     description: "zstd's level (QEMU's multifd-zstd-level); lz4 has one level",
   }),
+  multifd_channels: z.number().int().openapi({
+    description: "Connections RAM pages fan out over beside the main stream (QEMU's multifd " +
+      "capability with multifd-channels): 1 is the single stream; 2 to 16 need tcp: or " +
+      "unix: and the synthetic guest; set the same on both ends. Read when a migration " +
+      "starts or an incoming one is armed; not with xbzrle or page_refs",
+  }),
 }).openapi("Parameters");
 
 /** A numeric parameter in a PATCH body, within its range from the engine's one table. */
@@ -276,6 +296,7 @@ export const ParametersPatchSchema = z.object({
   snapshot_key: SECURITY_PARAMETER_SCHEMAS.snapshot_key.optional(),
   compress_method: z.enum(COMPRESS_METHODS).optional(),
   compress_level: limited("compress_level"),
+  multifd_channels: limited("multifd_channels"),
 }).strict().openapi("ParametersPatch", {
   example: { max_bandwidth: 1073741824, downtime_limit: 300 },
 });

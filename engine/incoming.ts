@@ -11,6 +11,8 @@ import { MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PING } from "./return_path.ts";
 import { IntegrityError, MigrationDigests, parseIntegrityRecord } from "./integrity.ts";
 import { sharedKernels } from "./wasm/kernels.ts";
 import type { CompressMethod } from "./format/compression.ts";
+import type { MultifdLoad } from "./multifd/receiver.ts";
+import { MIG_CMD_FERRY_MULTIFD, MULTIFD_COMMAND_BYTES } from "./multifd/setup.ts";
 
 /** Largest vmdescription JSON accepted (QEMU's own are far smaller). */
 export const MAX_VMDESC_BYTES = 1 << 20;
@@ -57,6 +59,8 @@ export interface LoadOptions {
   readonly compression?: CompressMethod;
   /** This destination's `page_refs` capability: same-page references need it. */
   readonly pageRefs?: boolean;
+  /** This destination's multifd channels (multifd_channels > 1); a stream announcing multifd needs them. */
+  readonly multifd?: MultifdLoad;
 }
 
 interface OpenSection {
@@ -88,6 +92,7 @@ export async function loadStream(
     ...(digests ? { digests } : {}),
     compression: options.compression ?? "none",
     pageRefs: options.pageRefs ?? false,
+    ...(options.multifd ? { multifd: options.multifd } : {}),
   };
   /** A loader per registered section, made up front (each one says at EOF what it misses). */
   const loaders = new Map(
@@ -205,6 +210,23 @@ export async function loadStream(
           }
           await r.need(4);
           await onPing(r.be32());
+          break;
+        }
+        if (cmd === MIG_CMD_FERRY_MULTIFD) {
+          // docs/ARCHITECTURE.md, "Multifd": the page channels connect after this.
+          if (!options.multifd) {
+            throw new StreamError(
+              at,
+              "the source sends pages over multifd channels, but this destination's " +
+                "multifd_channels is 1: set the same on both ends",
+            );
+          }
+          if (len !== MULTIFD_COMMAND_BYTES) {
+            throw new StreamError(at, `command MULTIFD with ${len} bytes of data`);
+          }
+          await r.need(len);
+          const count = r.be16();
+          options.multifd.open(count, r.take(len - 2).slice(), digests, at);
           break;
         }
         if (cmd !== MIG_CMD_OPEN_RETURN_PATH) {

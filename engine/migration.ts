@@ -15,6 +15,8 @@ import { sendOpenReturnPath, sendPing, SourceReturnPath, usesReturnPath } from "
 import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 import { MigrationDigests } from "./integrity.ts";
 import type { MigrationInfo, MigrationStatus, MigrationWarning } from "./contract.ts";
+import { MultifdSender } from "./multifd/sender.ts";
+import { openMultifd } from "./multifd/setup.ts";
 
 /** States after which nothing more happens. */
 export const FINAL_STATES: ReadonlySet<MigrationStatus> = new Set([
@@ -94,6 +96,8 @@ export class Migration {
   #writer: StreamWriter | null = null;
   /** The return path's reader, once the stream opened it. */
   #returnPath: SourceReturnPath | null = null;
+  /** With multifd_channels > 1: the page channels (docs/ARCHITECTURE.md, "Multifd"). */
+  #multifd: MultifdSender | null = null;
   readonly #startedAt: number;
   #setupTime: number | undefined;
   #endedAt: number | undefined;
@@ -135,6 +139,7 @@ export class Migration {
     this.#transition("cancelling");
     this.#abort.abort(new Error("migration cancelled"));
     this.#channel?.close();
+    this.#multifd?.close();
     return true;
   }
 
@@ -197,6 +202,16 @@ export class Migration {
         };
       }
       if (ram.stats.refPages !== null) info.page_refs = { pages: ram.stats.refPages };
+      const mfd = this.#multifd;
+      if (mfd) {
+        info.multifd = {
+          channels: mfd.count,
+          packets: mfd.stats.packets,
+          compressed_packets: mfd.stats.compressed,
+          bytes: mfd.stats.bytes,
+          sync_points: mfd.stats.syncs,
+        };
+      }
     }
     const block = this.#block;
     if (block) {
@@ -230,6 +245,8 @@ export class Migration {
    */
   async #drain(writer: StreamWriter): Promise<number> {
     const { clock } = this.#deps;
+    // The pages queued for the multifd channels are on the wire first.
+    await this.#multifd?.settle();
     let rtt = 0;
     for (let i = 0; i < 2; i++) {
       const value = ++this.#pings;
@@ -269,6 +286,27 @@ export class Migration {
       this.#writer = writer;
       const caps = this.#deps.capabilities;
       const digests = caps.verify ? new MigrationDigests(guest.blocks) : undefined;
+      const params = this.#deps.params();
+      if (params.multifd_channels > 1) {
+        this.#multifd = new MultifdSender(params.multifd_channels, {
+          blocks: guest.blocks,
+          ...(digests ? { tables: digests.ram.map((r) => r.table) } : {}),
+          compression: params.compress_method === "none"
+            ? null
+            : { codec: params.compress_method, level: params.compress_level },
+          onBytes: (n) => writer.addSideBytes(n),
+          onPacket: (zero, normal, bytes) => {
+            const stats = this.#ram!.stats;
+            stats.duplicate += zero;
+            stats.normal += normal;
+            stats.transferred += bytes;
+          },
+          onError: (e) => {
+            this.#abort.abort(e);
+            this.#channel?.close();
+          },
+        });
+      }
       const savers = createSavers(this.#deps.sections ?? defaultSections(), {
         guest,
         now: clock.now,
@@ -277,6 +315,7 @@ export class Migration {
         ...(this.#deps.block ? { block: this.#deps.block } : {}),
         ...(digests ? { digests } : {}),
         ...(/^(file|exec):/.test(this.uri) ? { snapshot: true } : {}),
+        ...(this.#multifd ? { multifd: this.#multifd } : {}),
       });
       this.#ram = savers.ram;
       const block = savers.live.find((e) => e.saver instanceof BlockSaver)?.saver;
@@ -324,6 +363,20 @@ export class Migration {
           this.#channel?.close();
         });
       }
+      const multifd = this.#multifd;
+      if (multifd) {
+        if (!this.#returnPath) throw new Error(`multifd needs a return path (tcp: or unix:)`);
+        await openMultifd(multifd, writer, async () => {
+          const value = ++this.#pings;
+          await sendPing(writer, value);
+          await writer.flush();
+          await this.#returnPath!.awaitPong(value);
+        }, async () =>
+          new WatchedChannel(
+            await transports.connect(this.uri, this.#abort.signal, this.#deps.security),
+            watchdog,
+          ));
+      }
       this.#abort.signal.throwIfAborted();
       const result = await runPrecopy(ctx);
       this.#downtime = result.downtime;
@@ -349,6 +402,7 @@ export class Migration {
       }
     } finally {
       watchdog.stop();
+      this.#multifd?.close();
       this.#writer?.release();
       // auto-converge's throttle ends with the migration, whatever its outcome.
       if (this.#throttle > 0) guest.setThrottle(0);

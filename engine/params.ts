@@ -33,6 +33,7 @@ export const DEFAULT_PARAMETERS: Readonly<Parameters> = {
   snapshot_key: "",
   compress_method: "none",
   compress_level: 1,
+  multifd_channels: 1,
 };
 
 /** QEMU's capabilities off, as QEMU starts; ferry's `verify` on (turn it off only for peers that cannot speak it). */
