@@ -20,6 +20,7 @@ const DEFAULTS = {
   snapshot_key: "",
   compress_method: "none",
   compress_level: 1,
+  multifd_channels: 1,
 };
 
 Deno.test("GET /migrations/parameters answers the seed defaults", async () => {
@@ -59,6 +60,7 @@ Deno.test("PATCH /migrations/parameters applies every field and the limits thems
     incoming_page_budget: 2,
     compress_method: "lz4",
     compress_level: 19,
+    multifd_channels: 16,
   };
   const res = await call(app, "PATCH", "/migrations/parameters", patch);
   assert.equal(res.status, 200);
@@ -118,6 +120,10 @@ const BAD: [string, string, unknown][] = [
   ["compress_method", "an unknown method", "gzip"],
   ["compress_level", "0", 0],
   ["compress_level", "20", 20],
+  ["multifd_channels", "0", 0],
+  ["multifd_channels", "17", 17],
+  ["multifd_channels", "a fraction", 2.5],
+  ["multifd_channels", "a string", "4"],
 ];
 
 for (const [field, what, value] of BAD) {

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { Engine } from "../../../engine/engine.ts";
+import { EngineError } from "../../../engine/errors.ts";
 import { MemoryTransports } from "../../../transports/memory.ts";
 import { ramDigest, TestGuest } from "../../../testing/test_guest.ts";
 
@@ -47,3 +48,54 @@ for (const channels of [2, 3]) {
     }
   });
 }
+
+/** The EngineError `fn` throws. */
+function engineError(fn: () => unknown): EngineError {
+  try {
+    fn();
+  } catch (e) {
+    assert.ok(e instanceof EngineError, String(e));
+    return e;
+  }
+  assert.fail("no error thrown");
+}
+
+Deno.test("Engine multifd: what cannot carry it is refused at migrate time, naming why", async () => {
+  const guest = new TestGuest();
+  guest.start();
+  const engine = new Engine({ guest, transports: new MemoryTransports() });
+  try {
+    engine.setParameters({ multifd_channels: 2 });
+    for (const uri of ["exec:cat > /dev/null", "fd:3", "file:/tmp/ferry-never"]) {
+      const e = engineError(() => engine.migrate(uri));
+      assert.equal(e.code, "capability-unsupported", uri);
+      assert.match(e.message, /multifd_channels 2 needs a tcp: or unix: URI/);
+      assert.deepEqual(e.details, { parameter: "multifd_channels" });
+    }
+    engine.setCapabilities({ xbzrle: true });
+    const both = engineError(() => engine.migrate(URI));
+    assert.match(both.message, /both multifd_channels 2 and xbzrle/);
+    engine.setCapabilities({ xbzrle: false, page_refs: true });
+    assert.match(engineError(() => engine.migrate(URI)).message, /and page_refs/);
+    assert.equal(engine.current().status, "none");
+    assert.equal(guest.runState, "running");
+  } finally {
+    await engine.close();
+  }
+});
+
+Deno.test("Engine multifd: the x86 guest is refused on both ends, saying why", async () => {
+  const guest = new TestGuest();
+  // What tells an emulated machine's guest apart (vm/guest.ts: `machine`).
+  Object.defineProperty(guest, "machine", { value: {} });
+  const engine = new Engine({ guest, transports: new MemoryTransports() });
+  try {
+    engine.setParameters({ multifd_channels: 4 });
+    const out = engineError(() => engine.migrate(URI));
+    assert.match(out.message, /needs the synthetic guest: the x86 guest's RAM is v86's own/);
+    guest.stop("paused");
+    await assert.rejects(engine.listenIncoming(URI), /needs the synthetic guest/);
+  } finally {
+    await engine.close();
+  }
+});
