@@ -264,10 +264,9 @@ export const ParametersSchema = z.object({
     description: "zstd's level (QEMU's multifd-zstd-level); lz4 has one level",
   }),
   multifd_channels: z.number().int().openapi({
-    description: "Connections RAM pages fan out over beside the main stream (QEMU's multifd " +
-      "capability with multifd-channels): 1 is the single stream; 2 to 16 need tcp: or " +
-      "unix: and the synthetic guest; set the same on both ends. Read when a migration " +
-      "starts or an incoming one is armed; not with xbzrle or page_refs",
+    description: "Connections pages fan out over beside the main stream (QEMU's " +
+      "multifd-channels): 1 is the single stream; 2 to 16 need tcp: or unix:, the synthetic " +
+      "guest and the same on both ends",
   }),
 }).openapi("Parameters");
 

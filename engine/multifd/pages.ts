@@ -96,7 +96,11 @@ export function fillPacket(
   let flags = 0;
   let method = 0;
   if (compression !== null && normal > 0) {
-    const out = compress(compression.codec, slot.subarray(dataAt, dataAt + dataLength), compression.level);
+    const out = compress(
+      compression.codec,
+      slot.subarray(dataAt, dataAt + dataLength),
+      compression.level,
+    );
     if (out.length < dataLength) {
       slot.set(out, dataAt);
       dataLength = out.length;
@@ -198,7 +202,9 @@ export function applyPacket(
     try {
       data = decompressExact(method, data, raw);
     } catch (e) {
-      if (e instanceof DecompressError) throw new MultifdError(channel, at, e.message, { cause: e });
+      if (e instanceof DecompressError) {
+        throw new MultifdError(channel, at, e.message, { cause: e });
+      }
       throw e;
     }
   } else if (header.dataLength !== raw) {

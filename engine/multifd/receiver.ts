@@ -291,7 +291,7 @@ export class MultifdReceiver implements MultifdLoad, Disposable {
       at += total;
       const task = runner.apply(slot, total, packetAt).then((r) => {
         const table = this.#digests?.ram[r.block].table;
-        if (table) for (let i = 0; i < r.pages.length; i++) table.set(r.pages[i], r.digests[i]);
+        if (table) { for (let i = 0; i < r.pages.length; i++) table.set(r.pages[i], r.digests[i]); }
         this.stats.packets++;
         this.stats.zero += r.zero;
         this.stats.normal += r.normal;

@@ -11,8 +11,8 @@ import type { Codec } from "../format/compression.ts";
 import { sharedKernels } from "../wasm/kernels.ts";
 import { MultifdError, SLOT_BYTES } from "./packet.ts";
 import {
-  type ApplyResult,
   applyPacket,
+  type ApplyResult,
   type FillCompression,
   type FillJob,
   fillPacket,

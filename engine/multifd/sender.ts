@@ -124,9 +124,11 @@ export class MultifdSender implements MultifdSink, Disposable {
       writes: Promise.resolve(),
     }));
     if (this.#closed) this.close();
-    await Promise.all(this.#channels.map((c) =>
-      this.#write(c, encodeHello({ session: this.session, index: c.index, count: this.count }))
-    ));
+    await Promise.all(
+      this.#channels.map((c) =>
+        this.#write(c, encodeHello({ session: this.session, index: c.index, count: this.count }))
+      ),
+    );
     this.#throwIfFailed();
   }
 

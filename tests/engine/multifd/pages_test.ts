@@ -22,7 +22,9 @@ function job(pages: number[]) {
   return { block: 0, pages: Int32Array.from(pages), seq: 0, sync: 0 };
 }
 
-for (const compression of [null, { codec: "zstd", level: 3 }, { codec: "lz4", level: 1 }] as const) {
+for (
+  const compression of [null, { codec: "zstd", level: 3 }, { codec: "lz4", level: 1 }] as const
+) {
   const label = compression?.codec ?? "plain";
   Deno.test(`multifd pages (${label}): a filled packet applies to the same bytes and digests`, () => {
     const src = source();
@@ -48,7 +50,10 @@ for (const compression of [null, { codec: "zstd", level: 3 }, { codec: "lz4", le
     assert.deepEqual([...applied.pages], pages);
     assert.deepEqual([...applied.digests], [...filled.digests]);
     for (const p of pages) {
-      assert.deepEqual(dst.bytes.subarray(p * PAGE, (p + 1) * PAGE), src.bytes.subarray(p * PAGE, (p + 1) * PAGE));
+      assert.deepEqual(
+        dst.bytes.subarray(p * PAGE, (p + 1) * PAGE),
+        src.bytes.subarray(p * PAGE, (p + 1) * PAGE),
+      );
       assert.equal(applied.digests[pages.indexOf(p)], kernels.digest(src.bytes, p * PAGE, PAGE));
     }
     assert.ok(dst.isTouched(9));
@@ -63,7 +68,13 @@ function applyDamaged(
   const src = source();
   const dst = new RamBlock("pc.ram", 16 * PAGE);
   const slot = new Uint8Array(new SharedArrayBuffer(SLOT_BYTES));
-  const { length } = fillPacket([src], slot, job([2, 3]), kernels, codec ? { codec, level: 1 } : null);
+  const { length } = fillPacket(
+    [src],
+    slot,
+    job([2, 3]),
+    kernels,
+    codec ? { codec, level: 1 } : null,
+  );
   const newLength = damage(slot, length);
   try {
     applyPacket([dst], slot, newLength, 1, 0x100, kernels, codec);
@@ -75,12 +86,20 @@ function applyDamaged(
 
 Deno.test("multifd pages: damage anywhere is refused before a byte of RAM is written", () => {
   const cases: [string, (slot: Uint8Array, length: number) => number, RegExp][] = [
-    ["a flipped data byte", (s, n) => (s[n - 100] ^= 1, n), /digests sum to .*the data was damaged/],
+    [
+      "a flipped data byte",
+      (s, n) => (s[n - 100] ^= 1, n),
+      /digests sum to .*the data was damaged/,
+    ],
     ["an offset outside the block", (s, n) => {
       new DataView(s.buffer).setUint32(PACKET_FIXED + 6 + 8 + 4, (16 * PAGE) | 0x08);
       return n;
     }, /entry 1: offset 0x10000 beyond block "pc.ram"/],
-    ["an unknown entry kind", (s, n) => (s[PACKET_FIXED + 6 + 7] = 0x48, n), /entry 0 has kind 0x48/],
+    [
+      "an unknown entry kind",
+      (s, n) => (s[PACKET_FIXED + 6 + 7] = 0x48, n),
+      /entry 0 has kind 0x48/,
+    ],
     ["an unknown block", (s, n) => (s[PACKET_FIXED] = 0x71, n), /unknown block "qc.ram"/],
     ["a short packet", (_s, n) => n - 1, /a packet of \d+ bytes, its header says \d+/],
   ];
