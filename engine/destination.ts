@@ -191,6 +191,8 @@ export class IncomingMigration {
           onError: (e) => fail(e),
           onDropped,
           onAllConnected: () => listener.close(),
+          // A sync point can keep the main stream quiet while the channels carry pages.
+          onProgress: () => watchdog.progress(),
         });
       }
       const multifd = this.#multifd;

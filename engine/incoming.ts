@@ -12,7 +12,11 @@ import { IntegrityError, MigrationDigests, parseIntegrityRecord } from "./integr
 import { sharedKernels } from "./wasm/kernels.ts";
 import type { CompressMethod } from "./format/compression.ts";
 import type { MultifdLoad } from "./multifd/receiver.ts";
-import { MIG_CMD_FERRY_MULTIFD, MULTIFD_COMMAND_BYTES } from "./multifd/setup.ts";
+import {
+  MIG_CMD_FERRY_MULTIFD,
+  MIG_CMD_FERRY_MULTIFD_FLUSH,
+  MULTIFD_COMMAND_BYTES,
+} from "./multifd/setup.ts";
 
 /** Largest vmdescription JSON accepted (QEMU's own are far smaller). */
 export const MAX_VMDESC_BYTES = 1 << 20;
@@ -210,6 +214,13 @@ export async function loadStream(
           }
           await r.need(4);
           await onPing(r.be32());
+          break;
+        }
+        if (cmd === MIG_CMD_FERRY_MULTIFD_FLUSH) {
+          if (!options.multifd || len !== 0) {
+            throw new StreamError(at, "a multifd FLUSH command without multifd, or with data");
+          }
+          await options.multifd.flush(at);
           break;
         }
         if (cmd === MIG_CMD_FERRY_MULTIFD) {

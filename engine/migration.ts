@@ -16,7 +16,7 @@ import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 import { MigrationDigests } from "./integrity.ts";
 import type { MigrationInfo, MigrationStatus, MigrationWarning } from "./contract.ts";
 import { MultifdSender } from "./multifd/sender.ts";
-import { openMultifd } from "./multifd/setup.ts";
+import { openMultifd, sendMultifdFlush } from "./multifd/setup.ts";
 
 /** States after which nothing more happens. */
 export const FINAL_STATES: ReadonlySet<MigrationStatus> = new Set([
@@ -245,8 +245,12 @@ export class Migration {
    */
   async #drain(writer: StreamWriter): Promise<number> {
     const { clock } = this.#deps;
-    // The pages queued for the multifd channels are on the wire first.
-    await this.#multifd?.settle();
+    // With multifd, a sync point first: the PONG then also means every channel's
+    // pages are applied (docs/ARCHITECTURE.md, "Multifd").
+    if (this.#multifd) {
+      await this.#multifd.barrier();
+      await sendMultifdFlush(writer);
+    }
     let rtt = 0;
     for (let i = 0; i < 2; i++) {
       const value = ++this.#pings;

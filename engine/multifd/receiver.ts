@@ -65,6 +65,8 @@ export interface MultifdReceiverOptions {
   readonly onDropped?: (peer: string, why: string) => void;
   /** Every channel connected (the listener may close). */
   readonly onAllConnected?: () => void;
+  /** Bytes arrived on a channel (the destination's progress watchdog counts them too). */
+  readonly onProgress?: () => void;
 }
 
 interface RecvChannel {
@@ -237,6 +239,7 @@ export class MultifdReceiver implements MultifdLoad, Disposable {
       const slot = free.pop()!;
       const buf = runner.slots[slot];
       const got = await readFull(rc.channel, buf.subarray(0, PACKET_FIXED));
+      this.#options.onProgress?.();
       if (got === 0) {
         free.push(slot);
         await Promise.all([...inFlight]);
@@ -280,6 +283,7 @@ export class MultifdReceiver implements MultifdLoad, Disposable {
         );
       }
       const body = await readFull(rc.channel, buf.subarray(PACKET_FIXED, total));
+      this.#options.onProgress?.();
       if (body < total - PACKET_FIXED) {
         throw new MultifdError(
           index,

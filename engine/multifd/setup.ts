@@ -23,6 +23,21 @@ export const MIG_CMD_FERRY_MULTIFD = 0x4602;
 /** Bytes of that command's data. */
 export const MULTIFD_COMMAND_BYTES = 2 + SESSION_BYTES;
 
+/**
+ * ferry's COMMAND MULTIFD_FLUSH (no data): a sync point between sections, as the
+ * RAM section's FLUSH record is one inside them. The drain sends it before its
+ * PINGs, so their PONG means every channel's pages are applied too.
+ */
+export const MIG_CMD_FERRY_MULTIFD_FLUSH = 0x4603;
+
+/** Appends `COMMAND MULTIFD_FLUSH` to the stream. */
+export async function sendMultifdFlush(w: StreamWriter): Promise<void> {
+  await w.room(5);
+  w.u8(Section.COMMAND);
+  w.be16(MIG_CMD_FERRY_MULTIFD_FLUSH);
+  w.be16(0);
+}
+
 /** Appends `COMMAND MULTIFD count session` to the stream. */
 export async function sendMultifdCommand(
   w: StreamWriter,

@@ -203,6 +203,9 @@ export class RamSaver implements LiveSaver {
   /** With multifd: the channels, the packet being gathered, and whether a sync point is due. */
   readonly #multifd: MultifdSink | null;
   readonly #packet: Int32Array;
+  /** Pages gathered in #packet, of block #packetBlock; queued when full, at a block's end, or at EOS. */
+  #packetLength = 0;
+  #packetBlock = 0;
   #syncPointDue = false;
 
   constructor(blocks: readonly RamBlock[], now: () => number, options: RamSaverOptions = {}) {
@@ -413,6 +416,7 @@ export class RamSaver implements LiveSaver {
       // writer gives the API a turn every few ms of real time.
       await w.breathe();
     }
+    if (this.#multifd) await this.#queuePacket();
     await w.room(8);
     w.be64(RamFlag.EOS);
     this.stats.transferred += w.bytes - w.sideBytes - before;
@@ -445,7 +449,7 @@ export class RamSaver implements LiveSaver {
    * once; returns how many it sent (fewer than `max` means no dirty page is left).
    */
   async #sendSome(w: StreamWriter, max: number): Promise<number> {
-    if (this.#multifd) return await this.#queueSome(this.#multifd, max);
+    if (this.#multifd) return await this.#queueSome(w, max);
     let sent = 0;
     if (this.#dirty === 0) return 0;
     const nblocks = this.#blocks.length;
@@ -491,6 +495,7 @@ export class RamSaver implements LiveSaver {
   async #syncPoint(w: StreamWriter): Promise<void> {
     if (!this.#multifd || !this.#syncPointDue) return;
     this.#syncPointDue = false;
+    await this.#queuePacket();
     await this.#multifd.barrier();
     await w.room(8);
     w.be64(RamFlag.MULTIFD_FLUSH);
@@ -498,23 +503,30 @@ export class RamSaver implements LiveSaver {
     await w.flush();
   }
 
+  /** Queues the pages gathered so far, if any, as one packet. */
+  async #queuePacket(): Promise<void> {
+    const n = this.#packetLength;
+    if (n === 0) return;
+    this.#packetLength = 0;
+    await this.#multifd!.queue(this.#packetBlock, this.#packet.subarray(0, n));
+  }
+
   /**
    * #sendSome with multifd: gathers up to `max` dirty pages into packets of one
    * block each and queues them on the channels, whose workers read the pages
-   * (zero pages are found there too). Returns how many pages it queued.
+   * (zero pages are found there too); words of never-written pages go as ZERO
+   * records on `w`. Returns how many pages it sent or queued.
    */
-  async #queueSome(sink: MultifdSink, max: number): Promise<number> {
+  async #queueSome(w: StreamWriter, max: number): Promise<number> {
     let sent = 0;
     if (this.#dirty === 0) return 0;
     const nblocks = this.#blocks.length;
     const packet = this.#packet;
-    let n = 0;
     let wordsLeft = this.#totalWords + nblocks + 1;
     while (sent < max && this.#dirty > 0 && wordsLeft-- > 0) {
       const map = this.#bitmaps[this.#block];
       if (this.#word >= map.length) {
-        if (n > 0) await sink.queue(this.#block, packet.subarray(0, n));
-        n = 0;
+        await this.#queuePacket();
         this.#word = 0;
         this.#block = (this.#block + 1) % nblocks;
         if (this.#block === 0) this.#bulk = false;
@@ -525,7 +537,21 @@ export class RamSaver implements LiveSaver {
         this.#word++;
         continue;
       }
+      if (this.#blocks[this.#block].touched[this.#word] === 0) {
+        // Pages never written go as ZERO records on the main stream, as QEMU 7.2 sends
+        // zero pages there: the sync points order them with the channels' pages.
+        if (w.free < MAX_RECORD) await w.flush();
+        const before = bits;
+        bits = this.#sendBits(w, bits, max - sent);
+        sent += popcount32((before ^ bits) >>> 0);
+        map[this.#word] = bits >>> 0;
+        if (bits === 0) this.#word++;
+        else wordsLeft++;
+        continue;
+      }
       const base = this.#word << 5;
+      let n = this.#packetLength;
+      this.#packetBlock = this.#block;
       while (bits !== 0 && sent < max && n < packet.length) {
         const low = bits & -bits;
         bits ^= low;
@@ -533,15 +559,12 @@ export class RamSaver implements LiveSaver {
         sent++;
         this.#dirty--;
       }
+      this.#packetLength = n;
       map[this.#word] = bits >>> 0;
       if (bits === 0) this.#word++;
       else wordsLeft++; // the same word again: a full packet split it
-      if (n === packet.length) {
-        await sink.queue(this.#block, packet);
-        n = 0;
-      }
+      if (n === packet.length) await this.#queuePacket();
     }
-    if (n > 0) await sink.queue(this.#block, packet.subarray(0, n));
     if (this.#dirty === 0 && this.#block === 0 && this.#word === 0) this.#bulk = false;
     return sent;
   }

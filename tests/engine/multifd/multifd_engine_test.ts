@@ -14,9 +14,18 @@ const URI = "tcp:memory:7777";
 for (const channels of [2, 3]) {
   Deno.test(`Engine multifd: ${channels} channels move a guest written to meanwhile`, async () => {
     const transports = new MemoryTransports();
-    const dst = new TestGuest([["pc.ram", 8 << 20], ["extra", 1 << 20]]);
-    const src = new TestGuest([["pc.ram", 8 << 20], ["extra", 1 << 20]]);
+    const blocks: [string, number][] = [["pc.ram", 8 << 20], ["extra", 1 << 20], [
+      "empty",
+      1 << 20,
+    ]];
+    const dst = new TestGuest(blocks);
+    const src = new TestGuest(blocks);
     src.fillRandom(5);
+    // A block never written: its pages go as ZERO records on the main stream.
+    src.blocks[2].bytes.fill(0);
+    src.blocks[2].touched.fill(0);
+    dst.blocks[2].bytes.fill(0xcc);
+    dst.blocks[2].touchAll();
     src.start();
     const dstEngine = new Engine({ guest: dst, transports });
     const srcEngine = new Engine({ guest: src, transports });
@@ -42,6 +51,7 @@ for (const channels of [2, 3]) {
       assert.equal(incoming.status, "completed", incoming.error_desc);
       assert.equal(incoming.pages?.multifd_packets, out.multifd!.packets);
       assert.equal(await ramDigest(dst), await ramDigest(src));
+      assert.ok(incoming.pages!.zero >= 256, JSON.stringify(incoming.pages));
     } finally {
       await srcEngine.close();
       await dstEngine.close();
