@@ -7,6 +7,7 @@
  * on, the destination never runs a partial guest and can be armed again.
  */
 import assert from "node:assert/strict";
+import { makeTestPki, SERVER_NAME } from "../../testing/certs.ts";
 import { FerryProcess } from "../../testing/ferry_process.ts";
 import type { FerryClient } from "../../testing/ferry_process.ts";
 import {
@@ -221,4 +222,34 @@ Deno.test("e2e multifd: cancel fails nothing but the migration: the source runs 
   await migrateAndCompare(src, dst);
   const incoming = await destinationFinal(dst);
   assert.equal(incoming.status, "completed");
+});
+
+Deno.test("e2e multifd: over TLS with the migration secret, every channel proves itself and RAM is equal", async () => {
+  const pki = await makeTestPki();
+  try {
+    const src = await FerryProcess.start(["--ram", RAM, "--fill", "random"]);
+    await using _s = src;
+    await using dst = await startDestination(RAM, "tcp", [
+      "--tls-cert",
+      pki.server.cert,
+      "--tls-key",
+      pki.server.key,
+      "--migration-secret",
+      pki.secret,
+    ]);
+    await dst.api("DELETE", "/migrations/incoming");
+    await arm(dst, 2, "tcp");
+    const res = await src.api("PATCH", "/migrations/parameters", {
+      tls_ca: pki.ca,
+      tls_hostname: SERVER_NAME,
+      migration_secret: pki.secret,
+      multifd_channels: 2,
+    });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    const info = await migrateAndCompare(src, dst);
+    assert.ok(info.multifd.packets > 0);
+    assert.equal((await dst.api("GET", "/migrations/incoming")).body.refused_peers, undefined);
+  } finally {
+    await Deno.remove(pki.dir, { recursive: true });
+  }
 });
