@@ -19,6 +19,8 @@ import { X86ImageError } from "./vm/x86/guest_image.ts";
 import { readBootImages } from "./vm/x86/images.ts";
 import { X86Guest } from "./vm/x86/x86_guest.ts";
 import { sectionsFor } from "./engine/sections/registry.ts";
+import { qemuSections } from "./engine/qemu_profile.ts";
+import { QemuImage } from "./vm/qemu_image.ts";
 import { DiskError } from "./vm/disk.ts";
 import { loadDashboard } from "./web/dashboard.ts";
 
@@ -38,9 +40,11 @@ async function main(): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  let vm: Vm | X86Guest;
+  let vm: Vm | X86Guest | QemuImage;
   try {
-    vm = config.guest === "x86"
+    vm = config.peer === "qemu"
+      ? QemuImage.create({ ramSize: config.ramSize, fill: config.fill, prefault: config.prefault })
+      : config.guest === "x86"
       ? await X86Guest.create({
         ramSize: config.ramSize,
         prefault: config.prefault,
@@ -76,13 +80,15 @@ async function main(): Promise<number> {
   warmUpSendBuffer();
   const engine = new Engine({
     guest: vm,
-    sections: sectionsFor(vm),
+    sections: vm instanceof QemuImage ? qemuSections(vm) : sectionsFor(vm),
     transports,
     autostart: config.autostart,
     turn,
   });
   // The security flags are the parameters the engine starts with.
   engine.setParameters(config.security);
+  // QEMU's streams carry no integrity record (docs/ARCHITECTURE.md, "QEMU peers").
+  if (vm instanceof QemuImage) engine.setCapabilities({ verify: false });
   // Every request needs the token, given or generated, except GET / (the dashboard page
   // holds no data: a browser cannot send a bearer header when it navigates, so the page
   // takes it from its URL's fragment or asks).
@@ -114,7 +120,7 @@ async function main(): Promise<number> {
     console.error(
       `ferry: disk image ${vm.disk.path} holds an unfinished incoming block migration: the guest stays paused`,
     );
-  } else if (!config.paused) {
+  } else if (!config.paused && !(vm instanceof QemuImage)) {
     vm.start();
   }
 

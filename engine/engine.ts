@@ -2,7 +2,14 @@ import type { Transports } from "../transports/transport.ts";
 import type { Guest, RunState } from "../vm/guest.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { IncomingMigration } from "./destination.ts";
-import type { IncomingInfo, IncomingStatus, MigrationInfo, MigrationStatus } from "./contract.ts";
+import { DirtyRateMeter } from "./dirty_rate.ts";
+import type {
+  IncomingInfo,
+  IncomingStatus,
+  MigrationInfo,
+  MigrationStatus,
+  PeerKind,
+} from "./contract.ts";
 import { multifdRefusal } from "./multifd/setup.ts";
 import { EngineError } from "./errors.ts";
 import type { SectionRegistry } from "./sections/section.ts";
@@ -85,6 +92,8 @@ export interface EngineDeps {
 export class Engine {
   /** Every state change, pass and progress report. */
   readonly events: Notifier<EngineEvent>;
+  /** The guest's dirty-rate meter; it yields the dirty log to any migration. */
+  readonly dirtyRate: DirtyRateMeter;
   readonly #guest: Guest;
   readonly #transports: Transports;
   readonly #clock: Clock;
@@ -115,6 +124,16 @@ export class Engine {
     this.#unsubscribeGuest = this.#guest.onRunStateChange((from, to) =>
       this.events.emit({ type: "runstate", from, to, time: this.#clock.wall() })
     );
+    this.dirtyRate = new DirtyRateMeter({
+      guest: this.#guest,
+      clock: this.#clock,
+      busy: () =>
+        this.#migration?.isActive
+          ? "a migration is active"
+          : this.#incoming?.isActive || this.#arming
+          ? "an incoming migration is armed"
+          : null,
+    });
   }
 
   /** The clock every timing and timestamp of this engine comes from (its API uses it too). */
@@ -125,6 +144,11 @@ export class Engine {
   /** The guest this engine migrates. */
   get guest(): Guest {
     return this.#guest;
+  }
+
+  /** The transports migrations open channels with (the planner probes a destination through them). */
+  get transports(): Transports {
+    return this.#transports;
   }
 
   /** Current parameters (a copy). */
@@ -252,7 +276,7 @@ export class Engine {
     }
     this.#transports.validate(uri, "connect");
     const multifd = this.#params.multifd_channels;
-    const refused = multifdRefusal(multifd, uri, this.#guest);
+    const refused = multifdRefusal(multifd, uri, this.#guest, this.#sections.profile.peer);
     if (refused !== null) {
       throw new EngineError("capability-unsupported", refused, { parameter: "multifd_channels" });
     }
@@ -322,7 +346,16 @@ export class Engine {
    * Arms an incoming migration on `uri` (QEMU's migrate-incoming): the guest goes to
    * `inmigrate` and the stream, when it comes, replaces its RAM and device state.
    */
-  async listenIncoming(uri: string): Promise<IncomingInfo> {
+  async listenIncoming(uri: string, peer?: PeerKind): Promise<IncomingInfo> {
+    const mine = this.#sections.profile.peer ?? "ferry";
+    if (peer !== undefined && peer !== mine) {
+      throw new EngineError(
+        "invalid-parameter",
+        `This ferry takes streams from a ${mine} (--peer ${mine}), not from a ${peer}: ` +
+          (peer === "qemu" ? "start one with --peer qemu" : "use a ferry started without --peer"),
+        { parameter: "peer" },
+      );
+    }
     if (this.#incoming?.isActive || this.#arming) {
       throw new EngineError("incoming-active", "An incoming migration is already armed");
     }
@@ -340,7 +373,12 @@ export class Engine {
       );
     }
     this.#transports.validate(uri, "listen");
-    const refused = multifdRefusal(this.#params.multifd_channels, uri, this.#guest);
+    const refused = multifdRefusal(
+      this.#params.multifd_channels,
+      uri,
+      this.#guest,
+      this.#sections.profile.peer,
+    );
     if (refused !== null) {
       throw new EngineError("capability-unsupported", refused, { parameter: "multifd_channels" });
     }
@@ -414,6 +452,10 @@ export class Engine {
         "Cannot start the guest during migration switchover",
       );
     }
+    const blocker = this.#guest.startBlocker?.() ?? null;
+    if (blocker !== null) {
+      throw new EngineError("guest-not-runnable", `Cannot start the guest: ${blocker}`);
+    }
     if (this.#guest.disk?.incomplete) {
       throw new EngineError(
         "guest-incomplete",
@@ -431,10 +473,12 @@ export class Engine {
 
   /** Cancels everything and waits for it to wind down. */
   async close(): Promise<void> {
+    this.dirtyRate.cancel("ferry is closing");
     this.#migration?.cancel();
     this.#incoming?.cancel();
     await this.#migration?.done;
     await this.#incoming?.done;
+    await this.dirtyRate.done;
     this.#unsubscribeGuest();
   }
 }

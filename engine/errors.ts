@@ -8,6 +8,7 @@ export type EngineErrorCode =
   | "incoming-active"
   | "not-incoming"
   | "guest-incomplete"
+  | "guest-not-runnable"
   | "blocker-not-found"
   | "guest-running";
 

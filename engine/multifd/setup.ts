@@ -79,11 +79,20 @@ export async function openMultifd(
 
 /**
  * Why a migration to `uri` cannot use `channels` multifd channels, or null when
- * it can: only sockets carry more than one connection, and only a guest whose RAM
- * blocks are shared memory other threads may read and write.
+ * it can: only between ferries, only sockets carry more than one connection, and
+ * only a guest whose RAM blocks are shared memory other threads may read and write.
  */
-export function multifdRefusal(channels: number, uri: string, guest: Guest): string | null {
+export function multifdRefusal(
+  channels: number,
+  uri: string,
+  guest: Guest,
+  peer = "ferry",
+): string | null {
   if (channels <= 1) return null;
+  if (peer !== "ferry") {
+    return `multifd_channels ${channels} is ferry's own framing, which a ${peer} peer (--peer ` +
+      `${peer}) does not speak (set multifd_channels to 1)`;
+  }
   const scheme = /^([a-z]+):/.exec(uri)?.[1] ?? uri;
   if (scheme !== "tcp" && scheme !== "unix") {
     return `multifd_channels ${channels} needs a tcp: or unix: URI: a ${scheme}: stream is ` +

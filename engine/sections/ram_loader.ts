@@ -43,6 +43,12 @@ export interface RamLoadOptions {
   readonly pageRefs?: boolean;
   /** This destination's multifd channels: a FLUSH record waits for them (docs/ARCHITECTURE.md, "Multifd"). */
   readonly multifd?: MultifdLoad;
+  /**
+   * A CONTINUE record may name the block of the last record of an earlier section,
+   * as QEMU's loader allows (its sender remembers the block across sections); by
+   * default each section names its block first.
+   */
+  readonly continueAcrossSections?: boolean;
 }
 
 /**
@@ -68,6 +74,7 @@ export class RamLoader implements SectionLoader {
   };
   readonly #compression: CompressMethod;
   readonly #multifd: MultifdLoad | null;
+  readonly #continueAcross: boolean;
   /**
    * With page_refs: per block, one bit per page that holds data this stream
    * wrote (PAGE, XBZRLE, compressed run, reference): what a reference may copy.
@@ -91,6 +98,7 @@ export class RamLoader implements SectionLoader {
   ) {
     this.#compression = options.compression ?? "none";
     this.#multifd = options.multifd ?? null;
+    this.#continueAcross = options.continueAcrossSections ?? false;
     this.#received = options.pageRefs
       ? new Map(blocks.map((b) => [b, new Uint32Array(Math.ceil(b.pages / 32))]))
       : null;
@@ -123,7 +131,7 @@ export class RamLoader implements SectionLoader {
   /** Reads records up to and including EOS; a block list (MEM_SIZE) only in the START payload. */
   async load(r: StreamReader, phase: "start" | "part" | "end" | "full"): Promise<void> {
     const start = phase === "start";
-    this.#last = null;
+    if (start || !this.#continueAcross) this.#last = null;
     for (;;) {
       if (this.#last !== null) this.#loadBuffered(r);
       if (r.avail < 8) await r.need(8);
