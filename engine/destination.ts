@@ -191,6 +191,8 @@ export class IncomingMigration {
           onError: (e) => fail(e),
           onDropped,
           onAllConnected: () => listener.close(),
+          maxPages: (this.#deps.pageBudget?.() ?? Infinity) *
+            guest.blocks.reduce((n, b) => n + b.pages, 0),
           // A sync point can keep the main stream quiet while the channels carry pages.
           onProgress: () => watchdog.progress(),
         });

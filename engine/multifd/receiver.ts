@@ -65,6 +65,11 @@ export interface MultifdReceiverOptions {
   readonly onDropped?: (peer: string, why: string) => void;
   /** Every channel connected (the listener may close). */
   readonly onAllConnected?: () => void;
+  /**
+   * Most pages the channels may carry together (`incoming_page_budget` times the
+   * guest's pages): a source that never completes is cut. Default: no limit.
+   */
+  readonly maxPages?: number;
   /** Bytes arrived on a channel (the destination's progress watchdog counts them too). */
   readonly onProgress?: () => void;
 }
@@ -92,6 +97,8 @@ export class MultifdReceiver implements MultifdLoad, Disposable {
   #passed = 0;
   #error: Error | null = null;
   #closed = false;
+  /** Pages of the packets read so far, on every channel. */
+  #pagesRead = 0;
   /** Woken whenever a channel connects, reaches a sync point, ends, or something fails. */
   #changed: (() => void)[] = [];
   readonly #pendingPeers = new Set<Channel>();
@@ -274,6 +281,16 @@ export class MultifdReceiver implements MultifdLoad, Disposable {
         }
         at += total;
         continue;
+      }
+      this.#pagesRead += header.count;
+      const max = this.#options.maxPages ?? Infinity;
+      if (this.#pagesRead > max) {
+        throw new MultifdError(
+          index,
+          at,
+          `the channels carried ${this.#pagesRead} pages without the migration completing ` +
+            `(at most ${max}, incoming_page_budget)`,
+        );
       }
       if (header.sync !== rc.reached) {
         throw new MultifdError(

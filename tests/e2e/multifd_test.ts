@@ -124,21 +124,23 @@ Deno.test("e2e multifd: other transports and bad values are refused with a clear
 /**
  * A proxy in front of `target` that forwards every connection, and closes the
  * `victim`-th one (0 is the main stream) both ways once `cutAfter` of its source
- * bytes went through.
+ * bytes went through; with `flipAt`, it instead flips bit 0 of that byte of the
+ * victim's stream (damage TCP's checksum did not catch).
  */
-function channelCutter(target: string, victim: number, cutAfter: number) {
+function channelCutter(target: string, victim: number, cutAfter: number, flipAt = -1) {
   const port = Number(/:(\d+)$/.exec(target)![1]);
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const conns = new Set<Deno.Conn>();
   let count = 0;
   let wasCut = false;
-  const pump = async (from: Deno.Conn, to: Deno.Conn, limit: number) => {
+  const pump = async (from: Deno.Conn, to: Deno.Conn, limit: number, flip = -1) => {
     const buf = new Uint8Array(64 << 10);
     let sent = 0;
     try {
       for (;;) {
         const n = await from.read(buf);
         if (n === null) break;
+        if (flip >= sent && flip < sent + n) buf[flip - sent] ^= 1;
         const take = Math.min(n, limit - sent);
         for (let at = 0; at < take;) at += await to.write(buf.subarray(at, take));
         sent += take;
@@ -159,7 +161,7 @@ function channelCutter(target: string, victim: number, cutAfter: number) {
       const index = count++;
       const up = await Deno.connect({ hostname: "127.0.0.1", port });
       conns.add(conn).add(up);
-      pump(conn, up, index === victim ? cutAfter : Infinity);
+      pump(conn, up, index === victim ? cutAfter : Infinity, index === victim ? flipAt : -1);
       pump(up, conn, Infinity);
     }
   })().catch(() => {});
@@ -252,4 +254,23 @@ Deno.test("e2e multifd: over TLS with the migration secret, every channel proves
   } finally {
     await Deno.remove(pki.dir, { recursive: true });
   }
+});
+
+Deno.test("e2e multifd: a byte damaged on a page channel fails the migration before the guest runs", async () => {
+  const { src, dst } = await pair(2, "tcp", "ab:range=4M");
+  await using _s = src;
+  await using _d = dst;
+  // Connection 1 (a page channel): a byte 300 KiB in, inside the first packets' data.
+  await using proxy = channelCutter(dst.incoming!, 1, Infinity, 300 << 10);
+  await setParams(src, { max_bandwidth: UNLIMITED, downtime_limit: 300 });
+  await startMigration(src, proxy.address);
+  const out = await sourceFinal(src);
+  assert.equal(out.status, "failed", JSON.stringify(out));
+  const failed = await assertDestinationFailed(dst);
+  assert.match(
+    failed.error_desc,
+    /multifd channel \d .*(damaged|bad packet magic|entry|sync|number)/,
+  );
+  assert.match(out.error_desc, /The destination failed: Invalid multifd channel/);
+  await assertSourceIntact(src, 4 << 20);
 });

@@ -193,3 +193,30 @@ Deno.test("multifd receiver: a source with another channel count is refused by n
   );
   receiver.close();
 });
+
+Deno.test("multifd receiver: channels that carry more pages than the budget are cut before applying them", async () => {
+  const src = new RamBlock("pc.ram", 8 * PAGE);
+  setPage(src, 1, 0x55);
+  const dst = new RamBlock("pc.ram", 8 * PAGE);
+  const receiver = new MultifdReceiver({
+    count: 1,
+    blocks: [dst],
+    codec: null,
+    clock: new FakeClock(),
+    deadlineMs: 5000,
+    runner: inlineRunner,
+    maxPages: 3,
+  });
+  try {
+    receiver.open(1, session, undefined, 0);
+    const [a, b] = channelPair(1 << 22);
+    receiver.offer(b);
+    await a.write(encodeHello({ session, index: 0, count: 1 }));
+    await a.write(packet(src, [0, 1], 0, 0));
+    await a.write(packet(src, [1, 2], 1, 0));
+    await assert.rejects(receiver.flush(0), /carried 4 pages .*at most 3, incoming_page_budget/);
+    a.close();
+  } finally {
+    receiver.close();
+  }
+});
