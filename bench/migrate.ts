@@ -10,6 +10,7 @@
  *   deno task bench --only tls --runs 5 # 1 GiB random over loopback TLS (with the migration secret) against plaintext
  *   deno task bench --only image --runs 5   # a real guest's RAM image (bench/image_bench.ts)
  *   deno task bench --no-qemu           # ferry only
+ *   deno task bench --multifd 4         # both engines with 4 multifd channels (ferry's multifd_channels)
  *   deno task bench --json out.json     # also write every run as JSON
  */
 import { parseArgs } from "node:util";
@@ -137,8 +138,18 @@ const { values } = parseArgs({
     json: { type: "string" },
     image: { type: "string" },
     "image-bw": { type: "string" },
+    multifd: { type: "string" },
   },
 });
+/** `spec` with `--multifd`'s channels, when given. */
+function withMultifd(spec: ScenarioSpec): ScenarioSpec {
+  return multifdChannels > 1 ? { ...spec, multifd: { channels: multifdChannels } } : spec;
+}
+/** `--multifd N`: every scenario of the main suite runs with N multifd channels on both engines. */
+const multifdChannels = values.multifd === undefined ? 1 : Number(values.multifd);
+if (!Number.isInteger(multifdChannels) || multifdChannels < 1 || multifdChannels > 16) {
+  throw new Error(`--multifd ${values.multifd}: expected a whole number of channels from 1 to 16`);
+}
 const runs = Math.max(1, Number(values.runs ?? (values.quick ? 1 : 3)));
 const distRuns = Math.max(1, Number(values["dist-runs"] ?? (values.quick ? 3 : 10)));
 const selected = (s: Scenario) =>
@@ -155,7 +166,8 @@ const log: { scenario: string; engine: string; run: MigrationRun | { totalS: num
  * Runs `s` n times on both engines — and, with `floor`, the bare Deno pipe of
  * bench/pipe_floor.ts — alternately; QEMU runs are NaN rows when QEMU is unavailable.
  */
-async function measure(s: Scenario, n: number, sampleApi: boolean, floor = false) {
+async function measure(scenario: Scenario, n: number, sampleApi: boolean, floor = false) {
+  const s = { ...scenario, spec: withMultifd(scenario.spec) };
   const ferry: FerryRun[] = [];
   const qemuRuns: MigrationRun[] = [];
   const floorS: number[] = [];
@@ -218,7 +230,7 @@ if (bulkSel.length) {
     // API latency comes from one more ferry run with a poller on GET /migrations/current
     // every 2 ms; the timed runs above go without it, as the floor's do (its ~500
     // requests/s take CPU from the sender on a 2-core machine).
-    const sampled = await runFerry(s.spec, { sampleApi: true });
+    const sampled = await runFerry(withMultifd(s.spec), { sampleApi: true });
     log.push({
       scenario: s.name,
       engine: "ferry (API sampled)",

@@ -51,6 +51,7 @@ export const PARAMETER_LIMITS = {
   incoming_page_budget: [2, 1_000_000],
   compress_level: [1, 19],
   resume_grace: [0, 86_400_000],
+  multifd_channels: [1, 16],
 } as const satisfies Record<string, readonly [number, number]>;
 
 /** The numeric parameters. */
@@ -185,6 +186,15 @@ export const MigrationInfoSchema = z.object({
   page_refs: z.object({
     pages: z.number().openapi({ description: "Pages sent as same-page references" }),
   }).optional().openapi({ description: "With the page_refs capability" }),
+  multifd: z.object({
+    channels: z.number().openapi({ description: "Page channels beside the main stream" }),
+    packets: z.number().openapi({ description: "Packets of pages written to them" }),
+    compressed_packets: z.number(),
+    bytes: z.number().openapi({ description: "Bytes written to them" }),
+    sync_points: z.number().openapi({
+      description: "Sync points: every channel flushed before the destination went on",
+    }),
+  }).optional().openapi({ description: "With multifd_channels above 1" }),
   cpu_throttle_percentage: z.number().optional().openapi({
     description: "While auto-converge throttles",
   }),
@@ -215,6 +225,10 @@ export const IncomingInfoSchema = z.object({
     normal: z.number(),
     compressed: z.number().optional().openapi({ description: "Pages of compressed runs" }),
     refs: z.number().optional().openapi({ description: "Same-page references" }),
+    multifd_packets: z.number().optional().openapi({
+      description: "Packets of pages that came over the multifd channels (their pages are " +
+        "counted in zero and normal)",
+    }),
   }).optional(),
   refused_peers: z.number().optional().openapi({
     description: "Connections dropped because they sent no stream header in time (or garbage), " +
@@ -290,6 +304,11 @@ export const ParametersSchema = z.object({
     description: "While interrupted, the source reconnects to the last URI by itself (back-off " +
       "0.5 s doubling to 8 s) and the destination listens again on its address at once",
   }),
+  multifd_channels: z.number().int().openapi({
+    description: "Connections pages fan out over beside the main stream (QEMU's " +
+      "multifd-channels): 1 is the single stream; 2 to 16 need tcp: or unix:, the synthetic " +
+      "guest and the same on both ends",
+  }),
 }).openapi("Parameters");
 
 /** A numeric parameter in a PATCH body, within its range from the engine's one table. */
@@ -319,6 +338,7 @@ export const ParametersPatchSchema = z.object({
   compress_level: limited("compress_level"),
   resume_grace: limited("resume_grace"),
   resume_auto: z.boolean().optional(),
+  multifd_channels: limited("multifd_channels"),
 }).strict().openapi("ParametersPatch", {
   example: { max_bandwidth: 1073741824, downtime_limit: 300 },
 });

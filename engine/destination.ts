@@ -33,6 +33,7 @@ import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 import { acceptStream, HEADER_DEADLINE_MS } from "./incoming_gate.ts";
 import type { SectionRegistry } from "./sections/section.ts";
 import type { CompressMethod } from "./format/compression.ts";
+import { MultifdReceiver } from "./multifd/receiver.ts";
 
 /** Everything an incoming migration depends on. */
 export interface IncomingDeps {
@@ -67,6 +68,8 @@ export interface IncomingDeps {
   readonly resumeGrace?: () => number;
   /** Listen again at once when interrupted (`resume_auto`; read live). */
   readonly resumeAuto?: () => boolean;
+  /** `multifd_channels` (read when armed): above 1, pages come over that many more connections. */
+  readonly multifdChannels?: number;
   /** Every state transition. */
   onStateChange(from: IncomingStatus, to: IncomingStatus, error?: string): void;
 }
@@ -101,6 +104,8 @@ export class IncomingMigration {
   #startedAt: number | undefined;
   #endedAt: number | undefined;
   #pages: IncomingInfo["pages"];
+  /** With multifd_channels > 1: the page channels (docs/ARCHITECTURE.md, "Multifd"). */
+  #multifd: MultifdReceiver | null = null;
   /** The guest's run state before it was armed (restored when disarmed before a peer came). */
   #priorState: RunState = "paused";
   readonly #deps: IncomingDeps;
@@ -180,6 +185,7 @@ export class IncomingMigration {
     this.#cancel.abort(new Error("the incoming migration was cancelled"));
     this.#listener?.close();
     this.#channel?.close();
+    this.#multifd?.close();
     this.#transition("cancelled");
     if (untouched) this.#deps.guest.setRunState(this.#priorState);
     return true;
@@ -373,17 +379,46 @@ export class IncomingMigration {
       "no data arrived from the source",
       clock,
     );
+    const onDropped = (peer: string, why: string) => {
+      this.#refused++;
+      this.#lastRefused = `${peer}: ${why}`;
+    };
+    const channels = this.#deps.multifdChannels ?? 1;
+    /** Rejects with the first failure of a multifd channel. */
+    let multifdFailed: Promise<never> | null = null;
+    let loading: Promise<unknown> | null = null;
     try {
+      if (channels > 1) {
+        const listener = this.#listener!;
+        const compression = this.#deps.compression?.() ?? "none";
+        let fail: (e: Error) => void = () => {};
+        multifdFailed = new Promise<never>((_, reject) => (fail = reject));
+        multifdFailed.catch(() => {});
+        this.#multifd = new MultifdReceiver({
+          count: channels,
+          blocks: guest.blocks,
+          codec: compression === "none" ? null : compression,
+          clock,
+          deadlineMs: Math.min(HEADER_DEADLINE_MS, timeout()),
+          ...(listener.authenticate ? { authenticate: (ch) => listener.authenticate!(ch) } : {}),
+          onError: (e) => fail(e),
+          onDropped,
+          onAllConnected: () => listener.close(),
+          maxPages: (this.#deps.pageBudget?.() ?? Infinity) *
+            guest.blocks.reduce((n, b) => n + b.pages, 0),
+          // A sync point can keep the main stream quiet while the channels carry pages.
+          onProgress: () => watchdog.progress(),
+        });
+      }
+      const multifd = this.#multifd;
       const accepted = await acceptStream(this.#listener!, {
         clock,
         signal: this.#cancel.signal,
         deadlineMs: Math.min(HEADER_DEADLINE_MS, timeout()),
-        onDropped: (peer, why) => {
-          this.#refused++;
-          this.#lastRefused = `${peer}: ${why}`;
-        },
+        onDropped,
+        ...(multifd ? { afterStream: (ch: Channel) => multifd.offer(ch) } : {}),
       });
-      this.#listener!.close();
+      if (!multifd) this.#listener!.close();
       if (this.#state !== "listening") {
         accepted.close();
         return;
@@ -403,14 +438,20 @@ export class IncomingMigration {
         ...(this.#deps.sections ? { sections: this.#deps.sections } : {}),
         compression: this.#deps.compression?.() ?? "none",
         pageRefs: this.#deps.pageRefs ?? false,
+        ...(multifd ? { multifd } : {}),
       };
       const state = createLoadState(guest, options);
       let result: LoadResult;
       for (;;) {
+        const load = loadStream(reader, guest, { ...options, state });
+        loading = load;
         try {
-          result = await loadStream(reader, guest, { ...options, state });
+          // A failed page channel fails the load at once, whatever the main stream is doing.
+          result = multifdFailed ? await Promise.race([load, multifdFailed]) : await load;
           break;
         } catch (e) {
+          // Multifd's page channels cannot be resumed (docs/ARCHITECTURE.md, "Multifd").
+          if (multifd) throw e;
           reader = await this.#interrupted(e, state, reader, watchdog);
         }
       }
@@ -422,6 +463,11 @@ export class IncomingMigration {
         ...(result.compressedPages > 0 ? { compressed: result.compressedPages } : {}),
         ...(result.refPages > 0 ? { refs: result.refPages } : {}),
       };
+      if (multifd) {
+        this.#pages.zero += multifd.stats.zero;
+        this.#pages.normal += multifd.stats.normal;
+        this.#pages.multifd_packets = multifd.stats.packets;
+      }
       this.#channel.close();
       if ((this.#state as IncomingStatus) !== "active") return;
       // A guest that cannot run (a QEMU image: GET /vm says why) stays paused.
@@ -437,10 +483,15 @@ export class IncomingMigration {
         await this.#channel.write(errorMessage(reason)).catch(() => {});
       }
       this.#channel?.close();
+      this.#multifd?.close();
+      // The main stream's loader ends once its channel is closed.
+      await loading?.catch(() => {});
       if (this.#state === "cancelled") return;
       this.#transition("failed", reason);
     } finally {
       watchdog.stop();
+      this.#multifd?.close();
+      this.#listener?.close();
       if (reader) this.#received = reader.received;
       this.#reader = null;
       reader?.release();

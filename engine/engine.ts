@@ -10,6 +10,7 @@ import type {
   MigrationStatus,
   PeerKind,
 } from "./contract.ts";
+import { multifdRefusal } from "./multifd/setup.ts";
 import { EngineError } from "./errors.ts";
 import type { SectionRegistry } from "./sections/section.ts";
 import { defaultSections } from "./sections/registry.ts";
@@ -274,6 +275,22 @@ export class Engine {
       );
     }
     this.#transports.validate(uri, "connect");
+    const multifd = this.#params.multifd_channels;
+    const refused = multifdRefusal(multifd, uri, this.#guest, this.#sections.profile.peer);
+    if (refused !== null) {
+      throw new EngineError("capability-unsupported", refused, { parameter: "multifd_channels" });
+    }
+    if (multifd > 1 && (this.#caps.xbzrle || this.#caps.page_refs)) {
+      // Pages of one pass go over every channel at once: a delta or a reference could
+      // arrive before the page it builds on (docs/ARCHITECTURE.md, "Multifd").
+      const capability = this.#caps.xbzrle ? "xbzrle" : "page_refs";
+      throw new EngineError(
+        "capability-unsupported",
+        `Cannot migrate with both multifd_channels ${multifd} and ${capability}: turn one of ` +
+          `them off`,
+        { capability },
+      );
+    }
     this.#migration = new Migration(uri, {
       guest: this.#guest,
       transports: this.#transports,
@@ -375,6 +392,15 @@ export class Engine {
       );
     }
     this.#transports.validate(uri, "listen");
+    const refused = multifdRefusal(
+      this.#params.multifd_channels,
+      uri,
+      this.#guest,
+      this.#sections.profile.peer,
+    );
+    if (refused !== null) {
+      throw new EngineError("capability-unsupported", refused, { parameter: "multifd_channels" });
+    }
     const security = channelSecurity(this.#params);
     const incoming = new IncomingMigration(uri, {
       guest: this.#guest,
@@ -389,6 +415,7 @@ export class Engine {
       pageRefs: this.#caps.page_refs,
       resumeGrace: () => this.#params.resume_grace,
       resumeAuto: () => this.#params.resume_auto,
+      multifdChannels: this.#params.multifd_channels,
       sections: this.#sections,
       ...(this.#turn ? { turn: this.#turn } : {}),
       onStateChange: (from, to, error) =>

@@ -12,6 +12,12 @@ import { IntegrityError, MigrationDigests, parseIntegrityRecord } from "./integr
 import { sharedKernels } from "./wasm/kernels.ts";
 import type { CompressMethod } from "./format/compression.ts";
 import { MIG_CMD_FERRY_MIGRATION_ID, MIG_CMD_FERRY_RESUME, readMigrationId } from "./resume.ts";
+import type { MultifdLoad } from "./multifd/receiver.ts";
+import {
+  MIG_CMD_FERRY_MULTIFD,
+  MIG_CMD_FERRY_MULTIFD_FLUSH,
+  MULTIFD_COMMAND_BYTES,
+} from "./multifd/setup.ts";
 
 /** Largest vmdescription JSON accepted (QEMU's own are far smaller). */
 export const MAX_VMDESC_BYTES = 1 << 20;
@@ -64,6 +70,8 @@ export interface LoadOptions {
    * (engine/resume.ts); the header was read by the resume handshake.
    */
   readonly state?: LoadState;
+  /** This destination's multifd channels (multifd_channels > 1); a stream announcing multifd needs them. */
+  readonly multifd?: MultifdLoad;
 }
 
 /**
@@ -95,6 +103,7 @@ export function createLoadState(guest: Guest, options: LoadOptions = {}): LoadSt
     ...(digests ? { digests } : {}),
     compression: options.compression ?? "none",
     pageRefs: options.pageRefs ?? false,
+    ...(options.multifd ? { multifd: options.multifd } : {}),
   };
   return {
     digests,
@@ -252,6 +261,30 @@ export async function loadStream(
         }
         if (cmd === MIG_CMD_FERRY_MIGRATION_ID) {
           st.migrationId = await readMigrationId(r, len, at);
+          break;
+        }
+        if (cmd === MIG_CMD_FERRY_MULTIFD_FLUSH) {
+          if (!options.multifd || len !== 0) {
+            throw new StreamError(at, "a multifd FLUSH command without multifd, or with data");
+          }
+          await options.multifd.flush(at);
+          break;
+        }
+        if (cmd === MIG_CMD_FERRY_MULTIFD) {
+          // docs/ARCHITECTURE.md, "Multifd": the page channels connect after this.
+          if (!options.multifd) {
+            throw new StreamError(
+              at,
+              "the source sends pages over multifd channels, but this destination's " +
+                "multifd_channels is 1: set the same on both ends",
+            );
+          }
+          if (len !== MULTIFD_COMMAND_BYTES) {
+            throw new StreamError(at, `command MULTIFD with ${len} bytes of data`);
+          }
+          await r.need(len);
+          const count = r.be16();
+          options.multifd.open(count, r.take(len - 2).slice(), st.digests, at);
           break;
         }
         if (cmd !== MIG_CMD_OPEN_RETURN_PATH) {

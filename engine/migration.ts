@@ -32,6 +32,8 @@ import {
   ResumeStats,
   sendMigrationId,
 } from "./resume.ts";
+import { MultifdSender } from "./multifd/sender.ts";
+import { openMultifd, sendMultifdFlush } from "./multifd/setup.ts";
 
 /** States after which nothing more happens. */
 export const FINAL_STATES: ReadonlySet<MigrationStatus> = new Set([
@@ -113,6 +115,8 @@ export class Migration {
   #writer: StreamWriter | null = null;
   /** The return path's reader, once the stream opened it. */
   #returnPath: SourceReturnPath | null = null;
+  /** With multifd_channels > 1: the page channels (docs/ARCHITECTURE.md, "Multifd"). */
+  #multifd: MultifdSender | null = null;
   readonly #startedAt: number;
   #setupTime: number | undefined;
   #endedAt: number | undefined;
@@ -169,6 +173,7 @@ export class Migration {
     this.#transition("cancelling");
     this.#abort.abort(new Error("migration cancelled"));
     this.#channel?.close();
+    this.#multifd?.close();
     return true;
   }
 
@@ -231,6 +236,16 @@ export class Migration {
         };
       }
       if (ram.stats.refPages !== null) info.page_refs = { pages: ram.stats.refPages };
+      const mfd = this.#multifd;
+      if (mfd) {
+        info.multifd = {
+          channels: mfd.count,
+          packets: mfd.stats.packets,
+          compressed_packets: mfd.stats.compressed,
+          bytes: mfd.stats.bytes,
+          sync_points: mfd.stats.syncs,
+        };
+      }
     }
     const block = this.#block;
     if (block) {
@@ -287,6 +302,12 @@ export class Migration {
    */
   async #drain(writer: StreamWriter): Promise<number> {
     const { clock } = this.#deps;
+    // With multifd, a sync point first: the PONG then also means every channel's
+    // pages are applied (docs/ARCHITECTURE.md, "Multifd").
+    if (this.#multifd) {
+      await this.#multifd.barrier();
+      await sendMultifdFlush(writer);
+    }
     let rtt = 0;
     for (let i = 0; i < 2; i++) {
       const value = ++this.#pings;
@@ -302,7 +323,7 @@ export class Migration {
   /** True when this migration could resume if its channel failed: it then sends its id. */
   #canResume(digests: MigrationDigests | null | undefined): boolean {
     return usesReturnPath(this.uri) && Boolean(digests) && !this.#deps.block &&
-      this.#deps.params().resume_grace > 0;
+      this.#multifd === null && this.#deps.params().resume_grace > 0;
   }
 
   /** The return path's reader on `channel`: a failure the destination reports ends the migration. */
@@ -506,6 +527,27 @@ export class Migration {
       this.#writer = writer;
       const caps = this.#deps.capabilities;
       const digests = caps.verify ? new MigrationDigests(guest.blocks) : undefined;
+      const params = this.#deps.params();
+      if (params.multifd_channels > 1) {
+        this.#multifd = new MultifdSender(params.multifd_channels, {
+          blocks: guest.blocks,
+          ...(digests ? { tables: digests.ram.map((r) => r.table) } : {}),
+          compression: params.compress_method === "none"
+            ? null
+            : { codec: params.compress_method, level: params.compress_level },
+          onBytes: (n) => writer.addSideBytes(n),
+          onPacket: (zero, normal, bytes) => {
+            const stats = this.#ram!.stats;
+            stats.duplicate += zero;
+            stats.normal += normal;
+            stats.transferred += bytes;
+          },
+          onError: (e) => {
+            this.#abort.abort(e);
+            this.#channel?.close();
+          },
+        });
+      }
       const savers = createSavers(this.#deps.sections ?? defaultSections(), {
         guest,
         now: clock.now,
@@ -514,6 +556,7 @@ export class Migration {
         ...(this.#deps.block ? { block: this.#deps.block } : {}),
         ...(digests ? { digests } : {}),
         ...(/^(file|exec):/.test(this.uri) ? { snapshot: true } : {}),
+        ...(this.#multifd ? { multifd: this.#multifd } : {}),
       });
       this.#ram = savers.ram;
       const block = savers.live.find((e) => e.saver instanceof BlockSaver)?.saver;
@@ -559,6 +602,20 @@ export class Migration {
         // From here on the destination may report a failure at any time.
         this.#returnPath = this.#openReturnPath(this.#channel);
       }
+      const multifd = this.#multifd;
+      if (multifd) {
+        if (!this.#returnPath) throw new Error(`multifd needs a return path (tcp: or unix:)`);
+        await openMultifd(multifd, writer, async () => {
+          const value = ++this.#pings;
+          await sendPing(writer, value);
+          await writer.flush();
+          await this.#returnPath!.awaitPong(value);
+        }, async () =>
+          new WatchedChannel(
+            await transports.connect(this.uri, this.#abort.signal, this.#deps.security),
+            watchdog,
+          ));
+      }
       this.#abort.signal.throwIfAborted();
       let run: OutgoingContext = ctx;
       let result: OutgoingResult;
@@ -594,6 +651,7 @@ export class Migration {
     } finally {
       watchdog.stop();
       this.#resumes.refuseAll(new Error(`the migration is ${this.#state}`));
+      this.#multifd?.close();
       this.#writer?.release();
       // auto-converge's throttle ends with the migration, whatever its outcome.
       if (this.#throttle > 0) guest.setThrottle(0);

@@ -35,6 +35,7 @@ export const DEFAULT_PARAMETERS: Readonly<Parameters> = {
   compress_level: 1,
   resume_grace: 60_000,
   resume_auto: false,
+  multifd_channels: 1,
 };
 
 /** QEMU's capabilities off, as QEMU starts; ferry's `verify` on (turn it off only for peers that cannot speak it). */

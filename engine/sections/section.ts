@@ -12,6 +12,8 @@
  *   are described in the vmdescription JSON.
  * @module
  */
+import type { MultifdSink } from "../multifd/sender.ts";
+import type { MultifdLoad } from "../multifd/receiver.ts";
 import type { Guest } from "../../vm/guest.ts";
 import { MACHINE_TYPE } from "../format/constants.ts";
 import type { StreamReader } from "../format/reader.ts";
@@ -38,6 +40,8 @@ export interface SaveContext {
    * with data as full pages (RamSaverOptions.zeroedAsPages).
    */
   readonly snapshot?: boolean;
+  /** With multifd_channels > 1: the channels RAM pages go over (docs/ARCHITECTURE.md, "Multifd"). */
+  readonly multifd?: MultifdSink;
 }
 
 /** What a loader is made from. */
@@ -51,6 +55,8 @@ export interface LoadContext {
   readonly compression?: CompressMethod;
   /** This destination's `page_refs` capability: same-page references need it. */
   readonly pageRefs?: boolean;
+  /** This destination's multifd channels, which the stream's FLUSH records wait for. */
+  readonly multifd?: MultifdLoad;
 }
 
 /** The outgoing half of a live section (QEMU's save_setup, state_pending, save_live_iterate, save_live_complete). */

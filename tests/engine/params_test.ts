@@ -47,8 +47,17 @@ Deno.test("DEFAULT_PARAMETERS are the seed's (32 MiB/s, 30 ms, 64 MiB cache, thr
     compress_level: 1,
     resume_grace: 60_000,
     resume_auto: false,
+    multifd_channels: 1,
   });
   assert.doesNotThrow(() => validateParameters(DEFAULT_PARAMETERS));
+  // multifd_channels: 1 (the single stream) to 16, named when out of range.
+  assert.doesNotThrow(() => validateParameters({ multifd_channels: 16 }));
+  for (const bad of [0, 17, 2.5]) {
+    assert.throws(
+      () => validateParameters({ multifd_channels: bad }),
+      /Invalid parameter "multifd_channels": .* is not a whole number from 1 to 16/,
+    );
+  }
 });
 
 Deno.test("DEFAULT_CAPABILITIES are QEMU's (all off) plus verify on; every unsupported one has a reason", () => {

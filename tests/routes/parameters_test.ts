@@ -22,6 +22,7 @@ const DEFAULTS = {
   compress_level: 1,
   resume_grace: 60000,
   resume_auto: false,
+  multifd_channels: 1,
 };
 
 Deno.test("GET /migrations/parameters answers the seed defaults", async () => {
@@ -63,6 +64,7 @@ Deno.test("PATCH /migrations/parameters applies every field and the limits thems
     compress_level: 19,
     resume_grace: 0,
     resume_auto: true,
+    multifd_channels: 16,
   };
   const res = await call(app, "PATCH", "/migrations/parameters", patch);
   assert.equal(res.status, 200);
@@ -125,6 +127,10 @@ const BAD: [string, string, unknown][] = [
   ["resume_grace", "a negative", -1],
   ["resume_grace", "a value above a day", 86_400_001],
   ["resume_auto", "a string", "yes"],
+  ["multifd_channels", "0", 0],
+  ["multifd_channels", "17", 17],
+  ["multifd_channels", "a fraction", 2.5],
+  ["multifd_channels", "a string", "4"],
 ];
 
 for (const [field, what, value] of BAD) {
