@@ -34,6 +34,9 @@ export const INCOMING_STATES = [
 /** What a stalled migration does (the `stall_action` parameter). */
 export const STALL_ACTIONS = ["fail", "switchover", "throttle"] as const;
 
+/** What a migration past its completion deadline does (the `on_timeout` parameter). */
+export const TIMEOUT_ACTIONS = ["cancel", "switchover", "throttle"] as const;
+
 /**
  * The range of every numeric parameter: the one table the API schema and the
  * engine's checks use. `xbzrle_cache_size` is further bounded by the guest's RAM.
@@ -48,6 +51,8 @@ export const PARAMETER_LIMITS = {
   stall_windows: [0, 10_000_000],
   incoming_page_budget: [2, 1_000_000],
   compress_level: [1, 19],
+  completion_timeout_ms: [0, 86_400_000],
+  completion_timeout_per_gib: [0, 86_400],
 } as const satisfies Record<string, readonly [number, number]>;
 
 /** The numeric parameters. */
@@ -166,7 +171,9 @@ export const MigrationInfoSchema = z.object({
   warnings: z.array(z.object({ code: z.string(), message: z.string() })).optional().openapi({
     description:
       "What the operator should know: downtime-limit-unachievable (the round trip alone " +
-      "exceeds the limit), stalled-switchover, stalled-throttle, xbzrle-cache-resize-failed",
+      "exceeds the limit), stalled-switchover, stalled-throttle, completion-timeout-cancel, " +
+      "completion-timeout-switchover, completion-timeout-throttle, forced-switchover-downtime " +
+      "(what a switchover forced by a stall or the deadline cost), xbzrle-cache-resize-failed",
   }),
 }).openapi("MigrationInfo", { example: { status: "none" } });
 
@@ -249,6 +256,19 @@ export const ParametersSchema = z.object({
   compress_level: z.number().int().openapi({
     description: "zstd's level (QEMU's multifd-zstd-level); lz4 has one level",
   }),
+  completion_timeout_ms: z.number().int().openapi({
+    description: "ms from the start a migration may take before on_timeout is taken; 0 none",
+  }),
+  completion_timeout_per_gib: z.number().int().openapi({
+    description: "KubeVirt's completionTimeoutPerGiB: seconds per GiB of guest RAM a migration " +
+      "may take before on_timeout is taken; 0 none. With completion_timeout_ms too, the earlier " +
+      "deadline counts",
+  }),
+  on_timeout: z.enum(TIMEOUT_ACTIONS).openapi({
+    description: "At the completion deadline: cancel the migration (the guest runs on), switch " +
+      "over now (the downtime it cost is reported), or throttle the guest (auto-converge, one " +
+      "step now and one each second after; at 99 % and still not done, it fails)",
+  }),
 }).openapi("Parameters");
 
 /** A numeric parameter in a PATCH body, within its range from the engine's one table. */
@@ -276,6 +296,9 @@ export const ParametersPatchSchema = z.object({
   snapshot_key: SECURITY_PARAMETER_SCHEMAS.snapshot_key.optional(),
   compress_method: z.enum(COMPRESS_METHODS).optional(),
   compress_level: limited("compress_level"),
+  completion_timeout_ms: limited("completion_timeout_ms"),
+  completion_timeout_per_gib: limited("completion_timeout_per_gib"),
+  on_timeout: z.enum(TIMEOUT_ACTIONS).optional(),
 }).strict().openapi("ParametersPatch", {
   example: { max_bandwidth: 1073741824, downtime_limit: 300 },
 });
@@ -306,6 +329,8 @@ export type MigrationStatus = typeof MIGRATION_STATES[number];
 export type IncomingStatus = typeof INCOMING_STATES[number];
 /** One of {@link STALL_ACTIONS}. */
 export type StallAction = typeof STALL_ACTIONS[number];
+/** One of {@link TIMEOUT_ACTIONS}. */
+export type TimeoutAction = typeof TIMEOUT_ACTIONS[number];
 /** RAM progress, QEMU's query-migrate `ram` fields. */
 export type RamInfo = z.infer<typeof RamInfoSchema>;
 /** What GET /migrations/current answers (QEMU's query-migrate). */

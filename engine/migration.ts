@@ -3,6 +3,7 @@ import type { Guest } from "../vm/guest.ts";
 import { PAGE_SIZE } from "./format/constants.ts";
 import { type Clock, settledWithin } from "./clock.ts";
 import { describeError } from "./errors.ts";
+import { DeadlineError } from "./deadline.ts";
 import { StreamWriter } from "./format/writer.ts";
 import { createSavers, runPrecopy, writeSetup } from "./outgoing.ts";
 import type { Capabilities, Parameters } from "./params.ts";
@@ -314,6 +315,7 @@ export class Migration {
           },
         },
         drain: returnPath ? () => this.#drain(writer) : undefined,
+        startedAt: this.#startedAt,
       };
       await writeSetup(ctx);
       if (returnPath) {
@@ -330,6 +332,10 @@ export class Migration {
       this.#channel.close();
       this.#transition("completed");
     } catch (e) {
+      // on_timeout cancel: a cancel the engine asked for itself, saying why.
+      const timedOut = e instanceof DeadlineError && e.action === "cancel" &&
+        this.#state === "active";
+      if (timedOut) this.#transition("cancelling");
       // A destination that failed sends its reason before it hangs up: when the
       // stream broke, read it (the connection is ending anyway) before closing.
       const rp = this.#returnPath;
@@ -340,7 +346,8 @@ export class Migration {
       // The guest may have been stopped for the final pass; the loop restarts it,
       // but make sure a running guest is running after any failure.
       if (wasRunning && guest.runState !== "running") guest.start();
-      if (this.#state === "cancelling") this.#transition("cancelled");
+      if (timedOut) this.#transition("cancelled", (e as DeadlineError).message);
+      else if (this.#state === "cancelling") this.#transition("cancelled");
       else {
         this.#transition(
           "failed",

@@ -9,8 +9,9 @@ import type { Clock } from "./clock.ts";
 import { PAGE_SIZE, Section } from "./format/constants.ts";
 import type { StreamWriter } from "./format/writer.ts";
 import type { Capabilities, Parameters } from "./params.ts";
-import { AutoConverge, MAX_THROTTLE } from "./auto_converge.ts";
-import { StallDetector, StallError } from "./stall.ts";
+import { AutoConverge } from "./auto_converge.ts";
+import { ConvergenceWatch, type Escalation, takeEscalation } from "./deadline.ts";
+import { StallDetector } from "./stall.ts";
 import { RateLimiter, WINDOW_MS, type WindowStats } from "./rate_limiter.ts";
 import { RamSaver } from "./sections/ram.ts";
 import type { DeviceSaver, LiveSaver, SaveContext, SectionRegistry } from "./sections/section.ts";
@@ -94,6 +95,8 @@ export interface OutgoingContext {
    * paid for in the downtime; the round trip counts into the expected downtime.
    */
   readonly drain?: () => Promise<number>;
+  /** When the migration started (the completion deadline counts from it); default: now. */
+  readonly startedAt?: number;
 }
 
 /** The result of a finished pre-copy migration. */
@@ -166,8 +169,28 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
   let settle = false;
   let unachievable = false;
   const floor = new StallDetector(() => FLOOR_SYNCS);
-  const stall = new StallDetector(() => ctx.params().stall_windows);
+  // Stall detection and the completion deadline (engine/deadline.ts).
+  const watch = new ConvergenceWatch(
+    ctx.startedAt ?? clock.now(),
+    ram.totalBytes,
+    ctx.params,
+  );
+  /** What forced the switchover, if something did (its downtime is reported). */
+  let forcedBy: Escalation["source"] | null = null;
   let converge = ctx.capabilities.auto_converge ? newAutoConverge(ctx) : null;
+  const escalationHooks = {
+    throttleUp: () => {
+      converge ??= newAutoConverge(ctx);
+      const throttle = converge.escalate();
+      if (throttle !== null) {
+        ctx.guest.setThrottle(throttle);
+        ctx.progress.throttled(throttle);
+      }
+      return throttle;
+    },
+    warn: (code: string, message: string) => ctx.progress.warn(code, message),
+    dirtyPagesRate: () => ram.stats.dirtyPagesRate,
+  };
   let failedCacheSize = -1;
   /** What a switchover costs besides sending: the final dirty-log sync and the round trip. */
   const stopCost = () => rtt + ram.lastSyncMs;
@@ -238,7 +261,18 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
         checkAchievable();
         continue;
       } else {
-        return await complete(ctx);
+        const result = await complete(ctx);
+        if (forcedBy) {
+          ctx.progress.warn(
+            "forced-switchover-downtime",
+            `The switchover forced by the ${
+              forcedBy === "stall" ? "stall" : "completion deadline"
+            } cost ${
+              Math.round(result.downtime)
+            } ms of downtime (downtime_limit ${ctx.params().downtime_limit} ms)`,
+          );
+        }
+        return result;
       }
     }
     const window = limiter.tick(w.bytes);
@@ -266,35 +300,12 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
         ? Math.max(pendingBytes / window.bandwidth, ram.pendingBusyMs) + stopCost()
         : Infinity;
       ctx.progress.window(window, expected);
-      if (!settle && stall.observe(live.reduce((n, e) => n + e.saver.backlogBytes, 0))) {
-        const why = ` (the guest dirtied ${ram.stats.dirtyPagesRate} pages/s)`;
-        if (params.stall_action === "switchover") {
-          settle = true;
-          ctx.progress.warn(
-            "stalled-switchover",
-            `Migration stalled for ${stall.since} windows: switching over now (stall_action ` +
-              `switchover); the downtime will exceed the limit`,
-          );
-        } else if (params.stall_action === "throttle") {
-          converge ??= newAutoConverge(ctx);
-          const throttle = converge.escalate();
-          if (throttle === null) {
-            throw new StallError(
-              stall.low,
-              stall.since,
-              `${why}, even throttled to ${MAX_THROTTLE} %`,
-            );
-          }
-          ctx.guest.setThrottle(throttle);
-          ctx.progress.throttled(throttle);
-          ctx.progress.warn(
-            "stalled-throttle",
-            `Migration stalled for ${stall.since} windows: throttling the guest to ${throttle} % ` +
-              `(stall_action throttle)`,
-          );
-          stall.restart();
-        } else {
-          throw new StallError(stall.low, stall.since, why);
+      if (!settle) {
+        const backlog = live.reduce((n, e) => n + e.saver.backlogBytes, 0);
+        const escalation = watch.window(clock.now(), backlog);
+        if (escalation) {
+          settle = takeEscalation(escalation, escalationHooks, watch);
+          if (settle) forcedBy = escalation.source;
         }
       }
     }

@@ -45,6 +45,9 @@ Deno.test("DEFAULT_PARAMETERS are the seed's (32 MiB/s, 30 ms, 64 MiB cache, thr
     snapshot_key: "",
     compress_method: "none",
     compress_level: 1,
+    completion_timeout_ms: 0,
+    completion_timeout_per_gib: 0,
+    on_timeout: "cancel",
   });
   assert.doesNotThrow(() => validateParameters(DEFAULT_PARAMETERS));
 });
@@ -120,6 +123,17 @@ Deno.test("validateParameters() takes stall_action fail, switchover or throttle,
     const err = assertInvalid({ stall_action: bad }, "stall_action");
     assert.match(err.message, /fail, switchover, throttle/);
   }
+});
+
+Deno.test("validateParameters() takes on_timeout cancel, switchover or throttle, and bounds the completion deadlines", () => {
+  for (const action of ["cancel", "switchover", "throttle"]) {
+    assert.doesNotThrow(() => validateParameters({ on_timeout: action as "cancel" }));
+  }
+  const err = assertInvalid({ on_timeout: "fail" }, "on_timeout");
+  assert.match(err.message, /cancel, switchover, throttle/);
+  assert.doesNotThrow(() => validateParameters({ completion_timeout_ms: 0 }));
+  assertInvalid({ completion_timeout_ms: -1 }, "completion_timeout_ms");
+  assertInvalid({ completion_timeout_per_gib: 1.5 }, "completion_timeout_per_gib");
 });
 
 Deno.test('validateParameters() takes absolute paths (or "") for the security files and a host name for tls_hostname', () => {
