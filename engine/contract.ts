@@ -10,11 +10,17 @@ import { z } from "@hono/zod-openapi";
 import { RUN_STATES } from "../vm/guest.ts";
 import { COMPRESS_METHODS } from "./format/compression.ts";
 
-/** Outgoing migration states, QEMU's names (its ERROR is reported as "failed"). */
+/**
+ * Outgoing migration states, QEMU's names (its ERROR is reported as "failed").
+ * With `pause_before_switchover`, the guest stopped, a migration waits in
+ * `pre-switchover` until continued, then sends the rest in `device`.
+ */
 export const MIGRATION_STATES = [
   "none",
   "setup",
   "active",
+  "pre-switchover",
+  "device",
   "cancelling",
   "cancelled",
   "completed",
@@ -212,6 +218,11 @@ export const CapabilitiesSchema = z.object({
   page_refs: z.boolean().openapi({
     description: "ferry's same-page references: a page equal to one the destination already " +
       "holds from this migration goes as a 16-byte reference to it; on both ends",
+  }),
+  pause_before_switchover: z.boolean().openapi({
+    description: "QEMU's pause-before-switchover: with the guest stopped, the migration waits " +
+      "in pre-switchover until POST /migrations/current/continue (or a cancel, which resumes " +
+      "the guest here), so the network or storage can be handed over first",
   }),
 }).openapi("Capabilities");
 

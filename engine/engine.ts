@@ -302,6 +302,22 @@ export class Engine {
   }
 
   /**
+   * Lets a migration waiting in `pre-switchover` (pause_before_switchover) send the
+   * rest and complete (QEMU's migrate-continue). Throws `not-paused` otherwise.
+   */
+  continueMigration(): MigrationInfo {
+    if (!this.#migration?.continue()) {
+      throw new EngineError(
+        "not-paused",
+        `No migration is waiting in pre-switchover (the current one is "${
+          this.#migration?.state ?? "none"
+        }"): continue applies with the pause_before_switchover capability, once the guest stopped`,
+      );
+    }
+    return this.current();
+  }
+
+  /**
    * Arms an incoming migration on `uri` (QEMU's migrate-incoming): the guest goes to
    * `inmigrate` and the stream, when it comes, replaces its RAM and device state.
    */

@@ -7,6 +7,7 @@ export type EngineErrorCode =
   | "invalid-parameter"
   | "incoming-active"
   | "not-incoming"
+  | "not-paused"
   | "guest-incomplete"
   | "blocker-not-found"
   | "guest-running";

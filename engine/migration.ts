@@ -27,7 +27,10 @@ export const FINAL_STATES: ReadonlySet<MigrationStatus> = new Set([
 const TRANSITIONS: Record<MigrationStatus, readonly MigrationStatus[]> = {
   none: ["setup"],
   setup: ["active", "cancelling", "failed"],
-  active: ["completed", "cancelling", "failed"],
+  active: ["completed", "cancelling", "failed", "pre-switchover"],
+  // pause_before_switchover: the guest is stopped; continue → device, cancel → cancelling.
+  "pre-switchover": ["device", "cancelling", "failed"],
+  device: ["completed", "cancelling", "failed"],
   // A stream that was already complete when the cancel came stays completed:
   // the guest now lives on the destination.
   cancelling: ["cancelled", "failed", "completed"],
@@ -35,6 +38,14 @@ const TRANSITIONS: Record<MigrationStatus, readonly MigrationStatus[]> = {
   completed: [],
   failed: [],
 };
+
+/** States a cancel applies to (in pre-switchover and device the guest resumes here). */
+const CANCELLABLE: ReadonlySet<MigrationStatus> = new Set([
+  "setup",
+  "active",
+  "pre-switchover",
+  "device",
+]);
 
 /** True when the state machine allows `from → to`. */
 export function canTransition(from: MigrationStatus, to: MigrationStatus): boolean {
@@ -107,6 +118,8 @@ export class Migration {
   #lastPages = 0;
   #throttle = 0;
   readonly #warnings: MigrationWarning[] = [];
+  /** Resolves the wait in pre-switchover (set only while waiting). */
+  #resume: (() => void) | null = null;
   readonly done: Promise<void>;
 
   constructor(readonly uri: string, deps: MigrationDeps) {
@@ -132,10 +145,23 @@ export class Migration {
    * there was nothing to cancel.
    */
   cancel(): boolean {
-    if (this.#state !== "setup" && this.#state !== "active") return false;
+    if (!CANCELLABLE.has(this.#state)) return false;
     this.#transition("cancelling");
     this.#abort.abort(new Error("migration cancelled"));
     this.#channel?.close();
+    return true;
+  }
+
+  /**
+   * Lets a migration waiting in `pre-switchover` go on (QEMU's migrate-continue);
+   * false when it is not waiting there.
+   */
+  continue(): boolean {
+    const resume = this.#resume;
+    if (this.#state !== "pre-switchover" || !resume) return false;
+    this.#resume = null;
+    this.#transition("device");
+    resume();
     return true;
   }
 
@@ -243,6 +269,38 @@ export class Migration {
     return rtt;
   }
 
+  /**
+   * pause_before_switchover (QEMU's migration_maybe_pause): with the guest stopped,
+   * waits in `pre-switchover` for {@link continue}, which moves it to `device`. While it
+   * waits it keeps both ends' progress_timeout from firing: a PING each quarter of
+   * it on a return path (the destination sees bytes), the watchdog told otherwise.
+   * A cancel rejects the wait; the loop then restarts the guest.
+   */
+  async #pauseBeforeSwitchover(writer: StreamWriter, watchdog: ProgressWatchdog): Promise<void> {
+    const { clock } = this.#deps;
+    const signal = this.#abort.signal;
+    const continued = new Promise<void>((resolve) => this.#resume = resolve);
+    this.#transition("pre-switchover");
+    for (;;) {
+      signal.throwIfAborted();
+      const period = Math.max(10, Math.floor(this.#deps.params().progress_timeout / 4));
+      const wake = new AbortController();
+      const woken = await Promise.race([
+        continued.then(() => true),
+        clock.until(clock.now() + period, AbortSignal.any([signal, wake.signal])).then(() => false),
+      ]).finally(() => wake.abort());
+      signal.throwIfAborted();
+      if (woken) return; // continue() moved to device
+      watchdog.progress();
+      if (this.#returnPath) {
+        const value = ++this.#pings;
+        await sendPing(writer, value);
+        await writer.flush();
+        await this.#returnPath.awaitPong(value);
+      }
+    }
+  }
+
   async #run(): Promise<void> {
     const { guest, transports, clock } = this.#deps;
     const wasRunning = guest.runState === "running";
@@ -316,6 +374,9 @@ export class Migration {
         },
         drain: returnPath ? () => this.#drain(writer) : undefined,
         startedAt: this.#startedAt,
+        beforeSwitchover: caps.pause_before_switchover
+          ? () => this.#pauseBeforeSwitchover(writer, watchdog)
+          : undefined,
       };
       await writeSetup(ctx);
       if (returnPath) {
@@ -332,6 +393,7 @@ export class Migration {
       this.#channel.close();
       this.#transition("completed");
     } catch (e) {
+      this.#resume = null;
       // on_timeout cancel: a cancel the engine asked for itself, saying why.
       const timedOut = e instanceof DeadlineError && e.action === "cancel" &&
         this.#state === "active";

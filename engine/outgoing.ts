@@ -97,6 +97,11 @@ export interface OutgoingContext {
   readonly drain?: () => Promise<number>;
   /** When the migration started (the completion deadline counts from it); default: now. */
   readonly startedAt?: number;
+  /**
+   * With `pause_before_switchover`: called once the guest is stopped, before the
+   * rest is sent; resolves when the operator continues, rejects on a cancel.
+   */
+  readonly beforeSwitchover?: () => Promise<void>;
 }
 
 /** The result of a finished pre-copy migration. */
@@ -331,9 +336,13 @@ async function complete(ctx: OutgoingContext): Promise<OutgoingResult> {
   const wasRunning = before === "running";
   const stoppedAt = clock.now();
   guest.stop("finish-migrate");
-  const marks = { stopped: clock.now(), sent: 0, devices: 0 };
+  const marks = { stopped: clock.now(), sent: 0, devices: 0, paused: 0 };
   ctx.progress.stopped(stoppedAt);
   try {
+    if (ctx.beforeSwitchover) {
+      await ctx.beforeSwitchover();
+      marks.paused = clock.now() - marks.stopped;
+    }
     for (const { id, saver } of byId(ctx.savers.live)) {
       await w.sectionPart(Section.END, id);
       await saver.complete(w);
@@ -364,12 +373,14 @@ async function complete(ctx: OutgoingContext): Promise<OutgoingResult> {
   if (downtime > limit) {
     // Where the time went, so an operator can tell a slow link from a slow guest.
     const ms = (x: number) => `${Math.round(x)} ms`;
-    const sync = Math.min(ram.lastSyncMs, marks.sent - marks.stopped);
+    const sync = Math.min(ram.lastSyncMs, marks.sent - marks.stopped - marks.paused);
+    const paused = marks.paused > 0 ? `, the pause before switchover ${ms(marks.paused)}` : "";
     ctx.progress.warn(
       "downtime-limit-exceeded",
       `The downtime (${ms(downtime)}) exceeded downtime_limit (${limit} ms): stopping the ` +
-        `guest took ${ms(marks.stopped - stoppedAt)}, the final dirty-log sync ${ms(sync)}, ` +
-        `the last pages ${ms(marks.sent - marks.stopped - sync)}, device state ` +
+        `guest took ${ms(marks.stopped - stoppedAt)}${paused}, the final dirty-log sync ` +
+        `${ms(sync)}, the last pages ${ms(marks.sent - marks.stopped - marks.paused - sync)}, ` +
+        `device state ` +
         `${ms(marks.devices - marks.sent)}, the end of the stream and the destination's ` +
         `answer ${ms(end - marks.devices)}`,
     );

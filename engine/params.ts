@@ -59,6 +59,7 @@ export const DEFAULT_CAPABILITIES: Readonly<Capabilities> = {
   rdma_pin_all: false,
   verify: true,
   page_refs: false,
+  pause_before_switchover: false,
 };
 
 /** Why each capability ferry cannot honour yet is refused (never accepted and ignored). */

@@ -37,7 +37,17 @@ const cancel = createRoute({
   },
 });
 
-/** POST /migrations, GET|DELETE /migrations/current. */
+const resume = createRoute({
+  method: "post",
+  path: "/migrations/current/continue",
+  summary: "Let a migration paused in pre-switchover send the rest (QEMU migrate-continue)",
+  responses: {
+    200: jsonResponse(MigrationInfoSchema, "Continuing: the state is now device"),
+    ...errorResponses(409),
+  },
+});
+
+/** POST /migrations, GET|DELETE /migrations/current, POST /migrations/current/continue. */
 export function migrationRoutes(deps: { engine: Engine }) {
   const { engine } = deps;
   return newRouter()
@@ -50,5 +60,6 @@ export function migrationRoutes(deps: { engine: Engine }) {
     .openapi(cancel, (c) => {
       const { cancelled, info } = engine.cancel();
       return cancelled ? c.json(info, 202) : c.json(info, 200);
-    });
+    })
+    .openapi(resume, (c) => c.json(engine.continueMigration(), 200));
 }

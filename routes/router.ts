@@ -13,6 +13,7 @@ export const ENGINE_STATUS: Record<EngineErrorCode, ContentfulStatusCode> = {
   "invalid-parameter": 400,
   "incoming-active": 409,
   "not-incoming": 409,
+  "not-paused": 409,
   "guest-incomplete": 409,
   "guest-running": 409,
   "blocker-not-found": 404,

@@ -80,7 +80,7 @@ export function progressOf(info) {
   return Math.min(1, Math.max(0, 1 - ram.remaining / ram.total));
 }
 
-const RUNNING = new Set(["setup", "active", "cancelling"]);
+const RUNNING = new Set(["setup", "active", "pre-switchover", "device", "cancelling"]);
 const FINAL = new Set(["completed", "failed", "cancelled"]);
 
 /**

@@ -60,6 +60,7 @@ Deno.test("DEFAULT_CAPABILITIES are QEMU's (all off) plus verify on; every unsup
     rdma_pin_all: false,
     verify: true,
     page_refs: false,
+    pause_before_switchover: false,
   });
   assert.match(UNSUPPORTED_CAPABILITIES.rdma_pin_all!, /RDMA/);
 });
