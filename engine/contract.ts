@@ -136,6 +136,9 @@ export const RamInfoSchema = z.object({
 
 /** GET /migrations/current (QEMU's query-migrate). */
 export const MigrationInfoSchema = z.object({
+  id: z.string().optional().openapi({
+    description: "The migration's id: GET /migrations/{id} and its timeline",
+  }),
   status: z.enum(MIGRATION_STATES),
   uri: z.string().optional(),
   total_time: z.number().optional().openapi({ description: "ms since the migration started" }),
@@ -185,6 +188,7 @@ export const MigrationInfoSchema = z.object({
 
 /** GET /migrations/incoming. */
 export const IncomingInfoSchema = z.object({
+  id: z.string().optional().openapi({ description: "This incoming migration's id, once armed" }),
   status: z.enum(INCOMING_STATES),
   uri: z.string().optional(),
   address: z.string().optional().openapi({
@@ -207,6 +211,87 @@ export const IncomingInfoSchema = z.object({
     description: "Who the last dropped connection was, and why it was dropped",
   }),
 }).openapi("IncomingInfo");
+
+/** One 100 ms window of a migration, as the flight recorder keeps it. */
+export const TimelineWindowSchema = z.object({
+  t: z.number().openapi({ description: "ms from the migration's start to the window's end" }),
+  bytes: z.number().openapi({ description: "Stream bytes sent in the window" }),
+  total_bytes: z.number().openapi({ description: "Stream bytes sent so far" }),
+  pages: z.number().openapi({ description: "RAM pages sent in the window (with data or zero)" }),
+  dirty_pages: z.number().openapi({
+    description: "Pages the guest dirtied that the window's dirty-log syncs found",
+  }),
+  dirty_rate: z.number().openapi({ description: "The last pass's dirty rate, bytes/s" }),
+  bandwidth: z.number().openapi({ description: "The bandwidth estimate, bytes/s" }),
+  max_size: z.number().openapi({
+    description: "What may be left to switch over: bandwidth × the downtime budget, bytes",
+  }),
+  remaining: z.number().openapi({ description: "RAM bytes left to send" }),
+  expected_downtime: z.number().openapi({ description: "ms; -1 while unknown" }),
+  throttle: z.number().openapi({ description: "auto-converge's vCPU throttle, %" }),
+  pass: z.number().openapi({ description: "Dirty-log syncs so far (QEMU's dirty_sync_count)" }),
+}).openapi("TimelineWindow");
+
+/** One dirty-log pass of a migration. */
+export const TimelinePassSchema = z.object({
+  pass: z.number(),
+  t: z.number().openapi({ description: "ms from the start to the pass's sync" }),
+  dirty_pages: z.number().openapi({ description: "Pages the sync found dirtied" }),
+  dirty_rate: z.number().openapi({ description: "Bytes/s dirtied since the sync before" }),
+  bandwidth: z.number().openapi({ description: "Bytes/s sent since the sync before" }),
+}).openapi("TimelinePass");
+
+/** GET /migrations/{id}/timeline. */
+export const TimelineSchema = z.object({
+  id: z.string(),
+  windows: z.array(TimelineWindowSchema),
+  passes: z.array(TimelinePassSchema),
+  events: z.array(z.object({
+    t: z.number(),
+    kind: z.enum(["state", "warning", "throttle"]),
+    text: z.string(),
+  })).openapi({ description: "State changes, warnings and throttle steps, in order" }),
+  dropped_windows: z.number().openapi({
+    description: "The oldest windows no longer kept (a timeline keeps at most an hour)",
+  }),
+}).openapi("Timeline");
+
+/** Why a migration went the way it did, in sentences. */
+export const ExplanationSchema = z.object({
+  convergence: z.string().openapi({
+    description: "Why it converged when it did, or why it did not",
+    example: "dirty rate 210 MB/s exceeded the 100 MB/s link from pass 3 on",
+  }),
+  downtime: z.string().openapi({ description: "Why the downtime landed where it did" }),
+}).openapi("Explanation");
+
+/** Directions of a migration as seen from one ferry. */
+export const DIRECTIONS = ["outgoing", "incoming"] as const;
+
+/** GET /migrations/{id}, and each entry of GET /migrations. */
+export const MigrationRecordSchema = z.object({
+  id: z.string(),
+  direction: z.enum(DIRECTIONS),
+  status: z.string().openapi({
+    description: "The outgoing or incoming state; a final one for past migrations",
+  }),
+  uri: z.string().optional(),
+  started_at: z.number().openapi({ description: "Wall-clock ms since the Unix epoch" }),
+  ended_at: z.number().optional(),
+  total_time: z.number().optional().openapi({ description: "ms" }),
+  downtime: z.number().optional().openapi({ description: "ms (outgoing, completed)" }),
+  bytes: z.number().openapi({ description: "Stream bytes sent (outgoing) or received" }),
+  ram_total: z.number().optional(),
+  passes: z.number().optional(),
+  cpu_throttle_percentage: z.number().optional().openapi({
+    description: "The highest auto-converge throttle reached",
+  }),
+  error_desc: z.string().optional(),
+  warnings: z.array(z.object({ code: z.string(), message: z.string() })).optional(),
+  explanation: ExplanationSchema.optional().openapi({
+    description: "Outgoing migrations: why it converged (or not) and its downtime",
+  }),
+}).openapi("MigrationRecord");
 
 /** Capabilities (GET answer, PUT body with any subset). */
 export const CapabilitiesSchema = z.object({
@@ -354,5 +439,15 @@ export type IncomingInfo = z.infer<typeof IncomingInfoSchema>;
 export type Capabilities = z.infer<typeof CapabilitiesSchema>;
 /** Migration parameters (QEMU's migrate-set-parameters, plus ferry's). */
 export type Parameters = z.infer<typeof ParametersSchema>;
+/** One recorded 100 ms window. */
+export type TimelineWindow = z.infer<typeof TimelineWindowSchema>;
+/** One recorded pass. */
+export type TimelinePass = z.infer<typeof TimelinePassSchema>;
+/** What GET /migrations/{id}/timeline answers. */
+export type Timeline = z.infer<typeof TimelineSchema>;
+/** A migration's explanation. */
+export type Explanation = z.infer<typeof ExplanationSchema>;
+/** One migration of the history. */
+export type MigrationRecord = z.infer<typeof MigrationRecordSchema>;
 /** What GET /vm answers. */
 export type VmInfo = z.infer<typeof VmInfoSchema>;

@@ -8,6 +8,7 @@ export type EngineErrorCode =
   | "incoming-active"
   | "not-incoming"
   | "not-paused"
+  | "migration-not-found"
   | "guest-incomplete"
   | "blocker-not-found"
   | "guest-running";

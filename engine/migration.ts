@@ -15,7 +15,14 @@ import { defaultSections } from "./sections/registry.ts";
 import { sendOpenReturnPath, sendPing, SourceReturnPath, usesReturnPath } from "./return_path.ts";
 import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 import { MigrationDigests } from "./integrity.ts";
-import type { MigrationInfo, MigrationStatus, MigrationWarning } from "./contract.ts";
+import type {
+  MigrationInfo,
+  MigrationRecord,
+  MigrationStatus,
+  MigrationWarning,
+  Timeline,
+} from "./contract.ts";
+import { explain, FlightRecorder } from "./flight_recorder.ts";
 
 /** States after which nothing more happens. */
 export const FINAL_STATES: ReadonlySet<MigrationStatus> = new Set([
@@ -87,6 +94,8 @@ export interface MigrationDeps {
   readonly turn?: () => Promise<void>;
   /** The sections to send (default: ferry's own, defaultSections()). */
   readonly sections?: SectionRegistry;
+  /** The migration's id (default a random UUID). */
+  readonly id?: string;
 }
 
 /**
@@ -121,10 +130,20 @@ export class Migration {
   /** Resolves the wait in pre-switchover (set only while waiting). */
   #resume: (() => void) | null = null;
   readonly done: Promise<void>;
+  /** This migration's id (GET /migrations/{id}). */
+  readonly id: string;
+  /** Wall-clock start, ms since the epoch. */
+  readonly startedAtWall: number;
+  readonly #recorder: FlightRecorder;
+  /** The last pass the recorder got (the final one is reported twice). */
+  #recordedPass = 0;
 
   constructor(readonly uri: string, deps: MigrationDeps) {
     this.#deps = deps;
     this.#startedAt = deps.clock.now();
+    this.startedAtWall = deps.clock.wall();
+    this.id = deps.id ?? crypto.randomUUID();
+    this.#recorder = new FlightRecorder(this.id, this.#startedAt);
     this.#transition("setup");
     this.done = this.#run();
   }
@@ -165,10 +184,46 @@ export class Migration {
     return true;
   }
 
+  /** The flight recorder's timeline so far. */
+  timeline(): Timeline {
+    return this.#recorder.timeline();
+  }
+
+  /**
+   * This migration as GET /migrations/{id} shows it: final (or current) stats and
+   * the explanation of why it went as it did.
+   */
+  record(): MigrationRecord {
+    const info = this.info();
+    const rec: MigrationRecord = {
+      id: this.id,
+      direction: "outgoing",
+      status: info.status,
+      uri: this.uri,
+      started_at: this.startedAtWall,
+      bytes: this.#writer?.bytes ?? 0,
+    };
+    if (this.#endedAt !== undefined) {
+      rec.ended_at = Math.round(this.startedAtWall + this.#endedAt - this.#startedAt);
+    }
+    if (info.total_time !== undefined) rec.total_time = info.total_time;
+    if (info.downtime !== undefined) rec.downtime = info.downtime;
+    if (info.ram) {
+      rec.ram_total = info.ram.total;
+      rec.passes = info.ram.dirty_sync_count;
+    }
+    if (this.#recorder.maxThrottle > 0) rec.cpu_throttle_percentage = this.#recorder.maxThrottle;
+    if (info.error_desc !== undefined) rec.error_desc = info.error_desc;
+    if (info.warnings) rec.warnings = info.warnings;
+    rec.explanation = explain(info, this.#recorder.timeline(), this.#deps.params().downtime_limit);
+    return rec;
+  }
+
   /** A snapshot for query-migrate. */
   info(): MigrationInfo {
     const now = this.#endedAt ?? this.#deps.clock.now();
     const info: MigrationInfo = {
+      id: this.id,
       status: this.#state,
       uri: this.uri,
       total_time: Math.round(now - this.#startedAt),
@@ -247,6 +302,11 @@ export class Migration {
     this.#state = to;
     if (error !== undefined) this.#error = error;
     if (FINAL_STATES.has(to)) this.#endedAt = this.#deps.clock.now();
+    this.#recorder?.event(
+      this.#deps.clock.now(),
+      "state",
+      `${from} → ${to}${error !== undefined ? `: ${error}` : ""}`,
+    );
     this.#deps.hooks.onStateChange(from, to, error);
   }
 
@@ -354,21 +414,42 @@ export class Migration {
             this.#setupTime = clock.now() - this.#startedAt;
             this.#transition("active");
           },
-          window: (w: WindowStats, expected: number) => {
+          window: (w: WindowStats, expected: number, maxSize: number) => {
             this.#mbps = (w.bandwidth * 8) / 1000;
-            const pages = this.#ram!.stats.normal + this.#ram!.stats.duplicate;
+            const ram = this.#ram!;
+            const pages = ram.stats.normal + ram.stats.duplicate;
             this.#pagesPerSecond = ((pages - this.#lastPages) * 1000) / w.ms;
             this.#lastPages = pages;
             this.#expectedDowntime = expected;
+            this.#recorder.window(clock.now(), {
+              bytes: w.bytes,
+              ms: w.ms,
+              bandwidth: w.bandwidth,
+              totalBytes: writer.bytes,
+              pagesSent: pages,
+              maxSize,
+              remaining: ram.remainingBytes,
+              expectedDowntime: expected,
+              throttle: this.#throttle,
+              pass: ram.stats.dirtySyncCount,
+            });
             this.#deps.hooks.onProgress();
           },
-          pass: (count: number, dirty: number) => this.#deps.hooks.onPass(count, dirty),
+          pass: (count: number, dirty: number) => {
+            if (count !== this.#recordedPass) {
+              this.#recordedPass = count;
+              this.#recorder.pass(clock.now(), count, this.#ram!.lastSyncAdded, writer.bytes);
+            }
+            this.#deps.hooks.onPass(count, dirty);
+          },
           stopped: () => {},
           throttled: (percent: number) => {
             this.#throttle = percent;
+            this.#recorder.event(clock.now(), "throttle", String(percent));
           },
           warn: (code: string, message: string) => {
             this.#warnings.push({ code, message });
+            this.#recorder.event(clock.now(), "warning", `${code}: ${message}`);
             this.#deps.hooks.onWarning(code, message);
           },
         },

@@ -58,8 +58,11 @@ export function createSavers(registry: SectionRegistry, ctx: SaveContext): Saver
 
 /** What the migration loop reports while it runs. */
 export interface OutgoingProgress {
-  /** Window measurements: bandwidth in bytes/ms, expected downtime in ms. */
-  window(stats: WindowStats, expectedDowntime: number): void;
+  /**
+   * Window measurements: bandwidth in bytes/ms, expected downtime in ms, and
+   * max_size (what may be left to switch over, bytes) for the flight recorder.
+   */
+  window(stats: WindowStats, expectedDowntime: number, maxSize: number): void;
   /** A dirty-log sync finished a pass. */
   pass(count: number, dirtyPages: number): void;
   /** The setup phase is written; the loop starts iterating. */
@@ -304,7 +307,7 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
       const expected = window.bandwidth > 0
         ? Math.max(pendingBytes / window.bandwidth, ram.pendingBusyMs) + stopCost()
         : Infinity;
-      ctx.progress.window(window, expected);
+      ctx.progress.window(window, expected, maxSize);
       if (!settle) {
         const backlog = live.reduce((n, e) => n + e.saver.backlogBytes, 0);
         const escalation = watch.window(clock.now(), backlog);

@@ -8,6 +8,7 @@ import { capabilityRoutes } from "./capabilities.ts";
 import { consoleRoutes, type GuestConsole } from "./console.ts";
 import { eventRoutes } from "./events.ts";
 import { hostCheck, type HostCheckOptions } from "./host_check.ts";
+import { historyRoutes } from "./history.ts";
 import { incomingRoutes } from "./incoming.ts";
 import { jsonBodyOnly } from "./json_body.ts";
 import { migrationRoutes } from "./migrations.ts";
@@ -120,6 +121,8 @@ export function createApp(deps: AppDeps) {
   app.route("/", eventRoutes(deps));
   app.route("/", vmRoutes(deps));
   app.route("/", consoleRoutes(deps));
+  // After every /migrations/<word> route: /migrations/{id} must not shadow them.
+  app.route("/", historyRoutes(deps));
   app.doc31("/openapi.json", OPENAPI_HEAD);
   app.get(
     "/",

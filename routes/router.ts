@@ -14,6 +14,7 @@ export const ENGINE_STATUS: Record<EngineErrorCode, ContentfulStatusCode> = {
   "incoming-active": 409,
   "not-incoming": 409,
   "not-paused": 409,
+  "migration-not-found": 404,
   "guest-incomplete": 409,
   "guest-running": 409,
   "blocker-not-found": 404,

@@ -5,10 +5,15 @@ import { RUN_STATES } from "../vm/guest.ts";
 export {
   CapabilitiesPatchSchema,
   CapabilitiesSchema,
+  ExplanationSchema,
   IncomingInfoSchema,
   MigrationInfoSchema,
+  MigrationRecordSchema,
   ParametersPatchSchema,
   ParametersSchema,
+  TimelinePassSchema,
+  TimelineSchema,
+  TimelineWindowSchema,
   VmInfoSchema,
 } from "../engine/contract.ts";
 

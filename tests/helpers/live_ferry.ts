@@ -6,6 +6,7 @@
  */
 import type { Clock } from "../../engine/clock.ts";
 import { Engine } from "../../engine/engine.ts";
+import type { MigrationHistory } from "../../engine/history.ts";
 import type { MigrationStatus } from "../../engine/contract.ts";
 import { FINAL_STATES } from "../../engine/migration.ts";
 import { type AppDeps, createApp } from "../../routes/app.ts";
@@ -35,12 +36,16 @@ export class LiveFerry extends FerryClient implements AsyncDisposable {
       clock?: Clock;
       token?: string;
       app?: Partial<Omit<AppDeps, "engine" | "vm" | "token">>;
-      engine?: (engine: Engine) => void;
+      history?: MigrationHistory;
     } = {},
   ): LiveFerry {
     const guest = opts.guest ?? new TestGuest([["pc.ram", 512 * PAGE_SIZE]]);
-    const engine = new Engine({ guest, transports: createTransports(), clock: opts.clock });
-    opts.engine?.(engine);
+    const engine = new Engine({
+      guest,
+      transports: createTransports(),
+      clock: opts.clock,
+      ...(opts.history ? { history: opts.history } : {}),
+    });
     const token = opts.token ?? crypto.randomUUID();
     const app = createApp({
       engine,
@@ -101,16 +106,20 @@ export class LiveFerry extends FerryClient implements AsyncDisposable {
  * pages (fewer when throttled, in proportion) with new values, as a vCPU would
  * between the loop's windows. The pre-copy loop sleeps once per full window, so
  * the guest dirties a fixed amount per window whatever the machine's speed.
+ * `perSleep` may be changed at any time.
  */
-export function dirtyingClock(guest: TestGuest, perSleep: number): FakeClock {
-  const clock = new FakeClock();
+export function dirtyingClock(
+  guest: TestGuest,
+  perSleep: number,
+): FakeClock & { perSleep: number } {
+  const clock = Object.assign(new FakeClock(), { perSleep });
   const sleep = clock.sleep;
   const pages = guest.blocks[0].length / PAGE_SIZE;
   let n = 0;
   (clock as { sleep: typeof sleep }).sleep = async (ms, signal) => {
     await sleep(ms, signal);
     if (guest.runState !== "running") return;
-    const count = Math.round(perSleep * (100 - guest.throttle) / 100);
+    const count = Math.round(clock.perSleep * (100 - guest.throttle) / 100);
     for (let i = 0; i < count; i++) {
       n++;
       guest.write(((n * 7919) % pages) * PAGE_SIZE, Uint8Array.of(n & 0xff, (n >> 8) & 0xff));

@@ -6,8 +6,11 @@ import { call, testApp } from "../helpers/app.ts";
 
 /** Every path of the API contract (docs/API.md) and the methods it must document. */
 const CONTRACT: Record<string, string[]> = {
-  "/migrations": ["post"],
+  "/migrations": ["get", "post"],
   "/migrations/current": ["get", "delete"],
+  "/migrations/current/continue": ["post"],
+  "/migrations/{id}": ["get"],
+  "/migrations/{id}/timeline": ["get"],
   "/migrations/incoming": ["get", "post", "delete"],
   "/migrations/capabilities": ["get", "put"],
   "/migrations/parameters": ["get", "patch"],

@@ -20,6 +20,9 @@ const DEFAULTS = {
   snapshot_key: "",
   compress_method: "none",
   compress_level: 1,
+  completion_timeout_ms: 0,
+  completion_timeout_per_gib: 0,
+  on_timeout: "cancel",
 };
 
 Deno.test("GET /migrations/parameters answers the seed defaults", async () => {
