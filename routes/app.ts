@@ -11,6 +11,7 @@ import { hostCheck, type HostCheckOptions } from "./host_check.ts";
 import { historyRoutes } from "./history.ts";
 import { incomingRoutes } from "./incoming.ts";
 import { jsonBodyOnly } from "./json_body.ts";
+import { metricsRoutes } from "./metrics.ts";
 import { migrationRoutes } from "./migrations.ts";
 import { originCheck } from "./origin_check.ts";
 import { parameterRoutes } from "./parameters.ts";
@@ -121,6 +122,7 @@ export function createApp(deps: AppDeps) {
   app.route("/", eventRoutes(deps));
   app.route("/", vmRoutes(deps));
   app.route("/", consoleRoutes(deps));
+  app.route("/", metricsRoutes(deps));
   // After every /migrations/<word> route: /migrations/{id} must not shadow them.
   app.route("/", historyRoutes(deps));
   app.doc31("/openapi.json", OPENAPI_HEAD);

@@ -23,6 +23,7 @@ const CONTRACT: Record<string, string[]> = {
   "/vm/ram": ["get"],
   "/vm/console": ["get", "post"],
   "/vm/ram/digest": ["get"],
+  "/metrics": ["get"],
 };
 
 const HTTP_METHODS = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
@@ -184,8 +185,8 @@ Deno.test("every documented GET route without parameters answers (no 404)", asyn
   for (const [path, methods] of Object.entries(CONTRACT)) {
     if (!methods.includes("get") || path.includes("{") || path === "/migrations/events") continue;
     if (path === "/vm/console") continue; // SSE, and this guest has none (tests/routes/console_test.ts)
-    if (path === "/vm/ram") {
-      const raw = await app.request(`${path}?length=4096`);
+    if (path === "/vm/ram" || path === "/metrics") {
+      const raw = await app.request(path === "/vm/ram" ? `${path}?length=4096` : path);
       await raw.body?.cancel();
       assert.equal(raw.status, 200, `GET ${path}`);
       continue;
