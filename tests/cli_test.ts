@@ -215,3 +215,10 @@ Deno.test("HELP documents every flag", () => {
     ]
   ) assert.ok(HELP.includes(flag), flag);
 });
+
+Deno.test("--state-dir: an absolute path as given, a relative one from the working directory, empty refused", () => {
+  assert.equal(parseFlags(["--state-dir", "/var/lib/ferry"]).stateDir, "/var/lib/ferry");
+  assert.equal(parseFlags(["--state-dir", "state"], { cwd: "/srv/f/" }).stateDir, "/srv/f/state");
+  assert.equal(parseFlags([]).stateDir, undefined);
+  assert.throws(() => parseFlags(["--state-dir", ""]), /Invalid --state-dir: empty path/);
+});

@@ -6,6 +6,8 @@
  *   deno task status  -- [--api URL] [--watch] [--json]
  *   deno task token   -- [--api URL]
  *   deno task console -- [--api URL] [--replay BYTES]
+ *   deno task history -- [--api URL] [--json]           (tools/ferryctl_history.ts)
+ *   deno task timeline -- ID [--api URL] [--json|--ndjson]
  *
  * `migrate` exits 0 only when the migration completed; `console` attaches the
  * terminal to the guest's serial console until Ctrl-]. The API token is `--token`,
@@ -22,6 +24,7 @@ import { parseArgs } from "node:util";
 import { parseSize } from "../vm/ram.ts";
 import { defaultTokenFile, readTokenFile, TokenFileError } from "../api_token.ts";
 import { isLoopbackHost } from "../routes/host_check.ts";
+import { history, timeline } from "./ferryctl_history.ts";
 
 /** A bad command line: printed on one line, exit status 2. */
 export class UsageError extends Error {
@@ -718,8 +721,12 @@ export async function run(
     if (command === "status") return await status(args, env, io);
     if (command === "token") return token(args, env, io);
     if (command === "console") return await consoleCommand(args, env, io, stdin);
+    if (command === "history") return await history(args, env, io);
+    if (command === "timeline") return await timeline(args, env, io);
     throw new UsageError(
-      `Unknown command "${command ?? ""}": expected migrate, status, token or console`,
+      `Unknown command "${
+        command ?? ""
+      }": expected migrate, status, token, console, history or timeline`,
     );
   } catch (e) {
     if (e instanceof UsageError) {

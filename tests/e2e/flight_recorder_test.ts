@@ -8,6 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { MigrationHistory } from "../../engine/history.ts";
+import { FerryProcess } from "../../testing/ferry_process.ts";
 import { TestGuest } from "../../testing/test_guest.ts";
 import { PAGE_SIZE } from "../../vm/ram.ts";
 import { dirtyingClock, LiveFerry } from "../helpers/live_ferry.ts";
@@ -129,5 +130,19 @@ Deno.test("flight recorder and history: ids, timelines (JSON and NDJSON), explan
   } finally {
     await Deno.remove(srcDir, { recursive: true });
     await Deno.remove(dstDir, { recursive: true });
+  }
+});
+
+Deno.test("ferry --state-dir DIR: a real ferry creates DIR (0700) and answers GET /migrations from it", async () => {
+  const parent = await Deno.makeTempDir({ prefix: "ferry-state-" });
+  try {
+    await using f = await FerryProcess.start(["--ram", "16M", "--state-dir", `${parent}/state`]);
+    const res = await f.api("GET", "/migrations");
+    assert.equal(res.status, 200);
+    assert.deepEqual(res.body, []);
+    assert.equal((await Deno.stat(`${parent}/state`)).mode! & 0o777, 0o700);
+    assert.ok((await Deno.stat(`${parent}/state/timelines`)).isDirectory);
+  } finally {
+    await Deno.remove(parent, { recursive: true });
   }
 });
