@@ -36,6 +36,7 @@ export class MigrationHistory {
   #writing: Promise<void> = Promise.resolve();
   /** Lines in history.jsonl (it is rewritten with the last `max` past 2 × max). */
   #lines = 0;
+  readonly #listeners = new Set<(record: MigrationRecord) => void>();
 
   private constructor(
     dir: string | undefined,
@@ -131,9 +132,22 @@ export class MigrationHistory {
     return this.#writing;
   }
 
+  /** Calls `listener` with every record added from now on (metrics count them); returns its remover. */
+  subscribe(listener: (record: MigrationRecord) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
   /** Keeps a finished migration, and its timeline when it has one. */
   add(record: MigrationRecord, timeline?: Timeline): void {
     const dropped = this.#keep(record);
+    for (const listener of this.#listeners) {
+      try {
+        listener(record);
+      } catch (e) {
+        console.error("ferry: history listener failed:", e);
+      }
+    }
     if (timeline) this.#timelines.set(record.id, timeline);
     const oldTimelines: string[] = [];
     while (this.#timelines.size > MAX_TIMELINES) {

@@ -3,7 +3,8 @@
  * "Metrics"). The gauges of the migration running now use KubeVirt's names where
  * KubeVirt has one; counters of migrations by direction and outcome, and
  * histograms of downtime and total time, count from this process's start. The
- * route sits behind the same host, origin and token checks as every other.
+ * route sits behind the same host, origin and token checks as every other. The
+ * counters take each finished migration from the engine's history.
  * @module
  */
 import { createRoute, z } from "@hono/zod-openapi";
@@ -16,7 +17,7 @@ export const DOWNTIME_BUCKETS = [0.001, 0.005, 0.01, 0.03, 0.05, 0.1, 0.3, 1, 3,
 /** Histogram buckets of a migration's total time, seconds: 100 ms to an hour. */
 export const TOTAL_TIME_BUCKETS = [0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600];
 
-/** A prom-client registry over one engine: gauges read at each scrape, counters fed by its events. */
+/** A prom-client registry over one engine: gauges read at each scrape, counters fed by its history. */
 export function migrationMetrics(engine: Engine): { registry: Registry; close(): void } {
   const registry = new Registry();
   const registers = [registry];
@@ -130,26 +131,18 @@ export function migrationMetrics(engine: Engine): { registry: Registry; close():
       outcomes.inc({ direction, outcome }, 0);
     }
   }
-  const close = engine.events.subscribe((e) => {
-    if (e.type === "state" && (e.to === "completed" || e.to === "failed" || e.to === "cancelled")) {
-      const info = engine.current();
-      outcomes.inc({ direction: "outgoing", outcome: e.to });
-      if (e.to === "completed") succeeded.inc();
-      if (e.to === "failed") failed.inc();
-      if (e.to === "completed" && info.downtime !== undefined) {
-        downtime.observe(info.downtime / 1000);
-      }
-      if (info.total_time !== undefined) {
-        totalTime.observe({ direction: "outgoing" }, info.total_time / 1000);
-      }
-    } else if (
-      e.type === "incoming" && e.from === "active" &&
-      (e.to === "completed" || e.to === "failed" || e.to === "cancelled")
-    ) {
-      outcomes.inc({ direction: "incoming", outcome: e.to });
-      if (e.info.total_time !== undefined) {
-        totalTime.observe({ direction: "incoming" }, e.info.total_time / 1000);
-      }
+  // Every finished migration reaches the history once: count it there.
+  const close = engine.history.subscribe((r) => {
+    const outcome = r.status;
+    if (outcome !== "completed" && outcome !== "failed" && outcome !== "cancelled") return;
+    outcomes.inc({ direction: r.direction, outcome });
+    if (r.direction === "outgoing") {
+      if (outcome === "completed") succeeded.inc();
+      if (outcome === "failed") failed.inc();
+      if (outcome === "completed" && r.downtime !== undefined) downtime.observe(r.downtime / 1000);
+    }
+    if (r.total_time !== undefined) {
+      totalTime.observe({ direction: r.direction }, r.total_time / 1000);
     }
   });
   return { registry, close };
