@@ -20,6 +20,8 @@ import { X86ImageError } from "./vm/x86/guest_image.ts";
 import { readBootImages } from "./vm/x86/images.ts";
 import { X86Guest } from "./vm/x86/x86_guest.ts";
 import { sectionsFor } from "./engine/sections/registry.ts";
+import { qemuSections } from "./engine/qemu_profile.ts";
+import { QemuImage } from "./vm/qemu_image.ts";
 import { DiskError } from "./vm/disk.ts";
 import { loadDashboard } from "./web/dashboard.ts";
 
@@ -39,9 +41,11 @@ async function main(): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  let vm: Vm | X86Guest;
+  let vm: Vm | X86Guest | QemuImage;
   try {
-    vm = config.guest === "x86"
+    vm = config.peer === "qemu"
+      ? QemuImage.create({ ramSize: config.ramSize, fill: config.fill, prefault: config.prefault })
+      : config.guest === "x86"
       ? await X86Guest.create({
         ramSize: config.ramSize,
         prefault: config.prefault,
@@ -88,7 +92,7 @@ async function main(): Promise<number> {
   }
   const engine = new Engine({
     guest: vm,
-    sections: sectionsFor(vm),
+    sections: vm instanceof QemuImage ? qemuSections(vm) : sectionsFor(vm),
     transports,
     autostart: config.autostart,
     turn,
@@ -96,6 +100,8 @@ async function main(): Promise<number> {
   });
   // The security flags are the parameters the engine starts with.
   engine.setParameters(config.security);
+  // QEMU's streams carry no integrity record (docs/ARCHITECTURE.md, "QEMU peers").
+  if (vm instanceof QemuImage) engine.setCapabilities({ verify: false });
   // Every request needs the token, given or generated, except GET / (the dashboard page
   // holds no data: a browser cannot send a bearer header when it navigates, so the page
   // takes it from its URL's fragment or asks).
@@ -127,7 +133,7 @@ async function main(): Promise<number> {
     console.error(
       `ferry: disk image ${vm.disk.path} holds an unfinished incoming block migration: the guest stays paused`,
     );
-  } else if (!config.paused) {
+  } else if (!config.paused && !(vm instanceof QemuImage)) {
     vm.start();
   }
 

@@ -400,12 +400,18 @@ export const ParametersPatchSchema = z.object({
 });
 
 /** GET /vm. */
+/** Who a ferry migrates with (`--peer`): other ferries, or QEMU (the qemu profile). */
+export const PEER_KINDS = ["ferry", "qemu"] as const;
+/** One of {@link PEER_KINDS}. */
+export type PeerKind = typeof PEER_KINDS[number];
+
 /** The kinds of guest a ferry can run (`--guest`). */
-export const GUEST_KINDS = ["synthetic", "x86"] as const;
+export const GUEST_KINDS = ["synthetic", "x86", "qemu"] as const;
 
 export const VmInfoSchema = z.object({
   guest: z.enum(GUEST_KINDS).openapi({
-    description: "synthetic: ferry's own vCPU worker; x86: a Linux PC under v86",
+    description:
+      "synthetic: ferry's own vCPU worker; x86: a Linux PC under v86; qemu: a QEMU guest's RAM and device state, held (--peer qemu)",
   }),
   run_state: z.enum(RUN_STATES),
   ram_size: z.number(),
@@ -415,6 +421,14 @@ export const VmInfoSchema = z.object({
   ops: z.number().nullable().openapi({
     description: "Guest ops the synthetic vCPU has run; null on x86",
   }),
+  not_runnable: z.string().optional().openapi({
+    description: "Why the guest cannot run (a QEMU guest held under --peer qemu)",
+  }),
+  qemu: z.object({
+    machine: z.string().nullable().openapi({ description: "The last QEMU stream's machine type" }),
+    blocks: z.array(z.object({ name: z.string(), length: z.number() })),
+    device_sections: z.number().openapi({ description: "QEMU device sections held verbatim" }),
+  }).optional().openapi({ description: "What a --peer qemu ferry holds" }),
 }).openapi("VmInfo");
 
 /** One of {@link GUEST_KINDS}. */

@@ -202,7 +202,8 @@ export class IncomingMigration {
       };
       this.#channel.close();
       if ((this.#state as IncomingStatus) !== "active") return;
-      if (this.#deps.autostart) guest.start();
+      // A guest that cannot run (a QEMU image: GET /vm says why) stays paused.
+      if (this.#deps.autostart && !guest.startBlocker?.()) guest.start();
       else guest.stop("paused");
       this.#transition("completed");
     } catch (e) {

@@ -2,12 +2,14 @@ import type { Transports } from "../transports/transport.ts";
 import type { Guest, RunState } from "../vm/guest.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { IncomingMigration } from "./destination.ts";
+import { DirtyRateMeter } from "./dirty_rate.ts";
 import type {
   IncomingInfo,
   IncomingStatus,
   MigrationInfo,
   MigrationRecord,
   MigrationStatus,
+  PeerKind,
   Timeline,
 } from "./contract.ts";
 import { MigrationHistory } from "./history.ts";
@@ -102,6 +104,8 @@ interface IncomingMeta {
 export class Engine {
   /** Every state change, pass and progress report. */
   readonly events: Notifier<EngineEvent>;
+  /** The guest's dirty-rate meter; it yields the dirty log to any migration. */
+  readonly dirtyRate: DirtyRateMeter;
   readonly #guest: Guest;
   readonly #transports: Transports;
   readonly #clock: Clock;
@@ -136,6 +140,16 @@ export class Engine {
     this.#unsubscribeGuest = this.#guest.onRunStateChange((from, to) =>
       this.events.emit({ type: "runstate", from, to, time: this.#clock.wall() })
     );
+    this.dirtyRate = new DirtyRateMeter({
+      guest: this.#guest,
+      clock: this.#clock,
+      busy: () =>
+        this.#migration?.isActive
+          ? "a migration is active"
+          : this.#incoming?.isActive || this.#arming
+          ? "an incoming migration is armed"
+          : null,
+    });
   }
 
   /** The clock every timing and timestamp of this engine comes from (its API uses it too). */
@@ -146,6 +160,11 @@ export class Engine {
   /** The guest this engine migrates. */
   get guest(): Guest {
     return this.#guest;
+  }
+
+  /** The transports migrations open channels with (the planner probes a destination through them). */
+  get transports(): Transports {
+    return this.#transports;
   }
 
   /** Current parameters (a copy). */
@@ -345,7 +364,16 @@ export class Engine {
    * Arms an incoming migration on `uri` (QEMU's migrate-incoming): the guest goes to
    * `inmigrate` and the stream, when it comes, replaces its RAM and device state.
    */
-  async listenIncoming(uri: string): Promise<IncomingInfo> {
+  async listenIncoming(uri: string, peer?: PeerKind): Promise<IncomingInfo> {
+    const mine = this.#sections.profile.peer ?? "ferry";
+    if (peer !== undefined && peer !== mine) {
+      throw new EngineError(
+        "invalid-parameter",
+        `This ferry takes streams from a ${mine} (--peer ${mine}), not from a ${peer}: ` +
+          (peer === "qemu" ? "start one with --peer qemu" : "use a ferry started without --peer"),
+        { parameter: "peer" },
+      );
+    }
     if (this.#incoming?.isActive || this.#arming) {
       throw new EngineError("incoming-active", "An incoming migration is already armed");
     }
@@ -508,6 +536,10 @@ export class Engine {
         "Cannot start the guest during migration switchover",
       );
     }
+    const blocker = this.#guest.startBlocker?.() ?? null;
+    if (blocker !== null) {
+      throw new EngineError("guest-not-runnable", `Cannot start the guest: ${blocker}`);
+    }
     if (this.#guest.disk?.incomplete) {
       throw new EngineError(
         "guest-incomplete",
@@ -525,10 +557,12 @@ export class Engine {
 
   /** Cancels everything and waits for it to wind down. */
   async close(): Promise<void> {
+    this.dirtyRate.cancel("ferry is closing");
     this.#migration?.cancel();
     this.#incoming?.cancel();
     await this.#migration?.done;
     await this.#incoming?.done;
+    await this.dirtyRate.done;
     await this.history.flushed;
     this.#unsubscribeGuest();
   }

@@ -10,6 +10,7 @@ export type EngineErrorCode =
   | "not-paused"
   | "migration-not-found"
   | "guest-incomplete"
+  | "guest-not-runnable"
   | "blocker-not-found"
   | "guest-running";
 

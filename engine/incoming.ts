@@ -91,7 +91,7 @@ export async function loadStream(
   };
   /** A loader per registered section, made up front (each one says at EOF what it misses). */
   const loaders = new Map(
-    registry.entries.map(({ section }) => [section.name, section.loader(loadCtx)]),
+    registry.loadable.map((section) => [section.name, section.loader(loadCtx)]),
   );
   await r.need(8);
   const magic = r.be32();
@@ -125,12 +125,13 @@ export async function loadStream(
         if (len > 255) throw new StreamError(at, `machine type name of ${len} bytes (at most 255)`);
         await r.need(len);
         const machine = new TextDecoder().decode(r.take(len));
-        if (machine !== registry.machineType) {
+        if (!registry.acceptsMachine(machine)) {
           throw new StreamError(
             at,
             `machine type "${machine}" does not match this guest's "${registry.machineType}"`,
           );
         }
+        for (const loader of loaders.values()) loader.configuration?.(machine);
         sawSection = true;
         break;
       }
@@ -144,32 +145,41 @@ export async function loadStream(
         const instance = r.be32();
         const ver = r.be32();
         if (sections.has(id)) throw new StreamError(at, `section id ${id} used twice`);
-        if (instance !== 0) {
+        const kind = type === Section.START ? "live" : "device";
+        // Under a peer profile, device sections ferry does not know go to its loader as they are.
+        const other = kind === "device" && !registry.get(name)
+          ? registry.profile.otherDevices
+          : undefined;
+        if (instance !== 0 && !other) {
           throw new StreamError(at, `section "${name}" has instance ${instance}, expected 0`);
         }
-        const kind = type === Section.START ? "live" : "device";
-        const section = registry.get(name)?.section;
+        const section = other ?? registry.get(name)?.section;
         if (!section || section.kind !== kind) {
           throw new StreamError(at, `unknown ${kind} section "${name}"`);
         }
-        if (ver !== section.version) {
+        if (!other && ver !== section.version) {
           throw new StreamError(
             at,
             `section "${name}" version ${ver}, expected ${section.version}`,
           );
         }
-        if ([...sections.values()].some((s) => s.name === name)) {
+        if (!other && [...sections.values()].some((s) => s.name === name)) {
           throw new StreamError(
             at,
             `section "${name}" ${kind === "live" ? "started" : "sent"} twice`,
           );
         }
-        sections.set(id, { name, ended: kind === "device" });
-        const payload = await loaders.get(name)!.load(r, kind === "live" ? "start" : "full", at);
+        sections.set(id, { name: section.name, ended: kind === "device" });
+        const payload = await loaders.get(section.name)!.load(
+          r,
+          kind === "live" ? "start" : "full",
+          at,
+          { id, name, instance, version: ver },
+        );
         if (kind === "device" && digests && payload) {
           digests.addDevice(
             name,
-            0,
+            instance,
             payload.length,
             sharedKernels().digest(payload, 0, payload.length),
           );
@@ -242,9 +252,11 @@ export async function loadStream(
         for (const loader of loaders.values()) await loader.commit?.();
         onBytes?.(r.received);
         const ram = loaders.get(SectionName.RAM);
+        // A profile's ram loader (engine/qemu_profile.ts) wraps a RamLoader and shows its stats.
         const stats = ram instanceof RamLoader
           ? ram.stats
-          : { zeroPages: 0, normalPages: 0, compressedPages: 0, refPages: 0 };
+          : (ram as Partial<Pick<RamLoader, "stats">> | undefined)?.stats ??
+            { zeroPages: 0, normalPages: 0, compressedPages: 0, refPages: 0 };
         return {
           bytes: r.offset,
           zeroPages: stats.zeroPages,

@@ -366,7 +366,8 @@ export class Migration {
     const wasRunning = guest.runState === "running";
     // progress_timeout: no byte accepted for that long (connecting included) fails
     // the migration; closing the channel unblocks a write stuck on a stalled peer.
-    const returnPath = usesReturnPath(this.uri);
+    const returnPath = usesReturnPath(this.uri) &&
+      (this.#deps.sections?.profile.returnPath ?? true);
     const watchdog = new ProgressWatchdog(
       () => this.#deps.params().progress_timeout,
       (e) => {

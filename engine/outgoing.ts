@@ -53,7 +53,7 @@ export function createSavers(registry: SectionRegistry, ctx: SaveContext): Saver
   live.sort((a, b) =>
     Number(b.saver.turnBytes !== undefined) - Number(a.saver.turnBytes !== undefined)
   );
-  return { live, devices, ram, machineType: registry.machineType };
+  return { live, devices, ram, machineType: registry.outgoingMachine };
 }
 
 /** What the migration loop reports while it runs. */
@@ -354,11 +354,16 @@ async function complete(ctx: OutgoingContext): Promise<OutgoingResult> {
     marks.sent = clock.now();
     ctx.progress.pass(ram.stats.dirtySyncCount, 0);
     for (const { id, name, version, saver } of byId(ctx.savers.devices)) {
-      const state = await saver.state();
-      ctx.digests?.addDevice(name, 0, state.length, sharedKernels().digest(state, 0, state.length));
-      await w.sectionStart(Section.FULL, id, name, 0, version);
-      await w.write(state);
-      await w.footer(id);
+      // A saver of several sections (QEMU's devices, replayed) names each one itself.
+      const sections = saver.sections?.() ??
+        [{ id, name, instance: 0, version, payload: await saver.state() }];
+      for (const s of sections) {
+        const digest = sharedKernels().digest(s.payload, 0, s.payload.length);
+        ctx.digests?.addDevice(s.name, s.instance, s.payload.length, digest);
+        await w.sectionStart(Section.FULL, s.id, s.name, s.instance, s.version);
+        await w.write(s.payload);
+        await w.footer(s.id);
+      }
     }
     marks.devices = clock.now();
     await w.end(vmDescription(ctx.savers, ctx.digests ?? undefined));
@@ -403,7 +408,7 @@ export function vmDescription(
 ): Record<string, unknown> {
   return {
     page_size: PAGE_SIZE,
-    devices: byId(savers.devices).map((d) => d.saver.describe()),
+    devices: byId(savers.devices).flatMap((d) => d.saver.describe()),
     ...(digests ? { ferry: { integrity: digests.record() } } : {}),
   };
 }

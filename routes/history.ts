@@ -1,6 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Engine } from "../engine/engine.ts";
-import { newRouter } from "./router.ts";
+import type { Context } from "hono";
+import { newRouter, validationError } from "./router.ts";
 import { errorResponses, jsonResponse, MigrationRecordSchema, TimelineSchema } from "./schemas.ts";
 
 /** A migration id path parameter (a UUID; nothing that could be another path segment). */
@@ -56,18 +57,38 @@ const timeline = createRoute({
   },
 });
 
+/**
+ * The routing pattern of an id: lower-case hex and dashes only, so GET of a
+ * /migrations/<word> path another route owns (plan, current, events, …) is not
+ * taken for an id and still answers 405 with its Allow; the zod schema then
+ * checks it is a UUID.
+ */
+const ID_ROUTE = ":id{[0-9a-f-]+}";
+
 /** GET /migrations, GET /migrations/{id}, GET /migrations/{id}/timeline. */
 export function historyRoutes(deps: { engine: Engine }) {
   const { engine } = deps;
-  return newRouter()
+  const router = newRouter();
+  // Documented from the zod routes; routed below with the id's pattern.
+  router.openAPIRegistry.registerPath(one);
+  router.openAPIRegistry.registerPath(timeline);
+  const checked = (c: Context): string | Response => {
+    const parsed = MigrationIdParam.safeParse({ id: c.req.param("id") });
+    return parsed.success ? parsed.data.id : validationError(c, parsed.error.issues);
+  };
+  return router
     .openapi(list, (c) => c.json(engine.migrations(), 200))
-    .openapi(one, (c) => c.json(engine.migrationRecord(c.req.valid("param").id), 200))
-    .openapi(timeline, (c) => {
-      const tl = engine.timeline(c.req.valid("param").id);
+    .get(`/migrations/${ID_ROUTE}`, (c) => {
+      const id = checked(c);
+      return typeof id === "string" ? c.json(engine.migrationRecord(id), 200) : id;
+    })
+    .get(`/migrations/${ID_ROUTE}/timeline`, (c) => {
+      const id = checked(c);
+      if (typeof id !== "string") return id;
+      const tl = engine.timeline(id);
       if (prefersNdjson(c.req.header("accept"))) {
         const text = tl.windows.map((w) => JSON.stringify(w) + "\n").join("");
-        // The route's typed answers are JSON; this one is the documented NDJSON alternative.
-        return c.body(text, 200, { "content-type": NDJSON }) as never;
+        return c.body(text, 200, { "content-type": NDJSON });
       }
       return c.json(tl, 200);
     });

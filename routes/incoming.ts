@@ -44,7 +44,8 @@ export function incomingRoutes(deps: { engine: Engine }) {
   const { engine } = deps;
   return newRouter()
     .openapi(arm, async (c) => {
-      const info = await engine.listenIncoming(c.req.valid("json").uri);
+      const body = c.req.valid("json");
+      const info = await engine.listenIncoming(body.uri, body.peer);
       return c.json(info, 202);
     })
     .openapi(query, (c) => c.json(engine.incomingInfo(), 200))

@@ -16,6 +16,7 @@ export const ENGINE_STATUS: Record<EngineErrorCode, ContentfulStatusCode> = {
   "not-paused": 409,
   "migration-not-found": 404,
   "guest-incomplete": 409,
+  "guest-not-runnable": 409,
   "guest-running": 409,
   "blocker-not-found": 404,
 };
@@ -98,7 +99,10 @@ interface ZodIssueLike {
 export function validationError(c: Context, issues: readonly ZodIssueLike[]): Response {
   const issue = issues[0];
   let field = issue?.path.map(String).join(".") ?? "";
-  if (issue?.code === "unrecognized_keys" && issue.keys?.length) field = issue.keys.join(",");
+  if (issue?.code === "unrecognized_keys" && issue.keys?.length) {
+    // A nested object's unknown key is named with its path (`parameters.downtime`).
+    field = [field, issue.keys.join(",")].filter((s) => s !== "").join(".");
+  }
   const message = issue
     ? field
       ? `Invalid field "${field}": ${issue.message}`

@@ -1,5 +1,6 @@
 import { z } from "@hono/zod-openapi";
 import { RUN_STATES } from "../vm/guest.ts";
+import { CapabilitiesPatchSchema, ParametersPatchSchema, PEER_KINDS } from "../engine/contract.ts";
 
 // The API's data (info, capabilities, parameters) is defined once, in the engine's contract.
 export {
@@ -44,9 +45,40 @@ export const MigrateRequestSchema = z.object({
   }),
 }).strict().openapi("MigrateRequest");
 
+// Planning: the dirty-rate measurement and the plan (engine/plan_contract.ts).
+export {
+  DirtyRateInfoSchema,
+  DirtyRateRequestSchema,
+  PlanSchema,
+  PredictionSchema,
+  WorkingSetSchema,
+} from "../engine/plan_contract.ts";
+
+/** POST /migrations/plan body: the migrate body with the URI optional, parameters, capabilities. */
+export const PlanRequestSchema = MigrateRequestSchema.extend({
+  uri: MigrateRequestSchema.shape.uri.optional().openapi({
+    description: "Destination, as for POST /migrations; tcp: and unix: are probed for the " +
+      "round trip (a connection opened and closed at once, without a stream)",
+    example: "tcp:127.0.0.1:4444",
+  }),
+  parameters: ParametersPatchSchema.optional().openapi({
+    description: "Parameters to plan with, over the current ones",
+  }),
+  capabilities: CapabilitiesPatchSchema.optional().openapi({
+    description: "Capabilities to plan with, over the current ones",
+  }),
+}).strict().openapi("PlanRequest", {
+  example: { parameters: { max_bandwidth: 134217728, downtime_limit: 300 } },
+});
+
 /** POST /migrations/incoming body. */
 export const IncomingRequestSchema = z.object({
   uri: z.string().min(1).max(4096).openapi({ example: "tcp:127.0.0.1:0" }),
+  peer: z.enum(PEER_KINDS).optional().openapi({
+    description:
+      "Who sends the stream: another ferry, or a QEMU (then this ferry must run --peer qemu); " +
+      "a mismatch is refused before listening",
+  }),
 }).strict().openapi("IncomingRequest");
 
 /** One migration blocker. */

@@ -40,6 +40,12 @@ export interface RamLoadOptions {
   readonly compression?: CompressMethod;
   /** The `page_refs` capability of this destination: same-page references are refused without it. */
   readonly pageRefs?: boolean;
+  /**
+   * A CONTINUE record may name the block of the last record of an earlier section,
+   * as QEMU's loader allows (its sender remembers the block across sections); by
+   * default each section names its block first.
+   */
+  readonly continueAcrossSections?: boolean;
 }
 
 /**
@@ -64,6 +70,7 @@ export class RamLoader implements SectionLoader {
     refPages: 0,
   };
   readonly #compression: CompressMethod;
+  readonly #continueAcross: boolean;
   /**
    * With page_refs: per block, one bit per page that holds data this stream
    * wrote (PAGE, XBZRLE, compressed run, reference): what a reference may copy.
@@ -86,6 +93,7 @@ export class RamLoader implements SectionLoader {
     options: RamLoadOptions = {},
   ) {
     this.#compression = options.compression ?? "none";
+    this.#continueAcross = options.continueAcrossSections ?? false;
     this.#received = options.pageRefs
       ? new Map(blocks.map((b) => [b, new Uint32Array(Math.ceil(b.pages / 32))]))
       : null;
@@ -118,7 +126,7 @@ export class RamLoader implements SectionLoader {
   /** Reads records up to and including EOS; a block list (MEM_SIZE) only in the START payload. */
   async load(r: StreamReader, phase: "start" | "part" | "end" | "full"): Promise<void> {
     const start = phase === "start";
-    this.#last = null;
+    if (start || !this.#continueAcross) this.#last = null;
     for (;;) {
       if (this.#last !== null) this.#loadBuffered(r);
       if (r.avail < 8) await r.need(8);

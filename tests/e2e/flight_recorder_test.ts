@@ -112,7 +112,11 @@ Deno.test("flight recorder and history: ids, timelines (JSON and NDJSON), explan
       const noTl = await dst.api("GET", `/migrations/${incomingId}/timeline`);
       assert.equal(noTl.status, 404);
       assert.match(noTl.body.error.message, /recorded by its source/);
-      assert.equal((await src.api("GET", "/migrations/not-an-id")).status, 400);
+      const malformed = await src.api("GET", "/migrations/abc-123");
+      assert.equal(malformed.status, 400, "hex, but not a UUID");
+      assert.equal(malformed.body.error.field, "id");
+      assert.equal((await src.api("GET", "/migrations/not-an-id")).status, 404, "no such route");
+      assert.equal((await src.api("GET", "/migrations/plan")).status, 405, "plan is POST only");
       const unknown = await src.api("GET", `/migrations/${crypto.randomUUID()}`);
       assert.equal(unknown.status, 404);
       assert.equal(unknown.body.error.code, "migration-not-found");
