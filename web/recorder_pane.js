@@ -133,7 +133,7 @@ export class RecorderPane {
     // One scale for both series: chartPoints over the two merged.
     const all = [...bandwidth, ...dirty].sort((a, b) => a.t - b.t);
     const { yMax, span, t0 } = this.deps.chartPoints(all, box);
-    const at = (s) => ({
+    const toPoint = (s) => ({
       x: box.x + ((s.t - t0) / span) * box.w,
       y: box.y + box.h - (Math.max(0, s.v) / yMax) * box.h,
     });
@@ -158,7 +158,10 @@ export class RecorderPane {
     for (const [series, color] of [[bandwidth, "#2563eb"], [dirty, "#d97706"]]) {
       if (series.length === 0) continue;
       ctx.beginPath();
-      series.map(at).forEach((p, i) => (i === 0 ? ctx.moveTo(p.x, p.y) : ctx.lineTo(p.x, p.y)));
+      series.map(toPoint).forEach((
+        p,
+        i,
+      ) => (i === 0 ? ctx.moveTo(p.x, p.y) : ctx.lineTo(p.x, p.y)));
       ctx.strokeStyle = color;
       ctx.lineWidth = 2;
       ctx.stroke();
