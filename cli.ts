@@ -52,6 +52,8 @@ export interface Config {
   security: Partial<Record<SecurityParameter, string>>;
   /** Lets a destination listen in plaintext on a non-loopback tcp: address. */
   insecureMigration: boolean;
+  /** Where past migrations and their timelines are kept across restarts (--state-dir). */
+  stateDir?: string;
 }
 
 /** Each security flag and the parameter it sets. */
@@ -118,6 +120,9 @@ Flags:
   --insecure-migration  let --incoming / POST /migrations/incoming listen in plaintext
                         on a tcp: address that is not loopback (default: refused
                         without TLS)
+  --state-dir DIR       keep the history of past migrations (GET /migrations) and the
+                        timelines of the last ones in DIR, so they survive a restart
+                        (default: in memory only)
   --token TOKEN         the API token (at least 16 characters; prefer FERRY_TOKEN, which
                         other users cannot see in ps). Without one ferry generates a random
                         token and writes it to a file only you can read (see --token-file).
@@ -189,6 +194,7 @@ export function parseFlags(
         "migration-secret": { type: "string" },
         "snapshot-key": { type: "string" },
         "insecure-migration": { type: "boolean", default: false },
+        "state-dir": { type: "string" },
         token: { type: "string" },
         "token-file": { type: "string" },
         "allowed-host": { type: "string", multiple: true, default: [] },
@@ -344,7 +350,16 @@ export function parseFlags(
         "needs its key",
     );
   }
+  const stateDir = values["state-dir"];
+  if (stateDir === "") throw new CliError("Invalid --state-dir: empty path");
   return {
+    ...(stateDir !== undefined
+      ? {
+        stateDir: stateDir.startsWith("/")
+          ? stateDir
+          : `${(env.cwd ?? Deno.cwd()).replace(/\/$/, "")}/${stateDir}`,
+      }
+      : {}),
     hostname,
     port,
     ramSize,

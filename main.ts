@@ -7,6 +7,7 @@ import {
 } from "./api_token.ts";
 import { CliError, HELP, parseFlags } from "./cli.ts";
 import { Engine } from "./engine/engine.ts";
+import { HistoryError, MigrationHistory } from "./engine/history.ts";
 import { createApp } from "./routes/app.ts";
 import { isWildcardHost } from "./routes/host_check.ts";
 import { createTransports } from "./transports/mod.ts";
@@ -78,12 +79,24 @@ async function main(): Promise<number> {
   // Loads libc and lists the descriptors once, so the first unix: migration does
   // not pay ~6 ms for it in its setup.
   warmUpSendBuffer();
+  let history: MigrationHistory | undefined;
+  if (config.stateDir !== undefined) {
+    try {
+      history = await MigrationHistory.open(config.stateDir);
+    } catch (e) {
+      if (!(e instanceof HistoryError)) throw e;
+      console.error(`ferry: ${e.message}`);
+      await vm.close();
+      return 1;
+    }
+  }
   const engine = new Engine({
     guest: vm,
     sections: vm instanceof QemuImage ? qemuSections(vm) : sectionsFor(vm),
     transports,
     autostart: config.autostart,
     turn,
+    ...(history ? { history } : {}),
   });
   // The security flags are the parameters the engine starts with.
   engine.setParameters(config.security);

@@ -10,12 +10,18 @@ import { z } from "@hono/zod-openapi";
 import { RUN_STATES } from "../vm/guest.ts";
 import { COMPRESS_METHODS } from "./format/compression.ts";
 
-/** Outgoing migration states, QEMU's names (its ERROR is reported as "failed"). */
+/**
+ * Outgoing migration states, QEMU's names (its ERROR is reported as "failed").
+ * With `pause_before_switchover`, the guest stopped, a migration waits in
+ * `pre-switchover` until continued, then sends the rest in `device`.
+ */
 export const MIGRATION_STATES = [
   "none",
   "setup",
   "active",
   "interrupted",
+  "pre-switchover",
+  "device",
   "cancelling",
   "cancelled",
   "completed",
@@ -36,6 +42,9 @@ export const INCOMING_STATES = [
 /** What a stalled migration does (the `stall_action` parameter). */
 export const STALL_ACTIONS = ["fail", "switchover", "throttle"] as const;
 
+/** What a migration past its completion deadline does (the `on_timeout` parameter). */
+export const TIMEOUT_ACTIONS = ["cancel", "switchover", "throttle"] as const;
+
 /**
  * The range of every numeric parameter: the one table the API schema and the
  * engine's checks use. `xbzrle_cache_size` is further bounded by the guest's RAM.
@@ -52,6 +61,8 @@ export const PARAMETER_LIMITS = {
   compress_level: [1, 19],
   resume_grace: [0, 86_400_000],
   multifd_channels: [1, 16],
+  completion_timeout_ms: [0, 86_400_000],
+  completion_timeout_per_gib: [0, 86_400],
 } as const satisfies Record<string, readonly [number, number]>;
 
 /** The numeric parameters. */
@@ -151,6 +162,9 @@ export const ResumeInfoSchema = z.object({
 
 /** GET /migrations/current (QEMU's query-migrate). */
 export const MigrationInfoSchema = z.object({
+  id: z.string().optional().openapi({
+    description: "The migration's id: GET /migrations/{id} and its timeline",
+  }),
   status: z.enum(MIGRATION_STATES),
   uri: z.string().optional(),
   total_time: z.number().optional().openapi({ description: "ms since the migration started" }),
@@ -205,13 +219,16 @@ export const MigrationInfoSchema = z.object({
   warnings: z.array(z.object({ code: z.string(), message: z.string() })).optional().openapi({
     description:
       "What the operator should know: downtime-limit-unachievable (the round trip alone " +
-      "exceeds the limit), stalled-switchover, stalled-throttle, xbzrle-cache-resize-failed, " +
+      "exceeds the limit), stalled-switchover, stalled-throttle, completion-timeout-cancel, " +
+      "completion-timeout-switchover, completion-timeout-throttle, forced-switchover-downtime " +
+      "(what a switchover forced by a stall or the deadline cost), xbzrle-cache-resize-failed, " +
       "migration-interrupted, migration-resumed, resume-failed",
   }),
 }).openapi("MigrationInfo", { example: { status: "none" } });
 
 /** GET /migrations/incoming. */
 export const IncomingInfoSchema = z.object({
+  id: z.string().optional().openapi({ description: "This incoming migration's id, once armed" }),
   status: z.enum(INCOMING_STATES),
   uri: z.string().optional(),
   address: z.string().optional().openapi({
@@ -242,6 +259,87 @@ export const IncomingInfoSchema = z.object({
   }),
 }).openapi("IncomingInfo");
 
+/** One 100 ms window of a migration, as the flight recorder keeps it. */
+export const TimelineWindowSchema = z.object({
+  t: z.number().openapi({ description: "ms from the migration's start to the window's end" }),
+  bytes: z.number().openapi({ description: "Stream bytes sent in the window" }),
+  total_bytes: z.number().openapi({ description: "Stream bytes sent so far" }),
+  pages: z.number().openapi({ description: "RAM pages sent in the window (with data or zero)" }),
+  dirty_pages: z.number().openapi({
+    description: "Pages the guest dirtied that the window's dirty-log syncs found",
+  }),
+  dirty_rate: z.number().openapi({ description: "The last pass's dirty rate, bytes/s" }),
+  bandwidth: z.number().openapi({ description: "The bandwidth estimate, bytes/s" }),
+  max_size: z.number().openapi({
+    description: "What may be left to switch over: bandwidth × the downtime budget, bytes",
+  }),
+  remaining: z.number().openapi({ description: "RAM bytes left to send" }),
+  expected_downtime: z.number().openapi({ description: "ms; -1 while unknown" }),
+  throttle: z.number().openapi({ description: "auto-converge's vCPU throttle, %" }),
+  pass: z.number().openapi({ description: "Dirty-log syncs so far (QEMU's dirty_sync_count)" }),
+}).openapi("TimelineWindow");
+
+/** One dirty-log pass of a migration. */
+export const TimelinePassSchema = z.object({
+  pass: z.number(),
+  t: z.number().openapi({ description: "ms from the start to the pass's sync" }),
+  dirty_pages: z.number().openapi({ description: "Pages the sync found dirtied" }),
+  dirty_rate: z.number().openapi({ description: "Bytes/s dirtied since the sync before" }),
+  bandwidth: z.number().openapi({ description: "Bytes/s sent since the sync before" }),
+}).openapi("TimelinePass");
+
+/** GET /migrations/{id}/timeline. */
+export const TimelineSchema = z.object({
+  id: z.string(),
+  windows: z.array(TimelineWindowSchema),
+  passes: z.array(TimelinePassSchema),
+  events: z.array(z.object({
+    t: z.number(),
+    kind: z.enum(["state", "warning", "throttle"]),
+    text: z.string(),
+  })).openapi({ description: "State changes, warnings and throttle steps, in order" }),
+  dropped_windows: z.number().openapi({
+    description: "The oldest windows no longer kept (a timeline keeps at most an hour)",
+  }),
+}).openapi("Timeline");
+
+/** Why a migration went the way it did, in sentences. */
+export const ExplanationSchema = z.object({
+  convergence: z.string().openapi({
+    description: "Why it converged when it did, or why it did not",
+    example: "dirty rate 210 MB/s exceeded the 100 MB/s link from pass 3 on",
+  }),
+  downtime: z.string().openapi({ description: "Why the downtime landed where it did" }),
+}).openapi("Explanation");
+
+/** Directions of a migration as seen from one ferry. */
+export const DIRECTIONS = ["outgoing", "incoming"] as const;
+
+/** GET /migrations/{id}, and each entry of GET /migrations. */
+export const MigrationRecordSchema = z.object({
+  id: z.string(),
+  direction: z.enum(DIRECTIONS),
+  status: z.string().openapi({
+    description: "The outgoing or incoming state; a final one for past migrations",
+  }),
+  uri: z.string().optional(),
+  started_at: z.number().openapi({ description: "Wall-clock ms since the Unix epoch" }),
+  ended_at: z.number().optional(),
+  total_time: z.number().optional().openapi({ description: "ms" }),
+  downtime: z.number().optional().openapi({ description: "ms (outgoing, completed)" }),
+  bytes: z.number().openapi({ description: "Stream bytes sent (outgoing) or received" }),
+  ram_total: z.number().optional(),
+  passes: z.number().optional(),
+  cpu_throttle_percentage: z.number().optional().openapi({
+    description: "The highest auto-converge throttle reached",
+  }),
+  error_desc: z.string().optional(),
+  warnings: z.array(z.object({ code: z.string(), message: z.string() })).optional(),
+  explanation: ExplanationSchema.optional().openapi({
+    description: "Outgoing migrations: why it converged (or not) and its downtime",
+  }),
+}).openapi("MigrationRecord");
+
 /** Capabilities (GET answer, PUT body with any subset). */
 export const CapabilitiesSchema = z.object({
   xbzrle: z.boolean(),
@@ -252,6 +350,11 @@ export const CapabilitiesSchema = z.object({
   page_refs: z.boolean().openapi({
     description: "ferry's same-page references: a page equal to one the destination already " +
       "holds from this migration goes as a 16-byte reference to it; on both ends",
+  }),
+  pause_before_switchover: z.boolean().openapi({
+    description: "QEMU's pause-before-switchover: with the guest stopped, the migration waits " +
+      "in pre-switchover until POST /migrations/current/continue (or a cancel, which resumes " +
+      "the guest here), so the network or storage can be handed over first",
   }),
 }).openapi("Capabilities");
 
@@ -309,6 +412,19 @@ export const ParametersSchema = z.object({
       "multifd-channels): 1 is the single stream; 2 to 16 need tcp: or unix:, the synthetic " +
       "guest and the same on both ends",
   }),
+  completion_timeout_ms: z.number().int().openapi({
+    description: "ms from the start a migration may take before on_timeout is taken; 0 none",
+  }),
+  completion_timeout_per_gib: z.number().int().openapi({
+    description: "KubeVirt's completionTimeoutPerGiB: seconds per GiB of guest RAM a migration " +
+      "may take before on_timeout is taken; 0 none. With completion_timeout_ms too, the earlier " +
+      "deadline counts",
+  }),
+  on_timeout: z.enum(TIMEOUT_ACTIONS).openapi({
+    description: "At the completion deadline: cancel the migration (the guest runs on), switch " +
+      "over now (the downtime it cost is reported), or throttle the guest (auto-converge, one " +
+      "step now and one each second after; at 99 % and still not done, it fails)",
+  }),
 }).openapi("Parameters");
 
 /** A numeric parameter in a PATCH body, within its range from the engine's one table. */
@@ -339,6 +455,9 @@ export const ParametersPatchSchema = z.object({
   resume_grace: limited("resume_grace"),
   resume_auto: z.boolean().optional(),
   multifd_channels: limited("multifd_channels"),
+  completion_timeout_ms: limited("completion_timeout_ms"),
+  completion_timeout_per_gib: limited("completion_timeout_per_gib"),
+  on_timeout: z.enum(TIMEOUT_ACTIONS).optional(),
 }).strict().openapi("ParametersPatch", {
   example: { max_bandwidth: 1073741824, downtime_limit: 300 },
 });
@@ -385,6 +504,8 @@ export type MigrationStatus = typeof MIGRATION_STATES[number];
 export type IncomingStatus = typeof INCOMING_STATES[number];
 /** One of {@link STALL_ACTIONS}. */
 export type StallAction = typeof STALL_ACTIONS[number];
+/** One of {@link TIMEOUT_ACTIONS}. */
+export type TimeoutAction = typeof TIMEOUT_ACTIONS[number];
 /** RAM progress, QEMU's query-migrate `ram` fields. */
 export type RamInfo = z.infer<typeof RamInfoSchema>;
 /** What GET /migrations/current answers (QEMU's query-migrate). */
@@ -397,5 +518,15 @@ export type IncomingInfo = z.infer<typeof IncomingInfoSchema>;
 export type Capabilities = z.infer<typeof CapabilitiesSchema>;
 /** Migration parameters (QEMU's migrate-set-parameters, plus ferry's). */
 export type Parameters = z.infer<typeof ParametersSchema>;
+/** One recorded 100 ms window. */
+export type TimelineWindow = z.infer<typeof TimelineWindowSchema>;
+/** One recorded pass. */
+export type TimelinePass = z.infer<typeof TimelinePassSchema>;
+/** What GET /migrations/{id}/timeline answers. */
+export type Timeline = z.infer<typeof TimelineSchema>;
+/** A migration's explanation. */
+export type Explanation = z.infer<typeof ExplanationSchema>;
+/** One migration of the history. */
+export type MigrationRecord = z.infer<typeof MigrationRecordSchema>;
 /** What GET /vm answers. */
 export type VmInfo = z.infer<typeof VmInfoSchema>;

@@ -7,14 +7,17 @@ import type {
   IncomingInfo,
   IncomingStatus,
   MigrationInfo,
+  MigrationRecord,
   MigrationStatus,
   PeerKind,
+  Timeline,
 } from "./contract.ts";
 import { multifdRefusal } from "./multifd/setup.ts";
+import { MigrationHistory } from "./history.ts";
 import { EngineError } from "./errors.ts";
 import type { SectionRegistry } from "./sections/section.ts";
 import { defaultSections } from "./sections/registry.ts";
-import { Migration } from "./migration.ts";
+import { FINAL_STATES, Migration } from "./migration.ts";
 import { bootEventId, DEFAULT_HISTORY, Notifier } from "./notifier.ts";
 import {
   type Capabilities,
@@ -82,6 +85,16 @@ export interface EngineDeps {
    * another process's events).
    */
   readonly firstEventId?: number;
+  /** Where past migrations are kept (default: in memory only). */
+  readonly history?: MigrationHistory;
+}
+
+/** The incoming migration's id and what its history record needs besides its info. */
+interface IncomingMeta {
+  readonly id: string;
+  readonly startedAt: number;
+  /** A peer's stream was loaded (a disarm before one is no migration to remember). */
+  began: boolean;
 }
 
 /**
@@ -108,6 +121,9 @@ export class Engine {
   #incoming: IncomingMigration | null = null;
   /** True while listenIncoming awaits its listener (not yet in #incoming). */
   #arming = false;
+  #incomingMeta: IncomingMeta | null = null;
+  /** Past migrations, both directions. */
+  readonly history: MigrationHistory;
   readonly #unsubscribeGuest: () => void;
 
   constructor(deps: EngineDeps) {
@@ -121,6 +137,7 @@ export class Engine {
     this.#autostart = deps.autostart ?? true;
     this.#turn = deps.turn;
     this.#sections = deps.sections ?? defaultSections();
+    this.history = deps.history ?? MigrationHistory.memory();
     this.#unsubscribeGuest = this.#guest.onRunStateChange((from, to) =>
       this.events.emit({ type: "runstate", from, to, time: this.#clock.wall() })
     );
@@ -291,7 +308,7 @@ export class Engine {
         { capability },
       );
     }
-    this.#migration = new Migration(uri, {
+    const migration: Migration = this.#migration = new Migration(uri, {
       guest: this.#guest,
       transports: this.#transports,
       clock: this.#clock,
@@ -302,14 +319,16 @@ export class Engine {
       ...(this.#turn ? { turn: this.#turn } : {}),
       ...(opts.blk || opts.inc ? { block: { incremental: Boolean(opts.inc) } } : {}),
       hooks: {
-        onStateChange: (from, to, error) =>
+        onStateChange: (from, to, error) => {
+          if (FINAL_STATES.has(to)) this.history.add(migration.record(), migration.timeline());
           this.events.emit({
             type: "state",
             from,
             to,
             time: this.#clock.wall(),
             ...(error ? { error } : {}),
-          }),
+          });
+        },
         onPass: (pass, dirty) =>
           this.events.emit({ type: "pass", pass, dirty_pages: dirty, time: this.#clock.wall() }),
         onProgress: () =>
@@ -362,6 +381,22 @@ export class Engine {
   }
 
   /**
+   * Lets a migration waiting in `pre-switchover` (pause_before_switchover) send the
+   * rest and complete (QEMU's migrate-continue). Throws `not-paused` otherwise.
+   */
+  continueMigration(): MigrationInfo {
+    if (!this.#migration?.continue()) {
+      throw new EngineError(
+        "not-paused",
+        `No migration is waiting in pre-switchover (the current one is "${
+          this.#migration?.state ?? "none"
+        }"): continue applies with the pause_before_switchover capability, once the guest stopped`,
+      );
+    }
+    return this.current();
+  }
+
+  /**
    * Arms an incoming migration on `uri` (QEMU's migrate-incoming): the guest goes to
    * `inmigrate` and the stream, when it comes, replaces its RAM and device state.
    */
@@ -402,6 +437,11 @@ export class Engine {
       throw new EngineError("capability-unsupported", refused, { parameter: "multifd_channels" });
     }
     const security = channelSecurity(this.#params);
+    const meta: IncomingMeta = {
+      id: crypto.randomUUID(),
+      startedAt: this.#clock.wall(),
+      began: false,
+    };
     const incoming = new IncomingMigration(uri, {
       guest: this.#guest,
       transports: this.#transports,
@@ -418,15 +458,21 @@ export class Engine {
       multifdChannels: this.#params.multifd_channels,
       sections: this.#sections,
       ...(this.#turn ? { turn: this.#turn } : {}),
-      onStateChange: (from, to, error) =>
+      onStateChange: (from, to, error) => {
+        if (to === "active") meta.began = true;
+        const info = { id: meta.id, ...incoming.info() };
+        if ((to === "completed" || to === "failed" || to === "cancelled") && meta.began) {
+          this.history.add(this.#incomingRecord(meta, info));
+        }
         this.events.emit({
           type: "incoming",
           from,
           to,
           time: this.#clock.wall(),
           ...(error ? { error } : {}),
-          info: incoming.info(),
-        }),
+          info,
+        });
+      },
     });
     this.#arming = true;
     try {
@@ -435,7 +481,68 @@ export class Engine {
       this.#arming = false;
     }
     this.#incoming = incoming;
-    return incoming.info();
+    this.#incomingMeta = meta;
+    return this.incomingInfo();
+  }
+
+  /** An incoming migration as the history keeps it. */
+  #incomingRecord(meta: IncomingMeta, info: IncomingInfo): MigrationRecord {
+    const rec: MigrationRecord = {
+      id: meta.id,
+      direction: "incoming",
+      status: info.status,
+      uri: info.uri,
+      started_at: meta.startedAt,
+      bytes: info.bytes_received,
+    };
+    if (info.total_time !== undefined) {
+      rec.total_time = info.total_time;
+      if (info.status !== "active" && info.status !== "listening") {
+        rec.ended_at = Math.round(this.#clock.wall());
+      }
+    }
+    if (info.error_desc !== undefined) rec.error_desc = info.error_desc;
+    return rec;
+  }
+
+  /**
+   * Every migration this ferry knows, newest first: the current outgoing or
+   * incoming one while it runs, then the history (both directions).
+   */
+  migrations(): MigrationRecord[] {
+    const live: MigrationRecord[] = [];
+    if (this.#migration?.isActive) live.push(this.#migration.record());
+    if (this.#incoming?.state === "active" && this.#incomingMeta) {
+      live.push(this.#incomingRecord(this.#incomingMeta, this.incomingInfo()));
+    }
+    return [...live, ...this.history.list()];
+  }
+
+  /** One migration by id, current or past, with its explanation; throws `migration-not-found`. */
+  migrationRecord(id: string): MigrationRecord {
+    if (this.#migration?.id === id && this.#migration.isActive) return this.#migration.record();
+    if (this.#incomingMeta?.id === id && this.#incoming?.state === "active") {
+      return this.#incomingRecord(this.#incomingMeta, this.incomingInfo());
+    }
+    const rec = this.history.get(id);
+    if (!rec) {
+      throw new EngineError("migration-not-found", `No migration with id "${id}" is known here`);
+    }
+    return rec;
+  }
+
+  /** The flight recorder's timeline of one outgoing migration, current or recent. */
+  timeline(id: string): Timeline {
+    if (this.#migration?.id === id) return this.#migration.timeline();
+    const tl = this.history.timeline(id);
+    if (tl) return tl;
+    const rec = this.migrationRecord(id);
+    throw new EngineError(
+      "migration-not-found",
+      rec.direction === "incoming"
+        ? `Migration "${id}" came in: its timeline is recorded by its source`
+        : `The timeline of migration "${id}" is no longer kept (only the last ones are)`,
+    );
   }
 
   /**
@@ -450,7 +557,11 @@ export class Engine {
 
   /** The incoming side's info; `status: "none"` when never armed. */
   incomingInfo(): IncomingInfo {
-    return this.#incoming?.info() ?? { status: "none", bytes_received: 0 };
+    if (!this.#incoming) return { status: "none", bytes_received: 0 };
+    return {
+      ...(this.#incomingMeta ? { id: this.#incomingMeta.id } : {}),
+      ...this.#incoming.info(),
+    };
   }
 
   /**
@@ -518,6 +629,7 @@ export class Engine {
     await this.#migration?.done;
     await this.#incoming?.done;
     await this.dirtyRate.done;
+    await this.history.flushed;
     this.#unsubscribeGuest();
   }
 }

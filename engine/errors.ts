@@ -7,6 +7,8 @@ export type EngineErrorCode =
   | "invalid-parameter"
   | "incoming-active"
   | "not-incoming"
+  | "not-paused"
+  | "migration-not-found"
   | "guest-incomplete"
   | "guest-not-runnable"
   | "blocker-not-found"

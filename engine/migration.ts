@@ -3,6 +3,7 @@ import type { Guest } from "../vm/guest.ts";
 import { PAGE_SIZE } from "./format/constants.ts";
 import { type Clock, settledWithin } from "./clock.ts";
 import { describeError, EngineError } from "./errors.ts";
+import { DeadlineError } from "./deadline.ts";
 import { StreamWriter } from "./format/writer.ts";
 import {
   createSavers,
@@ -20,7 +21,14 @@ import { defaultSections } from "./sections/registry.ts";
 import { sendOpenReturnPath, sendPing, SourceReturnPath, usesReturnPath } from "./return_path.ts";
 import { ProgressWatchdog, WatchedChannel } from "./watchdog.ts";
 import { MigrationDigests } from "./integrity.ts";
-import type { MigrationInfo, MigrationStatus, MigrationWarning } from "./contract.ts";
+import type {
+  MigrationInfo,
+  MigrationRecord,
+  MigrationStatus,
+  MigrationWarning,
+  Timeline,
+} from "./contract.ts";
+import { explain, FlightRecorder } from "./flight_recorder.ts";
 import { StallError } from "./stall.ts";
 import {
   identityOf,
@@ -45,9 +53,12 @@ export const FINAL_STATES: ReadonlySet<MigrationStatus> = new Set([
 const TRANSITIONS: Record<MigrationStatus, readonly MigrationStatus[]> = {
   none: ["setup"],
   setup: ["active", "cancelling", "failed"],
-  active: ["completed", "interrupted", "cancelling", "failed"],
+  active: ["completed", "interrupted", "cancelling", "failed", "pre-switchover"],
   // The channel failed during pre-copy: resumed, cancelled, or failed when the grace ends.
   interrupted: ["active", "cancelling", "failed"],
+  // pause_before_switchover: the guest is stopped; continue → device, cancel → cancelling.
+  "pre-switchover": ["device", "cancelling", "failed"],
+  device: ["completed", "cancelling", "failed"],
   // A stream that was already complete when the cancel came stays completed:
   // the guest now lives on the destination.
   cancelling: ["cancelled", "failed", "completed"],
@@ -55,6 +66,15 @@ const TRANSITIONS: Record<MigrationStatus, readonly MigrationStatus[]> = {
   completed: [],
   failed: [],
 };
+
+/** States a cancel applies to (in pre-switchover and device the guest resumes here). */
+const CANCELLABLE: ReadonlySet<MigrationStatus> = new Set([
+  "setup",
+  "active",
+  "interrupted",
+  "pre-switchover",
+  "device",
+]);
 
 /** True when the state machine allows `from → to`. */
 export function canTransition(from: MigrationStatus, to: MigrationStatus): boolean {
@@ -96,6 +116,8 @@ export interface MigrationDeps {
   readonly turn?: () => Promise<void>;
   /** The sections to send (default: ferry's own, defaultSections()). */
   readonly sections?: SectionRegistry;
+  /** The migration's id (default a random UUID). */
+  readonly id?: string;
 }
 
 /**
@@ -141,12 +163,24 @@ export class Migration {
   #idSent = false;
   /** The URI the destination was reached at last (resume_auto reconnects to it). */
   #lastUri: string;
+  /** Resolves the wait in pre-switchover (set only while waiting). */
+  #resume: (() => void) | null = null;
   readonly done: Promise<void>;
+  /** This migration's id (GET /migrations/{id}). */
+  readonly id: string;
+  /** Wall-clock start, ms since the epoch. */
+  readonly startedAtWall: number;
+  readonly #recorder: FlightRecorder;
+  /** The last pass the recorder got (the final one is reported twice). */
+  #recordedPass = 0;
 
   constructor(readonly uri: string, deps: MigrationDeps) {
     this.#deps = deps;
     this.#lastUri = uri;
     this.#startedAt = deps.clock.now();
+    this.startedAtWall = deps.clock.wall();
+    this.id = deps.id ?? crypto.randomUUID();
+    this.#recorder = new FlightRecorder(this.id, this.#startedAt);
     this.#transition("setup");
     this.done = this.#run();
   }
@@ -167,9 +201,7 @@ export class Migration {
    * there was nothing to cancel.
    */
   cancel(): boolean {
-    if (this.#state !== "setup" && this.#state !== "active" && this.#state !== "interrupted") {
-      return false;
-    }
+    if (!CANCELLABLE.has(this.#state)) return false;
     this.#transition("cancelling");
     this.#abort.abort(new Error("migration cancelled"));
     this.#channel?.close();
@@ -177,10 +209,59 @@ export class Migration {
     return true;
   }
 
+  /**
+   * Lets a migration waiting in `pre-switchover` go on (QEMU's migrate-continue);
+   * false when it is not waiting there.
+   */
+  continue(): boolean {
+    const resume = this.#resume;
+    if (this.#state !== "pre-switchover" || !resume) return false;
+    this.#resume = null;
+    this.#transition("device");
+    resume();
+    return true;
+  }
+
+  /** The flight recorder's timeline so far. */
+  timeline(): Timeline {
+    return this.#recorder.timeline();
+  }
+
+  /**
+   * This migration as GET /migrations/{id} shows it: final (or current) stats and
+   * the explanation of why it went as it did.
+   */
+  record(): MigrationRecord {
+    const info = this.info();
+    const rec: MigrationRecord = {
+      id: this.id,
+      direction: "outgoing",
+      status: info.status,
+      uri: this.uri,
+      started_at: this.startedAtWall,
+      bytes: this.#writer?.bytes ?? 0,
+    };
+    if (this.#endedAt !== undefined) {
+      rec.ended_at = Math.round(this.startedAtWall + this.#endedAt - this.#startedAt);
+    }
+    if (info.total_time !== undefined) rec.total_time = info.total_time;
+    if (info.downtime !== undefined) rec.downtime = info.downtime;
+    if (info.ram) {
+      rec.ram_total = info.ram.total;
+      rec.passes = info.ram.dirty_sync_count;
+    }
+    if (this.#recorder.maxThrottle > 0) rec.cpu_throttle_percentage = this.#recorder.maxThrottle;
+    if (info.error_desc !== undefined) rec.error_desc = info.error_desc;
+    if (info.warnings) rec.warnings = info.warnings;
+    rec.explanation = explain(info, this.#recorder.timeline(), this.#deps.params().downtime_limit);
+    return rec;
+  }
+
   /** A snapshot for query-migrate. */
   info(): MigrationInfo {
     const now = this.#endedAt ?? this.#deps.clock.now();
     const info: MigrationInfo = {
+      id: this.id,
       status: this.#state,
       uri: this.uri,
       total_time: Math.round(now - this.#startedAt),
@@ -292,6 +373,11 @@ export class Migration {
     this.#state = to;
     if (error !== undefined) this.#error = error;
     if (FINAL_STATES.has(to)) this.#endedAt = this.#deps.clock.now();
+    this.#recorder?.event(
+      this.#deps.clock.now(),
+      "state",
+      `${from} → ${to}${error !== undefined ? `: ${error}` : ""}`,
+    );
     this.#deps.hooks.onStateChange(from, to, error);
   }
 
@@ -348,7 +434,8 @@ export class Migration {
   ): Promise<OutgoingContext> {
     const { clock } = this.#deps;
     const fatal = !this.#idSent || this.#stopping || this.#state !== "active" ||
-      e instanceof StallError || watchdog.error !== null || this.#abort.signal.aborted ||
+      e instanceof StallError || e instanceof DeadlineError || watchdog.error !== null ||
+      this.#abort.signal.aborted ||
       !ctx.digests;
     if (fatal) throw e;
     // A destination that failed on purpose sends its reason before it hangs up.
@@ -496,7 +583,40 @@ export class Migration {
 
   #warn(code: string, message: string): void {
     this.#warnings.push({ code, message });
+    this.#recorder.event(this.#deps.clock.now(), "warning", `${code}: ${message}`);
     this.#deps.hooks.onWarning(code, message);
+  }
+
+  /**
+   * pause_before_switchover (QEMU's migration_maybe_pause): with the guest stopped,
+   * waits in `pre-switchover` for {@link continue}, which moves it to `device`. While it
+   * waits it keeps both ends' progress_timeout from firing: a PING each quarter of
+   * it on a return path (the destination sees bytes), the watchdog told otherwise.
+   * A cancel rejects the wait; the loop then restarts the guest.
+   */
+  async #pauseBeforeSwitchover(writer: StreamWriter, watchdog: ProgressWatchdog): Promise<void> {
+    const { clock } = this.#deps;
+    const signal = this.#abort.signal;
+    const continued = new Promise<void>((resolve) => this.#resume = resolve);
+    this.#transition("pre-switchover");
+    for (;;) {
+      signal.throwIfAborted();
+      const period = Math.max(10, Math.floor(this.#deps.params().progress_timeout / 4));
+      const wake = new AbortController();
+      const woken = await Promise.race([
+        continued.then(() => true),
+        clock.until(clock.now() + period, AbortSignal.any([signal, wake.signal])).then(() => false),
+      ]).finally(() => wake.abort());
+      signal.throwIfAborted();
+      if (woken) return; // continue() moved to device
+      watchdog.progress();
+      if (this.#returnPath) {
+        const value = ++this.#pings;
+        await sendPing(writer, value);
+        await writer.flush();
+        await this.#returnPath.awaitPong(value);
+      }
+    }
   }
 
   async #run(): Promise<void> {
@@ -575,24 +695,48 @@ export class Migration {
             this.#setupTime ??= clock.now() - this.#startedAt;
             this.#transition("active");
           },
-          window: (w: WindowStats, expected: number) => {
+          window: (w: WindowStats, expected: number, maxSize: number) => {
             this.#mbps = (w.bandwidth * 8) / 1000;
-            const pages = this.#ram!.stats.normal + this.#ram!.stats.duplicate;
+            const ram = this.#ram!;
+            const pages = ram.stats.normal + ram.stats.duplicate;
             this.#pagesPerSecond = ((pages - this.#lastPages) * 1000) / w.ms;
             this.#lastPages = pages;
             this.#expectedDowntime = expected;
+            this.#recorder.window(clock.now(), {
+              bytes: w.bytes,
+              ms: w.ms,
+              bandwidth: w.bandwidth,
+              totalBytes: writer.bytes,
+              pagesSent: pages,
+              maxSize,
+              remaining: ram.remainingBytes,
+              expectedDowntime: expected,
+              throttle: this.#throttle,
+              pass: ram.stats.dirtySyncCount,
+            });
             this.#deps.hooks.onProgress();
           },
-          pass: (count: number, dirty: number) => this.#deps.hooks.onPass(count, dirty),
+          pass: (count: number, dirty: number) => {
+            if (count !== this.#recordedPass) {
+              this.#recordedPass = count;
+              this.#recorder.pass(clock.now(), count, this.#ram!.lastSyncAdded, writer.bytes);
+            }
+            this.#deps.hooks.onPass(count, dirty);
+          },
           stopped: () => {
             this.#stopping = true;
           },
           throttled: (percent: number) => {
             this.#throttle = percent;
+            this.#recorder.event(clock.now(), "throttle", String(percent));
           },
           warn: (code: string, message: string) => this.#warn(code, message),
         },
         drain: returnPath ? () => this.#drain(writer) : undefined,
+        startedAt: this.#startedAt,
+        beforeSwitchover: caps.pause_before_switchover
+          ? () => this.#pauseBeforeSwitchover(writer, watchdog)
+          : undefined,
       };
       await writeSetup(ctx);
       if (returnPath) {
@@ -631,6 +775,11 @@ export class Migration {
       this.#channel.close();
       this.#transition("completed");
     } catch (e) {
+      this.#resume = null;
+      // on_timeout cancel: a cancel the engine asked for itself, saying why.
+      const timedOut = e instanceof DeadlineError && e.action === "cancel" &&
+        this.#state === "active";
+      if (timedOut) this.#transition("cancelling");
       // A destination that failed sends its reason before it hangs up: when the
       // stream broke, read it (the connection is ending anyway) before closing.
       const rp = this.#returnPath;
@@ -641,7 +790,8 @@ export class Migration {
       // The guest may have been stopped for the final pass; the loop restarts it,
       // but make sure a running guest is running after any failure.
       if (wasRunning && guest.runState !== "running") guest.start();
-      if (this.#state === "cancelling") this.#transition("cancelled");
+      if (timedOut) this.#transition("cancelled", (e as DeadlineError).message);
+      else if (this.#state === "cancelling") this.#transition("cancelled");
       else {
         this.#transition(
           "failed",

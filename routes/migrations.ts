@@ -49,7 +49,20 @@ const resume = createRoute({
   },
 });
 
-/** POST /migrations, GET|DELETE /migrations/current, POST /migrations/current/resume. */
+const continueSwitchover = createRoute({
+  method: "post",
+  path: "/migrations/current/continue",
+  summary: "Let a migration paused in pre-switchover send the rest (QEMU migrate-continue)",
+  responses: {
+    200: jsonResponse(MigrationInfoSchema, "Continuing: the state is now device"),
+    ...errorResponses(409),
+  },
+});
+
+/**
+ * POST /migrations, GET|DELETE /migrations/current, POST /migrations/current/resume and
+ * /migrations/current/continue.
+ */
 export function migrationRoutes(deps: { engine: Engine }) {
   const { engine } = deps;
   return newRouter()
@@ -66,5 +79,6 @@ export function migrationRoutes(deps: { engine: Engine }) {
     .openapi(resume, async (c) => {
       const info = await engine.resumeMigration(c.req.valid("json").uri);
       return c.json(info, 202);
-    });
+    })
+    .openapi(continueSwitchover, (c) => c.json(engine.continueMigration(), 200));
 }

@@ -13,6 +13,8 @@ export const ENGINE_STATUS: Record<EngineErrorCode, ContentfulStatusCode> = {
   "invalid-parameter": 400,
   "incoming-active": 409,
   "not-incoming": 409,
+  "not-paused": 409,
+  "migration-not-found": 404,
   "guest-incomplete": 409,
   "guest-not-runnable": 409,
   "guest-running": 409,

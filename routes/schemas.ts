@@ -6,11 +6,16 @@ import { CapabilitiesPatchSchema, ParametersPatchSchema, PEER_KINDS } from "../e
 export {
   CapabilitiesPatchSchema,
   CapabilitiesSchema,
+  ExplanationSchema,
   IncomingInfoSchema,
   MigrationInfoSchema,
+  MigrationRecordSchema,
   ParametersPatchSchema,
   ParametersSchema,
   ResumeInfoSchema,
+  TimelinePassSchema,
+  TimelineSchema,
+  TimelineWindowSchema,
   VmInfoSchema,
 } from "../engine/contract.ts";
 

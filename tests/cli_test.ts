@@ -216,6 +216,13 @@ Deno.test("HELP documents every flag", () => {
   ) assert.ok(HELP.includes(flag), flag);
 });
 
+Deno.test("--state-dir: an absolute path as given, a relative one from the working directory, empty refused", () => {
+  assert.equal(parseFlags(["--state-dir", "/var/lib/ferry"]).stateDir, "/var/lib/ferry");
+  assert.equal(parseFlags(["--state-dir", "state"], { cwd: "/srv/f/" }).stateDir, "/srv/f/state");
+  assert.equal(parseFlags([]).stateDir, undefined);
+  assert.throws(() => parseFlags(["--state-dir", ""]), /Invalid --state-dir: empty path/);
+});
+
 Deno.test("parseFlags() reads --peer: ferry by default, qemu for a QEMU guest held, never with what runs a guest", () => {
   assert.equal(parseFlags([]).peer, "ferry");
   const c = parseFlags(["--peer", "qemu", "--ram", "32M", "--fill", "random"]);

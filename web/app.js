@@ -1,10 +1,11 @@
 // ferry's dashboard: plain browser JavaScript, no build step. Its one library,
 // xterm.js (the terminal pane), comes from the npm package and is inlined into the
-// page by web/dashboard.ts, as is web/console_pane.js. The pure helpers at the top
+// page by web/dashboard.ts, as are web/console_pane.js and web/recorder_pane.js. The pure helpers at the top
 // are exported for tests (tests/web/app_test.ts); the page wiring at the bottom runs
 // only in a browser.
 
 import { ConsolePane } from "./console_pane.js";
+import { RecorderPane } from "./recorder_pane.js";
 
 /** Bytes with binary units: "0 B", "512 B", "1.5 KiB", "256.0 MiB". */
 export function formatBytes(n) {
@@ -80,7 +81,14 @@ export function progressOf(info) {
   return Math.min(1, Math.max(0, 1 - ram.remaining / ram.total));
 }
 
-const RUNNING = new Set(["setup", "active", "interrupted", "cancelling"]);
+const RUNNING = new Set([
+  "setup",
+  "active",
+  "interrupted",
+  "pre-switchover",
+  "device",
+  "cancelling",
+]);
 const FINAL = new Set(["completed", "failed", "cancelled"]);
 
 /**
@@ -333,6 +341,11 @@ class Dashboard {
       throughput: new LineChart(this.$("chart-throughput"), "#2563eb"),
       dirty: new LineChart(this.$("chart-dirty"), "#d97706"),
     };
+    this.recorder = new RecorderPane(doc, {
+      api: (method, path) => this.api(method, path),
+      chartPoints,
+      formatRate,
+    });
     this.console = new ConsolePane(doc, {
       headers: (extra) => this.headers(extra),
       parser: () => new SseParser(),
@@ -795,6 +808,7 @@ class Dashboard {
 
     this.charts.throughput.draw(this.samples.map((s) => ({ t: s.t, v: s.throughput ?? 0 })));
     this.charts.dirty.draw(this.samples.map((s) => ({ t: s.t, v: s.dirty ?? 0 })));
+    if (!this.stopped) this.recorder.update(m, running);
     this.renderTimeline();
   }
 

@@ -157,3 +157,15 @@ Deno.test("POST /migrations/current/resume without uri answers 400 naming the fi
   assert.match(none.body.error.message, /there was no migration, not interrupted/);
   await engine.close();
 });
+
+Deno.test("POST /migrations/current/continue answers 409 not-paused when no migration waits in pre-switchover", async () => {
+  const { app, engine } = testApp();
+  try {
+    const res = await call(app, "POST", "/migrations/current/continue");
+    assert.equal(res.status, 409);
+    assert.equal(res.body.error.code, "not-paused");
+    assert.match(res.body.error.message, /pre-switchover.*"none"/);
+  } finally {
+    await engine.close();
+  }
+});

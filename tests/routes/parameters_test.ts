@@ -23,6 +23,9 @@ const DEFAULTS = {
   resume_grace: 60000,
   resume_auto: false,
   multifd_channels: 1,
+  completion_timeout_ms: 0,
+  completion_timeout_per_gib: 0,
+  on_timeout: "cancel",
 };
 
 Deno.test("GET /migrations/parameters answers the seed defaults", async () => {
