@@ -38,6 +38,11 @@ export interface Config {
   diskSize?: number;
   /** Which guest runs (--guest). */
   guest: "synthetic" | "x86";
+  /**
+   * Who this ferry migrates with (--peer): other ferries, or QEMU (the qemu profile:
+   * it holds a QEMU guest's RAM and device state, see engine/qemu_profile.ts).
+   */
+  peer: "ferry" | "qemu";
   /** The x86 guest's images and command line; unset fields take the built image's. */
   x86: { kernel?: string; initrd?: string; bios?: string; append?: string };
   /**
@@ -47,6 +52,8 @@ export interface Config {
   security: Partial<Record<SecurityParameter, string>>;
   /** Lets a destination listen in plaintext on a non-loopback tcp: address. */
   insecureMigration: boolean;
+  /** Where past migrations and their timelines are kept across restarts (--state-dir). */
+  stateDir?: string;
 }
 
 /** Each security flag and the parameter it sets. */
@@ -87,6 +94,10 @@ Flags:
                         of a migration need the same one
   --disk PATH           attach a raw disk image (block migration copies it with blk/inc)
   --disk-size SIZE      create the image at SIZE when absent (multiple of 1M, e.g. 1G)
+  --peer ferry|qemu     who this ferry migrates with (default ferry). qemu: it loads and
+                        sends QEMU 7.2 streams (machine pc, pc.ram of --ram = QEMU's -m),
+                        holding the guest's RAM and device sections without running it:
+                        to inspect or store a QEMU migration, or relay it to a QEMU
   --incoming URI        start as a destination waiting on URI: tcp:HOST:PORT, unix:/PATH,
                         exec:COMMAND (needs --allow-exec), fd:N, file:/PATH[,offset=N]
   --no-autostart        a destination stays paused after loading (QEMU's -S)
@@ -109,6 +120,9 @@ Flags:
   --insecure-migration  let --incoming / POST /migrations/incoming listen in plaintext
                         on a tcp: address that is not loopback (default: refused
                         without TLS)
+  --state-dir DIR       keep the history of past migrations (GET /migrations) and the
+                        timelines of the last ones in DIR, so they survive a restart
+                        (default: in memory only)
   --token TOKEN         the API token (at least 16 characters; prefer FERRY_TOKEN, which
                         other users cannot see in ps). Without one ferry generates a random
                         token and writes it to a file only you can read (see --token-file).
@@ -158,6 +172,7 @@ export function parseFlags(
       options: {
         listen: { type: "string", default: "127.0.0.1:8080" },
         guest: { type: "string", default: "synthetic" },
+        peer: { type: "string", default: "ferry" },
         kernel: { type: "string" },
         initrd: { type: "string" },
         append: { type: "string" },
@@ -179,6 +194,7 @@ export function parseFlags(
         "migration-secret": { type: "string" },
         "snapshot-key": { type: "string" },
         "insecure-migration": { type: "boolean", default: false },
+        "state-dir": { type: "string" },
         token: { type: "string" },
         "token-file": { type: "string" },
         "allowed-host": { type: "string", multiple: true, default: [] },
@@ -263,6 +279,21 @@ export function parseFlags(
       throw new CliError("--disk is for the synthetic guest (the x86 guest has no disk yet)");
     }
   }
+  const peer = values.peer;
+  if (peer !== "ferry" && peer !== "qemu") {
+    throw new CliError(`Invalid --peer "${peer}": expected ferry or qemu`);
+  }
+  if (peer === "qemu") {
+    if (guest !== "synthetic") {
+      throw new CliError("--peer qemu holds a QEMU guest: drop --guest x86");
+    }
+    if (values.workload !== "idle" || image !== undefined || values.disk !== undefined) {
+      throw new CliError(
+        "--peer qemu holds a QEMU guest that ferry does not run: drop --workload, " +
+          "--fill image: and --disk",
+      );
+    }
+  }
   const token = values.token ?? (env.FERRY_TOKEN || undefined);
   // RFC 6750's token68 characters: any other token could never be sent in a header.
   // (The message never repeats the token.)
@@ -319,7 +350,16 @@ export function parseFlags(
         "needs its key",
     );
   }
+  const stateDir = values["state-dir"];
+  if (stateDir === "") throw new CliError("Invalid --state-dir: empty path");
   return {
+    ...(stateDir !== undefined
+      ? {
+        stateDir: stateDir.startsWith("/")
+          ? stateDir
+          : `${(env.cwd ?? Deno.cwd()).replace(/\/$/, "")}/${stateDir}`,
+      }
+      : {}),
     hostname,
     port,
     ramSize,
@@ -338,6 +378,7 @@ export function parseFlags(
     security,
     insecureMigration: values["insecure-migration"],
     guest,
+    peer,
     x86,
     ...(values.disk !== undefined ? { disk: values.disk } : {}),
     ...(diskSize !== undefined ? { diskSize } : {}),

@@ -7,6 +7,7 @@ import {
 } from "./api_token.ts";
 import { CliError, HELP, parseFlags } from "./cli.ts";
 import { Engine } from "./engine/engine.ts";
+import { HistoryError, MigrationHistory } from "./engine/history.ts";
 import { createApp } from "./routes/app.ts";
 import { isWildcardHost } from "./routes/host_check.ts";
 import { createTransports } from "./transports/mod.ts";
@@ -19,6 +20,8 @@ import { X86ImageError } from "./vm/x86/guest_image.ts";
 import { readBootImages } from "./vm/x86/images.ts";
 import { X86Guest } from "./vm/x86/x86_guest.ts";
 import { sectionsFor } from "./engine/sections/registry.ts";
+import { qemuSections } from "./engine/qemu_profile.ts";
+import { QemuImage } from "./vm/qemu_image.ts";
 import { DiskError } from "./vm/disk.ts";
 import { loadDashboard } from "./web/dashboard.ts";
 
@@ -38,9 +41,11 @@ async function main(): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  let vm: Vm | X86Guest;
+  let vm: Vm | X86Guest | QemuImage;
   try {
-    vm = config.guest === "x86"
+    vm = config.peer === "qemu"
+      ? QemuImage.create({ ramSize: config.ramSize, fill: config.fill, prefault: config.prefault })
+      : config.guest === "x86"
       ? await X86Guest.create({
         ramSize: config.ramSize,
         prefault: config.prefault,
@@ -74,15 +79,29 @@ async function main(): Promise<number> {
   // Loads libc and lists the descriptors once, so the first unix: migration does
   // not pay ~6 ms for it in its setup.
   warmUpSendBuffer();
+  let history: MigrationHistory | undefined;
+  if (config.stateDir !== undefined) {
+    try {
+      history = await MigrationHistory.open(config.stateDir);
+    } catch (e) {
+      if (!(e instanceof HistoryError)) throw e;
+      console.error(`ferry: ${e.message}`);
+      await vm.close();
+      return 1;
+    }
+  }
   const engine = new Engine({
     guest: vm,
-    sections: sectionsFor(vm),
+    sections: vm instanceof QemuImage ? qemuSections(vm) : sectionsFor(vm),
     transports,
     autostart: config.autostart,
     turn,
+    ...(history ? { history } : {}),
   });
   // The security flags are the parameters the engine starts with.
   engine.setParameters(config.security);
+  // QEMU's streams carry no integrity record (docs/ARCHITECTURE.md, "QEMU peers").
+  if (vm instanceof QemuImage) engine.setCapabilities({ verify: false });
   // Every request needs the token, given or generated, except GET / (the dashboard page
   // holds no data: a browser cannot send a bearer header when it navigates, so the page
   // takes it from its URL's fragment or asks).
@@ -114,7 +133,7 @@ async function main(): Promise<number> {
     console.error(
       `ferry: disk image ${vm.disk.path} holds an unfinished incoming block migration: the guest stays paused`,
     );
-  } else if (!config.paused) {
+  } else if (!config.paused && !(vm instanceof QemuImage)) {
     vm.start();
   }
 

@@ -145,9 +145,12 @@ export async function runFerry(spec: ScenarioSpec, opts: FerryRunOptions = {}): 
       // Read by the destination when the source connects.
       await dst.api("PATCH", "/migrations/parameters", { compress_method: spec.compress.method });
     }
-    if (spec.verify === false || spec.pageRefs) {
+    // ferry's multifd_channels, the same on both ends (1 when the scenario has none).
+    const multifd = spec.multifd?.channels ?? 1;
+    if (spec.verify === false || spec.pageRefs || multifd > 1) {
       // The destination reads its capabilities when armed: disarm, change, arm again.
       await dst.api("DELETE", "/migrations/incoming");
+      await dst.api("PATCH", "/migrations/parameters", { multifd_channels: multifd });
       await dst.api("PUT", "/migrations/capabilities", {
         verify: spec.verify !== false,
         page_refs: spec.pageRefs === true,
@@ -164,6 +167,7 @@ export async function runFerry(spec: ScenarioSpec, opts: FerryRunOptions = {}): 
       ...(spec.compress
         ? { compress_method: spec.compress.method, compress_level: spec.compress.level }
         : {}),
+      multifd_channels: multifd,
     });
     // With `wall`: the destination's event stream says when it completed.
     const done = spec.wall ? await incomingDone(dst) : null;

@@ -14,6 +14,7 @@
  *   deno task bench --only tls --runs 5 # 1 GiB random over loopback TLS (with the migration secret) against plaintext
  *   deno task bench --only image --runs 5   # a real guest's RAM image (bench/image_bench.ts)
  *   deno task bench --no-qemu           # ferry only
+ *   deno task bench --multifd 4         # ferry with 4 multifd channels (QEMU's multifd is among its candidates)
  *   deno task bench --json out.json     # also write every run as JSON
  */
 import { parseArgs } from "node:util";
@@ -140,8 +141,21 @@ const { values } = parseArgs({
     json: { type: "string" },
     image: { type: "string" },
     "image-bw": { type: "string" },
+    multifd: { type: "string" },
   },
 });
+/** `spec` with `--multifd`'s channels for ferry, when given. */
+function withMultifd(spec: ScenarioSpec): ScenarioSpec {
+  return multifdChannels > 1 ? { ...spec, multifd: { channels: multifdChannels } } : spec;
+}
+/**
+ * `--multifd N`: ferry runs every scenario of the main suite with N multifd channels;
+ * QEMU's multifd runs among its candidates (bench/qemu/configs.ts).
+ */
+const multifdChannels = values.multifd === undefined ? 1 : Number(values.multifd);
+if (!Number.isInteger(multifdChannels) || multifdChannels < 1 || multifdChannels > 16) {
+  throw new Error(`--multifd ${values.multifd}: expected a whole number of channels from 1 to 16`);
+}
 const runs = Math.max(1, Number(values.runs ?? (values.quick ? 1 : 5)));
 const distRuns = Math.max(1, Number(values["dist-runs"] ?? (values.quick ? 3 : 10)));
 const qemuConfigs = parseQemuConfigs(values["qemu-configs"]);
@@ -161,7 +175,7 @@ const log: { scenario: string; engine: string; run: MigrationRun | { totalS: num
  */
 function measure(s: Scenario, n: number, floor = false): Promise<Comparison<FerryRun>> {
   return compareEngines(s.spec, n, qemuConfigs, {
-    ferry: (spec) => runFerry(spec),
+    ferry: (spec) => runFerry(withMultifd(spec)),
     ...(qemu === true ? { qemu: (spec: ScenarioSpec) => runQemu(spec) } : {}),
     ...(floor
       ? {
@@ -230,7 +244,7 @@ if (bulkSel.length) {
     // API latency comes from one more ferry run with a poller on GET /migrations/current
     // every 2 ms; the timed runs above go without it, as the floor's do (its ~500
     // requests/s take CPU from the sender on a 2-core machine).
-    const sampled = await runFerry(s.spec, { sampleApi: true });
+    const sampled = await runFerry(withMultifd(s.spec), { sampleApi: true });
     log.push({
       scenario: s.name,
       engine: "ferry (API sampled)",

@@ -188,8 +188,10 @@ class Pool {
     let f = this.sources.get(w);
     if (!f) {
       f = await FerryProcess.start(["--ram", this.ram, ...WORKLOADS[w][1]]);
+      // Faults must fail here: resuming them is tests/engine/resume_test.ts's part.
       await f.api("PATCH", "/migrations/parameters", {
         progress_timeout: SOAK_PROGRESS_TIMEOUT,
+        resume_grace: 0,
       });
       this.sources.set(w, f);
     }
@@ -200,8 +202,10 @@ class Pool {
     let f = this.destinations.get(kind);
     if (!f) {
       f = await FerryProcess.start(["--ram", this.ram, "--paused", "--no-autostart"]);
+      // Faults must fail here: resuming them is tests/engine/resume_test.ts's part.
       await f.api("PATCH", "/migrations/parameters", {
         progress_timeout: SOAK_PROGRESS_TIMEOUT,
+        resume_grace: 0,
       });
       this.destinations.set(kind, f);
     }

@@ -2,11 +2,22 @@ import type { Transports } from "../transports/transport.ts";
 import type { Guest, RunState } from "../vm/guest.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { IncomingMigration } from "./destination.ts";
-import type { IncomingInfo, IncomingStatus, MigrationInfo, MigrationStatus } from "./contract.ts";
+import { DirtyRateMeter } from "./dirty_rate.ts";
+import type {
+  IncomingInfo,
+  IncomingStatus,
+  MigrationInfo,
+  MigrationRecord,
+  MigrationStatus,
+  PeerKind,
+  Timeline,
+} from "./contract.ts";
+import { multifdRefusal } from "./multifd/setup.ts";
+import { MigrationHistory } from "./history.ts";
 import { EngineError } from "./errors.ts";
 import type { SectionRegistry } from "./sections/section.ts";
 import { defaultSections } from "./sections/registry.ts";
-import { Migration } from "./migration.ts";
+import { FINAL_STATES, Migration } from "./migration.ts";
 import { bootEventId, DEFAULT_HISTORY, Notifier } from "./notifier.ts";
 import {
   type Capabilities,
@@ -74,6 +85,16 @@ export interface EngineDeps {
    * another process's events).
    */
   readonly firstEventId?: number;
+  /** Where past migrations are kept (default: in memory only). */
+  readonly history?: MigrationHistory;
+}
+
+/** The incoming migration's id and what its history record needs besides its info. */
+interface IncomingMeta {
+  readonly id: string;
+  readonly startedAt: number;
+  /** A peer's stream was loaded (a disarm before one is no migration to remember). */
+  began: boolean;
 }
 
 /**
@@ -84,6 +105,8 @@ export interface EngineDeps {
 export class Engine {
   /** Every state change, pass and progress report. */
   readonly events: Notifier<EngineEvent>;
+  /** The guest's dirty-rate meter; it yields the dirty log to any migration. */
+  readonly dirtyRate: DirtyRateMeter;
   readonly #guest: Guest;
   readonly #transports: Transports;
   readonly #clock: Clock;
@@ -98,6 +121,9 @@ export class Engine {
   #incoming: IncomingMigration | null = null;
   /** True while listenIncoming awaits its listener (not yet in #incoming). */
   #arming = false;
+  #incomingMeta: IncomingMeta | null = null;
+  /** Past migrations, both directions. */
+  readonly history: MigrationHistory;
   readonly #unsubscribeGuest: () => void;
 
   constructor(deps: EngineDeps) {
@@ -111,9 +137,20 @@ export class Engine {
     this.#autostart = deps.autostart ?? true;
     this.#turn = deps.turn;
     this.#sections = deps.sections ?? defaultSections();
+    this.history = deps.history ?? MigrationHistory.memory();
     this.#unsubscribeGuest = this.#guest.onRunStateChange((from, to) =>
       this.events.emit({ type: "runstate", from, to, time: this.#clock.wall() })
     );
+    this.dirtyRate = new DirtyRateMeter({
+      guest: this.#guest,
+      clock: this.#clock,
+      busy: () =>
+        this.#migration?.isActive
+          ? "a migration is active"
+          : this.#incoming?.isActive || this.#arming
+          ? "an incoming migration is armed"
+          : null,
+    });
   }
 
   /** The clock every timing and timestamp of this engine comes from (its API uses it too). */
@@ -124,6 +161,11 @@ export class Engine {
   /** The guest this engine migrates. */
   get guest(): Guest {
     return this.#guest;
+  }
+
+  /** The transports migrations open channels with (the planner probes a destination through them). */
+  get transports(): Transports {
+    return this.#transports;
   }
 
   /** Current parameters (a copy). */
@@ -250,7 +292,23 @@ export class Engine {
       );
     }
     this.#transports.validate(uri, "connect");
-    this.#migration = new Migration(uri, {
+    const multifd = this.#params.multifd_channels;
+    const refused = multifdRefusal(multifd, uri, this.#guest, this.#sections.profile.peer);
+    if (refused !== null) {
+      throw new EngineError("capability-unsupported", refused, { parameter: "multifd_channels" });
+    }
+    if (multifd > 1 && (this.#caps.xbzrle || this.#caps.page_refs)) {
+      // Pages of one pass go over every channel at once: a delta or a reference could
+      // arrive before the page it builds on (docs/ARCHITECTURE.md, "Multifd").
+      const capability = this.#caps.xbzrle ? "xbzrle" : "page_refs";
+      throw new EngineError(
+        "capability-unsupported",
+        `Cannot migrate with both multifd_channels ${multifd} and ${capability}: turn one of ` +
+          `them off`,
+        { capability },
+      );
+    }
+    const migration: Migration = this.#migration = new Migration(uri, {
       guest: this.#guest,
       transports: this.#transports,
       clock: this.#clock,
@@ -261,14 +319,16 @@ export class Engine {
       ...(this.#turn ? { turn: this.#turn } : {}),
       ...(opts.blk || opts.inc ? { block: { incremental: Boolean(opts.inc) } } : {}),
       hooks: {
-        onStateChange: (from, to, error) =>
+        onStateChange: (from, to, error) => {
+          if (FINAL_STATES.has(to)) this.history.add(migration.record(), migration.timeline());
           this.events.emit({
             type: "state",
             from,
             to,
             time: this.#clock.wall(),
             ...(error ? { error } : {}),
-          }),
+          });
+        },
         onPass: (pass, dirty) =>
           this.events.emit({ type: "pass", pass, dirty_pages: dirty, time: this.#clock.wall() }),
         onProgress: () =>
@@ -283,6 +343,25 @@ export class Engine {
   /** The current (or last) migration's info; `status: "none"` before any. */
   current(): MigrationInfo {
     return this.#migration?.info() ?? { status: "none" };
+  }
+
+  /**
+   * Resumes the interrupted migration over a new channel to `uri` (docs/ARCHITECTURE.md,
+   * "Resuming an interrupted pre-copy"); answers once it carries on. Throws
+   * `not-interrupted`, or `resume-refused` with the destination's reason.
+   */
+  async resumeMigration(uri: string): Promise<MigrationInfo> {
+    const migration = this.#migration;
+    if (!migration || migration.state !== "interrupted") {
+      throw new EngineError(
+        "not-interrupted",
+        `Cannot resume: ${
+          migration ? `the migration is ${migration.state}` : "there was no migration"
+        }, not interrupted`,
+      );
+    }
+    this.#transports.validate(uri, "connect");
+    return await migration.resume(uri);
   }
 
   /** The current Migration object, if any (for tests awaiting `done`). */
@@ -302,10 +381,35 @@ export class Engine {
   }
 
   /**
+   * Lets a migration waiting in `pre-switchover` (pause_before_switchover) send the
+   * rest and complete (QEMU's migrate-continue). Throws `not-paused` otherwise.
+   */
+  continueMigration(): MigrationInfo {
+    if (!this.#migration?.continue()) {
+      throw new EngineError(
+        "not-paused",
+        `No migration is waiting in pre-switchover (the current one is "${
+          this.#migration?.state ?? "none"
+        }"): continue applies with the pause_before_switchover capability, once the guest stopped`,
+      );
+    }
+    return this.current();
+  }
+
+  /**
    * Arms an incoming migration on `uri` (QEMU's migrate-incoming): the guest goes to
    * `inmigrate` and the stream, when it comes, replaces its RAM and device state.
    */
-  async listenIncoming(uri: string): Promise<IncomingInfo> {
+  async listenIncoming(uri: string, peer?: PeerKind): Promise<IncomingInfo> {
+    const mine = this.#sections.profile.peer ?? "ferry";
+    if (peer !== undefined && peer !== mine) {
+      throw new EngineError(
+        "invalid-parameter",
+        `This ferry takes streams from a ${mine} (--peer ${mine}), not from a ${peer}: ` +
+          (peer === "qemu" ? "start one with --peer qemu" : "use a ferry started without --peer"),
+        { parameter: "peer" },
+      );
+    }
     if (this.#incoming?.isActive || this.#arming) {
       throw new EngineError("incoming-active", "An incoming migration is already armed");
     }
@@ -323,7 +427,21 @@ export class Engine {
       );
     }
     this.#transports.validate(uri, "listen");
+    const refused = multifdRefusal(
+      this.#params.multifd_channels,
+      uri,
+      this.#guest,
+      this.#sections.profile.peer,
+    );
+    if (refused !== null) {
+      throw new EngineError("capability-unsupported", refused, { parameter: "multifd_channels" });
+    }
     const security = channelSecurity(this.#params);
+    const meta: IncomingMeta = {
+      id: crypto.randomUUID(),
+      startedAt: this.#clock.wall(),
+      began: false,
+    };
     const incoming = new IncomingMigration(uri, {
       guest: this.#guest,
       transports: this.#transports,
@@ -335,17 +453,26 @@ export class Engine {
       pageBudget: () => this.#params.incoming_page_budget,
       compression: () => this.#params.compress_method,
       pageRefs: this.#caps.page_refs,
+      resumeGrace: () => this.#params.resume_grace,
+      resumeAuto: () => this.#params.resume_auto,
+      multifdChannels: this.#params.multifd_channels,
       sections: this.#sections,
       ...(this.#turn ? { turn: this.#turn } : {}),
-      onStateChange: (from, to, error) =>
+      onStateChange: (from, to, error) => {
+        if (to === "active") meta.began = true;
+        const info = { id: meta.id, ...incoming.info() };
+        if ((to === "completed" || to === "failed" || to === "cancelled") && meta.began) {
+          this.history.add(this.#incomingRecord(meta, info));
+        }
         this.events.emit({
           type: "incoming",
           from,
           to,
           time: this.#clock.wall(),
           ...(error ? { error } : {}),
-          info: incoming.info(),
-        }),
+          info,
+        });
+      },
     });
     this.#arming = true;
     try {
@@ -354,7 +481,68 @@ export class Engine {
       this.#arming = false;
     }
     this.#incoming = incoming;
-    return incoming.info();
+    this.#incomingMeta = meta;
+    return this.incomingInfo();
+  }
+
+  /** An incoming migration as the history keeps it. */
+  #incomingRecord(meta: IncomingMeta, info: IncomingInfo): MigrationRecord {
+    const rec: MigrationRecord = {
+      id: meta.id,
+      direction: "incoming",
+      status: info.status,
+      uri: info.uri,
+      started_at: meta.startedAt,
+      bytes: info.bytes_received,
+    };
+    if (info.total_time !== undefined) {
+      rec.total_time = info.total_time;
+      if (info.status !== "active" && info.status !== "listening") {
+        rec.ended_at = Math.round(this.#clock.wall());
+      }
+    }
+    if (info.error_desc !== undefined) rec.error_desc = info.error_desc;
+    return rec;
+  }
+
+  /**
+   * Every migration this ferry knows, newest first: the current outgoing or
+   * incoming one while it runs, then the history (both directions).
+   */
+  migrations(): MigrationRecord[] {
+    const live: MigrationRecord[] = [];
+    if (this.#migration?.isActive) live.push(this.#migration.record());
+    if (this.#incoming?.state === "active" && this.#incomingMeta) {
+      live.push(this.#incomingRecord(this.#incomingMeta, this.incomingInfo()));
+    }
+    return [...live, ...this.history.list()];
+  }
+
+  /** One migration by id, current or past, with its explanation; throws `migration-not-found`. */
+  migrationRecord(id: string): MigrationRecord {
+    if (this.#migration?.id === id && this.#migration.isActive) return this.#migration.record();
+    if (this.#incomingMeta?.id === id && this.#incoming?.state === "active") {
+      return this.#incomingRecord(this.#incomingMeta, this.incomingInfo());
+    }
+    const rec = this.history.get(id);
+    if (!rec) {
+      throw new EngineError("migration-not-found", `No migration with id "${id}" is known here`);
+    }
+    return rec;
+  }
+
+  /** The flight recorder's timeline of one outgoing migration, current or recent. */
+  timeline(id: string): Timeline {
+    if (this.#migration?.id === id) return this.#migration.timeline();
+    const tl = this.history.timeline(id);
+    if (tl) return tl;
+    const rec = this.migrationRecord(id);
+    throw new EngineError(
+      "migration-not-found",
+      rec.direction === "incoming"
+        ? `Migration "${id}" came in: its timeline is recorded by its source`
+        : `The timeline of migration "${id}" is no longer kept (only the last ones are)`,
+    );
   }
 
   /**
@@ -369,7 +557,29 @@ export class Engine {
 
   /** The incoming side's info; `status: "none"` when never armed. */
   incomingInfo(): IncomingInfo {
-    return this.#incoming?.info() ?? { status: "none", bytes_received: 0 };
+    if (!this.#incoming) return { status: "none", bytes_received: 0 };
+    return {
+      ...(this.#incomingMeta ? { id: this.#incomingMeta.id } : {}),
+      ...this.#incoming.info(),
+    };
+  }
+
+  /**
+   * Listens for the source's resume of the interrupted incoming migration, on `uri`
+   * or the address its stream came to. Throws `not-interrupted` otherwise.
+   */
+  async resumeIncoming(uri?: string): Promise<IncomingInfo> {
+    const incoming = this.#incoming;
+    if (!incoming || incoming.state !== "interrupted") {
+      throw new EngineError(
+        "not-interrupted",
+        `Cannot resume: ${
+          incoming ? `the incoming migration is ${incoming.state}` : "nothing was received"
+        }, not interrupted`,
+      );
+    }
+    if (uri !== undefined) this.#transports.validate(uri, "listen");
+    return await incoming.resume(uri);
   }
 
   /** The current IncomingMigration, if any (for tests awaiting `done`). */
@@ -392,6 +602,10 @@ export class Engine {
         "Cannot start the guest during migration switchover",
       );
     }
+    const blocker = this.#guest.startBlocker?.() ?? null;
+    if (blocker !== null) {
+      throw new EngineError("guest-not-runnable", `Cannot start the guest: ${blocker}`);
+    }
     if (this.#guest.disk?.incomplete) {
       throw new EngineError(
         "guest-incomplete",
@@ -409,10 +623,13 @@ export class Engine {
 
   /** Cancels everything and waits for it to wind down. */
   async close(): Promise<void> {
+    this.dirtyRate.cancel("ferry is closing");
     this.#migration?.cancel();
     this.#incoming?.cancel();
     await this.#migration?.done;
     await this.#incoming?.done;
+    await this.dirtyRate.done;
+    await this.history.flushed;
     this.#unsubscribeGuest();
   }
 }

@@ -7,9 +7,14 @@ export type EngineErrorCode =
   | "invalid-parameter"
   | "incoming-active"
   | "not-incoming"
+  | "not-paused"
+  | "migration-not-found"
   | "guest-incomplete"
+  | "guest-not-runnable"
   | "blocker-not-found"
-  | "guest-running";
+  | "guest-running"
+  | "not-interrupted"
+  | "resume-refused";
 
 /** A refused engine request: `code` names why, `details` carries extra facts (e.g. blocker reasons). */
 export class EngineError extends Error {

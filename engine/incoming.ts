@@ -5,12 +5,19 @@ import { QEVM_MAGIC, QEVM_VERSION, Section, SectionName } from "./format/constan
 const FERRYENC_HEAD = 0x46455252;
 import { StreamError, type StreamReader } from "./format/reader.ts";
 import { RamLoader } from "./sections/ram.ts";
-import type { SectionRegistry } from "./sections/section.ts";
+import type { SectionLoader, SectionRegistry } from "./sections/section.ts";
 import { defaultSections } from "./sections/registry.ts";
 import { MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PING } from "./return_path.ts";
 import { IntegrityError, MigrationDigests, parseIntegrityRecord } from "./integrity.ts";
 import { sharedKernels } from "./wasm/kernels.ts";
 import type { CompressMethod } from "./format/compression.ts";
+import { MIG_CMD_FERRY_MIGRATION_ID, MIG_CMD_FERRY_RESUME, readMigrationId } from "./resume.ts";
+import type { MultifdLoad } from "./multifd/receiver.ts";
+import {
+  MIG_CMD_FERRY_MULTIFD,
+  MIG_CMD_FERRY_MULTIFD_FLUSH,
+  MULTIFD_COMMAND_BYTES,
+} from "./multifd/setup.ts";
 
 /** Largest vmdescription JSON accepted (QEMU's own are far smaller). */
 export const MAX_VMDESC_BYTES = 1 << 20;
@@ -57,6 +64,59 @@ export interface LoadOptions {
   readonly compression?: CompressMethod;
   /** This destination's `page_refs` capability: same-page references need it. */
   readonly pageRefs?: boolean;
+  /**
+   * What the load keeps across connections (createLoadState): given again with a
+   * reader on a resumed connection, the load carries on between two sections
+   * (engine/resume.ts); the header was read by the resume handshake.
+   */
+  readonly state?: LoadState;
+  /** This destination's multifd channels (multifd_channels > 1); a stream announcing multifd needs them. */
+  readonly multifd?: MultifdLoad;
+}
+
+/**
+ * A load's progress, kept outside loadStream() so that an interrupted pre-copy can
+ * carry on over a new connection with the same loaders, digests and open sections
+ * (docs/ARCHITECTURE.md, "Resuming an interrupted pre-copy").
+ */
+export interface LoadState {
+  readonly digests: MigrationDigests | undefined;
+  readonly loaders: ReadonlyMap<string, SectionLoader>;
+  readonly sections: Map<number, OpenSection>;
+  /** The header was read (a later call goes on from a section boundary). */
+  begun: boolean;
+  sawSection: boolean;
+  returnPath: boolean;
+  /** The id the source gave the migration (COMMAND FERRY_MIGRATION_ID), if it did. */
+  migrationId: string | undefined;
+  /** True once the stop-and-copy began: a section END, a device section or EOF was read. */
+  final: boolean;
+}
+
+/** A fresh LoadState for loading into `guest` with `options`. */
+export function createLoadState(guest: Guest, options: LoadOptions = {}): LoadState {
+  const digests = options.verify ? new MigrationDigests(guest.blocks) : undefined;
+  const registry = options.sections ?? defaultSections();
+  const loadCtx = {
+    guest,
+    maxRecords: options.maxRecords ?? Infinity,
+    ...(digests ? { digests } : {}),
+    compression: options.compression ?? "none",
+    pageRefs: options.pageRefs ?? false,
+    ...(options.multifd ? { multifd: options.multifd } : {}),
+  };
+  return {
+    digests,
+    loaders: new Map(
+      registry.loadable.map((section) => [section.name, section.loader(loadCtx)]),
+    ),
+    sections: new Map(),
+    begun: false,
+    sawSection: false,
+    returnPath: false,
+    migrationId: undefined,
+    final: false,
+  };
 }
 
 interface OpenSection {
@@ -79,39 +139,12 @@ export async function loadStream(
   options: LoadOptions = {},
 ): Promise<LoadResult> {
   const { onBytes, onPing } = options;
-  for (const block of guest.blocks) block.syncDirty(new Uint32Array(block.dirty.length));
-  const digests = options.verify ? new MigrationDigests(guest.blocks) : undefined;
   const registry = options.sections ?? defaultSections();
-  const loadCtx = {
-    guest,
-    maxRecords: options.maxRecords ?? Infinity,
-    ...(digests ? { digests } : {}),
-    compression: options.compression ?? "none",
-    pageRefs: options.pageRefs ?? false,
-  };
+  const st = options.state ?? createLoadState(guest, options);
   /** A loader per registered section, made up front (each one says at EOF what it misses). */
-  const loaders = new Map(
-    registry.entries.map(({ section }) => [section.name, section.loader(loadCtx)]),
-  );
-  await r.need(8);
-  const magic = r.be32();
-  if (magic === FERRYENC_HEAD) {
-    throw new StreamError(
-      0,
-      'it is an encrypted snapshot ("FERRYENC"): set snapshot_key (--snapshot-key) to the key ' +
-        "it was made with",
-    );
-  }
-  if (magic !== QEVM_MAGIC) {
-    throw new StreamError(0, `bad magic 0x${hex8(magic)}, expected 0x${hex8(QEVM_MAGIC)} ("QEVM")`);
-  }
-  const version = r.be32();
-  if (version !== QEVM_VERSION) {
-    throw new StreamError(4, `unsupported stream version ${version}, expected ${QEVM_VERSION}`);
-  }
-  const sections = new Map<number, OpenSection>();
-  let sawSection = false;
-  let returnPath = false;
+  const { digests, loaders, sections } = st;
+  if (!st.begun) await readHeader(r, guest);
+  st.begun = true;
   for (;;) {
     onBytes?.(r.received);
     await r.need(1);
@@ -119,24 +152,26 @@ export async function loadStream(
     const type = r.u8();
     switch (type) {
       case Section.CONFIGURATION: {
-        if (sawSection) throw new StreamError(at, "configuration section after other sections");
+        if (st.sawSection) throw new StreamError(at, "configuration section after other sections");
         await r.need(4);
         const len = r.be32();
         if (len > 255) throw new StreamError(at, `machine type name of ${len} bytes (at most 255)`);
         await r.need(len);
         const machine = new TextDecoder().decode(r.take(len));
-        if (machine !== registry.machineType) {
+        if (!registry.acceptsMachine(machine)) {
           throw new StreamError(
             at,
             `machine type "${machine}" does not match this guest's "${registry.machineType}"`,
           );
         }
-        sawSection = true;
+        for (const loader of loaders.values()) loader.configuration?.(machine);
+        st.sawSection = true;
         break;
       }
       case Section.START:
       case Section.FULL: {
-        sawSection = true;
+        st.sawSection = true;
+        if (type === Section.FULL) st.final = true;
         await r.need(5);
         const id = r.be32();
         const name = await r.str8();
@@ -144,32 +179,41 @@ export async function loadStream(
         const instance = r.be32();
         const ver = r.be32();
         if (sections.has(id)) throw new StreamError(at, `section id ${id} used twice`);
-        if (instance !== 0) {
+        const kind = type === Section.START ? "live" : "device";
+        // Under a peer profile, device sections ferry does not know go to its loader as they are.
+        const other = kind === "device" && !registry.get(name)
+          ? registry.profile.otherDevices
+          : undefined;
+        if (instance !== 0 && !other) {
           throw new StreamError(at, `section "${name}" has instance ${instance}, expected 0`);
         }
-        const kind = type === Section.START ? "live" : "device";
-        const section = registry.get(name)?.section;
+        const section = other ?? registry.get(name)?.section;
         if (!section || section.kind !== kind) {
           throw new StreamError(at, `unknown ${kind} section "${name}"`);
         }
-        if (ver !== section.version) {
+        if (!other && ver !== section.version) {
           throw new StreamError(
             at,
             `section "${name}" version ${ver}, expected ${section.version}`,
           );
         }
-        if ([...sections.values()].some((s) => s.name === name)) {
+        if (!other && [...sections.values()].some((s) => s.name === name)) {
           throw new StreamError(
             at,
             `section "${name}" ${kind === "live" ? "started" : "sent"} twice`,
           );
         }
-        sections.set(id, { name, ended: kind === "device" });
-        const payload = await loaders.get(name)!.load(r, kind === "live" ? "start" : "full", at);
+        sections.set(id, { name: section.name, ended: kind === "device" });
+        const payload = await loaders.get(section.name)!.load(
+          r,
+          kind === "live" ? "start" : "full",
+          at,
+          { id, name, instance, version: ver },
+        );
         if (kind === "device" && digests && payload) {
           digests.addDevice(
             name,
-            0,
+            instance,
             payload.length,
             sharedKernels().digest(payload, 0, payload.length),
           );
@@ -186,13 +230,13 @@ export async function loadStream(
         if (section.ended) {
           throw new StreamError(at, `section id ${id} ("${section.name}") already ended`);
         }
-        if (type === Section.END) section.ended = true;
+        if (type === Section.END) section.ended = st.final = true;
         await loaders.get(section.name)!.load(r, type === Section.END ? "end" : "part", at);
         await footer(r, id);
         break;
       }
       case Section.COMMAND: {
-        sawSection = true;
+        st.sawSection = true;
         await r.need(4);
         const cmd = r.be16();
         const len = r.be16();
@@ -200,11 +244,47 @@ export async function loadStream(
           if (len !== 4) {
             throw new StreamError(at, `command PING with ${len} bytes of data (expects 4)`);
           }
-          if (!returnPath || !onPing) {
+          if (!st.returnPath || !onPing) {
             throw new StreamError(at, "command PING without an open return path to answer on");
           }
           await r.need(4);
           await onPing(r.be32());
+          break;
+        }
+        if (cmd === MIG_CMD_FERRY_RESUME) {
+          options.onReturnPath?.(); // the source reads the answer: tell it why not
+          throw new StreamError(
+            at,
+            "the source asks to resume an interrupted migration, but this destination holds " +
+              "none (it was armed for a new one)",
+          );
+        }
+        if (cmd === MIG_CMD_FERRY_MIGRATION_ID) {
+          st.migrationId = await readMigrationId(r, len, at);
+          break;
+        }
+        if (cmd === MIG_CMD_FERRY_MULTIFD_FLUSH) {
+          if (!options.multifd || len !== 0) {
+            throw new StreamError(at, "a multifd FLUSH command without multifd, or with data");
+          }
+          await options.multifd.flush(at);
+          break;
+        }
+        if (cmd === MIG_CMD_FERRY_MULTIFD) {
+          // docs/ARCHITECTURE.md, "Multifd": the page channels connect after this.
+          if (!options.multifd) {
+            throw new StreamError(
+              at,
+              "the source sends pages over multifd channels, but this destination's " +
+                "multifd_channels is 1: set the same on both ends",
+            );
+          }
+          if (len !== MULTIFD_COMMAND_BYTES) {
+            throw new StreamError(at, `command MULTIFD with ${len} bytes of data`);
+          }
+          await r.need(len);
+          const count = r.be16();
+          options.multifd.open(count, r.take(len - 2).slice(), st.digests, at);
           break;
         }
         if (cmd !== MIG_CMD_OPEN_RETURN_PATH) {
@@ -216,12 +296,13 @@ export async function loadStream(
             `command OPEN_RETURN_PATH with ${len} bytes of data (expects 0)`,
           );
         }
-        if (returnPath) throw new StreamError(at, "return path opened twice");
-        returnPath = true;
+        if (st.returnPath) throw new StreamError(at, "return path opened twice");
+        st.returnPath = true;
         options.onReturnPath?.();
         break;
       }
       case Section.EOF: {
+        st.final = true;
         for (const [id, s] of sections) {
           if (!s.ended) {
             throw new StreamError(
@@ -233,7 +314,7 @@ export async function loadStream(
         // A section that must have come says so now.
         for (const loader of loaders.values()) loader.finish(at);
         const description = await readDescription(r);
-        if (!returnPath && !(await r.atEnd())) {
+        if (!st.returnPath && !(await r.atEnd())) {
           throw new StreamError(r.offset, "unexpected bytes after the vmdescription");
         }
         if (digests) verifyIntegrity(digests, description);
@@ -242,9 +323,11 @@ export async function loadStream(
         for (const loader of loaders.values()) await loader.commit?.();
         onBytes?.(r.received);
         const ram = loaders.get(SectionName.RAM);
+        // A profile's ram loader (engine/qemu_profile.ts) wraps a RamLoader and shows its stats.
         const stats = ram instanceof RamLoader
           ? ram.stats
-          : { zeroPages: 0, normalPages: 0, compressedPages: 0, refPages: 0 };
+          : (ram as Partial<Pick<RamLoader, "stats">> | undefined)?.stats ??
+            { zeroPages: 0, normalPages: 0, compressedPages: 0, refPages: 0 };
         return {
           bytes: r.offset,
           zeroPages: stats.zeroPages,
@@ -252,7 +335,7 @@ export async function loadStream(
           compressedPages: stats.compressedPages,
           refPages: stats.refPages,
           description,
-          returnPath,
+          returnPath: st.returnPath,
         };
       }
       default:
@@ -273,6 +356,27 @@ function verifyIntegrity(digests: MigrationDigests, description: unknown): void 
     );
   }
   digests.verify(parseIntegrityRecord(record));
+}
+
+/** Reads and checks the stream header (magic and version); first clears the guest's dirty log. */
+async function readHeader(r: StreamReader, guest: Guest): Promise<void> {
+  for (const block of guest.blocks) block.syncDirty(new Uint32Array(block.dirty.length));
+  await r.need(8);
+  const magic = r.be32();
+  if (magic === FERRYENC_HEAD) {
+    throw new StreamError(
+      0,
+      'it is an encrypted snapshot ("FERRYENC"): set snapshot_key (--snapshot-key) to the key ' +
+        "it was made with",
+    );
+  }
+  if (magic !== QEVM_MAGIC) {
+    throw new StreamError(0, `bad magic 0x${hex8(magic)}, expected 0x${hex8(QEVM_MAGIC)} ("QEVM")`);
+  }
+  const version = r.be32();
+  if (version !== QEVM_VERSION) {
+    throw new StreamError(4, `unsupported stream version ${version}, expected ${QEVM_VERSION}`);
+  }
 }
 
 async function footer(r: StreamReader, id: number): Promise<void> {

@@ -37,6 +37,12 @@ export interface GateOptions {
   readonly deadlineMs?: number;
   /** Told about every connection dropped, with why. */
   readonly onDropped?: (peer: string, why: string) => void;
+  /**
+   * Takes the connections that come once the stream started, instead of their
+   * being dropped (multifd's page channels, docs/ARCHITECTURE.md, "Multifd"); the
+   * caller then closes the listener when it needs no more.
+   */
+  readonly afterStream?: (ch: Channel) => void;
 }
 
 /**
@@ -90,6 +96,10 @@ export async function acceptStream(listener: Listener, options: GateOptions): Pr
       (async () => {
         for (;;) {
           const ch = await listener.accept();
+          if (done.signal.aborted && options.afterStream && !signal.aborted) {
+            options.afterStream(ch);
+            continue;
+          }
           if (done.signal.aborted) {
             ch.close();
             onDropped?.(ch.peer, "another connection started the stream first");

@@ -9,8 +9,9 @@ import type { Clock } from "./clock.ts";
 import { PAGE_SIZE, Section } from "./format/constants.ts";
 import type { StreamWriter } from "./format/writer.ts";
 import type { Capabilities, Parameters } from "./params.ts";
-import { AutoConverge, MAX_THROTTLE } from "./auto_converge.ts";
-import { StallDetector, StallError } from "./stall.ts";
+import { AutoConverge } from "./auto_converge.ts";
+import { ConvergenceWatch, type Escalation, takeEscalation } from "./deadline.ts";
+import { StallDetector } from "./stall.ts";
 import { RateLimiter, WINDOW_MS, type WindowStats } from "./rate_limiter.ts";
 import { RamSaver } from "./sections/ram.ts";
 import type { DeviceSaver, LiveSaver, SaveContext, SectionRegistry } from "./sections/section.ts";
@@ -52,13 +53,16 @@ export function createSavers(registry: SectionRegistry, ctx: SaveContext): Saver
   live.sort((a, b) =>
     Number(b.saver.turnBytes !== undefined) - Number(a.saver.turnBytes !== undefined)
   );
-  return { live, devices, ram, machineType: registry.machineType };
+  return { live, devices, ram, machineType: registry.outgoingMachine };
 }
 
 /** What the migration loop reports while it runs. */
 export interface OutgoingProgress {
-  /** Window measurements: bandwidth in bytes/ms, expected downtime in ms. */
-  window(stats: WindowStats, expectedDowntime: number): void;
+  /**
+   * Window measurements: bandwidth in bytes/ms, expected downtime in ms, and
+   * max_size (what may be left to switch over, bytes) for the flight recorder.
+   */
+  window(stats: WindowStats, expectedDowntime: number, maxSize: number): void;
   /** A dirty-log sync finished a pass. */
   pass(count: number, dirtyPages: number): void;
   /** The setup phase is written; the loop starts iterating. */
@@ -94,6 +98,13 @@ export interface OutgoingContext {
    * paid for in the downtime; the round trip counts into the expected downtime.
    */
   readonly drain?: () => Promise<number>;
+  /** When the migration started (the completion deadline counts from it); default: now. */
+  readonly startedAt?: number;
+  /**
+   * With `pause_before_switchover`: called once the guest is stopped, before the
+   * rest is sent; resolves when the operator continues, rejects on a cancel.
+   */
+  readonly beforeSwitchover?: () => Promise<void>;
 }
 
 /** The result of a finished pre-copy migration. */
@@ -171,8 +182,28 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
   let settle = false;
   let unachievable = false;
   const floor = new StallDetector(() => FLOOR_SYNCS);
-  const stall = new StallDetector(() => ctx.params().stall_windows);
+  // Stall detection and the completion deadline (engine/deadline.ts).
+  const watch = new ConvergenceWatch(
+    ctx.startedAt ?? clock.now(),
+    ram.totalBytes,
+    ctx.params,
+  );
+  /** What forced the switchover, if something did (its downtime is reported). */
+  let forcedBy: Escalation["source"] | null = null;
   let converge = ctx.capabilities.auto_converge ? newAutoConverge(ctx) : null;
+  const escalationHooks = {
+    throttleUp: () => {
+      converge ??= newAutoConverge(ctx);
+      const throttle = converge.escalate();
+      if (throttle !== null) {
+        ctx.guest.setThrottle(throttle);
+        ctx.progress.throttled(throttle);
+      }
+      return throttle;
+    },
+    warn: (code: string, message: string) => ctx.progress.warn(code, message),
+    dirtyPagesRate: () => ram.stats.dirtyPagesRate,
+  };
   let failedCacheSize = -1;
   /** What a switchover costs besides sending: the final dirty-log sync and the round trip. */
   const stopCost = () => rtt + ram.lastSyncMs;
@@ -247,7 +278,18 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
         checkAchievable();
         continue;
       } else {
-        return await complete(ctx);
+        const result = await complete(ctx);
+        if (forcedBy) {
+          ctx.progress.warn(
+            "forced-switchover-downtime",
+            `The switchover forced by the ${
+              forcedBy === "stall" ? "stall" : "completion deadline"
+            } cost ${
+              Math.round(result.downtime)
+            } ms of downtime (downtime_limit ${ctx.params().downtime_limit} ms)`,
+          );
+        }
+        return result;
       }
     }
     const measured = limiter.tick(w.bytes);
@@ -285,36 +327,13 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
       const expected = window.bandwidth > 0
         ? Math.max(pendingBytes / window.bandwidth, ram.pendingBusyMs) + stopCost()
         : Infinity;
-      ctx.progress.window(window, expected);
-      if (!settle && stall.observe(live.reduce((n, e) => n + e.saver.backlogBytes, 0))) {
-        const why = ` (the guest dirtied ${ram.stats.dirtyPagesRate} pages/s)`;
-        if (params.stall_action === "switchover") {
-          settle = true;
-          ctx.progress.warn(
-            "stalled-switchover",
-            `Migration stalled for ${stall.since} windows: switching over now (stall_action ` +
-              `switchover); the downtime will exceed the limit`,
-          );
-        } else if (params.stall_action === "throttle") {
-          converge ??= newAutoConverge(ctx);
-          const throttle = converge.escalate();
-          if (throttle === null) {
-            throw new StallError(
-              stall.low,
-              stall.since,
-              `${why}, even throttled to ${MAX_THROTTLE} %`,
-            );
-          }
-          ctx.guest.setThrottle(throttle);
-          ctx.progress.throttled(throttle);
-          ctx.progress.warn(
-            "stalled-throttle",
-            `Migration stalled for ${stall.since} windows: throttling the guest to ${throttle} % ` +
-              `(stall_action throttle)`,
-          );
-          stall.restart();
-        } else {
-          throw new StallError(stall.low, stall.since, why);
+      ctx.progress.window(window, expected, maxSize);
+      if (!settle) {
+        const backlog = live.reduce((n, e) => n + e.saver.backlogBytes, 0);
+        const escalation = watch.window(clock.now(), backlog);
+        if (escalation) {
+          settle = takeEscalation(escalation, escalationHooks, watch);
+          if (settle) forcedBy = escalation.source;
         }
       }
     }
@@ -340,9 +359,13 @@ async function complete(ctx: OutgoingContext): Promise<OutgoingResult> {
   const wasRunning = before === "running";
   const stoppedAt = clock.now();
   guest.stop("finish-migrate");
-  const marks = { stopped: clock.now(), sent: 0, devices: 0 };
+  const marks = { stopped: clock.now(), sent: 0, devices: 0, paused: 0 };
   ctx.progress.stopped(stoppedAt);
   try {
+    if (ctx.beforeSwitchover) {
+      await ctx.beforeSwitchover();
+      marks.paused = clock.now() - marks.stopped;
+    }
     for (const { id, saver } of byId(ctx.savers.live)) {
       await w.sectionPart(Section.END, id);
       await saver.complete(w);
@@ -351,11 +374,16 @@ async function complete(ctx: OutgoingContext): Promise<OutgoingResult> {
     marks.sent = clock.now();
     ctx.progress.pass(ram.stats.dirtySyncCount, 0);
     for (const { id, name, version, saver } of byId(ctx.savers.devices)) {
-      const state = await saver.state();
-      ctx.digests?.addDevice(name, 0, state.length, sharedKernels().digest(state, 0, state.length));
-      await w.sectionStart(Section.FULL, id, name, 0, version);
-      await w.write(state);
-      await w.footer(id);
+      // A saver of several sections (QEMU's devices, replayed) names each one itself.
+      const sections = saver.sections?.() ??
+        [{ id, name, instance: 0, version, payload: await saver.state() }];
+      for (const s of sections) {
+        const digest = sharedKernels().digest(s.payload, 0, s.payload.length);
+        ctx.digests?.addDevice(s.name, s.instance, s.payload.length, digest);
+        await w.sectionStart(Section.FULL, s.id, s.name, s.instance, s.version);
+        await w.write(s.payload);
+        await w.footer(s.id);
+      }
     }
     marks.devices = clock.now();
     await w.end(vmDescription(ctx.savers, ctx.digests ?? undefined));
@@ -373,12 +401,14 @@ async function complete(ctx: OutgoingContext): Promise<OutgoingResult> {
   if (downtime > limit) {
     // Where the time went, so an operator can tell a slow link from a slow guest.
     const ms = (x: number) => `${Math.round(x)} ms`;
-    const sync = Math.min(ram.lastSyncMs, marks.sent - marks.stopped);
+    const sync = Math.min(ram.lastSyncMs, marks.sent - marks.stopped - marks.paused);
+    const paused = marks.paused > 0 ? `, the pause before switchover ${ms(marks.paused)}` : "";
     ctx.progress.warn(
       "downtime-limit-exceeded",
       `The downtime (${ms(downtime)}) exceeded downtime_limit (${limit} ms): stopping the ` +
-        `guest took ${ms(marks.stopped - stoppedAt)}, the final dirty-log sync ${ms(sync)}, ` +
-        `the last pages ${ms(marks.sent - marks.stopped - sync)}, device state ` +
+        `guest took ${ms(marks.stopped - stoppedAt)}${paused}, the final dirty-log sync ` +
+        `${ms(sync)}, the last pages ${ms(marks.sent - marks.stopped - marks.paused - sync)}, ` +
+        `device state ` +
         `${ms(marks.devices - marks.sent)}, the end of the stream and the destination's ` +
         `answer ${ms(end - marks.devices)}`,
     );
@@ -398,7 +428,7 @@ export function vmDescription(
 ): Record<string, unknown> {
   return {
     page_size: PAGE_SIZE,
-    devices: byId(savers.devices).map((d) => d.saver.describe()),
+    devices: byId(savers.devices).flatMap((d) => d.saver.describe()),
     ...(digests ? { ferry: { integrity: digests.record() } } : {}),
   };
 }

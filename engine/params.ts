@@ -9,10 +9,23 @@ import {
   type SecurityParameter,
   STALL_ACTIONS,
   type StallAction,
+  TIMEOUT_ACTIONS,
+  type TimeoutAction,
 } from "./contract.ts";
 
-export type { Capabilities, Parameters, SecurityParameter, StallAction } from "./contract.ts";
-export { PARAMETER_LIMITS, SECURITY_PARAMETER_SCHEMAS, STALL_ACTIONS } from "./contract.ts";
+export type {
+  Capabilities,
+  Parameters,
+  SecurityParameter,
+  StallAction,
+  TimeoutAction,
+} from "./contract.ts";
+export {
+  PARAMETER_LIMITS,
+  SECURITY_PARAMETER_SCHEMAS,
+  STALL_ACTIONS,
+  TIMEOUT_ACTIONS,
+} from "./contract.ts";
 
 /** The seed's defaults. */
 export const DEFAULT_PARAMETERS: Readonly<Parameters> = {
@@ -33,6 +46,12 @@ export const DEFAULT_PARAMETERS: Readonly<Parameters> = {
   snapshot_key: "",
   compress_method: "none",
   compress_level: 1,
+  resume_grace: 60_000,
+  resume_auto: false,
+  multifd_channels: 1,
+  completion_timeout_ms: 0,
+  completion_timeout_per_gib: 0,
+  on_timeout: "cancel",
 };
 
 /** QEMU's capabilities off, as QEMU starts; ferry's `verify` on (turn it off only for peers that cannot speak it). */
@@ -43,6 +62,7 @@ export const DEFAULT_CAPABILITIES: Readonly<Capabilities> = {
   rdma_pin_all: false,
   verify: true,
   page_refs: false,
+  pause_before_switchover: false,
 };
 
 /** Why each capability ferry cannot honour yet is refused (never accepted and ignored). */
@@ -57,9 +77,23 @@ export const UNSUPPORTED_CAPABILITIES: Readonly<Partial<Record<keyof Capabilitie
  */
 export function validateParameters(patch: Partial<Parameters>, ramBytes = Infinity): void {
   for (const [key, value] of Object.entries(patch) as [keyof Parameters, unknown][]) {
-    if (key === "stall_action" || key === "compress_method") {
-      const allowed: readonly string[] = key === "stall_action" ? STALL_ACTIONS : COMPRESS_METHODS;
-      if (!allowed.includes(value as StallAction | CompressMethod)) {
+    if (key === "resume_auto") {
+      if (typeof value !== "boolean") {
+        throw new EngineError(
+          "invalid-parameter",
+          `Invalid parameter "${key}": ${JSON.stringify(value)} is not true or false`,
+          { field: key },
+        );
+      }
+      continue;
+    }
+    if (key === "stall_action" || key === "compress_method" || key === "on_timeout") {
+      const allowed: readonly string[] = key === "stall_action"
+        ? STALL_ACTIONS
+        : key === "on_timeout"
+        ? TIMEOUT_ACTIONS
+        : COMPRESS_METHODS;
+      if (!allowed.includes(value as StallAction | CompressMethod | TimeoutAction)) {
         throw new EngineError(
           "invalid-parameter",
           `Invalid parameter "${key}": ${JSON.stringify(value)} is not one of ${

@@ -91,7 +91,9 @@ export async function warmUp(
   const source = new Engine({ guest: src, ...common });
   const destination = new Engine({ guest: dst, ...common });
   try {
-    source.setParameters({ max_bandwidth: 1e12 });
+    // A scratch migration: a broken one fails at once rather than waiting to resume.
+    source.setParameters({ max_bandwidth: 1e12, resume_grace: 0 });
+    destination.setParameters({ resume_grace: 0 });
     const incoming = await destination.listenIncoming(uri);
     source.migrate(incoming.address!);
     const done = Promise.all([source.migration!.done, destination.incoming!.done]);

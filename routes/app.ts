@@ -6,13 +6,17 @@ import { AuthBackoff } from "./auth_backoff.ts";
 import { blockerRoutes } from "./blockers.ts";
 import { capabilityRoutes } from "./capabilities.ts";
 import { consoleRoutes, type GuestConsole } from "./console.ts";
+import { dirtyRateRoutes } from "./dirty_rate.ts";
 import { eventRoutes } from "./events.ts";
 import { hostCheck, type HostCheckOptions } from "./host_check.ts";
+import { historyRoutes } from "./history.ts";
 import { incomingRoutes } from "./incoming.ts";
 import { jsonBodyOnly } from "./json_body.ts";
+import { metricsRoutes } from "./metrics.ts";
 import { migrationRoutes } from "./migrations.ts";
 import { originCheck } from "./origin_check.ts";
 import { parameterRoutes } from "./parameters.ts";
+import { planRoutes } from "./plan.ts";
 import { ApiError, domainError, type ErrorBody, newRouter } from "./router.ts";
 import { tokenAuth } from "./token_auth.ts";
 import { type VmInspector, vmRoutes } from "./vm.ts";
@@ -120,6 +124,11 @@ export function createApp(deps: AppDeps) {
   app.route("/", eventRoutes(deps));
   app.route("/", vmRoutes(deps));
   app.route("/", consoleRoutes(deps));
+  app.route("/", dirtyRateRoutes(deps));
+  app.route("/", planRoutes(deps));
+  app.route("/", metricsRoutes(deps));
+  // After every /migrations/<word> route: /migrations/{id} must not shadow them.
+  app.route("/", historyRoutes(deps));
   app.doc31("/openapi.json", OPENAPI_HEAD);
   app.get(
     "/",

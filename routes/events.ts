@@ -19,8 +19,9 @@ const EVENT_DOC = `Server-Sent Events. Every event's data is JSON and every even
 - \`state\`: \`{from, to, time, error?}\` on every outgoing migration transition.
 - \`pass\`: \`{pass, dirty_pages, time}\` on every dirty-log sync.
 - \`warning\`: \`{code, message, time}\` when the operator should know something (the
-  round trip alone exceeds the downtime limit, a stall action was taken); the
-  migration's info lists them under \`warnings\`.
+  round trip alone exceeds the downtime limit, a stall action was taken, the channel
+  failed during pre-copy and the migration waits in \`interrupted\`, it resumed and
+  how much it saved); the migration's info lists them under \`warnings\`.
 - \`progress\`: \`{info, time}\`, info as GET /migrations/current; at most 10 per second
   per client, coalesced (a client only ever gets the newest).
 - \`incoming\`: \`{from, to, time, error?, info}\` on every destination transition.

@@ -5,6 +5,7 @@ import {
   errorResponses,
   IncomingInfoSchema,
   IncomingRequestSchema,
+  IncomingResumeRequestSchema,
   jsonBody,
   jsonResponse,
 } from "./schemas.ts";
@@ -39,17 +40,33 @@ const disarm = createRoute({
   },
 });
 
-/** POST|GET|DELETE /migrations/incoming. */
+const resume = createRoute({
+  method: "post",
+  path: "/migrations/incoming/resume",
+  summary: "Listen for the source's resume of an interrupted pre-copy (like QEMU migrate-recover)",
+  request: jsonBody(IncomingResumeRequestSchema),
+  responses: {
+    202: jsonResponse(IncomingInfoSchema, "Listening for the resume; address has the real port"),
+    ...errorResponses(400, 403, 409),
+  },
+});
+
+/** POST|GET|DELETE /migrations/incoming, POST /migrations/incoming/resume. */
 export function incomingRoutes(deps: { engine: Engine }) {
   const { engine } = deps;
   return newRouter()
     .openapi(arm, async (c) => {
-      const info = await engine.listenIncoming(c.req.valid("json").uri);
+      const body = c.req.valid("json");
+      const info = await engine.listenIncoming(body.uri, body.peer);
       return c.json(info, 202);
     })
     .openapi(query, (c) => c.json(engine.incomingInfo(), 200))
     .openapi(disarm, (c) => {
       const { cancelled, info } = engine.disarmIncoming();
       return cancelled ? c.json(info, 202) : c.json(info, 200);
+    })
+    .openapi(resume, async (c) => {
+      const info = await engine.resumeIncoming(c.req.valid("json").uri);
+      return c.json(info, 202);
     });
 }

@@ -7,6 +7,7 @@ import {
   jsonResponse,
   MigrateRequestSchema,
   MigrationInfoSchema,
+  ResumeRequestSchema,
 } from "./schemas.ts";
 
 const migrate = createRoute({
@@ -37,7 +38,31 @@ const cancel = createRoute({
   },
 });
 
-/** POST /migrations, GET|DELETE /migrations/current. */
+const resume = createRoute({
+  method: "post",
+  path: "/migrations/current/resume",
+  summary: "Resume an interrupted pre-copy over a new channel (like QEMU migrate resume=true)",
+  request: jsonBody(ResumeRequestSchema),
+  responses: {
+    202: jsonResponse(MigrationInfoSchema, "Resumed: the migration is active again"),
+    ...errorResponses(400, 403, 409),
+  },
+});
+
+const continueSwitchover = createRoute({
+  method: "post",
+  path: "/migrations/current/continue",
+  summary: "Let a migration paused in pre-switchover send the rest (QEMU migrate-continue)",
+  responses: {
+    200: jsonResponse(MigrationInfoSchema, "Continuing: the state is now device"),
+    ...errorResponses(409),
+  },
+});
+
+/**
+ * POST /migrations, GET|DELETE /migrations/current, POST /migrations/current/resume and
+ * /migrations/current/continue.
+ */
 export function migrationRoutes(deps: { engine: Engine }) {
   const { engine } = deps;
   return newRouter()
@@ -50,5 +75,10 @@ export function migrationRoutes(deps: { engine: Engine }) {
     .openapi(cancel, (c) => {
       const { cancelled, info } = engine.cancel();
       return cancelled ? c.json(info, 202) : c.json(info, 200);
-    });
+    })
+    .openapi(resume, async (c) => {
+      const info = await engine.resumeMigration(c.req.valid("json").uri);
+      return c.json(info, 202);
+    })
+    .openapi(continueSwitchover, (c) => c.json(engine.continueMigration(), 200));
 }

@@ -13,8 +13,13 @@ export const ENGINE_STATUS: Record<EngineErrorCode, ContentfulStatusCode> = {
   "invalid-parameter": 400,
   "incoming-active": 409,
   "not-incoming": 409,
+  "not-paused": 409,
+  "migration-not-found": 404,
   "guest-incomplete": 409,
+  "guest-not-runnable": 409,
   "guest-running": 409,
+  "not-interrupted": 409,
+  "resume-refused": 409,
   "blocker-not-found": 404,
 };
 
@@ -96,7 +101,10 @@ interface ZodIssueLike {
 export function validationError(c: Context, issues: readonly ZodIssueLike[]): Response {
   const issue = issues[0];
   let field = issue?.path.map(String).join(".") ?? "";
-  if (issue?.code === "unrecognized_keys" && issue.keys?.length) field = issue.keys.join(",");
+  if (issue?.code === "unrecognized_keys" && issue.keys?.length) {
+    // A nested object's unknown key is named with its path (`parameters.downtime`).
+    field = [field, issue.keys.join(",")].filter((s) => s !== "").join(".");
+  }
   const message = issue
     ? field
       ? `Invalid field "${field}": ${issue.message}`

@@ -1,14 +1,21 @@
 import { z } from "@hono/zod-openapi";
 import { RUN_STATES } from "../vm/guest.ts";
+import { CapabilitiesPatchSchema, ParametersPatchSchema, PEER_KINDS } from "../engine/contract.ts";
 
 // The API's data (info, capabilities, parameters) is defined once, in the engine's contract.
 export {
   CapabilitiesPatchSchema,
   CapabilitiesSchema,
+  ExplanationSchema,
   IncomingInfoSchema,
   MigrationInfoSchema,
+  MigrationRecordSchema,
   ParametersPatchSchema,
   ParametersSchema,
+  ResumeInfoSchema,
+  TimelinePassSchema,
+  TimelineSchema,
+  TimelineWindowSchema,
   VmInfoSchema,
 } from "../engine/contract.ts";
 
@@ -39,10 +46,57 @@ export const MigrateRequestSchema = z.object({
   }),
 }).strict().openapi("MigrateRequest");
 
+// Planning: the dirty-rate measurement and the plan (engine/plan_contract.ts).
+export {
+  DirtyRateInfoSchema,
+  DirtyRateRequestSchema,
+  PlanSchema,
+  PredictionSchema,
+  WorkingSetSchema,
+} from "../engine/plan_contract.ts";
+
+/** POST /migrations/plan body: the migrate body with the URI optional, parameters, capabilities. */
+export const PlanRequestSchema = MigrateRequestSchema.extend({
+  uri: MigrateRequestSchema.shape.uri.optional().openapi({
+    description: "Destination, as for POST /migrations; tcp: and unix: are probed for the " +
+      "round trip (a connection opened and closed at once, without a stream)",
+    example: "tcp:127.0.0.1:4444",
+  }),
+  parameters: ParametersPatchSchema.optional().openapi({
+    description: "Parameters to plan with, over the current ones",
+  }),
+  capabilities: CapabilitiesPatchSchema.optional().openapi({
+    description: "Capabilities to plan with, over the current ones",
+  }),
+}).strict().openapi("PlanRequest", {
+  example: { parameters: { max_bandwidth: 134217728, downtime_limit: 300 } },
+});
+
 /** POST /migrations/incoming body. */
 export const IncomingRequestSchema = z.object({
   uri: z.string().min(1).max(4096).openapi({ example: "tcp:127.0.0.1:0" }),
+  peer: z.enum(PEER_KINDS).optional().openapi({
+    description:
+      "Who sends the stream: another ferry, or a QEMU (then this ferry must run --peer qemu); " +
+      "a mismatch is refused before listening",
+  }),
 }).strict().openapi("IncomingRequest");
+
+/** POST /migrations/current/resume body. */
+export const ResumeRequestSchema = z.object({
+  uri: z.string().min(1).max(4096).openapi({
+    description: "Where the destination listens again for the resume (tcp: or unix:)",
+    example: "tcp:127.0.0.1:4444",
+  }),
+}).strict().openapi("ResumeRequest");
+
+/** POST /migrations/incoming/resume body. */
+export const IncomingResumeRequestSchema = z.object({
+  uri: z.string().min(1).max(4096).optional().openapi({
+    description: "Where to listen for the resume (default: the address the stream came to)",
+    example: "tcp:127.0.0.1:4444",
+  }),
+}).strict().openapi("IncomingResumeRequest");
 
 /** One migration blocker. */
 export const BlockerSchema = z.object({ id: z.string(), reason: z.string() }).openapi("Blocker");

@@ -215,3 +215,28 @@ Deno.test("HELP documents every flag", () => {
     ]
   ) assert.ok(HELP.includes(flag), flag);
 });
+
+Deno.test("--state-dir: an absolute path as given, a relative one from the working directory, empty refused", () => {
+  assert.equal(parseFlags(["--state-dir", "/var/lib/ferry"]).stateDir, "/var/lib/ferry");
+  assert.equal(parseFlags(["--state-dir", "state"], { cwd: "/srv/f/" }).stateDir, "/srv/f/state");
+  assert.equal(parseFlags([]).stateDir, undefined);
+  assert.throws(() => parseFlags(["--state-dir", ""]), /Invalid --state-dir: empty path/);
+});
+
+Deno.test("parseFlags() reads --peer: ferry by default, qemu for a QEMU guest held, never with what runs a guest", () => {
+  assert.equal(parseFlags([]).peer, "ferry");
+  const c = parseFlags(["--peer", "qemu", "--ram", "32M", "--fill", "random"]);
+  assert.equal(c.peer, "qemu");
+  assert.equal(c.fill, "random");
+  for (
+    const [args, why] of [
+      [["--peer", "kvm"], /Invalid --peer "kvm": expected ferry or qemu/],
+      [["--peer", "qemu", "--guest", "x86", "--ram", "64M"], /drop --guest x86/],
+      [["--peer", "qemu", "--workload", "random:rate=1M"], /drop --workload/],
+      [["--peer", "qemu", "--disk", "/tmp/d.img"], /--disk/],
+    ] as const
+  ) {
+    assert.throws(() => parseFlags([...args]), (e) => e instanceof CliError && why.test(e.message));
+  }
+  assert.match(HELP, /--peer ferry\|qemu/);
+});

@@ -6,6 +6,9 @@
  *   deno task status  -- [--api URL] [--watch] [--json]
  *   deno task token   -- [--api URL]
  *   deno task console -- [--api URL] [--replay BYTES]
+ *   deno task plan    -- [--api URL] [--to URI] [--speed 1G] [--downtime 30ms] [--measure 1s]
+ *   deno task history -- [--api URL] [--json]           (tools/ferryctl_history.ts)
+ *   deno task timeline -- ID [--api URL] [--json|--ndjson]
  *
  * `migrate` exits 0 only when the migration completed; `console` attaches the
  * terminal to the guest's serial console until Ctrl-]. The API token is `--token`,
@@ -22,6 +25,8 @@ import { parseArgs } from "node:util";
 import { parseSize } from "../vm/ram.ts";
 import { defaultTokenFile, readTokenFile, TokenFileError } from "../api_token.ts";
 import { isLoopbackHost } from "../routes/host_check.ts";
+import { plan } from "./ferryctl_plan.ts";
+import { history, timeline } from "./ferryctl_history.ts";
 
 /** A bad command line: printed on one line, exit status 2. */
 export class UsageError extends Error {
@@ -687,12 +692,12 @@ export function token(args: string[], env: Env, io: Io): number {
   return 0;
 }
 
-const DEFAULT_API = "http://127.0.0.1:8080";
+export const DEFAULT_API = "http://127.0.0.1:8080";
 
 type Options = NonNullable<Parameters<typeof parseArgs>[0]>["options"];
 
 // deno-lint-ignore no-explicit-any
-function parse(args: string[], options: Options): { values: Record<string, any> } {
+export function parse(args: string[], options: Options): { values: Record<string, any> } {
   try {
     return parseArgs({
       args: args.filter((a, i) => !(a === "--" && i === 0)),
@@ -718,8 +723,13 @@ export async function run(
     if (command === "status") return await status(args, env, io);
     if (command === "token") return token(args, env, io);
     if (command === "console") return await consoleCommand(args, env, io, stdin);
+    if (command === "plan") return await plan(args, env, io);
+    if (command === "history") return await history(args, env, io);
+    if (command === "timeline") return await timeline(args, env, io);
     throw new UsageError(
-      `Unknown command "${command ?? ""}": expected migrate, status, token or console`,
+      `Unknown command "${
+        command ?? ""
+      }": expected migrate, status, token, console, plan, history or timeline`,
     );
   } catch (e) {
     if (e instanceof UsageError) {

@@ -49,6 +49,11 @@ export interface Guest {
    * synthetic guest.
    */
   readonly machine?: MachineDevices;
+  /**
+   * Why this guest cannot run at all (a QEMU image held, not run: vm/qemu_image.ts),
+   * or null; absent on guests that can.
+   */
+  startBlocker?(): string | null;
   /** Why this guest cannot be migrated right now (its own blocker), or null. */
   migrationBlocker?(): string | null;
   /** Listeners see every run-state change. */

@@ -1,10 +1,11 @@
 // ferry's dashboard: plain browser JavaScript, no build step. Its one library,
 // xterm.js (the terminal pane), comes from the npm package and is inlined into the
-// page by web/dashboard.ts, as is web/console_pane.js. The pure helpers at the top
+// page by web/dashboard.ts, as are web/console_pane.js and web/recorder_pane.js. The pure helpers at the top
 // are exported for tests (tests/web/app_test.ts); the page wiring at the bottom runs
 // only in a browser.
 
 import { ConsolePane } from "./console_pane.js";
+import { RecorderPane } from "./recorder_pane.js";
 
 /** Bytes with binary units: "0 B", "512 B", "1.5 KiB", "256.0 MiB". */
 export function formatBytes(n) {
@@ -80,7 +81,14 @@ export function progressOf(info) {
   return Math.min(1, Math.max(0, 1 - ram.remaining / ram.total));
 }
 
-const RUNNING = new Set(["setup", "active", "cancelling"]);
+const RUNNING = new Set([
+  "setup",
+  "active",
+  "interrupted",
+  "pre-switchover",
+  "device",
+  "cancelling",
+]);
 const FINAL = new Set(["completed", "failed", "cancelled"]);
 
 /**
@@ -244,9 +252,31 @@ export function describeEvent(type, data) {
       return `guest ${data.from} → ${data.to}`;
     case "reset":
       return `missed events (${data.reason}): state re-fetched`;
+    case "warning":
+      return `${data.code}: ${data.message}`;
     default:
       return null;
   }
+}
+
+/**
+ * One line on resuming an interrupted pre-copy (a migration's or incoming `resume`
+ * info): interruptions, resumes, pages held, bytes saved, and while interrupted
+ * the grace left; null before any interruption.
+ */
+export function resumeSummary(resume) {
+  if (!resume) return null;
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  const parts = [
+    plural(resume.interruptions, "interruption"),
+    plural(resume.resumes, "resume"),
+    `${resume.pages_held} pages held`,
+    `${formatBytes(resume.bytes_saved)} not sent again`,
+  ];
+  if (typeof resume.grace_left === "number") {
+    parts.push(`${formatMs(resume.grace_left)} left to resume`);
+  }
+  return parts.join(" · ");
 }
 
 /**
@@ -311,6 +341,11 @@ class Dashboard {
       throughput: new LineChart(this.$("chart-throughput"), "#2563eb"),
       dirty: new LineChart(this.$("chart-dirty"), "#d97706"),
     };
+    this.recorder = new RecorderPane(doc, {
+      api: (method, path) => this.api(method, path),
+      chartPoints,
+      formatRate,
+    });
     this.console = new ConsolePane(doc, {
       headers: (extra) => this.headers(extra),
       parser: () => new SseParser(),
@@ -740,6 +775,13 @@ class Dashboard {
       this.text("xbzrle-overflow", String(x.overflow));
     }
 
+    const resume = resumeSummary(m.resume);
+    this.$("resume").hidden = resume === null;
+    this.text("resume-summary", resume ?? "");
+    const incResume = resumeSummary(this.incoming?.resume);
+    this.$("incoming-resume").hidden = incResume === null;
+    this.text("incoming-resume", incResume ?? "");
+
     const running = RUNNING.has(m.status);
     this.$("migrate-start").disabled = running;
     this.$("migrate-cancel").disabled = !running;
@@ -766,6 +808,7 @@ class Dashboard {
 
     this.charts.throughput.draw(this.samples.map((s) => ({ t: s.t, v: s.throughput ?? 0 })));
     this.charts.dirty.draw(this.samples.map((s) => ({ t: s.t, v: s.dirty ?? 0 })));
+    if (!this.stopped) this.recorder.update(m, running);
     this.renderTimeline();
   }
 

@@ -26,7 +26,7 @@ export interface DashboardFiles {
 }
 
 /** The files of web/ that app.js imports. */
-const MODULES = ["console_pane.js"];
+const MODULES = ["console_pane.js", "recorder_pane.js"];
 
 /** xterm.js from the npm package pinned in deno.json (the text imports put it in the module graph). */
 export const XTERM: XtermFiles = { js: XTERM_JS, css: XTERM_CSS, license: XTERM_LICENSE };

@@ -34,6 +34,11 @@ export const RamFlag = {
   EOS: 0x10,
   CONTINUE: 0x20,
   XBZRLE: 0x40,
+  /**
+   * QEMU 8's MULTIFD_FLUSH: every multifd channel has sent its pages up to its
+   * next sync point, which the destination waits for (docs/ARCHITECTURE.md, "Multifd").
+   */
+  MULTIFD_FLUSH: 0x200,
   /** ferry's own: a compressed run of pages of one 32-page group (not QEMU's). */
   COMPRESSED: 0x400,
   /** ferry's own: a page equal to another page the destination holds (not QEMU's). */

@@ -67,6 +67,8 @@ export class StreamWriter {
   #inFlight: Promise<void> | null = null;
   #failure: unknown = null;
   #flushed = 0;
+  /** Bytes the migration wrote to its other channels (multifd), counted in `bytes`. */
+  #side = 0;
   /** The buffer records are written into; valid between awaits. */
   buf: Uint8Array;
   /** DataView over `buf`. */
@@ -118,9 +120,23 @@ export class StreamWriter {
     if (idle) { for (const b of bufs) returnStreamBuffer(b); }
   }
 
-  /** Total bytes written to the stream (buffered or sent). */
+  /**
+   * Total bytes written to the stream (buffered or sent), and to the migration's
+   * other channels (multifd, see {@link addSideBytes}): what the rate limiter and
+   * the bandwidth estimate measure.
+   */
   get bytes(): number {
-    return this.#flushed + this.pos;
+    return this.#flushed + this.pos + this.#side;
+  }
+
+  /** Of {@link bytes}, those written to other channels. */
+  get sideBytes(): number {
+    return this.#side;
+  }
+
+  /** Counts `n` bytes written to another channel of the same migration (multifd). */
+  addSideBytes(n: number): void {
+    this.#side += n;
   }
 
   /** Free bytes left in the current buffer. */

@@ -31,15 +31,18 @@ export const ramSection: Section = {
       ...(ctx.capabilities.xbzrle ? { xbzrleCacheSize: ctx.params.xbzrle_cache_size } : {}),
       ...(ctx.digests ? { digests: ctx.digests } : {}),
       ...(ctx.snapshot ? { zeroedAsPages: true } : {}),
-      ...(ctx.params.compress_method !== "none"
+      // With multifd the channels' workers compress (engine/multifd/pages.ts).
+      ...(ctx.params.compress_method !== "none" && !ctx.multifd
         ? { compress: { codec: ctx.params.compress_method, level: ctx.params.compress_level } }
         : {}),
       ...(ctx.capabilities.page_refs ? { pageRefs: true } : {}),
+      ...(ctx.multifd ? { multifd: ctx.multifd } : {}),
     }),
   loader: (ctx) =>
     new RamLoader(ctx.guest.blocks, undefined, ctx.digests, ctx.maxRecords, {
       compression: ctx.compression ?? "none",
       pageRefs: ctx.pageRefs ?? false,
+      ...(ctx.multifd ? { multifd: ctx.multifd } : {}),
     }),
 };
 

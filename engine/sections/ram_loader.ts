@@ -19,6 +19,7 @@ import {
   decompressExact,
 } from "../format/compression.ts";
 import type { SectionLoader } from "./section.ts";
+import type { MultifdLoad } from "../multifd/receiver.ts";
 
 /** What a RAM loader has written so far. */
 export interface RamLoadStats {
@@ -40,6 +41,14 @@ export interface RamLoadOptions {
   readonly compression?: CompressMethod;
   /** The `page_refs` capability of this destination: same-page references are refused without it. */
   readonly pageRefs?: boolean;
+  /** This destination's multifd channels: a FLUSH record waits for them (docs/ARCHITECTURE.md, "Multifd"). */
+  readonly multifd?: MultifdLoad;
+  /**
+   * A CONTINUE record may name the block of the last record of an earlier section,
+   * as QEMU's loader allows (its sender remembers the block across sections); by
+   * default each section names its block first.
+   */
+  readonly continueAcrossSections?: boolean;
 }
 
 /**
@@ -64,6 +73,8 @@ export class RamLoader implements SectionLoader {
     refPages: 0,
   };
   readonly #compression: CompressMethod;
+  readonly #multifd: MultifdLoad | null;
+  readonly #continueAcross: boolean;
   /**
    * With page_refs: per block, one bit per page that holds data this stream
    * wrote (PAGE, XBZRLE, compressed run, reference): what a reference may copy.
@@ -86,6 +97,8 @@ export class RamLoader implements SectionLoader {
     options: RamLoadOptions = {},
   ) {
     this.#compression = options.compression ?? "none";
+    this.#multifd = options.multifd ?? null;
+    this.#continueAcross = options.continueAcrossSections ?? false;
     this.#received = options.pageRefs
       ? new Map(blocks.map((b) => [b, new Uint32Array(Math.ceil(b.pages / 32))]))
       : null;
@@ -118,7 +131,7 @@ export class RamLoader implements SectionLoader {
   /** Reads records up to and including EOS; a block list (MEM_SIZE) only in the START payload. */
   async load(r: StreamReader, phase: "start" | "part" | "end" | "full"): Promise<void> {
     const start = phase === "start";
-    this.#last = null;
+    if (start || !this.#continueAcross) this.#last = null;
     for (;;) {
       if (this.#last !== null) this.#loadBuffered(r);
       if (r.avail < 8) await r.need(8);
@@ -144,6 +157,14 @@ export class RamLoader implements SectionLoader {
         continue;
       }
       if (flags === RamFlag.EOS) return;
+      if (flags === RamFlag.MULTIFD_FLUSH) {
+        if (this.#multifd === null) {
+          throw new StreamError(at, "a multifd FLUSH record, but this destination has no multifd");
+        }
+        // Pages of the channels up to this sync point land before anything after it.
+        await this.#multifd.flush(at);
+        continue;
+      }
       const kind = flags & ~RamFlag.CONTINUE;
       if (
         kind !== RamFlag.ZERO && kind !== RamFlag.PAGE && kind !== RamFlag.XBZRLE &&

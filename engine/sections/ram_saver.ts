@@ -28,6 +28,7 @@ import {
 import { type Codec, CODEC_ID, compress } from "../format/compression.ts";
 import { CompressionGate, type GateState } from "../compress_gate.ts";
 import { PageRefs } from "./page_refs.ts";
+import type { MultifdSink } from "../multifd/sender.ts";
 
 /**
  * Room the packed path needs for one bitmap word: 32 records with their name, or
@@ -121,6 +122,12 @@ export interface RamSaverOptions {
   };
   /** Sends a page equal to one the destination holds as a reference to it (`page_refs`). */
   readonly pageRefs?: boolean;
+  /**
+   * Sends pages over multifd channels instead of the stream (docs/ARCHITECTURE.md,
+   * "Multifd"); the stream keeps a FLUSH record after each sync point. Not with
+   * XBZRLE, page references or zeroedAsPages.
+   */
+  readonly multifd?: MultifdSink;
 }
 
 /** What one iterate() call did. */
@@ -193,6 +200,13 @@ export class RamSaver implements LiveSaver {
   /** A word's data pages and their digests (packed path). */
   readonly #dataPages = new Int32Array(GROUP_PAGES);
   readonly #dataDigests = new Uint32Array(GROUP_PAGES);
+  /** With multifd: the channels, the packet being gathered, and whether a sync point is due. */
+  readonly #multifd: MultifdSink | null;
+  readonly #packet: Int32Array;
+  /** Pages gathered in #packet, of block #packetBlock; queued when full, at a block's end, or at EOS. */
+  #packetLength = 0;
+  #packetBlock = 0;
+  #syncPointDue = false;
 
   constructor(blocks: readonly RamBlock[], now: () => number, options: RamSaverOptions = {}) {
     if (options.xbzrleCacheSize !== undefined) {
@@ -228,6 +242,13 @@ export class RamSaver implements LiveSaver {
     }
     this.#refs = options.pageRefs ? blocks.map((b) => new PageRefs(b.pages)) : null;
     if (options.pageRefs) this.stats.refPages = 0;
+    this.#multifd = options.multifd ?? null;
+    if (this.#multifd && (this.#cache || this.#refs || options.zeroedAsPages)) {
+      throw new RangeError(
+        "multifd does not combine with XBZRLE, same-page references or snapshot streams",
+      );
+    }
+    this.#packet = new Int32Array(this.#multifd?.packetPages ?? 0);
     this.#packed = this.#compress !== null || this.#refs !== null;
     this.#blocks = blocks;
     this.#now = now;
@@ -318,6 +339,8 @@ export class RamSaver implements LiveSaver {
       if (this.#refs) added += this.#refs[i].redirtyReferrers(this.#bitmaps[i]);
     }
     this.lastSyncMs = this.#now() - started;
+    // Pages sent from now on may be later versions of pages still in flight.
+    if (this.#multifd) this.#syncPointDue = true;
     this.#dirty += added;
     this.#periodDirty += added;
     this.lastSyncAdded = added;
@@ -341,6 +364,30 @@ export class RamSaver implements LiveSaver {
   }
 
   /**
+   * After an interrupted pre-copy resumed on a new stream (engine/resume.ts): the
+   * pages of `maps` (one bitmap per block) go again, and the next record names its
+   * block. The XBZRLE cache starts afresh, since the destination may not hold what
+   * it describes. Returns the pages newly marked.
+   */
+  resend(maps: readonly Uint32Array[]): number {
+    let added = 0;
+    for (let i = 0; i < this.#bitmaps.length; i++) {
+      const map = this.#bitmaps[i];
+      const more = maps[i];
+      for (let w = 0; w < map.length; w++) {
+        const fresh = more[w] & ~map[w];
+        if (fresh === 0) continue;
+        map[w] |= fresh;
+        added += popcount32(fresh);
+      }
+    }
+    this.#dirty += added;
+    this.#last = null;
+    if (this.#cache) this.#cache = new PageCache(this.#cache.sizeBytes);
+    return added;
+  }
+
+  /**
    * QEMU's ram_save_pending: bytes still to send; when that is below `maxSize`
    * the dirty log is synced first so the switchover decision sees fresh numbers.
    */
@@ -354,7 +401,7 @@ export class RamSaver implements LiveSaver {
 
   /** Writes the START payload: total size, every block's name and length, EOS. */
   async setup(w: StreamWriter): Promise<void> {
-    const start = w.bytes;
+    const start = w.bytes - w.sideBytes;
     await w.room(8);
     w.be64(this.totalBytes + RamFlag.MEM_SIZE);
     for (const b of this.#blocks) {
@@ -365,7 +412,7 @@ export class RamSaver implements LiveSaver {
     await w.room(8);
     w.be64(RamFlag.EOS);
     this.#last = null;
-    this.stats.transferred += w.bytes - start;
+    this.stats.transferred += w.bytes - w.sideBytes - start;
   }
 
   /**
@@ -374,10 +421,11 @@ export class RamSaver implements LiveSaver {
    */
   async iterate(w: StreamWriter, stop: () => boolean): Promise<IterateResult> {
     const started = this.#now();
-    const before = w.bytes;
+    const before = w.bytes - w.sideBytes;
     let pages = 0;
     let passDone = false;
     this.#last = null;
+    await this.#syncPoint(w);
     while (!stop()) {
       const t0 = this.#now();
       const sent = await this.#sendSome(w, 64);
@@ -392,26 +440,31 @@ export class RamSaver implements LiveSaver {
       // writer gives the API a turn every few ms of real time.
       await w.breathe();
     }
+    if (this.#multifd) await this.#queuePacket();
     await w.room(8);
     w.be64(RamFlag.EOS);
-    this.stats.transferred += w.bytes - before;
+    this.stats.transferred += w.bytes - w.sideBytes - before;
     return { pages, passDone };
   }
 
   /** Syncs once more and sends every dirty page, without limits; then EOS. The guest is stopped. */
   async complete(w: StreamWriter): Promise<number> {
-    const before = w.bytes;
+    const before = w.bytes - w.sideBytes;
     this.sync();
     this.#last = null;
+    await this.#syncPoint(w);
     let pages = 0;
     for (;;) {
       const sent = await this.#sendSome(w, 4096);
       pages += sent;
       if (sent < 4096) break;
     }
+    // Every page is applied on the destination before the stream goes on.
+    if (this.#multifd) this.#syncPointDue = true;
+    await this.#syncPoint(w);
     await w.room(8);
     w.be64(RamFlag.EOS);
-    this.stats.transferred += w.bytes - before;
+    this.stats.transferred += w.bytes - w.sideBytes - before;
     return pages;
   }
 
@@ -420,6 +473,7 @@ export class RamSaver implements LiveSaver {
    * once; returns how many it sent (fewer than `max` means no dirty page is left).
    */
   async #sendSome(w: StreamWriter, max: number): Promise<number> {
+    if (this.#multifd) return await this.#queueSome(w, max);
     let sent = 0;
     if (this.#dirty === 0) return 0;
     const nblocks = this.#blocks.length;
@@ -451,6 +505,89 @@ export class RamSaver implements LiveSaver {
       }
       map[this.#word] = bits;
       if (bits === 0) this.#word++;
+    }
+    if (this.#dirty === 0 && this.#block === 0 && this.#word === 0) this.#bulk = false;
+    return sent;
+  }
+
+  /**
+   * With multifd, QEMU's multifd_send_sync_main: when a dirty-log sync happened
+   * since the last sync point, waits until every packet queued before it is on
+   * the wire, sends a SYNC packet on every channel and writes the FLUSH record
+   * (docs/ARCHITECTURE.md, "Multifd").
+   */
+  async #syncPoint(w: StreamWriter): Promise<void> {
+    if (!this.#multifd || !this.#syncPointDue) return;
+    this.#syncPointDue = false;
+    await this.#queuePacket();
+    await this.#multifd.barrier();
+    await w.room(8);
+    w.be64(RamFlag.MULTIFD_FLUSH);
+    // The channels stop at the sync point until the destination reads this record.
+    await w.flush();
+  }
+
+  /** Queues the pages gathered so far, if any, as one packet. */
+  async #queuePacket(): Promise<void> {
+    const n = this.#packetLength;
+    if (n === 0) return;
+    this.#packetLength = 0;
+    await this.#multifd!.queue(this.#packetBlock, this.#packet.subarray(0, n));
+  }
+
+  /**
+   * #sendSome with multifd: gathers up to `max` dirty pages into packets of one
+   * block each and queues them on the channels, whose workers read the pages
+   * (zero pages are found there too); words of never-written pages go as ZERO
+   * records on `w`. Returns how many pages it sent or queued.
+   */
+  async #queueSome(w: StreamWriter, max: number): Promise<number> {
+    let sent = 0;
+    if (this.#dirty === 0) return 0;
+    const nblocks = this.#blocks.length;
+    const packet = this.#packet;
+    let wordsLeft = this.#totalWords + nblocks + 1;
+    while (sent < max && this.#dirty > 0 && wordsLeft-- > 0) {
+      const map = this.#bitmaps[this.#block];
+      if (this.#word >= map.length) {
+        await this.#queuePacket();
+        this.#word = 0;
+        this.#block = (this.#block + 1) % nblocks;
+        if (this.#block === 0) this.#bulk = false;
+        continue;
+      }
+      let bits = map[this.#word] | 0;
+      if (bits === 0) {
+        this.#word++;
+        continue;
+      }
+      if (this.#blocks[this.#block].touched[this.#word] === 0) {
+        // Pages never written go as ZERO records on the main stream, as QEMU 7.2 sends
+        // zero pages there: the sync points order them with the channels' pages.
+        if (w.free < MAX_RECORD) await w.flush();
+        const before = bits;
+        bits = this.#sendBits(w, bits, max - sent);
+        sent += popcount32((before ^ bits) >>> 0);
+        map[this.#word] = bits >>> 0;
+        if (bits === 0) this.#word++;
+        else wordsLeft++;
+        continue;
+      }
+      const base = this.#word << 5;
+      let n = this.#packetLength;
+      this.#packetBlock = this.#block;
+      while (bits !== 0 && sent < max && n < packet.length) {
+        const low = bits & -bits;
+        bits ^= low;
+        packet[n++] = base + (31 - Math.clz32(low));
+        sent++;
+        this.#dirty--;
+      }
+      this.#packetLength = n;
+      map[this.#word] = bits >>> 0;
+      if (bits === 0) this.#word++;
+      else wordsLeft++; // the same word again: a full packet split it
+      if (n === packet.length) await this.#queuePacket();
     }
     if (this.#dirty === 0 && this.#block === 0 && this.#word === 0) this.#bulk = false;
     return sent;

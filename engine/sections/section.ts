@@ -12,6 +12,8 @@
  *   are described in the vmdescription JSON.
  * @module
  */
+import type { MultifdSink } from "../multifd/sender.ts";
+import type { MultifdLoad } from "../multifd/receiver.ts";
 import type { Guest } from "../../vm/guest.ts";
 import { MACHINE_TYPE } from "../format/constants.ts";
 import type { StreamReader } from "../format/reader.ts";
@@ -19,6 +21,7 @@ import type { StreamWriter } from "../format/writer.ts";
 import type { MigrationDigests } from "../integrity.ts";
 import type { Capabilities, Parameters } from "../params.ts";
 import type { CompressMethod } from "../format/compression.ts";
+import type { PeerKind } from "../contract.ts";
 
 /** What a saver is made from: the migration's guest, settings and digests. */
 export interface SaveContext {
@@ -37,6 +40,8 @@ export interface SaveContext {
    * with data as full pages (RamSaverOptions.zeroedAsPages).
    */
   readonly snapshot?: boolean;
+  /** With multifd_channels > 1: the channels RAM pages go over (docs/ARCHITECTURE.md, "Multifd"). */
+  readonly multifd?: MultifdSink;
 }
 
 /** What a loader is made from. */
@@ -50,6 +55,8 @@ export interface LoadContext {
   readonly compression?: CompressMethod;
   /** This destination's `page_refs` capability: same-page references need it. */
   readonly pageRefs?: boolean;
+  /** This destination's multifd channels, which the stream's FLUSH records wait for. */
+  readonly multifd?: MultifdLoad;
 }
 
 /** The outgoing half of a live section (QEMU's save_setup, state_pending, save_live_iterate, save_live_complete). */
@@ -84,8 +91,53 @@ export interface DeviceSaver {
    * A device that lives on another thread (the x86 emulator) answers with a promise.
    */
   state(): Uint8Array | Promise<Uint8Array>;
-  /** The section's entry in the vmdescription JSON (QEMU's vmsd description). */
-  describe(): Record<string, unknown>;
+  /**
+   * The section's entry in the vmdescription JSON (QEMU's vmsd description), or
+   * the entries of every section {@link sections} writes.
+   */
+  describe(): Record<string, unknown> | Record<string, unknown>[];
+  /**
+   * Instead of one FULL section under the registry's id: several, each with its
+   * own id, name, instance and version (QEMU's device sections replayed
+   * verbatim under the qemu profile; `state()` is then not called).
+   */
+  sections?(): readonly DeviceSection[];
+}
+
+/** What a START or FULL section header says (QEMU's idstr, instance_id and version_id). */
+export interface SectionHeader {
+  readonly id: number;
+  readonly name: string;
+  readonly instance: number;
+  readonly version: number;
+}
+
+/** One FULL device section: its header and its payload. */
+export interface DeviceSection extends SectionHeader {
+  readonly payload: Uint8Array;
+}
+
+/**
+ * How a registry departs from ferry's own streams, for a peer that is not a
+ * ferry (the qemu profile, engine/qemu_profile.ts; docs/ARCHITECTURE.md, "QEMU
+ * peers").
+ */
+export interface RegistryProfile {
+  /** Who this registry's streams go to and come from (default another ferry). */
+  readonly peer?: PeerKind;
+  /** True when a stream naming this machine type may be loaded (default: the registry's own). */
+  acceptsMachine?(machine: string): boolean;
+  /** The machine type an outgoing stream names (default: the registry's own). */
+  outgoingMachine?(): string;
+  /** The section id a registered section goes out under (default: its registration index). */
+  sectionId?(name: string, index: number): number;
+  /**
+   * The loader of device sections no registered section names, with any instance
+   * id and version; its loader gets each section's header.
+   */
+  readonly otherDevices?: Section;
+  /** False: an outgoing stream never opens the return path (the peer does not speak ferry's). */
+  readonly returnPath?: boolean;
 }
 
 /** The incoming half of a section, for one load (QEMU's load_state). */
@@ -100,7 +152,10 @@ export interface SectionLoader {
     r: StreamReader,
     phase: "start" | "part" | "end" | "full",
     at: number,
+    header?: SectionHeader,
   ): Promise<Uint8Array | void>;
+  /** Called with the machine type of the stream's configuration section, once accepted. */
+  configuration?(machine: string): void;
   /** At EOF: a section that must have arrived and did not throws a StreamError at `at`. */
   finish(at: number): void;
   /** Once the whole stream checked out (integrity included): makes durable what the section wrote. */
@@ -138,6 +193,8 @@ export class SectionRegistry {
      * refuses a stream of another, before any RAM arrives.
      */
     readonly machineType: string = MACHINE_TYPE,
+    /** How this registry's streams depart from ferry's own (a peer profile). */
+    readonly profile: RegistryProfile = {},
   ) {
     for (const s of sections) this.register(s);
   }
@@ -151,12 +208,34 @@ export class SectionRegistry {
 
   /** Every section with its id, in order. */
   get entries(): readonly { readonly id: number; readonly section: Section }[] {
-    return this.#sections.map((section, id) => ({ id, section }));
+    return this.#sections.map((section, i) => ({ id: this.#id(section, i), section }));
   }
 
   /** The section of this name, if registered. */
   get(name: string): { readonly id: number; readonly section: Section } | undefined {
-    const id = this.#sections.findIndex((s) => s.name === name);
-    return id < 0 ? undefined : { id, section: this.#sections[id] };
+    const i = this.#sections.findIndex((s) => s.name === name);
+    return i < 0 ? undefined : { id: this.#id(this.#sections[i], i), section: this.#sections[i] };
+  }
+
+  /** Every section a load may need a loader for: the registered ones and the profile's other devices. */
+  get loadable(): readonly Section[] {
+    const other = this.profile.otherDevices;
+    return other && !this.#sections.includes(other)
+      ? [...this.#sections, other]
+      : [...this.#sections];
+  }
+
+  /** True when a stream naming `machine` may be loaded. */
+  acceptsMachine(machine: string): boolean {
+    return this.profile.acceptsMachine?.(machine) ?? machine === this.machineType;
+  }
+
+  /** The machine type an outgoing stream names. */
+  get outgoingMachine(): string {
+    return this.profile.outgoingMachine?.() ?? this.machineType;
+  }
+
+  #id(section: Section, index: number): number {
+    return this.profile.sectionId?.(section.name, index) ?? index;
   }
 }

@@ -39,10 +39,12 @@ async function warmUp(ab: FerryProcess): Promise<void> {
   await ab.waitFor("/vm", (b) => b.ops >= AB_RANGE / 4096);
 }
 
-Deno.test("faults: a cut at offsets in the header, mid-RAM and when the destination answers fails both sides; then a migration succeeds", async () => {
+Deno.test("faults: with resume_grace 0, a cut at offsets in the header, mid-RAM and when the destination answers fails both sides; then a migration succeeds", async () => {
   await using src = await abSource();
   await using dst = await startDestination(RAM);
   await warmUp(src);
+  // Resuming is off (resume_test.ts and the resume test below cover it): a cut fails.
+  await setParams(dst, { resume_grace: 0 });
   const cases: { what: string; plan: FaultPlan }[] = [
     { what: "inside the header (byte 5)", plan: { cutAt: 5 } },
     { what: "right after the header and configuration (byte 21)", plan: { cutAt: 21 } },
@@ -55,7 +57,7 @@ Deno.test("faults: a cut at offsets in the header, mid-RAM and when the destinat
   ];
   for (const { what, plan } of cases) {
     await using proxy = FaultProxy.start(dst.incoming!, plan);
-    await setParams(src, { max_bandwidth: UNLIMITED, downtime_limit: 300 });
+    await setParams(src, { max_bandwidth: UNLIMITED, downtime_limit: 300, resume_grace: 0 });
     await startMigration(src, proxy.address);
     const info = await sourceFinal(src);
     assert.equal(info.status, "failed", `${what}: ${JSON.stringify(info)}`);
@@ -84,6 +86,9 @@ Deno.test("faults: a cut at offsets in the header, mid-RAM and when the destinat
 Deno.test("faults: cuts in the last bytes of the stream fail both sides; a cut inside the commit leaves both guests stopped, never both running", async () => {
   await using src = await abSource();
   await using dst = await startDestination(RAM);
+  // A cut that withholds the stop-and-copy's first section header looks like a cut in
+  // pre-copy to the destination, which would wait to resume (resume_test.ts): not here.
+  await setParams(dst, { resume_grace: 0 });
   await warmUp(src);
   await setParams(src, { max_bandwidth: UNLIMITED, downtime_limit: 300 });
   for (
@@ -190,7 +195,7 @@ Deno.test("faults: SIGKILL of the destination mid-stream fails the source, whose
   const dst = await startDestination(RAM);
   try {
     await warmUp(src);
-    await setParams(src, { max_bandwidth: 8_000_000, progress_timeout: 5000 });
+    await setParams(src, { max_bandwidth: 8_000_000, progress_timeout: 5000, resume_grace: 0 });
     await startMigration(src, dst.incoming!);
     await dst.waitFor("/migrations/incoming", (b) => b.bytes_received > 1_000_000);
     await dst.kill("SIGKILL");
@@ -207,6 +212,7 @@ Deno.test("faults: SIGKILL of the destination mid-stream fails the source, whose
 
 Deno.test("faults: SIGKILL of the source mid-stream fails the destination, which never starts the partial guest and takes a new source", async () => {
   await using dst = await startDestination(RAM, "unix");
+  await setParams(dst, { resume_grace: 0 }); // a source that died cannot resume
   const first = await abSource();
   try {
     await warmUp(first);
@@ -227,6 +233,8 @@ Deno.test("faults: SIGKILL of the source mid-stream fails the destination, which
 Deno.test("faults: cancel in every state answers as QEMU's migrate_cancel (202 while it cancels, 200 no-op otherwise)", async () => {
   await using src = await abSource();
   await using dst = await startDestination(RAM);
+  // A cancelled source looks like a cut to its destination: without resuming it fails.
+  await setParams(dst, { resume_grace: 0 });
   await warmUp(src);
   const cancel = () => src.api("DELETE", "/migrations/current");
 

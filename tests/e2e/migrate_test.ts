@@ -165,6 +165,8 @@ Deno.test("e2e: cancel mid-migration leaves the source running and the destinati
     "random:rate=5M",
   ]);
   await src.api("PATCH", "/migrations/parameters", { max_bandwidth: 20_000_000 });
+  // A cancelled source looks like a cut to its destination: without resuming it fails.
+  await dst.api("PATCH", "/migrations/parameters", { resume_grace: 0 });
   assert.equal((await src.api("POST", "/migrations", { uri: dst.incoming })).status, 202);
   await src.waitFor(
     "/migrations/current",

@@ -168,7 +168,13 @@ Deno.test("tls: a man in the middle re-terminating TLS with its own certificate 
 Deno.test("tls: cuts and seeded byte flips of the TLS stream never end completed with different RAM; then a migration succeeds", async () => {
   await using dst = await FerryProcess.destination(RAM, "tcp:127.0.0.1:0", DST_FLAGS);
   await using src = await source();
-  await patch(src, { ...SRC_PARAMS, max_bandwidth: UNLIMITED, downtime_limit: 300 });
+  await patch(src, {
+    ...SRC_PARAMS,
+    max_bandwidth: UNLIMITED,
+    downtime_limit: 300,
+    resume_grace: 0,
+  });
+  await patch(dst, { resume_grace: 0 }); // cuts fail here; resume_test.ts resumes them
   const random = rng(0x7157);
   const plans = [
     { cutAt: 100 }, // inside the TLS handshake

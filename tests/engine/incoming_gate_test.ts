@@ -229,3 +229,26 @@ Deno.test("acceptStream(): a source offering the migration secret to a destinati
   listener.close();
   src.close();
 });
+
+Deno.test("acceptStream(): with afterStream, connections after the stream started are handed over, not dropped (multifd's channels)", async () => {
+  const t = new MemoryTransports();
+  const listener = await t.listen(URI);
+  const later: Channel[] = [];
+  const dropped: string[] = [];
+  const result = acceptStream(listener, {
+    clock: new FakeClock(),
+    signal: new AbortController().signal,
+    onDropped: (_peer, why) => dropped.push(why),
+    afterStream: (ch) => later.push(ch),
+  });
+  const src = await t.connect(URI);
+  await src.write(HEADER);
+  const ch = await result;
+  const extra = [await t.connect(URI), await t.connect(URI)];
+  await extra[0].write(Uint8Array.of(1, 2, 3));
+  while (later.length < 2) await new Promise((r) => setTimeout(r, 0));
+  assert.deepEqual([...await readAll(later[0], 3)], [1, 2, 3], "nothing was read from it");
+  assert.deepEqual(dropped, []);
+  listener.close();
+  for (const c of [ch, src, ...extra, ...later]) c.close();
+});

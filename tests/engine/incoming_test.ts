@@ -470,12 +470,19 @@ Deno.test("loadStream() rejects a page for an unknown RAM block", async () => {
 });
 
 Deno.test("loadStream() rejects unknown RAM record flags", async () => {
-  for (const flags of [0x01, 0x80, 0x100, 0x200, F.ZERO | F.PAGE, F.EOS | F.ZERO]) {
+  for (const flags of [0x01, 0x80, 0x100, 0x300, F.ZERO | F.PAGE, F.EOS | F.ZERO]) {
     const b = afterStart().part(0);
     const at = b.offset;
     b.ramHeader(0, flags, "pc.ram").u8(0).eos().footer(0);
     await rejects(b, at, new RegExp(`unknown RAM record flags 0x${flags.toString(16)}\\b`));
   }
+});
+
+Deno.test("loadStream() refuses a multifd FLUSH record (0x200) when this destination has no multifd", async () => {
+  const b = afterStart().part(0);
+  const at = b.offset;
+  b.ramHeader(0, 0x200).eos().footer(0);
+  await rejects(b, at, /a multifd FLUSH record, but this destination has no multifd/);
 });
 
 Deno.test("loadStream() applies an XBZRLE record onto the page it names", async () => {

@@ -102,8 +102,19 @@ Deno.test("canTransition() allows exactly QEMU's migration state transitions", (
     "setup→cancelling",
     "setup→failed",
     "active→completed",
+    "active→interrupted",
     "active→cancelling",
     "active→failed",
+    "interrupted→active",
+    "interrupted→cancelling",
+    "interrupted→failed",
+    "active→pre-switchover",
+    "pre-switchover→device",
+    "pre-switchover→cancelling",
+    "pre-switchover→failed",
+    "device→completed",
+    "device→cancelling",
+    "device→failed",
     "cancelling→cancelled",
     "cancelling→failed",
     "cancelling→completed",
@@ -316,8 +327,9 @@ Deno.test("Migration to a URI nobody listens on ends failed with the connect err
   }
 });
 
-Deno.test("Migration whose peer closes the connection mid-stream ends failed and keeps the guest running", async () => {
+Deno.test("Migration whose peer closes the connection mid-stream ends failed with resume_grace 0 and keeps the guest running", async () => {
   const s = await stalledPeer(4096, 2 << 20, "random");
+  s.engine.setParameters({ resume_grace: 0 });
   try {
     const states = recordStates(s.engine);
     const active = nextEvent(s.engine, (e) => e.type === "state" && e.to === "active");

@@ -485,7 +485,10 @@ Deno.test("runPrecopy(): stall_action switchover forces the stop-and-copy, warns
   await writeSetup(ctx);
   await runPrecopy(ctx);
   assert.equal(guest.runState, "postmigrate");
-  assert.deepEqual(calls.filter((c) => c.startsWith("warn")), ["warn stalled-switchover"]);
+  assert.deepEqual(calls.filter((c) => c.startsWith("warn")), [
+    "warn stalled-switchover",
+    "warn forced-switchover-downtime",
+  ]);
   await assertArrivedWhole(ch, guest);
 });
 

@@ -45,8 +45,22 @@ Deno.test("DEFAULT_PARAMETERS are the seed's (32 MiB/s, 30 ms, 64 MiB cache, thr
     snapshot_key: "",
     compress_method: "none",
     compress_level: 1,
+    resume_grace: 60_000,
+    resume_auto: false,
+    multifd_channels: 1,
+    completion_timeout_ms: 0,
+    completion_timeout_per_gib: 0,
+    on_timeout: "cancel",
   });
   assert.doesNotThrow(() => validateParameters(DEFAULT_PARAMETERS));
+  // multifd_channels: 1 (the single stream) to 16, named when out of range.
+  assert.doesNotThrow(() => validateParameters({ multifd_channels: 16 }));
+  for (const bad of [0, 17, 2.5]) {
+    assert.throws(
+      () => validateParameters({ multifd_channels: bad }),
+      /Invalid parameter "multifd_channels": .* is not a whole number from 1 to 16/,
+    );
+  }
 });
 
 Deno.test("DEFAULT_CAPABILITIES are QEMU's (all off) plus verify on; every unsupported one has a reason", () => {
@@ -57,6 +71,7 @@ Deno.test("DEFAULT_CAPABILITIES are QEMU's (all off) plus verify on; every unsup
     rdma_pin_all: false,
     verify: true,
     page_refs: false,
+    pause_before_switchover: false,
   });
   assert.match(UNSUPPORTED_CAPABILITIES.rdma_pin_all!, /RDMA/);
 });
@@ -120,6 +135,17 @@ Deno.test("validateParameters() takes stall_action fail, switchover or throttle,
     const err = assertInvalid({ stall_action: bad }, "stall_action");
     assert.match(err.message, /fail, switchover, throttle/);
   }
+});
+
+Deno.test("validateParameters() takes on_timeout cancel, switchover or throttle, and bounds the completion deadlines", () => {
+  for (const action of ["cancel", "switchover", "throttle"]) {
+    assert.doesNotThrow(() => validateParameters({ on_timeout: action as "cancel" }));
+  }
+  const err = assertInvalid({ on_timeout: "fail" }, "on_timeout");
+  assert.match(err.message, /cancel, switchover, throttle/);
+  assert.doesNotThrow(() => validateParameters({ completion_timeout_ms: 0 }));
+  assertInvalid({ completion_timeout_ms: -1 }, "completion_timeout_ms");
+  assertInvalid({ completion_timeout_per_gib: 1.5 }, "completion_timeout_per_gib");
 });
 
 Deno.test('validateParameters() takes absolute paths (or "") for the security files and a host name for tls_hostname', () => {

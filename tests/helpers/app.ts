@@ -6,6 +6,25 @@ import { MemoryTransports } from "../../transports/memory.ts";
 import { PAGE_SIZE } from "../../vm/ram.ts";
 import { ramDigest, TestGuest } from "../../testing/test_guest.ts";
 
+/** GET /vm and its digest over a TestGuest. */
+export function testVmInspector(guest: TestGuest): VmInspector {
+  return {
+    info: () => ({
+      guest: "synthetic",
+      run_state: guest.runState,
+      ram_size: guest.blocks[0].length,
+      page_size: PAGE_SIZE,
+      workload: "idle",
+      throttle: guest.throttle,
+      ops: 0,
+    }),
+    digest: async () => ({
+      blocks: guest.blocks.map((b) => ({ name: b.name, length: b.length, sha256: "" })),
+      sha256: await ramDigest(guest),
+    }),
+  };
+}
+
 /**
  * An in-process API over a TestGuest and memory transports, for route tests via
  * app.request; `app` adds or overrides what the API is built from (a token, host
@@ -23,21 +42,7 @@ export function testApp(
   const transports = opts.transports ?? new MemoryTransports();
   // Ids from 1, so the route tests can name them.
   const engine = new Engine({ guest, transports, firstEventId: 1, clock: opts.clock });
-  const vm: VmInspector = {
-    info: () => ({
-      guest: "synthetic",
-      run_state: guest.runState,
-      ram_size: guest.blocks[0].length,
-      page_size: PAGE_SIZE,
-      workload: "idle",
-      throttle: guest.throttle,
-      ops: 0,
-    }),
-    digest: async () => ({
-      blocks: guest.blocks.map((b) => ({ name: b.name, length: b.length, sha256: "" })),
-      sha256: await ramDigest(guest),
-    }),
-  };
+  const vm = testVmInspector(guest);
   const app = createApp({ engine, vm, keepAliveMs: 50, ...opts.app });
   return { app, engine, guest, transports };
 }

@@ -51,7 +51,10 @@ export async function rearm(dst: FerryClient, kind: Kind = "tcp"): Promise<strin
 }
 
 /** Sets parameters on a ferry (asserting 200). */
-export async function setParams(f: FerryClient, params: Record<string, number>): Promise<void> {
+export async function setParams(
+  f: FerryClient,
+  params: Record<string, number | boolean>,
+): Promise<void> {
   const res = await f.api("PATCH", "/migrations/parameters", params);
   assert.equal(res.status, 200, JSON.stringify(res.body));
 }

@@ -6,9 +6,14 @@ import { call, testApp } from "../helpers/app.ts";
 
 /** Every path of the API contract (docs/API.md) and the methods it must document. */
 const CONTRACT: Record<string, string[]> = {
-  "/migrations": ["post"],
+  "/migrations": ["get", "post"],
   "/migrations/current": ["get", "delete"],
+  "/migrations/current/resume": ["post"],
+  "/migrations/current/continue": ["post"],
+  "/migrations/{id}": ["get"],
+  "/migrations/{id}/timeline": ["get"],
   "/migrations/incoming": ["get", "post", "delete"],
+  "/migrations/incoming/resume": ["post"],
   "/migrations/capabilities": ["get", "put"],
   "/migrations/parameters": ["get", "patch"],
   "/migrations/blockers": ["get", "post"],
@@ -20,6 +25,7 @@ const CONTRACT: Record<string, string[]> = {
   "/vm/ram": ["get"],
   "/vm/console": ["get", "post"],
   "/vm/ram/digest": ["get"],
+  "/metrics": ["get"],
 };
 
 const HTTP_METHODS = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
@@ -181,8 +187,8 @@ Deno.test("every documented GET route without parameters answers (no 404)", asyn
   for (const [path, methods] of Object.entries(CONTRACT)) {
     if (!methods.includes("get") || path.includes("{") || path === "/migrations/events") continue;
     if (path === "/vm/console") continue; // SSE, and this guest has none (tests/routes/console_test.ts)
-    if (path === "/vm/ram") {
-      const raw = await app.request(`${path}?length=4096`);
+    if (path === "/vm/ram" || path === "/metrics") {
+      const raw = await app.request(path === "/vm/ram" ? `${path}?length=4096` : path);
       await raw.body?.cancel();
       assert.equal(raw.status, 200, `GET ${path}`);
       continue;
@@ -267,7 +273,7 @@ Deno.test("a wrong method's Allow lists exactly the methods the registered route
     byPath.set(r.path, methods);
   }
   for (const [pattern, methods] of byPath) {
-    const path = pattern.replace(/:(\w+)/g, "1");
+    const path = pattern.replace(/:(\w+)(\{[^}]*\})?/g, "1");
     const wrong = ["GET", "POST", "PUT", "PATCH", "DELETE"].find((m) => !methods.has(m));
     if (!wrong) continue;
     const res = await app.request(path, { method: wrong });
@@ -287,7 +293,7 @@ function registeredRoutes(app: ReturnType<typeof testApp>["app"]): Set<string> {
   const out = new Set<string>();
   for (const r of app.routes) {
     if (r.method === "ALL") continue; // middleware
-    out.add(`${r.method.toLowerCase()} ${r.path.replace(/:(\w+)/g, "{$1}")}`);
+    out.add(`${r.method.toLowerCase()} ${r.path.replace(/:(\w+)(\{[^}]*\})?/g, "{$1}")}`);
   }
   return out;
 }

@@ -10,6 +10,7 @@ const ALL_OFF = {
   rdma_pin_all: false,
   verify: true,
   page_refs: false,
+  pause_before_switchover: false,
 };
 
 Deno.test("GET /migrations/capabilities lists all five capabilities: QEMU's off, verify on", async () => {

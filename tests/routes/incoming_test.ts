@@ -290,3 +290,19 @@ Deno.test("PUT /migrations/capabilities while an incoming migration is armed ans
   assert.equal(engine.capabilities.verify, true);
   await engine.close();
 });
+
+Deno.test("POST /migrations/incoming/resume answers 409 not-interrupted unless interrupted; 400 naming a bad uri", async () => {
+  const { app, engine } = testApp();
+  const none = await call(app, "POST", "/migrations/incoming/resume", {});
+  assert.equal(none.status, 409);
+  assert.equal(none.body.error.code, "not-interrupted");
+  const bad = await call(app, "POST", "/migrations/incoming/resume", { uri: 5 });
+  assert.equal(bad.status, 400);
+  assert.equal(bad.body.error.field, "uri");
+  const armed = await call(app, "POST", "/migrations/incoming", { uri: "tcp:memory:9" });
+  assert.equal(armed.status, 202);
+  const listening = await call(app, "POST", "/migrations/incoming/resume", {});
+  assert.equal(listening.status, 409);
+  assert.match(listening.body.error.message, /incoming migration is listening, not interrupted/);
+  await engine.close();
+});

@@ -142,3 +142,30 @@ Deno.test("POST /migrations to tcp: port 0 answers 400 bad-uri naming uri (port 
   assert.equal(engine.current().status, "none");
   await engine.close();
 });
+
+Deno.test("POST /migrations/current/resume without uri answers 400 naming the field; with nothing interrupted 409 not-interrupted", async () => {
+  const { app, engine } = testApp();
+  const bad = await call(app, "POST", "/migrations/current/resume", {});
+  assert.equal(bad.status, 400);
+  assert.equal(bad.body.error.field, "uri");
+  const wrong = await call(app, "POST", "/migrations/current/resume", { uri: 7 });
+  assert.equal(wrong.status, 400);
+  assert.equal(wrong.body.error.field, "uri");
+  const none = await call(app, "POST", "/migrations/current/resume", { uri: "tcp:127.0.0.1:1" });
+  assert.equal(none.status, 409);
+  assert.equal(none.body.error.code, "not-interrupted");
+  assert.match(none.body.error.message, /there was no migration, not interrupted/);
+  await engine.close();
+});
+
+Deno.test("POST /migrations/current/continue answers 409 not-paused when no migration waits in pre-switchover", async () => {
+  const { app, engine } = testApp();
+  try {
+    const res = await call(app, "POST", "/migrations/current/continue");
+    assert.equal(res.status, 409);
+    assert.equal(res.body.error.code, "not-paused");
+    assert.match(res.body.error.message, /pre-switchover.*"none"/);
+  } finally {
+    await engine.close();
+  }
+});

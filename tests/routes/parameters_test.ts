@@ -20,6 +20,12 @@ const DEFAULTS = {
   snapshot_key: "",
   compress_method: "none",
   compress_level: 1,
+  resume_grace: 60000,
+  resume_auto: false,
+  multifd_channels: 1,
+  completion_timeout_ms: 0,
+  completion_timeout_per_gib: 0,
+  on_timeout: "cancel",
 };
 
 Deno.test("GET /migrations/parameters answers the seed defaults", async () => {
@@ -59,6 +65,9 @@ Deno.test("PATCH /migrations/parameters applies every field and the limits thems
     incoming_page_budget: 2,
     compress_method: "lz4",
     compress_level: 19,
+    resume_grace: 0,
+    resume_auto: true,
+    multifd_channels: 16,
   };
   const res = await call(app, "PATCH", "/migrations/parameters", patch);
   assert.equal(res.status, 200);
@@ -118,6 +127,13 @@ const BAD: [string, string, unknown][] = [
   ["compress_method", "an unknown method", "gzip"],
   ["compress_level", "0", 0],
   ["compress_level", "20", 20],
+  ["resume_grace", "a negative", -1],
+  ["resume_grace", "a value above a day", 86_400_001],
+  ["resume_auto", "a string", "yes"],
+  ["multifd_channels", "0", 0],
+  ["multifd_channels", "17", 17],
+  ["multifd_channels", "a fraction", 2.5],
+  ["multifd_channels", "a string", "4"],
 ];
 
 for (const [field, what, value] of BAD) {

@@ -13,6 +13,7 @@ import {
   parseSize,
   progressOf,
   ProgressTracker,
+  resumeSummary,
   SseParser,
   throughputOf,
   tokenFromFragment,
@@ -136,6 +137,10 @@ Deno.test("describeEvent writes the timeline lines", () => {
   assert.match(describeEvent("reset", { reason: "client-behind" }) ?? "", /client-behind/);
   assert.equal(describeEvent("progress", {}), null);
   assert.equal(
+    describeEvent("warning", { code: "migration-resumed", message: "Resumed over tcp:h:1" }),
+    "migration-resumed: Resumed over tcp:h:1",
+  );
+  assert.equal(
     errorMessage(409, { error: { code: "migration-active", message: "busy" } }),
     "migration-active: busy",
   );
@@ -226,4 +231,24 @@ Deno.test("tokenFromFragment reads #token=… (the link ferry prints), decoded; 
   ) {
     assert.equal(tokenFromFragment(hash), null, String(hash));
   }
+});
+
+Deno.test("resumeSummary says what resuming did, with the grace left while interrupted", () => {
+  assert.equal(resumeSummary(undefined), null);
+  const resume = {
+    interruptions: 1,
+    resumes: 0,
+    pages_held: 2048,
+    pages_resent: 0,
+    bytes_saved: 0,
+    grace_left: 42_000,
+  };
+  assert.match(
+    resumeSummary(resume) ?? "",
+    /^1 interruption · 0 resumes · 2048 pages held · .* left to resume$/,
+  );
+  assert.equal(
+    resumeSummary({ ...resume, resumes: 1, grace_left: undefined, bytes_saved: 8 << 20 }),
+    `1 interruption · 1 resume · 2048 pages held · ${formatBytes(8 << 20)} not sent again`,
+  );
 });
