@@ -418,6 +418,9 @@ Deno.test({
     "real QEMU: a running guest on a shared mapping writes its own copy; the wall clock runs to the destination's event",
   ignore: !HAVE_QEMU,
   async fn() {
+    const existed = [...Deno.readDirSync("/dev/shm")].some((e) =>
+      e.name === "ferry-bench-qemu-random-64M"
+    );
     const fill = await ensureRandomFill(64 * MiB);
     const digest = async () =>
       new Uint8Array(await crypto.subtle.digest("SHA-256", await Deno.readFile(fill)));
@@ -442,6 +445,7 @@ Deno.test({
     assert.deepEqual(await digest(), before, "the shared fill file was written");
     const shmAfter = [...Deno.readDirSync("/dev/shm")].map((e) => e.name).sort();
     assert.deepEqual(shmAfter, shmBefore, "the run's own copy was left behind");
+    if (!existed) await Deno.remove(fill);
   },
 });
 
