@@ -53,6 +53,9 @@ Deno.test("GET /metrics: KubeVirt's migration gauges during a migration, counter
       }
     });
   });
+  // A cancelled source looks like a cut to its destination, which would wait resume_grace
+  // for a resume (docs/ARCHITECTURE.md, "Resuming an interrupted pre-copy"): fail at once.
+  await dst.api("PATCH", "/migrations/parameters", { resume_grace: 0 });
   assert.equal((await src.api("POST", "/migrations", { uri: await dst.listen() })).status, 202);
   await running;
   const during = await scrape(src);

@@ -17,6 +17,9 @@ async function pausedPair() {
   const clock = dirtyingClock(guest, 20);
   const src = LiveFerry.start({ guest, clock });
   const dst = LiveFerry.start();
+  // A cancelled source looks like a cut to its destination, which would wait resume_grace
+  // for a resume (docs/ARCHITECTURE.md, "Resuming an interrupted pre-copy"): fail at once.
+  await dst.api("PATCH", "/migrations/parameters", { resume_grace: 0 });
   const uri = await dst.listen();
   assert.equal(
     (await src.api("PUT", "/migrations/capabilities", { pause_before_switchover: true })).status,
