@@ -137,7 +137,7 @@ const mib = (n: number) => (n / (1 << 20)).toFixed(1);
 
 if (import.meta.main) {
   const { values } = parseArgs({
-    args: Deno.args,
+    args: Deno.args.filter((a, i) => !(a === "--" && i === 0)),
     options: {
       ram: { type: "string", default: "1G" },
       link: { type: "string", default: "125000000" },

@@ -432,6 +432,19 @@ async function collectEvents(
   out: TimedEvent[],
   signal: AbortSignal,
 ): Promise<void> {
+  // An aborted fetch does not always end a body read already waiting: stop waiting at the abort.
+  const aborted = new Promise<void>((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener("abort", () => resolve(), { once: true });
+  });
+  await Promise.race([readEvents(ferry, out, signal), aborted]);
+}
+
+async function readEvents(
+  ferry: FerryProcess,
+  out: TimedEvent[],
+  signal: AbortSignal,
+): Promise<void> {
   try {
     const res = await ferry.fetch("/migrations/events", { signal });
     if (!res.body) return;
