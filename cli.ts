@@ -4,7 +4,11 @@ import { parseWorkload, type WorkloadSpec } from "./vm/workload.ts";
 import { FILL_MODES, type FillMode, isFillMode } from "./vm/fill.ts";
 import { MIN_TOKEN_LENGTH } from "./api_token.ts";
 import { canonicalHost } from "./routes/host_check.ts";
-import type { SecurityParameter } from "./engine/contract.ts";
+import {
+  type Parameters,
+  ParametersPatchSchema,
+  type SecurityParameter,
+} from "./engine/contract.ts";
 
 /** A bad command line; main prints the message on one line and exits 2. */
 export class CliError extends Error {
@@ -54,6 +58,43 @@ export interface Config {
   insecureMigration: boolean;
   /** Where past migrations and their timelines are kept across restarts (--state-dir). */
   stateDir?: string;
+  /**
+   * Parameters the engine starts with (--param NAME=VALUE, repeatable): what must be set
+   * before --incoming arms, such as compress_method or multifd_channels.
+   */
+  parameters: Partial<Parameters>;
+}
+
+/**
+ * The --param flags as one PATCH /migrations/parameters body, validated by its schema:
+ * digits are numbers, true and false booleans, anything else a string.
+ */
+function parseParams(items: string[]): Partial<Parameters> {
+  const body: Record<string, unknown> = {};
+  for (const item of items) {
+    const eq = item.indexOf("=");
+    if (eq <= 0) {
+      throw new CliError(
+        `Invalid --param "${item}": expected NAME=VALUE, e.g. --param compress_method=zstd`,
+      );
+    }
+    const text = item.slice(eq + 1);
+    body[item.slice(0, eq)] = /^-?\d+$/.test(text)
+      ? Number(text)
+      : text === "true" || text === "false"
+      ? text === "true"
+      : text;
+  }
+  const parsed = ParametersPatchSchema.safeParse(body);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const name = issue.path.length > 0
+      ? String(issue.path[0])
+      : String((issue as { keys?: string[] }).keys?.[0] ?? "");
+    const shown = name in body ? `${name}=${JSON.stringify(body[name])}` : name;
+    throw new CliError(`Invalid --param ${shown}: ${issue.message}`);
+  }
+  return parsed.data;
 }
 
 /** Each security flag and the parameter it sets. */
@@ -120,6 +161,9 @@ Flags:
   --insecure-migration  let --incoming / POST /migrations/incoming listen in plaintext
                         on a tcp: address that is not loopback (default: refused
                         without TLS)
+  --param NAME=VALUE    a migration parameter to start with, as PATCH /migrations/parameters
+                        sets it (repeatable), e.g. --param compress_method=zstd: what a
+                        destination armed by --incoming must already have
   --state-dir DIR       keep the history of past migrations (GET /migrations) and the
                         timelines of the last ones in DIR, so they survive a restart
                         (default: in memory only)
@@ -195,6 +239,7 @@ export function parseFlags(
         "snapshot-key": { type: "string" },
         "insecure-migration": { type: "boolean", default: false },
         "state-dir": { type: "string" },
+        param: { type: "string", multiple: true, default: [] },
         token: { type: "string" },
         "token-file": { type: "string" },
         "allowed-host": { type: "string", multiple: true, default: [] },
@@ -352,7 +397,9 @@ export function parseFlags(
   }
   const stateDir = values["state-dir"];
   if (stateDir === "") throw new CliError("Invalid --state-dir: empty path");
+  const parameters = parseParams(values.param);
   return {
+    parameters,
     ...(stateDir !== undefined
       ? {
         stateDir: stateDir.startsWith("/")

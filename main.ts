@@ -98,8 +98,8 @@ async function main(): Promise<number> {
     turn,
     ...(history ? { history } : {}),
   });
-  // The security flags are the parameters the engine starts with.
-  engine.setParameters(config.security);
+  // The --param and security flags are the parameters the engine starts with.
+  engine.setParameters({ ...config.parameters, ...config.security });
   // QEMU's streams carry no integrity record (docs/ARCHITECTURE.md, "QEMU peers").
   if (vm instanceof QemuImage) engine.setCapabilities({ verify: false });
   // Every request needs the token, given or generated, except GET / (the dashboard page

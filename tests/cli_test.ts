@@ -240,3 +240,34 @@ Deno.test("parseFlags() reads --peer: ferry by default, qemu for a QEMU guest he
   }
   assert.match(HELP, /--peer ferry\|qemu/);
 });
+
+Deno.test("parseFlags(): --param NAME=VALUE sets parameters to start with, validated by the API's schema", () => {
+  assert.deepEqual(parseFlags([]).parameters, {});
+  const c = parseFlags([
+    "--param",
+    "compress_method=zstd",
+    "--param",
+    "multifd_channels=2",
+    "--param",
+    "resume_auto=true",
+  ]);
+  assert.deepEqual(c.parameters, {
+    compress_method: "zstd",
+    multifd_channels: 2,
+    resume_auto: true,
+  });
+  for (
+    const [arg, message] of [
+      ["compress_method=gzip", /--param compress_method="gzip": .*"zstd"/],
+      ["nonsense=1", /--param nonsense=1: .*nonsense/],
+      ["multifd_channels=99", /--param multifd_channels=99: .*16/],
+      ["foo", /--param "foo": expected NAME=VALUE/],
+    ] as const
+  ) {
+    assert.throws(() => parseFlags(["--param", arg]), (e: Error) => {
+      assert.ok(e instanceof CliError);
+      assert.match(e.message, message);
+      return true;
+    });
+  }
+});

@@ -163,3 +163,43 @@ Deno.test("e2e: xbzrle with compression or page_refs is refused at once (400)", 
   assert.equal(res.body.error.code, "capability-unsupported");
   assert.match(res.body.error.message, /both xbzrle and compress_method zstd/);
 });
+
+Deno.test("e2e compression: a zstd file: snapshot restores at start with --param compress_method=zstd; without it the restore fails naming the parameter", async () => {
+  const path = await writeImage();
+  const snapshot = await Deno.makeTempFile({ prefix: "ferry-zstd-", suffix: ".ferry" });
+  try {
+    await using src = await FerryProcess.start(["--ram", RAM, "--fill", `image:${path}`]);
+    await src.api("PATCH", "/migrations/parameters", { compress_method: "zstd" });
+    await startMigration(src, `file:${snapshot}`);
+    const saved = await sourceFinal(src);
+    assert.equal(saved.status, "completed", JSON.stringify(saved));
+    assert.ok(saved.compression.pages > 0, JSON.stringify(saved.compression));
+    const want = (await src.api("GET", "/vm/ram/digest")).body.sha256;
+
+    await using good = await FerryProcess.start([
+      "--ram",
+      RAM,
+      "--no-autostart",
+      "--param",
+      "compress_method=zstd",
+      "--incoming",
+      `file:${snapshot}`,
+    ]);
+    assert.equal((await destinationFinal(good)).status, "completed");
+    assert.equal((await good.api("GET", "/vm/ram/digest")).body.sha256, want);
+
+    await using bad = await FerryProcess.start([
+      "--ram",
+      RAM,
+      "--no-autostart",
+      "--incoming",
+      `file:${snapshot}`,
+    ]);
+    const failed = await destinationFinal(bad);
+    assert.equal(failed.status, "failed");
+    assert.match(failed.error_desc, /compress_method/);
+  } finally {
+    await Deno.remove(path);
+    await Deno.remove(snapshot);
+  }
+});
