@@ -6,7 +6,7 @@
  *
  *   deno run -A bench/slow_link.ts [--runs N] [--ram 1G] [--workload random:rate=50M]
  *       [--rate 1g,10g] [--data random,image] [--image PATH]
- *       [--qemu-configs all|best|none|a,b] [--downtime-only] [--tls]
+ *       [--qemu-configs all|best|none|a,b] [--downtime-only] [--tls] [--compress none|zstd|lz4]
  *       [--relay]   (skip netem, use the fallback)
  *
  * Needs root (`ip netns`, `tc`). Topology:
@@ -109,6 +109,8 @@ export interface SlowLinkOptions {
   probeBytes?: number;
   /** Use the tbf + relay fallback even when netem exists. */
   forceRelay?: boolean;
+  /** ferry's compress_method on both ends (default `none`); QEMU's is among its candidates. */
+  compress?: "none" | "zstd" | "lz4";
   /** Longest one migration may take before it is cancelled, ms (default 180 s). */
   timeoutMs?: number;
   /** Where progress and tables go (default console.log). */
@@ -506,9 +508,12 @@ async function migrateOnce(
   c: SlowLinkCase,
   runIndex: number,
   emu: LinkEmulation,
-  opts: Required<Pick<SlowLinkOptions, "ram" | "workload" | "timeoutMs">> & { data: LinkData },
+  opts: Required<Pick<SlowLinkOptions, "ram" | "workload" | "timeoutMs" | "compress">> & {
+    data: LinkData;
+  },
   res: Resources,
 ): Promise<SlowLinkRow> {
+  const compress = opts.compress === "none" ? [] : ["--param", `compress_method=${opts.compress}`];
   const token = crypto.randomUUID();
   const tls = c.tls;
   const dst = await FerryProcess.destination(
@@ -526,7 +531,7 @@ async function migrateOnce(
         tls.secret,
       ]
       // A private namespace link: plaintext on its non-loopback address is what is measured.
-      : ["--listen", `${NS_IP}:0`, "--insecure-migration"],
+      : ["--listen", `${NS_IP}:0`, "--insecure-migration", ...compress],
     { prefix: ["ip", "netns", "exec", NS], token },
   );
   res.ferries.add(dst);
@@ -537,6 +542,7 @@ async function migrateOnce(
     opts.data.kind === "image" ? `image:${opts.data.path}` : "random",
     "--workload",
     opts.workload,
+    ...compress,
   ]);
   res.ferries.add(src);
   let relay: DelayRelay | undefined;
@@ -895,6 +901,7 @@ export async function runSlowLinkBenchmark(opts: SlowLinkOptions = {}): Promise<
     ram: opts.ram ?? "1G",
     workload: opts.workload ?? "random:rate=50M",
     timeoutMs: opts.timeoutMs ?? 180_000,
+    compress: opts.compress ?? "none",
   };
   if (Deno.uid?.() !== 0) throw new Error("slow_link needs root (ip netns, tc)");
   if (qemuConfigs.length) {
@@ -951,7 +958,9 @@ export async function runSlowLinkBenchmark(opts: SlowLinkOptions = {}): Promise<
             log(
               `\nslow_link: ${rateBits / 1e9} Gbit/s, ${
                 data.kind === "image" ? "the image's size" : mOpts.ram
-              } guest, ${dataName(data)}, --workload ${mOpts.workload}: ${c.name}` +
+              } guest, ${
+                dataName(data)
+              }, --workload ${mOpts.workload}, ferry compress_method ${mOpts.compress}: ${c.name}` +
                 (runs > 1 ? ` (run ${r + 1}/${runs})` : ""),
             );
             const row = await migrateOnce(c, r, emulation, { ...mOpts, data }, res);
@@ -1138,8 +1147,13 @@ if (import.meta.main) {
       image: { type: "string" },
       "qemu-configs": { type: "string", default: "all" },
       "downtime-only": { type: "boolean", default: false },
+      compress: { type: "string", default: "none" },
     },
   });
+  if (!["none", "zstd", "lz4"].includes(values.compress)) {
+    console.error(`slow_link: bad --compress ${values.compress} (none, zstd or lz4)`);
+    Deno.exit(2);
+  }
   const runs = Number(values.runs);
   if (!Number.isInteger(runs) || runs < 1) {
     console.error(`slow_link: bad --runs ${values.runs}`);
@@ -1191,6 +1205,7 @@ if (import.meta.main) {
       rates,
       data,
       qemuConfigs,
+      compress: values.compress as "none" | "zstd" | "lz4",
       ...(cases ? { cases } : {}),
     });
   } catch (e) {
