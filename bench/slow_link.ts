@@ -6,7 +6,7 @@
  *
  *   deno run -A bench/slow_link.ts [--runs N] [--ram 1G] [--workload random:rate=50M]
  *       [--rate 1g,10g] [--data random,image] [--image PATH]
- *       [--qemu-configs all|best|none|a,b] [--downtime-only] [--tls] [--compress none|zstd|lz4]
+ *       [--qemu-configs all|best|none|a,b] [--downtime-only] [--tls] [--compress none|zstd|lz4] [--multifd N]
  *       [--relay]   (skip netem, use the fallback)
  *
  * Needs root (`ip netns`, `tc`). Topology:
@@ -111,6 +111,8 @@ export interface SlowLinkOptions {
   forceRelay?: boolean;
   /** ferry's compress_method on both ends (default `none`); QEMU's is among its candidates. */
   compress?: "none" | "zstd" | "lz4";
+  /** ferry's multifd_channels on both ends (default 1). */
+  multifd?: number;
   /** Longest one migration may take before it is cancelled, ms (default 180 s). */
   timeoutMs?: number;
   /** Where progress and tables go (default console.log). */
@@ -508,12 +510,18 @@ async function migrateOnce(
   c: SlowLinkCase,
   runIndex: number,
   emu: LinkEmulation,
-  opts: Required<Pick<SlowLinkOptions, "ram" | "workload" | "timeoutMs" | "compress">> & {
-    data: LinkData;
-  },
+  opts:
+    & Required<Pick<SlowLinkOptions, "ram" | "workload" | "timeoutMs" | "compress" | "multifd">>
+    & {
+      data: LinkData;
+    },
   res: Resources,
 ): Promise<SlowLinkRow> {
-  const compress = opts.compress === "none" ? [] : ["--param", `compress_method=${opts.compress}`];
+  // What ferry's two ends start with (--param): compression and multifd, when asked.
+  const compress = [
+    ...(opts.compress === "none" ? [] : ["--param", `compress_method=${opts.compress}`]),
+    ...(opts.multifd === 1 ? [] : ["--param", `multifd_channels=${opts.multifd}`]),
+  ];
   const token = crypto.randomUUID();
   const tls = c.tls;
   const dst = await FerryProcess.destination(
@@ -902,6 +910,7 @@ export async function runSlowLinkBenchmark(opts: SlowLinkOptions = {}): Promise<
     workload: opts.workload ?? "random:rate=50M",
     timeoutMs: opts.timeoutMs ?? 180_000,
     compress: opts.compress ?? "none",
+    multifd: opts.multifd ?? 1,
   };
   if (Deno.uid?.() !== 0) throw new Error("slow_link needs root (ip netns, tc)");
   if (qemuConfigs.length) {
@@ -960,7 +969,7 @@ export async function runSlowLinkBenchmark(opts: SlowLinkOptions = {}): Promise<
                 data.kind === "image" ? "the image's size" : mOpts.ram
               } guest, ${
                 dataName(data)
-              }, --workload ${mOpts.workload}, ferry compress_method ${mOpts.compress}: ${c.name}` +
+              }, --workload ${mOpts.workload}, ferry compress_method ${mOpts.compress}, multifd_channels ${mOpts.multifd}: ${c.name}` +
                 (runs > 1 ? ` (run ${r + 1}/${runs})` : ""),
             );
             const row = await migrateOnce(c, r, emulation, { ...mOpts, data }, res);
@@ -1148,10 +1157,15 @@ if (import.meta.main) {
       "qemu-configs": { type: "string", default: "all" },
       "downtime-only": { type: "boolean", default: false },
       compress: { type: "string", default: "none" },
+      multifd: { type: "string", default: "1" },
     },
   });
   if (!["none", "zstd", "lz4"].includes(values.compress)) {
     console.error(`slow_link: bad --compress ${values.compress} (none, zstd or lz4)`);
+    Deno.exit(2);
+  }
+  if (!/^([1-9]|1[0-6])$/.test(values.multifd)) {
+    console.error(`slow_link: bad --multifd ${values.multifd} (1 to 16)`);
     Deno.exit(2);
   }
   const runs = Number(values.runs);
@@ -1206,6 +1220,7 @@ if (import.meta.main) {
       data,
       qemuConfigs,
       compress: values.compress as "none" | "zstd" | "lz4",
+      multifd: Number(values.multifd),
       ...(cases ? { cases } : {}),
     });
   } catch (e) {
