@@ -253,7 +253,7 @@ export async function runPrecopy(ctx: OutgoingContext): Promise<OutgoingResult> 
           floor.restart();
         }
       }
-      // With XBZRLE the encoding time, not the wire, can be what exceeds the limit.
+      // With XBZRLE or compression the encoding time, not the wire, can exceed the limit.
       const busy = ram.pendingBusyMs > ctx.params().downtime_limit - stopCost();
       if (!settle && pending > 0 && (pending >= maxSize || busy)) {
         // One round: each live section with something pending writes a PART.

@@ -297,23 +297,38 @@ export class RamSaver implements LiveSaver {
   }
 
   /**
-   * Bytes the dirty pages are expected to cost on the wire. Without XBZRLE that is
-   * the full page (as QEMU); with it, what the pages sent since the bulk stage cost
-   * on average — so the switchover decision compares wire bytes with the wire
-   * bandwidth, which is what lets an XBZRLE migration converge.
+   * Bytes the dirty pages are expected to cost on the wire. Plain, that is the full
+   * page (as QEMU); with XBZRLE, what the pages sent since the bulk stage cost on
+   * average; while compression is on, the pages over the last measured ratio. So the
+   * switchover decision compares wire bytes with the wire bandwidth, which is what
+   * lets an XBZRLE or compressing migration converge.
    */
   get pendingWireBytes(): number {
-    return this.#cache ? Math.ceil(this.#dirty * this.#wirePerPage) : this.remainingBytes;
+    if (this.#cache) return Math.ceil(this.#dirty * this.#wirePerPage);
+    const gate = this.#compressing();
+    return gate ? Math.ceil(this.remainingBytes / gate.ratio) : this.remainingBytes;
   }
 
   /**
-   * With XBZRLE: how long (ms) sending the dirty pages is expected to take at the
-   * busy rate of the last pass; 0 without XBZRLE. Delta-encoding costs CPU that
-   * the few bytes it puts on the wire do not show, so the wire estimate alone
-   * would switch over with an encode pass longer than the downtime limit ahead.
+   * How long (ms) the CPU is expected to take to send the dirty pages: with XBZRLE
+   * at the busy rate of the last pass, while compression is on at the compressor's
+   * measured intake; 0 otherwise. Encoding costs CPU that the few bytes it puts on
+   * the wire do not show, so the wire estimate alone would switch over with an
+   * encode pass longer than the downtime limit ahead.
    */
   get pendingBusyMs(): number {
-    return this.#cache ? this.#dirty * this.#busyMsPerPage : 0;
+    if (this.#cache) return this.#dirty * this.#busyMsPerPage;
+    const gate = this.#compressing();
+    return gate ? this.remainingBytes / gate.compressorRate : 0;
+  }
+
+  /** The gate's state while compression is on and measured (docs/ARCHITECTURE.md, "Compression"). */
+  #compressing(): GateState | null {
+    const state = this.#gate?.state;
+    if (!state?.active) return null;
+    const measured = state.ratio > 1 && Number.isFinite(state.ratio) &&
+      state.compressorRate > 0 && Number.isFinite(state.compressorRate);
+    return measured ? state : null;
   }
 
   /** Effective XBZRLE cache size in bytes (0 when XBZRLE is off). */

@@ -262,3 +262,24 @@ Deno.test("RamSaver refuses compression or page_refs with XBZRLE", () => {
     );
   }
 });
+
+Deno.test("RamSaver with compression on: pending wire bytes are the dirty pages over the measured ratio, and the compressor's time counts as busy", () => {
+  const on = new CompressionGate(true);
+  // One compressing window: 400,000 bytes in, 100,000 out, in 10 ms, under a 1,000 B/ms limit.
+  on.measured(400_000, 100_000, 10);
+  on.endWindow(100, 1_000);
+  assert.equal(on.state.active, true);
+  const p = pair(64, { compress: { codec: "zstd", level: 1, gate: on } }, "zstd");
+  p.saver.sync();
+  assert.equal(p.saver.remainingBytes, 64 * PAGE_SIZE);
+  assert.equal(p.saver.pendingWireBytes, 64 * PAGE_SIZE / 4);
+  assert.equal(p.saver.pendingBusyMs, 64 * PAGE_SIZE / 40_000);
+
+  // Not yet measured, or switched off for the window: the full pages, no busy time.
+  for (const gate of [new CompressionGate(true), new CompressionGate(false)]) {
+    const q = pair(64, { compress: { codec: "zstd", level: 1, gate } }, "zstd");
+    q.saver.sync();
+    assert.equal(q.saver.pendingWireBytes, 64 * PAGE_SIZE);
+    assert.equal(q.saver.pendingBusyMs, 0);
+  }
+});
