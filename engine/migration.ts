@@ -159,7 +159,7 @@ export class Migration {
   #bytesBefore = 0;
   /** True once the guest was stopped for the final pass: a failure from here on is final. */
   #stopping = false;
-  /** True once the first stream carried the migration id (resuming is possible). */
+  /** True once the first stream carried the migration id and the destination answered. */
   #idSent = false;
   /** The URI the destination was reached at last (resume_auto reconnects to it). */
   #lastUri: string;
@@ -741,10 +741,19 @@ export class Migration {
       await writeSetup(ctx);
       if (returnPath) {
         await sendOpenReturnPath(writer);
-        this.#idSent = this.#canResume(digests);
-        if (this.#idSent) await sendMigrationId(writer, this.#id);
+        const resumable = this.#canResume(digests);
+        if (resumable) await sendMigrationId(writer, this.#id);
         // From here on the destination may report a failure at any time.
         this.#returnPath = this.#openReturnPath(this.#channel);
+        if (resumable) {
+          // Only a destination that answered is loading this migration: before its PONG, a
+          // refusal (another secret, a peer it dropped) looks like a cut, and fails as one.
+          const value = ++this.#pings;
+          await sendPing(writer, value);
+          await writer.flush();
+          await this.#returnPath.awaitPong(value);
+          this.#idSent = true;
+        }
       }
       const multifd = this.#multifd;
       if (multifd) {

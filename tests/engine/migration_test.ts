@@ -253,8 +253,8 @@ Deno.test("Migration.cancel() in active ends cancelling→cancelled with the gue
 });
 
 Deno.test("Migration.cancel() during switchover (guest stopped, peer stalled) restarts the guest", async () => {
-  // A zero guest fits in one PART. The peer loads it and answers the source's two
-  // drain PINGs, then stops reading: the final pass blocks while the guest is
+  // A zero guest fits in one PART. The peer loads it and answers the source's setup
+  // PING and its two drain PINGs, then stops reading: the final pass blocks while the guest is
   // stopped in finish-migrate.
   const s = await stalledPeer(1000, 1 << 20, "zero");
   try {
@@ -268,7 +268,7 @@ Deno.test("Migration.cancel() during switchover (guest stopped, peer stalled) re
       {
         onPing: async (v) => {
           await peer.write(pongMessage(v));
-          if (++pongs === 2) await new Promise(() => {}); // stall: read nothing more
+          if (++pongs === 3) await new Promise(() => {}); // stall: read nothing more
         },
       },
     ).catch(() => {});
@@ -290,6 +290,14 @@ Deno.test("Migration.cancel() takes effect promptly when the peer stops reading"
   try {
     const active = nextEvent(s.engine, (e) => e.type === "state" && e.to === "active");
     s.engine.migrate(URI);
+    // The peer answers the setup's PING (the source waits for it), then reads nothing more.
+    const peer = await s.accepted;
+    loadStream(new StreamReader(peer), new TestGuest([["pc.ram", 4 << 20]]), {
+      onPing: async (v) => {
+        await peer.write(pongMessage(v));
+        await new Promise(() => {});
+      },
+    }).catch(() => {});
     await active;
     await tick(20); // now blocked on a write the peer will never read
     assert.equal(s.engine.current().status, "active");
