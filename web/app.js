@@ -5,7 +5,7 @@
 // only in a browser.
 
 import { ConsolePane } from "./console_pane.js";
-import { RecorderPane } from "./recorder_pane.js";
+import { drawRateGrid, RecorderPane } from "./recorder_pane.js";
 
 /** Bytes with binary units: "0 B", "512 B", "1.5 KiB", "256.0 MiB". */
 export function formatBytes(n) {
@@ -860,20 +860,7 @@ class LineChart {
     ctx.clearRect(0, 0, width, height);
     const box = { x: 74, y: 8, w: width - 96, h: height - 30 };
     const { points, yMax, span } = chartPoints(samples, box);
-    ctx.font = "11px system-ui, sans-serif";
-    ctx.fillStyle = "#667085";
-    ctx.strokeStyle = "#e5e7eb";
-    ctx.lineWidth = 1;
-    ctx.textAlign = "right";
-    ctx.textBaseline = "middle";
-    for (let i = 0; i <= 4; i++) {
-      const y = box.y + box.h - (i / 4) * box.h;
-      ctx.beginPath();
-      ctx.moveTo(box.x, Math.round(y) + 0.5);
-      ctx.lineTo(box.x + box.w, Math.round(y) + 0.5);
-      ctx.stroke();
-      ctx.fillText(formatRate((yMax * i) / 4), box.x - 6, y);
-    }
+    drawRateGrid(ctx, box, yMax, formatRate);
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
     for (let i = 0; i <= 5; i++) {

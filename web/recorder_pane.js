@@ -30,6 +30,27 @@ export function timelineSeries(timeline) {
 /** How often a running migration's timeline is fetched again, ms. */
 const LIVE_REFRESH_MS = 1000;
 
+/**
+ * The rate axis both charts draw: five grid lines across `box`, labelled from 0 to
+ * `yMax` with `formatRate`.
+ */
+export function drawRateGrid(ctx, box, yMax, formatRate) {
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillStyle = "#667085";
+  ctx.strokeStyle = "#e5e7eb";
+  ctx.lineWidth = 1;
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  for (let i = 0; i <= 4; i++) {
+    const y = box.y + box.h - (i / 4) * box.h;
+    ctx.beginPath();
+    ctx.moveTo(box.x, Math.round(y) + 0.5);
+    ctx.lineTo(box.x + box.w, Math.round(y) + 0.5);
+    ctx.stroke();
+    ctx.fillText(formatRate((yMax * i) / 4), box.x - 6, y);
+  }
+}
+
 export class RecorderPane {
   /**
    * `deps`: `api(method, path)` (resolves {status, body}), `chartPoints` and
@@ -137,19 +158,7 @@ export class RecorderPane {
       x: box.x + ((s.t - t0) / span) * box.w,
       y: box.y + box.h - (Math.max(0, s.v) / yMax) * box.h,
     });
-    ctx.font = "11px system-ui, sans-serif";
-    ctx.fillStyle = "#667085";
-    ctx.strokeStyle = "#e5e7eb";
-    ctx.textAlign = "right";
-    ctx.textBaseline = "middle";
-    for (let i = 0; i <= 4; i++) {
-      const y = box.y + box.h - (i / 4) * box.h;
-      ctx.beginPath();
-      ctx.moveTo(box.x, Math.round(y) + 0.5);
-      ctx.lineTo(box.x + box.w, Math.round(y) + 0.5);
-      ctx.stroke();
-      ctx.fillText(this.deps.formatRate((yMax * i) / 4), box.x - 6, y);
-    }
+    drawRateGrid(ctx, box, yMax, this.deps.formatRate);
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
     for (let i = 0; i <= 5; i++) {

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { run, SPEC } from "../helpers/bench_runs.ts";
 import {
   BEST_GUESS,
   headlineS,
@@ -7,33 +8,6 @@ import {
   rankCandidates,
   withConfig,
 } from "../../bench/qemu/configs.ts";
-import type { MigrationRun, ScenarioSpec } from "../../bench/qemu/types.ts";
-
-const SPEC: ScenarioSpec = {
-  ramBytes: 64 * 2 ** 20,
-  fill: "random",
-  workload: { kind: "dirty", bytesPerSecond: 1e6 },
-  transport: "tcp",
-  maxBandwidth: 1e9,
-  downtimeLimitMs: 30,
-  timeoutS: 5,
-  autoConverge: true,
-};
-
-function run(wallS: number, extra: Partial<MigrationRun> = {}): MigrationRun {
-  return {
-    completed: true,
-    totalS: wallS - 0.01,
-    downtimeMs: 20,
-    bytes: 1,
-    passes: 3,
-    bandwidthBps: 1,
-    peakRssSrc: 1,
-    peakRssDst: 1,
-    wallS,
-    ...extra,
-  };
-}
 
 const byName = (name: string) => QEMU_CONFIGS.find((c) => c.name === name)!;
 

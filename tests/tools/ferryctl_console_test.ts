@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
+import { capture } from "../helpers/cli_io.ts";
 import { followConsole } from "../../testing/console_follower.ts";
 import { FerryProcess } from "../../testing/ferry_process.ts";
 import { MAX_CONSOLE_INPUT_CHARS } from "../../routes/schemas.ts";
 import { InputSender, MAX_INPUT_CHARS, splitInput } from "../../tools/console_session.ts";
-import { type Io, run } from "../../tools/ferryctl.ts";
+import { run } from "../../tools/ferryctl.ts";
 import { guestImagePresent } from "../../vm/x86/guest_image.ts";
 import { GUEST_PROMPT } from "../../vm/x86/initramfs.ts";
 import { waitUntil, withTimeout } from "../helpers/wait.ts";
@@ -11,22 +12,6 @@ import { BOOT_GUARD_MS, LINES_GUARD_MS, QUESTION } from "../vm/x86/_guest.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-/** Captures what the CLI prints. */
-function capture(): Io & { stdout: string; stderr: string } {
-  const io = {
-    stdout: "",
-    stderr: "",
-    tty: false,
-    out(text: string) {
-      io.stdout += text;
-    },
-    err(text: string) {
-      io.stderr += text;
-    },
-  };
-  return io;
-}
 
 /** A stdin the test types into; `raw` records the raw-mode switches. */
 function fakeStdin(tty: boolean) {

@@ -1,25 +1,10 @@
 import assert from "node:assert/strict";
+import { capture } from "../helpers/cli_io.ts";
 import { TestGuest } from "../../testing/test_guest.ts";
-import type { Io } from "../../tools/ferryctl.ts";
 import { run } from "../../tools/ferryctl.ts";
 import { historyTable, spread, table, timelineText } from "../../tools/ferryctl_history.ts";
 import { PAGE_SIZE } from "../../vm/ram.ts";
 import { dirtyingClock, LiveFerry } from "../helpers/live_ferry.ts";
-
-function capture(): Io & { stdout: string; stderr: string } {
-  const io = {
-    stdout: "",
-    stderr: "",
-    tty: false,
-    out(text: string) {
-      io.stdout += text;
-    },
-    err(text: string) {
-      io.stderr += text;
-    },
-  };
-  return io;
-}
 
 Deno.test("table() pads text left and numbers right; spread() keeps the first and the last", () => {
   assert.equal(table(["a", "n"], [["xy", "1"], ["z", "10"]]), "a    n\nxy   1\nz   10");

@@ -1,24 +1,9 @@
 import assert from "node:assert/strict";
+import { capture } from "../helpers/cli_io.ts";
 import { generateToken } from "../../api_token.ts";
 import { FerryProcess } from "../../testing/ferry_process.ts";
-import { type Io, run } from "../../tools/ferryctl.ts";
+import { run } from "../../tools/ferryctl.ts";
 import { EXIT_NO_CONVERGENCE, planText } from "../../tools/ferryctl_plan.ts";
-
-/** Captures what the CLI prints. */
-function capture(): Io & { stdout: string; stderr: string } {
-  const io = {
-    stdout: "",
-    stderr: "",
-    tty: false,
-    out(text: string) {
-      io.stdout += text;
-    },
-    err(text: string) {
-      io.stderr += text;
-    },
-  };
-  return io;
-}
 
 Deno.test("plan against a real ferry: measures first, converges with a fast link (exit 0), not with a slow one (exit 3, and says what would)", async () => {
   const token = generateToken();
