@@ -26,7 +26,7 @@ import { PAGE_SIZE, QEVM_MAGIC, QEVM_VERSION, Section } from "./format/constants
 import { StreamError, type StreamReader } from "./format/reader.ts";
 import type { StreamWriter } from "./format/writer.ts";
 import { IntegrityError, type MigrationDigests } from "./integrity.ts";
-import { errorMessage, MIG_RP_MSG_FERRY_ERROR } from "./return_path.ts";
+import { errorMessage, MIG_RP_MSG_FERRY_ERROR, readFully } from "./return_path.ts";
 import {
   encodeReceived,
   pagesToResend,
@@ -245,16 +245,6 @@ export async function requestResume(
     );
   }
   return plan;
-}
-
-async function readFully(channel: Channel, buf: Uint8Array): Promise<boolean> {
-  let got = 0;
-  while (got < buf.length) {
-    const n = await channel.read(buf.subarray(got));
-    if (n === null) return false;
-    got += n;
-  }
-  return true;
 }
 
 /**

@@ -242,7 +242,7 @@ export class SourceReturnPath {
 }
 
 /** Reads exactly `buf.length` bytes; false when the stream ended first. */
-async function readFully(channel: Channel, buf: Uint8Array): Promise<boolean> {
+export async function readFully(channel: Channel, buf: Uint8Array): Promise<boolean> {
   let got = 0;
   while (got < buf.length) {
     const n = await channel.read(buf.subarray(got));
